@@ -1,0 +1,29 @@
+# Targets document themselves: a "## text" after the target is its help line.
+PYTHON ?= python3
+DATA ?= ../shared/datasets/mirflickr25k_subset
+MODEL ?= models/mirflickr
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast train bench clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## install tagger and its test tools (pip install -e ".[dev]")
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test: ## run every test, slow ones included (what CI runs)
+	$(PYTHON) -m pytest -q
+
+test-fast: ## run the tests that take under a few seconds
+	$(PYTHON) -m pytest -q -m "not slow"
+
+train: ## train a model bundle on DATA into MODEL
+	tagger train $(DATA) --out $(MODEL)
+
+bench: ## run the benchmarks in bench/ and print their ratios
+	$(PYTHON) bench/bench_features.py
+
+clean: ## remove caches and build files
+	rm -rf build dist *.egg-info .pytest_cache .cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

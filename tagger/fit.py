@@ -1,0 +1,192 @@
+"""`tagger train` end to end: photos and tags -> features, word2vec, tag index, GAN -> a model bundle.
+
+Each stage reuses a cache where one exists: image features by file content and backbone, word
+vectors by corpus and settings, and the GAN run by a checkpoint after every epoch, so running the
+same command again (or after an interruption) redoes only what is missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embeddings.index import TagIndex
+from embeddings.tags import TagConfig, Vocabulary
+from embeddings.word2vec import Word2VecConfig, WordVectors
+from pipelines.backbones import DEFAULT_BACKBONE
+from pipelines.datasets import count_untagged, read_dataset, split_ids
+from pipelines.device import choose_device
+from pipelines.features import FeatureConfig, extract_features
+from tagger.model import Tagger
+from tagger.train import PRESETS, make_pairs, prepare_word_vectors, train, write_log
+from tagger.voting import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TAGGER_CACHE", Path.home() / ".cache" / "tagger"))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    preset: str = "paper"  # a name in tagger.train.PRESETS
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None  # backbone weights file, for backbones without offline weights
+    min_count: int = 10  # tags on fewer training photos are left out of the vocabulary
+    epochs: int | None = None  # overrides the preset's
+    max_steps: int | None = None  # overrides the preset's (0: no limit)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test shares, by photo id
+    split_seed: int = 0
+    seed: int = 0
+    feature_batch_size: int = 64
+    num_workers: int | None = None  # feature decoding workers (None: the feature config's default)
+    device: str | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class Stages:
+    """Wall time of each stage, in seconds."""
+
+    read: float = 0.0
+    features: float = 0.0
+    word2vec: float = 0.0
+    index: float = 0.0
+    gan: float = 0.0
+    save: float = 0.0
+
+
+def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
+    """Everything before the GAN: frame with splits, features, vocabulary, word vectors."""
+    stages = Stages()
+    t = time.perf_counter()
+    frame = read_dataset(data)
+    frame["split"] = split_ids(frame["id"], config.split, config.split_seed)
+    stages.read = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fcfg = FeatureConfig(
+        backbone=config.backbone,
+        weights=config.weights,
+        batch_size=config.feature_batch_size,
+        device=config.device,
+        cache_dir=config.cache_dir / "features",
+        **({"num_workers": config.num_workers} if config.num_workers is not None else {}),
+    )
+    feats = extract_features(list(frame["path"]), fcfg, progress=progress)
+    for row, err in feats.errors.items():
+        log.warning("skipped %s", err)
+    frame["ok"] = feats.ok
+    stages.features = time.perf_counter() - t
+
+    t = time.perf_counter()
+    train_rows = frame[(frame["split"] == "train") & frame["ok"]]
+    vocab = Vocabulary.build(train_rows["tags"], TagConfig(min_count=config.min_count))
+    sentences = [s for s in (vocab.canonicalize(tags) for tags in train_rows["tags"]) if s]
+    wv = _cached_word2vec(sentences, replace(config.word2vec, seed=config.seed), config.cache_dir / "word2vec")
+    wv = wv.subset([w for w in vocab.words if w in wv])
+    stages.word2vec = time.perf_counter() - t
+    return {"frame": frame, "features": feats.features, "vocabulary": vocab, "word_vectors": wv, "stages": stages}
+
+
+def word_ids(frame: pd.DataFrame, vocab: Vocabulary, words: list[str]) -> list[list[int]]:
+    """Each photo's normalized, in-vocabulary user tags as word ids."""
+    pos = {w: i for i, w in enumerate(words)}
+    return [[pos[w] for w in vocab.normalize(tags) if w in pos] for tags in frame["tags"]]
+
+
+def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), progress: bool = True) -> tuple[Tagger, dict]:
+    """Train a bundle on `data` and save it to `out`; returns the tagger and a run summary."""
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(PRESETS)}")
+    preset = PRESETS[config.preset]
+    tcfg = replace(
+        preset.train,
+        seed=config.seed,
+        **({"epochs": config.epochs} if config.epochs is not None else {}),
+        **({"max_steps": config.max_steps} if config.max_steps is not None else {}),
+    )
+    device = choose_device(config.device)
+    prep = prepare(data, config, progress)
+    frame, features, vocab, wv, stages = prep["frame"], prep["features"], prep["vocabulary"], prep["word_vectors"], prep["stages"]
+
+    t = time.perf_counter()
+    targets = prepare_word_vectors(wv.vectors, preset.words)
+    index = TagIndex(list(wv.words), targets)
+    stages.index = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ids = word_ids(frame, vocab, list(wv.words))
+    is_train = ((frame["split"] == "train") & frame["ok"]).to_numpy()
+    is_val = ((frame["split"] == "val") & frame["ok"]).to_numpy()
+    train_rows = np.flatnonzero(is_train)
+    pairs = make_pairs([ids[i] for i in train_rows])
+    pairs[:, 0] = train_rows[pairs[:, 0]]
+    val_rows = [i for i in np.flatnonzero(is_val) if ids[i]]
+    val = (features[val_rows], [set(ids[i]) for i in val_rows]) if val_rows else None
+    gan_cfg = replace(preset.gan, feature_dim=features.shape[1], word_dim=targets.shape[1])
+    run_key = _key(str(Path(data).resolve()), config.preset, asdict(tcfg), asdict(gan_cfg), asdict(config.word2vec), config.min_count,
+                   config.split, config.split_seed, config.backbone, len(frame))
+    work_dir = config.cache_dir / "runs" / run_key
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"GAN: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
+              f"{len(val_rows):,} validation photos, preset {config.preset!r}, device {device}")
+    G, state = train(
+        features, pairs, targets, index, gan_cfg, tcfg, config.sampling, val, preset.standardize_features, work_dir, device, progress,
+    )
+    stages.gan = time.perf_counter() - t
+
+    t = time.perf_counter()
+    write_log(state.log, work_dir / "train_log.csv", work_dir / "train_curves.png")
+    summary = {
+        "data": str(data),
+        "preset": config.preset,
+        "preset_description": preset.description,
+        "photos": int(len(frame)),
+        "photos_failed": int((~frame["ok"]).sum()),
+        "photos_untagged": count_untagged(frame),
+        "split": {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")},
+        "split_fractions": list(config.split),
+        "split_seed": config.split_seed,
+        "min_count": config.min_count,
+        "pairs": int(len(pairs)),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "best_epoch": state.best_epoch,
+        "val_p5": state.best_p5,
+        "train": tcfg.to_dict(),
+    }
+    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, config.sampling, info=summary, backbone_weights=config.weights)
+    extras = {"train_log.csv": work_dir / "train_log.csv"}
+    if (work_dir / "train_curves.png").is_file():
+        extras["train_curves.png"] = work_dir / "train_curves.png"
+    tagger.save(out, extras=extras)
+    stages.save = time.perf_counter() - t
+    summary["stage_seconds"] = {k: round(v, 1) for k, v in asdict(stages).items()}
+    return tagger, summary
+
+
+def _cached_word2vec(sentences: list[list[str]], config: Word2VecConfig, cache: Path) -> WordVectors:
+    key = _key(sentences, asdict(config))
+    file = cache / f"{key}.npz"
+    if file.is_file():
+        return WordVectors.load(file)
+    wv = WordVectors.train(sentences, config)
+    cache.mkdir(parents=True, exist_ok=True)
+    wv.save(file)
+    return wv
+
+
+def _key(*parts) -> str:
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=10).hexdigest()

@@ -1,0 +1,231 @@
+"""`Tagger`: a trained model bundle that tags photos, and the bundle folder it is saved as.
+
+A bundle is one folder holding everything needed to tag:
+
+    config.json            format version, backbone, GAN sizes, word-space and sampling settings,
+                           a summary of the training data and run
+    generator.safetensors  generator weights (with its feature standardization buffers)
+    vocabulary.json        the tag vocabulary: raw -> canonical map, counts, normalization settings
+    word_vectors.npz       the skip-gram vectors of the vocabulary words
+
+The FAISS index is rebuilt from the word vectors on load: for vocabularies of a few thousand words
+that takes milliseconds and keeps the bundle free of a second copy of the same numbers.
+Bundles are written into a temporary folder and renamed into place, so a crash never leaves a
+half-written bundle that loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from embeddings.index import TagIndex
+from embeddings.tags import Vocabulary, normalize_tag
+from embeddings.word2vec import WordVectors
+from pipelines.backbones import create_backbone
+from pipelines.device import choose_device
+from pipelines.features import extract_images
+from pipelines.images import load_image
+from tagger.gan import GANConfig, Generator
+from tagger.sampling import score_words
+from tagger.train import WordSpaceConfig, prepare_word_vectors
+from tagger.voting import SamplingConfig, rank
+
+FORMAT_VERSION = 1
+CONFIG, WEIGHTS, VOCABULARY, VECTORS = "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz"
+
+
+class BundleError(ValueError):
+    """A model bundle that cannot be loaded; the message names the file and what is wrong."""
+
+
+class Tagger:
+    def __init__(
+        self,
+        generator: Generator,
+        vocabulary: Vocabulary,
+        word_vectors: WordVectors,
+        backbone: str,
+        words: WordSpaceConfig = WordSpaceConfig(),
+        sampling: SamplingConfig = SamplingConfig(),
+        info: dict | None = None,
+        backbone_weights: str | None = None,
+    ):
+        if word_vectors.vectors.shape[1] != generator.config.word_dim:
+            raise BundleError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
+        self.generator = generator.eval()
+        self.vocabulary = vocabulary
+        self.word_vectors = word_vectors
+        self.backbone_name = backbone
+        self.backbone_weights = backbone_weights
+        self.words_config = words
+        self.sampling = sampling
+        self.info = info or {}
+        self.targets = prepare_word_vectors(word_vectors.vectors, words)
+        self.index = TagIndex(list(word_vectors.words), self.targets)
+        self._backbone = None
+
+    @property
+    def words(self) -> list[str]:
+        return self.index.words
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.feature_mean.device
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            self._backbone = create_backbone(self.backbone_name, weights=self.backbone_weights, device=self.device)
+            if self._backbone.dim != self.generator.config.feature_dim:
+                raise BundleError(
+                    f"backbone {self.backbone_name} gives {self._backbone.dim}-d features but this model "
+                    f"was trained on {self.generator.config.feature_dim}-d features"
+                )
+        return self._backbone
+
+    def options(self, top_k: int | None = None, min_score: float | None = None, exclude: Sequence[str] = (), seed: int | None = None) -> SamplingConfig:
+        """The bundle's sampling settings with per-call overrides."""
+        changes = {}
+        if top_k is not None:
+            changes["top_k"] = top_k
+        if min_score is not None:
+            changes["min_score"] = min_score
+        if seed is not None:
+            changes["seed"] = seed
+        if exclude:
+            changes["exclude"] = tuple(exclude)
+        return replace(self.sampling, **changes)
+
+    def excluded_ids(self, tags: Sequence[str]) -> np.ndarray:
+        """Vocabulary ids of tags to leave out, given as users type them (normalized like training tags)."""
+        ids = []
+        for tag in tags:
+            norm = normalize_tag(tag)
+            canonical = self.vocabulary.canonical.get(norm, norm) if norm else None
+            if canonical in self.index.words:
+                ids.append(self.index.words.index(canonical))
+        return np.asarray(sorted(set(ids)), dtype=np.int64)
+
+    def score_features(self, features: np.ndarray, config: SamplingConfig | None = None) -> np.ndarray:
+        """(N, V) word scores for raw image features (N, F)."""
+        return score_words(self.generator, features, self.index, config or self.sampling)
+
+    def predict_features(self, features: np.ndarray, **options) -> list[list[tuple[str, float]]]:
+        config = self.options(**options)
+        table = self.score_features(features, config)
+        return rank(table, self.words, config, self.excluded_ids(config.exclude))
+
+    def features(self, images: Sequence) -> np.ndarray:
+        """Image features for photos given as paths or PIL images (raises ImageError on a bad file)."""
+        pil = [load_image(im) if isinstance(im, (str, Path, bytes)) else im for im in images]
+        return extract_images(pil, self.backbone, self.device)
+
+    def predict(self, images: Sequence, **options) -> list[list[tuple[str, float]]]:
+        """Tags with scores, best first, for each photo (paths or PIL images)."""
+        return self.predict_features(self.features(images), **options)
+
+    # -- the bundle -------------------------------------------------------------------------------
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "backbone": {"name": self.backbone_name, "weights": self.backbone_weights, "feature_dim": self.generator.config.feature_dim},
+            "gan": self.generator.config.to_dict(),
+            "words": self.words_config.to_dict(),
+            "sampling": self.sampling.to_dict(),
+            "vocabulary_size": len(self.words),
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path, half: bool = False, extras: dict[str, Path] | None = None) -> Path:
+        """Write the bundle atomically; `half` stores weights and vectors in float16 (half the size).
+
+        `extras` are further files copied in under the given names (the training log and curves).
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
+            if half:
+                state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            save_file(state, str(tmp / WEIGHTS))
+            self.vocabulary.save(tmp / VOCABULARY)
+            wv = self.word_vectors
+            if half:
+                wv = WordVectors(list(wv.words), wv.vectors.astype(np.float16))
+            wv.save(tmp / VECTORS)
+            for name, file in (extras or {}).items():
+                shutil.copyfile(file, tmp / name)
+            # config.json last: a folder without it is not a bundle.
+            (tmp / CONFIG).write_text(json.dumps(self.config_dict(), indent=2, ensure_ascii=False))
+            _swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "Tagger":
+        path = Path(path)
+        cfg_file = path / CONFIG
+        if not cfg_file.is_file():
+            raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{cfg_file}: not valid JSON ({e})") from e
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{cfg_file}: bundle format {cfg.get('format_version')!r}, this tagger reads format {FORMAT_VERSION}")
+        for name in (WEIGHTS, VOCABULARY, VECTORS):
+            if not (path / name).is_file():
+                raise BundleError(f"{path / name}: missing from the bundle")
+        device = choose_device(device) if not isinstance(device, torch.device) else device
+        gan = GANConfig(**cfg["gan"])
+        generator = Generator(gan)
+        try:
+            state = load_file(str(path / WEIGHTS))
+            generator.load_state_dict({k: v.float() for k, v in state.items()})
+        except Exception as e:  # safetensors raises several types for a damaged file
+            raise BundleError(f"{path / WEIGHTS}: cannot load generator weights ({e})") from e
+        vocabulary = Vocabulary.load(path / VOCABULARY)
+        wv = WordVectors.load(path / VECTORS)
+        wv = WordVectors(list(wv.words), wv.vectors.astype(np.float32))
+        if len(wv.words) != cfg.get("vocabulary_size", len(wv.words)):
+            raise BundleError(f"{path / VECTORS}: {len(wv.words)} words, config.json says {cfg['vocabulary_size']}")
+        missing = [w for w in wv.words if w not in vocabulary]
+        if missing:
+            raise BundleError(f"{path / VECTORS}: {len(missing)} words are not in {VOCABULARY} (e.g. {missing[:3]})")
+        sampling = cfg["sampling"]
+        sampling["exclude"] = tuple(sampling.get("exclude", ()))
+        return cls(
+            generator.to(device),
+            vocabulary,
+            wv,
+            backbone=cfg["backbone"]["name"],
+            words=WordSpaceConfig(**cfg["words"]),
+            sampling=SamplingConfig(**sampling),
+            info=cfg.get("info", {}),
+            backbone_weights=cfg["backbone"].get("weights"),
+        )
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    if path.exists():
+        if not (path / CONFIG).is_file() and any(path.iterdir()):
+            raise BundleError(f"{path}: exists and is not a model bundle; refusing to replace it")
+        old = path.with_name(f".{path.name}.old{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

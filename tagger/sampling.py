@@ -1,0 +1,37 @@
+"""Sampling the generator for a batch of photos and scoring every vocabulary word by votes.
+
+All samples of all photos in a batch go through one FAISS search. Every photo gets the same
+`samples` noise vectors, drawn once from the seed, so a photo's tags depend on the photo and the
+seed only, never on which other photos share its batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from embeddings.index import TagIndex
+from tagger.gan import Generator
+from tagger.voting import SamplingConfig, vote
+
+# Photos per generator pass: bounds memory at samples x chunk rows.
+CHUNK = 64
+
+
+@torch.inference_mode()
+def score_words(generator: Generator, features: np.ndarray, index: TagIndex, config: SamplingConfig) -> np.ndarray:
+    """(N, V) scores of every vocabulary word for each photo's raw image features (N, F)."""
+    was_training = generator.training
+    generator.eval()
+    device = generator.feature_mean.device
+    rng = torch.Generator(device=device).manual_seed(config.seed)
+    noise = generator.sample_noise(config.samples, rng)
+    out = np.zeros((len(features), len(index)), dtype=np.float32)
+    for start in range(0, len(features), CHUNK):
+        x = torch.as_tensor(np.asarray(features[start : start + CHUNK], dtype=np.float32), device=device)
+        n = x.shape[0]
+        x = x.repeat_interleave(config.samples, dim=0)
+        generated = generator(noise.repeat(n, 1), x).float().cpu().numpy()
+        scores, ids = index.search_ids(generated, config.neighbours)
+        out[start : start + n] = vote(scores, ids, n, len(index), config)
+    generator.train(was_training)
+    return out
