@@ -28,11 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from embeddings.index import TagIndex
-from embeddings.tags import Vocabulary, normalize_tag
+from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
 from pipelines.device import choose_device
-from pipelines.features import extract_images
+from pipelines.features import FeatureConfig, extract_features, extract_images
 from pipelines.images import load_image
 from tagger.gan import GANConfig, Generator
 from tagger.sampling import score_words
@@ -107,13 +107,9 @@ class Tagger:
 
     def excluded_ids(self, tags: Sequence[str]) -> np.ndarray:
         """Vocabulary ids of tags to leave out, given as users type them (normalized like training tags)."""
-        ids = []
-        for tag in tags:
-            norm = normalize_tag(tag)
-            canonical = self.vocabulary.canonical.get(norm, norm) if norm else None
-            if canonical in self.index.words:
-                ids.append(self.index.words.index(canonical))
-        return np.asarray(sorted(set(ids)), dtype=np.int64)
+        pos = {w: i for i, w in enumerate(self.words)}
+        ids = {pos[w] for w in map(self.vocabulary.lookup, tags) if w in pos}
+        return np.asarray(sorted(ids), dtype=np.int64)
 
     def score_features(self, features: np.ndarray, config: SamplingConfig | None = None) -> np.ndarray:
         """(N, V) word scores for raw image features (N, F)."""
@@ -133,6 +129,28 @@ class Tagger:
         """Tags with scores, best first, for each photo (paths or PIL images)."""
         return self.predict_features(self.features(images), **options)
 
+    def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int = 256, num_workers: int | None = None, **options):
+        """Yield (path, tags, error) for photo files, decoding in worker processes while the network runs.
+
+        Work goes in chunks of `chunk` photos, so a caller that records each result loses at most
+        one chunk when killed. A photo that cannot be read gets tags None and the reason.
+        """
+        config = self.options(**options)
+        excluded = self.excluded_ids(config.exclude)
+        fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
+                             device=str(self.device), **({"num_workers": num_workers} if num_workers is not None else {}))
+        for start in range(0, len(paths), chunk):
+            part = list(paths[start : start + chunk])
+            result = extract_features(part, fcfg, progress=False, backbone=self.backbone)
+            rows = np.flatnonzero(result.ok)
+            tags = rank(self.score_features(result.features[rows], config), self.words, config, excluded) if len(rows) else []
+            by_row = dict(zip(rows.tolist(), tags))
+            for i, path in enumerate(part):
+                if i in by_row:
+                    yield path, by_row[i], ""
+                else:
+                    yield path, None, _reason(result.errors.get(i, "not tagged"), path)
+
     # -- the bundle -------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
@@ -147,7 +165,7 @@ class Tagger:
         }
 
     def save(self, path: str | Path, half: bool = False, extras: dict[str, Path] | None = None) -> Path:
-        """Write the bundle atomically; `half` stores weights and vectors in float16 (half the size).
+        """Write the bundle atomically; `half` stores the generator weights in float16 (half their size).
 
         `extras` are further files copied in under the given names (the training log and curves).
         """
@@ -160,10 +178,7 @@ class Tagger:
                 state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
             save_file(state, str(tmp / WEIGHTS))
             self.vocabulary.save(tmp / VOCABULARY)
-            wv = self.word_vectors
-            if half:
-                wv = WordVectors(list(wv.words), wv.vectors.astype(np.float16))
-            wv.save(tmp / VECTORS)
+            self.word_vectors.save(tmp / VECTORS)
             for name, file in (extras or {}).items():
                 shutil.copyfile(file, tmp / name)
             # config.json last: a folder without it is not a bundle.
@@ -199,7 +214,6 @@ class Tagger:
             raise BundleError(f"{path / WEIGHTS}: cannot load generator weights ({e})") from e
         vocabulary = Vocabulary.load(path / VOCABULARY)
         wv = WordVectors.load(path / VECTORS)
-        wv = WordVectors(list(wv.words), wv.vectors.astype(np.float32))
         if len(wv.words) != cfg.get("vocabulary_size", len(wv.words)):
             raise BundleError(f"{path / VECTORS}: {len(wv.words)} words, config.json says {cfg['vocabulary_size']}")
         missing = [w for w in wv.words if w not in vocabulary]
@@ -217,6 +231,12 @@ class Tagger:
             info=cfg.get("info", {}),
             backbone_weights=cfg["backbone"].get("weights"),
         )
+
+
+def _reason(error: str, path: Path) -> str:
+    """The reason alone, without the "path: " that feature errors start with."""
+    prefix = f"{path}: "
+    return error[len(prefix):] if error.startswith(prefix) else error
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:

@@ -115,7 +115,8 @@ def make_pairs(word_ids: list[list[int]]) -> np.ndarray:
 def learning_rate(config: TrainConfig, step: int) -> float:
     if config.optimizer != "sgd":
         return config.lr
-    return max(config.lr / config.lr_decay**step, config.lr_min)
+    # In log space: 1.00004**step overflows a float long after the floor is reached.
+    return max(config.lr * math.exp(-step * math.log(config.lr_decay)), config.lr_min)
 
 
 def momentum(config: TrainConfig, epoch_float: float) -> float:
@@ -247,6 +248,7 @@ def train(
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
         rng.set_state(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])  # dropout draws from the global generator
         state = TrainState(**ckpt["state"])
         best_g = ckpt["best_G"]
         if progress:
@@ -280,7 +282,7 @@ def train(
         if ckpt_path:
             _atomic_save(
                 {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                 "rng": rng.get_state(), "state": asdict(state), "best_G": best_g},
+                 "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "state": asdict(state), "best_G": best_g},
                 ckpt_path,
             )
     G.load_state_dict(best_g)

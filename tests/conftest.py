@@ -14,3 +14,48 @@ def subset_dir() -> Path:
     if not (SUBSET / "annotations.jsonl").is_file():
         pytest.skip(f"shared MIRFLICKR subset not found at {SUBSET} (set TAGGER_SUBSET to its folder)")
     return SUBSET
+
+
+def make_photo_files(folder: Path, n: int, size: int = 32, seed: int = 0) -> list[Path]:
+    """n small random JPEG photos in folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"photo{i:03d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+TINY_TAGS = [["beach", "sea", "sand"], ["dog", "puppy", "grass"], ["sunset", "sky", "sea"], ["cat", "kitten"],
+             ["snow", "winter", "sky"], ["city", "street", "night"], ["flowers", "flower", "macro"], ["bw", "portrait"]]
+
+
+def build_tiny_tagger(seed: int = 0):
+    """A random but complete Tagger on the tiny test backbone: fast, and exercises every part."""
+    import numpy as np
+    import torch
+
+    from embeddings.tags import TagConfig, Vocabulary
+    from embeddings.word2vec import WordVectors
+    from pipelines.backbones import get_spec
+    from tagger.gan import GANConfig, Generator
+    from tagger.model import Tagger
+    from tagger.voting import SamplingConfig
+
+    vocab = Vocabulary.build(TINY_TAGS, TagConfig(min_count=1))
+    rng = np.random.default_rng(seed)
+    wv = WordVectors(vocab.words, rng.normal(size=(len(vocab), 8)).astype(np.float32))
+    torch.manual_seed(seed)
+    gan = GANConfig(feature_dim=get_spec("tiny").dim, word_dim=8, noise_dim=4, g_noise_hidden=8, g_image_hidden=16,
+                    d_word_hidden=8, d_image_hidden=16, d_maxout_units=8)
+    return Tagger(Generator(gan), vocab, wv, "tiny", sampling=SamplingConfig(samples=16, neighbours=3, top_k=3))
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path) -> Path:
+    return build_tiny_tagger().save(tmp_path / "bundle")

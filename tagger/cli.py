@@ -1,0 +1,292 @@
+"""The `tagger` command line: train, predict, tag, features. The one outer layer of the project.
+
+Errors a user can cause (a missing file, a bad photo, a broken bundle) print one line naming the
+file and the problem and exit non-zero; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Tag photos with a conditional GAN over a word2vec tag space (Mirza & Osindero 2014).\n\n"
+    "Example:  tagger predict beach.jpg --model models/mirflickr",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+state = {"debug": False}
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="model bundle folder (default: $TAGGER_MODEL, else the model shipped with tagger)")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: the best available)")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="tags per photo (default: the model's, 10)")]
+MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
+
+
+class UserError(Exception):
+    """An error to show as one line, without a traceback."""
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of errors")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log more")] = False,
+):
+    state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def fail(message: str, code: int = 1):
+    typer.echo(f"tagger: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """The exception types that are the user's input, not our bug."""
+    from embeddings.index import TagIndex  # noqa: F401  (import check only)
+    from pipelines.backbones import BackboneWeightsError
+    from pipelines.datasets import DatasetError
+    from pipelines.images import ImageError
+    from tagger.batch import BatchError
+    from tagger.model import BundleError
+
+    return (UserError, DatasetError, ImageError, BundleError, BatchError, BackboneWeightsError, FileNotFoundError, ValueError)
+
+
+def run(fn):
+    """Call fn, turning user errors into one line (unless --debug)."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as e:
+        if state["debug"] or not isinstance(e, _user_errors()):
+            raise
+        fail(str(e))
+
+
+def load_tagger(model: Path | None, device: str | None):
+    from tagger.model import Tagger
+    from tagger.shipped import default_model_path
+
+    path = model or (Path(os.environ["TAGGER_MODEL"]) if os.environ.get("TAGGER_MODEL") else default_model_path())
+    if path is None:
+        raise UserError("no model: pass --model DIR (a bundle made by `tagger train`) or set TAGGER_MODEL")
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such model folder")
+    return Tagger.load(path, device=device)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="photos with tags: a MIRFLICKR folder, the shared subset, or a CSV/Parquet manifest")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where the model bundle goes")],
+    preset: Annotated[str, typer.Option(help="training preset: paper (the paper's schedule) or adam")] = "paper",
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs (default: the preset's)")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many GAN updates")] = None,
+    backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="backbone weights file, for backbones whose weights must be downloaded")] = None,
+    min_count: Annotated[int, typer.Option(min=1, help="least number of training photos a tag needs to enter the vocabulary")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of word2vec, GAN and sampling")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="photos per feature-extraction batch")] = 64,
+    device: DeviceOpt = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
+):
+    """Train a model bundle: image features, word2vec, tag index and the cGAN, in one command.
+
+    Every stage reuses its cache, and an interrupted run resumes from its last finished epoch.
+
+    Example:  tagger train ../shared/datasets/mirflickr25k_subset --out models/mirflickr
+    """
+
+    def go():
+        from tagger.fit import FitConfig, default_cache_dir, fit
+
+        config = FitConfig(
+            preset=preset,
+            backbone=backbone,
+            weights=str(weights) if weights else None,
+            min_count=min_count,
+            epochs=epochs,
+            max_steps=max_steps,
+            seed=seed,
+            feature_batch_size=batch_size,
+            device=device,
+            cache_dir=cache_dir or default_cache_dir(),
+        )
+        _, summary = fit(data, out, config)
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
+        typer.echo(f"model bundle: {out}")
+        typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
+        typer.echo(f"stages: {stages}")
+
+    run(go)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="photo files")],
+    model: ModelOpt = None,
+    top_k: TopKOpt = None,
+    min_score: MinScoreOpt = None,
+    exclude: ExcludeOpt = None,
+    seed: SeedOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error")] = False,
+    device: DeviceOpt = None,
+):
+    """Print tags with scores for each photo, best first.
+
+    A photo that cannot be read is reported with the reason; the others are still tagged, and the
+    exit code is 1.
+
+    Example:  tagger predict beach.jpg dog.png --top-k 5
+    """
+
+    def go():
+        from pipelines.images import ImageError, load_image
+
+        tagger = load_tagger(model, device)
+        opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
+        failed = 0
+        for path in images:
+            try:
+                tags = tagger.predict([load_image(path)], **opts)[0]
+                error = ""
+            except ImageError as e:
+                tags, error = [], e.reason
+                failed += 1
+            if as_json:
+                rec = {"path": str(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error}
+                typer.echo(json.dumps(rec, ensure_ascii=False))
+            elif error:
+                typer.echo(f"tagger: error: {path}: {error}", err=True)
+            else:
+                typer.echo(f"{path}: " + ", ".join(f"{t} {s:.2f}" for t, s in tags))
+        if failed:
+            raise typer.Exit(1)
+
+    run(go)
+
+
+@app.command()
+def tag(
+    folder: Annotated[Path, typer.Argument(help="folder of photos, searched recursively")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="results file: .csv, .jsonl or .parquet")],
+    model: ModelOpt = None,
+    top_k: TopKOpt = None,
+    min_score: MinScoreOpt = None,
+    exclude: ExcludeOpt = None,
+    seed: SeedOpt = None,
+    sidecar: Annotated[Optional[str], typer.Option(help="also write photo.jpg.xmp (dc:subject keywords, for digiKam, darktable, Lightroom) or photo.jpg.txt (one tag a line)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
+    device: DeviceOpt = None,
+):
+    """Tag every photo under FOLDER into one results file (one row per photo).
+
+    Run again on the same folder, it keeps what is done and tags only new or changed photos; an
+    interrupted run resumes the same way.
+
+    Example:  tagger tag ~/Pictures/2024 --out tags.csv --sidecar xmp
+    """
+
+    def go():
+        from tqdm import tqdm
+
+        from tagger.batch import tag_folder
+
+        if sidecar not in (None, "xmp", "txt"):
+            raise UserError(f"--sidecar must be xmp or txt, not {sidecar!r}")
+        tagger = load_tagger(model, device)
+        opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
+        bar = tqdm(unit="photo", desc="tagging", disable=None)
+
+        def plan(total, todo):
+            typer.echo(f"{folder}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
+            bar.reset(total=todo)
+
+        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, **opts),
+                             sidecar=sidecar, progress=bar.update, on_plan=plan)
+        bar.close()
+        for line in summary.failures:
+            typer.echo(f"tagger: failed: {line}", err=True)
+        for line in summary.sidecar_errors:
+            typer.echo(f"tagger: warning: {line}", err=True)
+        typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed")
+
+    run(go)
+
+
+@app.command()
+def features(
+    data: Annotated[Path, typer.Argument(help="a dataset (as for train) or a folder of photos")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for features.npy and photos.csv")],
+    backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="backbone weights file")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
+    device: DeviceOpt = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
+):
+    """Extract image features to OUT/features.npy (float32, one row per photo of OUT/photos.csv).
+
+    `tagger train` runs this step itself and shares its cache; use it alone to inspect features or
+    to warm the cache.
+
+    Example:  tagger features ../shared/datasets/mirflickr25k_subset --out /tmp/feats
+    """
+
+    def go():
+        import numpy as np
+        import pandas as pd
+
+        from pipelines.datasets import DatasetError, read_dataset
+        from pipelines.features import FeatureConfig, extract_features
+        from pipelines.images import list_images
+        from tagger.fit import default_cache_dir
+
+        try:
+            frame = read_dataset(data)
+        except DatasetError:
+            if not data.is_dir():
+                raise
+            paths = list_images(data)
+            if not paths:
+                raise UserError(f"{data}: no dataset and no photos found")
+            frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
+        config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
+                               device=device, cache_dir=cache_dir or default_cache_dir() / "features")
+        result = extract_features(list(frame["path"]), config)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "features.npy", result.features)
+        frame.assign(ok=result.ok)[["id", "path", "ok"]].to_csv(out / "photos.csv", index=False)
+        for err in result.errors.values():
+            typer.echo(f"tagger: failed: {err}", err=True)
+        typer.echo(f"{out / 'features.npy'}: {result.features.shape[0]} x {result.features.shape[1]} ({len(result.errors)} failed)")
+
+    run(go)
+
+
+@app.command()
+def backbones():
+    """List the image backbones and their feature sizes.
+
+    Example:  tagger backbones
+    """
+    from pipelines.backbones import get_spec, list_backbones
+
+    for name in list_backbones():
+        spec = get_spec(name)
+        typer.echo(f"{name:22s} {spec.dim:5d}-d  {spec.weights}")
+
+
+if __name__ == "__main__":
+    app()

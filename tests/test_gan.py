@@ -1,0 +1,87 @@
+"""The networks, the vote counting and the training schedule, on small synthetic data."""
+import numpy as np
+import pytest
+import torch
+
+from tagger.gan import Discriminator, GANConfig, Generator, Maxout
+from tagger.train import TrainConfig, learning_rate, make_pairs, momentum, prepare_word_vectors, WordSpaceConfig
+from tagger.voting import SamplingConfig, rank, vote
+
+
+def test_shapes_follow_the_config():
+    cfg = GANConfig(feature_dim=12, word_dim=7, noise_dim=5)
+    G, D = Generator(cfg), Discriminator(cfg)
+    x = torch.randn(4, 12)
+    fake = G(G.sample_noise(4), x)
+    assert fake.shape == (4, 7)
+    assert D(fake, G.normalize(x)).shape == (4,)
+    # The paper's sizes by default.
+    G0 = Generator(GANConfig())
+    assert G0.image_branch[0].out_features == 2000 and G0.noise_branch[0].out_features == 500
+    assert Discriminator(GANConfig()).joint[0].linear.out_features == 3000
+
+
+def test_uniform_noise_range_and_seed():
+    G = Generator(GANConfig(feature_dim=3, word_dim=2, noise_dim=1000))
+    z = G.sample_noise(10, torch.Generator().manual_seed(1))
+    assert z.min() >= -1 and z.max() < 1 and z.min() < -0.9 and z.max() > 0.9
+    assert torch.equal(z, G.sample_noise(10, torch.Generator().manual_seed(1)))
+
+
+def test_maxout_takes_the_max_piece():
+    m = Maxout(2, units=1, pieces=3)
+    with torch.no_grad():
+        m.linear.weight.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0]]))
+        m.linear.bias.zero_()
+    assert m(torch.tensor([[2.0, 5.0], [-3.0, 1.0]])).squeeze(1).tolist() == [5.0, 3.0]
+
+
+def test_feature_standardization_lives_in_the_generator():
+    G = Generator(GANConfig(feature_dim=3, word_dim=2))
+    G.set_feature_stats(torch.tensor([1.0, 2, 3]), torch.tensor([2.0, 2, 2]))
+    assert G.normalize(torch.tensor([[3.0, 2, 1]])).tolist() == [[1.0, 0.0, -1.0]]
+    assert "feature_mean" in G.state_dict()
+
+
+def test_vote_counts_each_sample_once():
+    cfg = SamplingConfig(samples=2, neighbours=2)
+    # 2 photos x 2 samples, 2 neighbours each, vocabulary of 4.
+    ids = np.array([[0, 1], [1, 2], [3, 2], [3, -1]])
+    scores = np.array([[0.9, 0.5], [0.8, 0.4], [0.7, 0.6], [0.5, 0.0]], dtype=np.float32)
+    table = vote(scores, ids, 2, 4, cfg)
+    assert table.tolist() == [[0.5, 1.0, 0.5, 0.0], [0.0, 0.0, 0.5, 1.0]]
+    sim = vote(scores, ids, 2, 4, SamplingConfig(samples=2, neighbours=2, scoring="similarity"))
+    np.testing.assert_allclose(sim[0], [0.45, 0.65, 0.2, 0.0], rtol=1e-6)
+
+
+def test_rank_orders_filters_and_excludes():
+    table = np.array([[0.1, 0.9, 0.5, 0.0]], dtype=np.float32)
+    words = ["a", "b", "c", "d"]
+    assert rank(table, words, SamplingConfig(top_k=3)) == [[("b", pytest.approx(0.9)), ("c", 0.5), ("a", pytest.approx(0.1))]]
+    assert [t for t, _ in rank(table, words, SamplingConfig(top_k=3, min_score=0.2))[0]] == ["b", "c"]
+    assert [t for t, _ in rank(table, words, SamplingConfig(top_k=2), np.array([1]))[0]] == ["c", "a"]
+    with pytest.raises(ValueError):
+        SamplingConfig(scoring="magic")
+
+
+def test_paper_schedule():
+    cfg = TrainConfig()
+    assert learning_rate(cfg, 0) == 0.1
+    assert learning_rate(cfg, 10000) == pytest.approx(0.1 / 1.00004**10000)
+    assert learning_rate(cfg, 10**9) == cfg.lr_min
+    assert momentum(cfg, 0) == 0.5 and momentum(cfg, cfg.momentum_epochs) == pytest.approx(0.7)
+    assert momentum(cfg, 100 * cfg.momentum_epochs) == pytest.approx(0.7)
+    assert momentum(cfg, cfg.momentum_epochs / 2) == pytest.approx(0.6)
+
+
+def test_pairs_repeat_each_photo_per_tag():
+    assert make_pairs([[3, 1], [], [2]]).tolist() == [[0, 3], [0, 1], [2, 2]]
+    assert make_pairs([[], []]).shape == (0, 2)
+
+
+def test_word_space_preparation():
+    v = np.array([[2.0, 0.0], [0.0, 4.0]], dtype=np.float32)
+    assert np.array_equal(prepare_word_vectors(v, WordSpaceConfig()), v)
+    c = prepare_word_vectors(v, WordSpaceConfig(center=True, normalize=True))
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(c[0], -c[1], rtol=1e-6)

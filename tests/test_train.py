@@ -1,0 +1,88 @@
+"""GAN training on a synthetic task it must learn, checkpoints, resume and the training log."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from embeddings.index import TagIndex
+from tagger.gan import GANConfig
+from tagger.metrics import precision_at_k, top_ids
+from tagger.train import PRESETS, TrainConfig, make_pairs, prepare_word_vectors, train, write_log
+from tagger.voting import SamplingConfig
+
+SMALL = GANConfig(feature_dim=16, word_dim=8, noise_dim=4, g_noise_hidden=16, g_image_hidden=64,
+                  d_word_hidden=16, d_image_hidden=64, d_maxout_units=32, dropout=0.1)
+
+
+def synthetic(n_photos=400, n_clusters=4, seed=0):
+    """Photos in clusters of features; each cluster's photos carry 3 of its own 5 words.
+
+    A cluster's words lie near each other, as related tags do in a skip-gram space.
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, 16)) * 3
+    topics = rng.normal(size=(n_clusters, 8)) * 2
+    words = (np.repeat(topics, 5, axis=0) + rng.normal(size=(n_clusters * 5, 8)) * 0.7).astype(np.float32)
+    cluster = rng.integers(0, n_clusters, n_photos)
+    features = (centers[cluster] + rng.normal(size=(n_photos, 16))).astype(np.float32)
+    tags = [list(rng.choice(np.arange(5 * c, 5 * c + 5), 3, replace=False)) for c in cluster]
+    return features, words, tags
+
+
+def setup(preset="adam"):
+    features, words, tags = synthetic()
+    p = PRESETS[preset]
+    targets = prepare_word_vectors(words, p.words)
+    index = TagIndex([f"w{i}" for i in range(len(words))], targets)
+    pairs = make_pairs(tags[:300])
+    val = (features[300:], [set(t) for t in tags[300:]])
+    return features, targets, index, pairs, val, p
+
+
+def test_the_gan_learns_tags_of_a_synthetic_task():
+    features, targets, index, pairs, val, p = setup()
+    cfg = replace(p.train, epochs=10, lr=5e-4, batch_size=50)
+    sampling = SamplingConfig(samples=20, neighbours=3)
+    G, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, p.standardize_features, progress=False)
+    # Random tagging would score 3/20 = 0.15; the 5 words of the photo's cluster give at most 0.6.
+    assert state.best_p5 > 0.45, state.log[-1]
+    assert len(state.log) == 10 and {"loss_d", "loss_g", "d_real", "d_fake", "val_p5"} <= set(state.log[0])
+    # The generator returned is the best one, not the last.
+    from tagger.sampling import score_words
+
+    table = score_words(G, val[0], index, replace(sampling, seed=cfg.seed))
+    assert precision_at_k(top_ids(table, 5), val[1], 5) == pytest.approx(state.best_p5)
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+    features, targets, index, pairs, val, p = setup()
+    cfg = replace(p.train, epochs=4, lr=2e-3, batch_size=50)
+    sampling = SamplingConfig(samples=5, neighbours=3)
+    whole, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    # Two epochs, then "killed"; a new call with the same work dir finishes the last two.
+    train(features, pairs, targets, index, SMALL, replace(cfg, epochs=2), sampling, val, True, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    resumed, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, tmp_path, progress=False)
+    assert state.epoch == 4 and [r["epoch"] for r in state.log] == [1, 2, 3, 4]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_paper_preset_runs_and_max_steps_stops_it(tmp_path):
+    features, targets, index, pairs, val, p = setup("paper")
+    cfg = replace(p.train, epochs=50, max_steps=25, batch_size=50)  # 18 steps an epoch
+    _, state = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), val, False, progress=False)
+    assert state.step == 25 and state.epoch == 2 and state.log[-1]["steps"] == 7
+    write_log(state.log, tmp_path / "log.csv", tmp_path / "curves.png")
+    assert (tmp_path / "log.csv").read_text().startswith("epoch,loss_d,loss_g")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_is_seeded():
+    features, targets, index, pairs, val, p = setup()
+    cfg = replace(p.train, epochs=1, batch_size=50)
+    a, _ = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), None, True, progress=False)
+    b, _ = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), None, True, progress=False)
+    c, _ = train(features, pairs, targets, index, SMALL, replace(cfg, seed=1), SamplingConfig(samples=5), None, True, progress=False)
+    assert torch.equal(a.out.weight, b.out.weight) and not torch.equal(a.out.weight, c.out.weight)
