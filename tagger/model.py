@@ -129,14 +129,15 @@ class Tagger:
         """Tags with scores, best first, for each photo (paths or PIL images)."""
         return self.predict_features(self.features(images), **options)
 
-    def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int = 256, num_workers: int | None = None, **options):
+    def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int | None = None, num_workers: int | None = None, **options):
         """Yield (path, tags, error) for photo files, decoding in worker processes while the network runs.
 
-        Work goes in chunks of `chunk` photos, so a caller that records each result loses at most
+        Work goes in chunks of `chunk` photos (default 8 batches), so a caller that records each result loses at most
         one chunk when killed. A photo that cannot be read gets tags None and the reason.
         """
         config = self.options(**options)
         excluded = self.excluded_ids(config.exclude)
+        chunk = chunk or 8 * batch_size
         fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
                              device=str(self.device), **({"num_workers": num_workers} if num_workers is not None else {}))
         for start in range(0, len(paths), chunk):
