@@ -29,6 +29,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
+MethodOpt = Annotated[str, typer.Option(help="tagging method: cgan (the GAN), knn (neighbour voting baseline) or prior (tag frequency)")]
 
 
 class UserError(Exception):
@@ -141,6 +142,7 @@ def predict(
     min_score: MinScoreOpt = None,
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
+    method: MethodOpt = "cgan",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error")] = False,
     device: DeviceOpt = None,
 ):
@@ -160,7 +162,7 @@ def predict(
         failed = 0
         for path in images:
             try:
-                tags = tagger.predict([load_image(path)], **opts)[0]
+                tags = tagger.predict([load_image(path)], method=method, **opts)[0]
                 error = ""
             except ImageError as e:
                 tags, error = [], e.reason
@@ -187,6 +189,7 @@ def tag(
     min_score: MinScoreOpt = None,
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
+    method: MethodOpt = "cgan",
     sidecar: Annotated[Optional[str], typer.Option(help="also write photo.jpg.xmp (dc:subject keywords, for digiKam, darktable, Lightroom) or photo.jpg.txt (one tag a line)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
@@ -214,7 +217,7 @@ def tag(
             typer.echo(f"{folder}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
             bar.reset(total=todo)
 
-        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, **opts),
+        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
                              sidecar=sidecar, progress=bar.update, on_plan=plan)
         bar.close()
         for line in summary.failures:
@@ -222,6 +225,56 @@ def tag(
         for line in summary.sidecar_errors:
             typer.echo(f"tagger: warning: {line}", err=True)
         typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed")
+
+    run(go)
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="the dataset the model was trained on (its split settings are in the bundle)")],
+    model: ModelOpt = None,
+    split: Annotated[str, typer.Option(help="test, val, train or all")] = "test",
+    method: Annotated[Optional[list[str]], typer.Option(help="methods to compare (repeatable; default: all the model has)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.json and report.html")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="photos per feature batch")] = 64,
+    device: DeviceOpt = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
+):
+    """Compare tagging methods on held-out photos: P@k, R@k, F1@k, MiAP, MAP, N+, coverage.
+
+    Against the photos' normalized in-vocabulary user tags, and against the 24 concept labels
+    where the data has them. Writes report.json and report.html (sample photos, P@k plot,
+    training curves) with --out.
+
+    Example:  tagger evaluate ../shared/datasets/mirflickr25k_subset --model models/mirflickr --out reports/
+    """
+
+    def go():
+        import time
+
+        from tagger.evaluate import evaluate as run_evaluation
+        from tagger.evaluate import format_table
+        from tagger.fit import default_cache_dir
+
+        if split not in ("test", "val", "train", "all"):
+            raise UserError(f"--split must be test, val, train or all, not {split!r}")
+        tagger = load_tagger(model, device)
+        start = time.perf_counter()
+        ev = run_evaluation(tagger, data, split, tuple(method) if method else None,
+                            cache_dir=cache_dir or default_cache_dir() / "features", batch_size=batch_size)
+        typer.echo(f"{data} [{split}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
+        typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
+        if ev.labels:
+            typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
+        typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
+                   + f" (total with features {time.perf_counter() - start:.0f} s)")
+        if out:
+            from tagger.report import write_html
+
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.json").write_text(json.dumps(ev.to_dict(), indent=2, ensure_ascii=False))
+            write_html(ev, out / "report.html", model=model)
+            typer.echo(f"report: {out / 'report.html'}")
 
     run(go)
 

@@ -24,6 +24,8 @@ from pipelines.backbones import DEFAULT_BACKBONE
 from pipelines.datasets import count_untagged, read_dataset, split_ids
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
+from tagger.baselines import KNNTagger
+from tagger.metrics import precision_at_k, top_ids
 from tagger.model import Tagger
 from tagger.train import PRESETS, make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
@@ -63,6 +65,7 @@ class Stages:
     word2vec: float = 0.0
     index: float = 0.0
     gan: float = 0.0
+    knn: float = 0.0
     save: float = 0.0
 
 
@@ -149,6 +152,10 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     stages.gan = time.perf_counter() - t
 
     t = time.perf_counter()
+    knn, knn_val = fit_knn(features, ids, train_rows, val, len(wv.words), config.seed)
+    stages.knn = time.perf_counter() - t
+
+    t = time.perf_counter()
     write_log(state.log, work_dir / "train_log.csv", work_dir / "train_curves.png")
     summary = {
         "data": str(data),
@@ -166,9 +173,12 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         "steps": state.step,
         "best_epoch": state.best_epoch,
         "val_p5": state.best_p5,
+        "knn_k": knn.config.k,
+        "knn_val_p5": knn_val,
         "train": tcfg.to_dict(),
     }
-    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, config.sampling, info=summary, backbone_weights=config.weights)
+    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, config.sampling, info=summary,
+                    backbone_weights=config.weights, knn=knn)
     extras = {"train_log.csv": work_dir / "train_log.csv"}
     if (work_dir / "train_curves.png").is_file():
         extras["train_curves.png"] = work_dir / "train_curves.png"
@@ -176,6 +186,19 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     stages.save = time.perf_counter() - t
     summary["stage_seconds"] = {k: round(v, 1) for k, v in asdict(stages).items()}
     return tagger, summary
+
+
+def fit_knn(features: np.ndarray, ids: list[list[int]], train_rows: np.ndarray, val, vocab_size: int, seed: int = 0,
+            ks: tuple[int, ...] = (5, 10, 20, 50, 100, 200)) -> tuple[KNNTagger, float]:
+    """The TagVote baseline on the training photos that have tags, its K chosen by validation P@5."""
+    rows = [i for i in train_rows if ids[i]]
+    knn = KNNTagger.fit(features[rows], [ids[i] for i in rows], vocab_size, seed=seed)
+    if val is None:
+        return knn, float("nan")
+    scores = {k: precision_at_k(top_ids(knn.scores(val[0], k), 5), val[1], 5) for k in ks if k <= len(rows)}
+    best = max(scores, key=scores.get)
+    knn.config = replace(knn.config, k=best)
+    return knn, scores[best]
 
 
 def _cached_word2vec(sentences: list[list[str]], config: Word2VecConfig, cache: Path) -> WordVectors:

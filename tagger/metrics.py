@@ -1,23 +1,104 @@
-"""Tag-ranking metrics against each photo's true tags (word ids)."""
+"""Tag-ranking metrics against each photo's true tags (word ids).
+
+Every function takes a score table (N photos, V words) or its top-k ids, and `truth`, a list of
+sets of word ids per photo. Photos whose truth is empty are left out (the caller counts them).
+
+- P@k, R@k: mean over photos of |top-k ∩ truth| / k and / |truth|.
+- F1@k: harmonic mean of P@k and R@k (of the means, as in the tag-annotation literature).
+- MiAP: mean over photos of the average precision of the full word ranking.
+- MAP (per tag): mean over words that occur in the truth of the average precision of ranking the
+  photos by that word's score.
+- N+: words predicted correctly (in some photo's top k and in its truth) at least once.
+- coverage: share of the vocabulary that appears in some photo's top k.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
 
+KS = (1, 3, 5, 10)
+
 
 def top_ids(table: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """The k best word ids per photo from an (N, V) score table, best first."""
+    """The k best word ids per photo from an (N, V) score table, best first (ties: lower id first)."""
     if exclude is not None and len(exclude):
         table = table.copy()
         table[:, exclude] = -np.inf
     k = min(k, table.shape[1])
-    part = np.argpartition(-table, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(table, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return np.argsort(-table, axis=1, kind="stable")[:, :k]
 
 
 def precision_at_k(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> float:
     """Mean over photos of |top-k ∩ truth| / k; photos with no true tag are left out."""
     hits = [len(set(r[:k].tolist()) & t) / k for r, t in zip(ranked, truth) if t]
     return float(np.mean(hits)) if hits else float("nan")
+
+
+def recall_at_k(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> float:
+    hits = [len(set(r[:k].tolist()) & t) / len(t) for r, t in zip(ranked, truth) if t]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """AP of ranking items by `scores` (descending; ties in item order) for the boolean `relevant`."""
+    n_rel = int(relevant.sum())
+    if n_rel == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    rel = relevant[order]
+    hits = np.cumsum(rel)
+    return float((hits[rel] / (np.flatnonzero(rel) + 1)).sum() / n_rel)
+
+
+def image_map(table: np.ndarray, truth: Sequence[set[int]]) -> float:
+    """MiAP: mean over photos of the AP of their full word ranking."""
+    aps = []
+    for row, t in zip(table, truth):
+        if t:
+            rel = np.zeros(table.shape[1], dtype=bool)
+            rel[list(t)] = True
+            aps.append(average_precision(row, rel))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def tag_map(table: np.ndarray, truth: Sequence[set[int]]) -> float:
+    """Per-tag MAP: mean over words present in the truth of the AP of ranking photos by that word."""
+    keep = [i for i, t in enumerate(truth) if t]
+    table = table[keep]
+    rel = np.zeros(table.shape, dtype=bool)
+    for row, i in enumerate(keep):
+        rel[row, list(truth[i])] = True
+    aps = [average_precision(table[:, w], rel[:, w]) for w in np.flatnonzero(rel.any(axis=0))]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def n_plus(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> int:
+    correct = set()
+    for r, t in zip(ranked, truth):
+        correct |= set(r[:k].tolist()) & t
+    return len(correct)
+
+
+def coverage(ranked: np.ndarray, vocab_size: int, k: int) -> float:
+    return len(np.unique(ranked[:, :k])) / vocab_size
+
+
+def report(table: np.ndarray, truth: Sequence[set[int]], ks: Sequence[int] = KS) -> dict:
+    """Every metric above for one method, as a flat dict (P@k, R@k, F1@k per k; MiAP; MAP; N+; coverage)."""
+    keep = [i for i, t in enumerate(truth) if t]
+    table, truth = table[keep], [truth[i] for i in keep]
+    ranked = top_ids(table, max(ks))
+    out: dict = {"photos": len(keep)}
+    for k in ks:
+        p, r = precision_at_k(ranked, truth, k), recall_at_k(ranked, truth, k)
+        out[f"P@{k}"], out[f"R@{k}"], out[f"F1@{k}"] = p, r, f1(p, r)
+    out["MiAP"] = image_map(table, truth)
+    out["MAP"] = tag_map(table, truth)
+    out["N+"] = n_plus(ranked, truth, 5)
+    out["coverage"] = coverage(ranked, table.shape[1], 5)
+    return out

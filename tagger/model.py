@@ -7,6 +7,7 @@ A bundle is one folder holding everything needed to tag:
     generator.safetensors  generator weights (with its feature standardization buffers)
     vocabulary.json        the tag vocabulary: raw -> canonical map, counts, normalization settings
     word_vectors.npz       the skip-gram vectors of the vocabulary words
+    knn.npz                the kNN baseline: PCA-reduced training features and their tags (optional)
 
 The FAISS index is rebuilt from the word vectors on load: for vocabularies of a few thousand words
 that takes milliseconds and keeps the bundle free of a second copy of the same numbers.
@@ -34,13 +35,14 @@ from pipelines.backbones import create_backbone
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features, extract_images
 from pipelines.images import load_image
+from tagger.baselines import KNNTagger
 from tagger.gan import GANConfig, Generator
 from tagger.sampling import score_words
 from tagger.train import WordSpaceConfig, prepare_word_vectors
 from tagger.voting import SamplingConfig, rank
 
 FORMAT_VERSION = 1
-CONFIG, WEIGHTS, VOCABULARY, VECTORS = "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz"
+CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN = "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz"
 
 
 class BundleError(ValueError):
@@ -58,6 +60,7 @@ class Tagger:
         sampling: SamplingConfig = SamplingConfig(),
         info: dict | None = None,
         backbone_weights: str | None = None,
+        knn: KNNTagger | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise BundleError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -71,6 +74,7 @@ class Tagger:
         self.info = info or {}
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
+        self.knn = knn
         self._backbone = None
 
     @property
@@ -111,13 +115,33 @@ class Tagger:
         ids = {pos[w] for w in map(self.vocabulary.lookup, tags) if w in pos}
         return np.asarray(sorted(ids), dtype=np.int64)
 
-    def score_features(self, features: np.ndarray, config: SamplingConfig | None = None) -> np.ndarray:
-        """(N, V) word scores for raw image features (N, F)."""
-        return score_words(self.generator, features, self.index, config or self.sampling)
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return ("cgan", "knn", "prior") if self.knn is not None else ("cgan", "prior")
 
-    def predict_features(self, features: np.ndarray, **options) -> list[list[tuple[str, float]]]:
+    def score_features(self, features: np.ndarray, config: SamplingConfig | None = None, method: str = "cgan") -> np.ndarray:
+        """(N, V) word scores for raw image features (N, F) by one tagging method."""
+        if method == "cgan":
+            return score_words(self.generator, features, self.index, config or self.sampling)
+        if method == "knn" and self.knn is not None:
+            return self.knn.scores(features)
+        if method == "prior":
+            return np.broadcast_to(self.prior, (len(features), len(self.prior))).copy()
+        raise ValueError(f"unknown tagging method {method!r} for this model (choose from {', '.join(self.methods)})")
+
+    @property
+    def prior(self) -> np.ndarray:
+        """Share of training photos carrying each word."""
+        counts = np.array([self.vocabulary.counts[self.vocabulary.index(w)] for w in self.words], dtype=np.float32)
+        n = self.info.get("split", {}).get("train") or max(counts.max(), 1)
+        return counts / n
+
+    def predict_features(self, features: np.ndarray, method: str = "cgan", **options) -> list[list[tuple[str, float]]]:
         config = self.options(**options)
-        table = self.score_features(features, config)
+        table = self.score_features(features, config, method)
+        if method != "cgan":
+            # Only the cGAN's votes are shares in 0..1; rescale the others so min_score means the same.
+            table = table / max(float(table.max()), 1e-12)
         return rank(table, self.words, config, self.excluded_ids(config.exclude))
 
     def features(self, images: Sequence) -> np.ndarray:
@@ -125,18 +149,17 @@ class Tagger:
         pil = [load_image(im) if isinstance(im, (str, Path, bytes)) else im for im in images]
         return extract_images(pil, self.backbone, self.device)
 
-    def predict(self, images: Sequence, **options) -> list[list[tuple[str, float]]]:
+    def predict(self, images: Sequence, method: str = "cgan", **options) -> list[list[tuple[str, float]]]:
         """Tags with scores, best first, for each photo (paths or PIL images)."""
-        return self.predict_features(self.features(images), **options)
+        return self.predict_features(self.features(images), method, **options)
 
-    def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int | None = None, num_workers: int | None = None, **options):
+    def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int | None = None, num_workers: int | None = None,
+                  method: str = "cgan", **options):
         """Yield (path, tags, error) for photo files, decoding in worker processes while the network runs.
 
         Work goes in chunks of `chunk` photos (default 8 batches), so a caller that records each result loses at most
         one chunk when killed. A photo that cannot be read gets tags None and the reason.
         """
-        config = self.options(**options)
-        excluded = self.excluded_ids(config.exclude)
         chunk = chunk or 8 * batch_size
         fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
                              device=str(self.device), **({"num_workers": num_workers} if num_workers is not None else {}))
@@ -144,7 +167,7 @@ class Tagger:
             part = list(paths[start : start + chunk])
             result = extract_features(part, fcfg, progress=False, backbone=self.backbone)
             rows = np.flatnonzero(result.ok)
-            tags = rank(self.score_features(result.features[rows], config), self.words, config, excluded) if len(rows) else []
+            tags = self.predict_features(result.features[rows], method, **options) if len(rows) else []
             by_row = dict(zip(rows.tolist(), tags))
             for i, path in enumerate(part):
                 if i in by_row:
@@ -180,6 +203,8 @@ class Tagger:
             save_file(state, str(tmp / WEIGHTS))
             self.vocabulary.save(tmp / VOCABULARY)
             self.word_vectors.save(tmp / VECTORS)
+            if self.knn is not None:
+                self.knn.save(tmp / KNN)
             for name, file in (extras or {}).items():
                 shutil.copyfile(file, tmp / name)
             # config.json last: a folder without it is not a bundle.
@@ -220,6 +245,14 @@ class Tagger:
         missing = [w for w in wv.words if w not in vocabulary]
         if missing:
             raise BundleError(f"{path / VECTORS}: {len(missing)} words are not in {VOCABULARY} (e.g. {missing[:3]})")
+        knn = None
+        if (path / KNN).is_file():
+            try:
+                knn = KNNTagger.load(path / KNN)
+            except (OSError, ValueError, KeyError) as e:
+                raise BundleError(f"{path / KNN}: cannot load the kNN baseline ({e})") from e
+            if knn.vocab_size != len(wv.words):
+                raise BundleError(f"{path / KNN}: made for {knn.vocab_size} words, the bundle has {len(wv.words)}")
         sampling = cfg["sampling"]
         sampling["exclude"] = tuple(sampling.get("exclude", ()))
         return cls(
@@ -231,6 +264,7 @@ class Tagger:
             sampling=SamplingConfig(**sampling),
             info=cfg.get("info", {}),
             backbone_weights=cfg["backbone"].get("weights"),
+            knn=knn,
         )
 
 

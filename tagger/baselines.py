@@ -1,0 +1,104 @@
+"""Baseline tagging methods on the same features and vocabulary as the cGAN.
+
+- prior: every photo gets the training tags by frequency. Any method should beat it.
+- knn: TagVote (Li, Snoek & Worring 2009, "Learning social tag relevance by neighbor voting"):
+  a word's score for a photo is the number of its K visual neighbours among the training photos
+  that carry the word, minus the number expected by chance, K * prior(word). Neighbours by cosine
+  on centred features, reduced by PCA so the training set fits in the bundle.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    k: int = 50  # neighbours that vote (chosen on the validation split by `fit_knn`)
+    dim: int = 256  # PCA width of the stored training features
+    subtract_prior: bool = True  # TagVote: votes minus K * prior
+
+
+class TagPrior:
+    """Tag frequencies of the training photos."""
+
+    def __init__(self, counts: np.ndarray, n_photos: int):
+        self.prior = np.asarray(counts, dtype=np.float32) / max(n_photos, 1)
+
+    def scores(self, n: int) -> np.ndarray:
+        return np.broadcast_to(self.prior, (n, len(self.prior))).copy()
+
+
+class KNNTagger:
+    """TagVote over a PCA-reduced copy of the training photos' features and their tag ids."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray, features: np.ndarray, tags: Sequence[Sequence[int]],
+                 vocab_size: int, config: KNNConfig = KNNConfig()):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.components = np.asarray(components, dtype=np.float32)  # (D, dim)
+        self.features = _unit_rows(np.asarray(features, dtype=np.float32))  # (N, dim)
+        self.tags = [np.asarray(t, dtype=np.int64) for t in tags]
+        self.vocab_size = vocab_size
+        self.config = config
+        counts = np.bincount(np.concatenate(self.tags) if self.tags else np.zeros(0, np.int64), minlength=vocab_size)
+        self.prior = counts.astype(np.float32) / max(len(self.tags), 1)
+        self.index = faiss.IndexFlatIP(self.features.shape[1])
+        self.index.add(self.features)
+        # Tag matrix as CSR, so a batch's votes are one sparse gather.
+        self.indptr = np.concatenate([[0], np.cumsum([len(t) for t in self.tags])]).astype(np.int64)
+        self.indices = np.concatenate(self.tags) if self.tags else np.zeros(0, np.int64)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, tags: Sequence[Sequence[int]], vocab_size: int, config: KNNConfig = KNNConfig(), seed: int = 0) -> "KNNTagger":
+        features = np.asarray(features, dtype=np.float32)
+        mean = features.mean(axis=0)
+        dim = min(config.dim, features.shape[1], len(features))
+        pca = faiss.PCAMatrix(features.shape[1], dim)
+        pca.train(features - mean)
+        # faiss stores the projection row-major as (dim, D); we keep (D, dim) for x @ components.
+        components = faiss.vector_to_array(pca.A).reshape(dim, features.shape[1]).T.copy()
+        return cls(mean, components, (features - mean) @ components, tags, vocab_size, config)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return _unit_rows((np.asarray(features, dtype=np.float32) - self.mean) @ self.components)
+
+    def scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(N, V) TagVote scores for raw image features (N, D)."""
+        k = min(k or self.config.k, len(self.tags))
+        _, nbrs = self.index.search(self.project(features), k)
+        table = np.zeros((len(features), self.vocab_size), dtype=np.float32)
+        for row, ids in enumerate(nbrs):
+            words = np.concatenate([self.indices[self.indptr[i] : self.indptr[i + 1]] for i in ids if i >= 0])
+            table[row] = np.bincount(words, minlength=self.vocab_size)
+        if self.config.subtract_prior:
+            table -= k * self.prior
+        return table
+
+    def save(self, path: str | Path) -> None:
+        np.savez(
+            path,
+            mean=self.mean,
+            components=self.components.astype(np.float16),
+            features=self.features.astype(np.float16),
+            indptr=self.indptr,
+            indices=self.indices,
+            vocab_size=np.array(self.vocab_size),
+            config=np.array(list(asdict(self.config).values())),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KNNTagger":
+        with np.load(path, allow_pickle=False) as d:
+            indptr, indices = d["indptr"], d["indices"]
+            tags = [indices[indptr[i] : indptr[i + 1]] for i in range(len(indptr) - 1)]
+            k, dim, subtract = d["config"].tolist()
+            return cls(d["mean"], d["components"], d["features"], tags, int(d["vocab_size"]),
+                       KNNConfig(k=int(k), dim=int(dim), subtract_prior=bool(subtract)))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,91 @@
+"""The evaluation as one self-contained HTML page: tables, a P@k plot, training curves, sample photos.
+
+Images are embedded as data URIs so the page can be mailed or archived as a single file.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from tagger.evaluate import Evaluation, format_table
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; } td, th { padding: 3px 9px; text-align: right; border-bottom: 1px solid #eee; }
+th:first-child, td:first-child { text-align: left; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 14px; }
+.card { border: 1px solid #ddd; border-radius: 8px; padding: 8px; } .card img { width: 100%; border-radius: 4px; }
+.tag { display: inline-block; padding: 0 6px; margin: 2px; border-radius: 10px; font-size: 13px; }
+.hit { background: #d6f5d6; } .miss { background: #f3f3f3; color: #777; } .user { background: #e6eefc; }
+.method { font-weight: 600; font-size: 13px; margin-top: 6px; }
+"""
+
+
+def _img(data: bytes, mime: str = "image/png") -> str:
+    return f'<img src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+
+
+def _table(results: dict) -> str:
+    if not results:
+        return "<p>none</p>"
+    metrics = [m for m in next(iter(results.values())) if m != "photos"]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    rows = []
+    for method, r in results.items():
+        cells = "".join(f"<td>{r[m]:.4f}</td>" if isinstance(r[m], float) else f"<td>{r[m]}</td>" for m in metrics)
+        rows.append(f"<tr><td>{html.escape(method)}</td>{cells}</tr>")
+    return f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _pk_plot(ev: Evaluation) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for method, r in ev.tags.items():
+        ks = [int(k[2:]) for k in r if k.startswith("P@")]
+        ax.plot(ks, [r[f"P@{k}"] for k in ks], marker="o", label=method)
+    ax.set_xlabel("k")
+    ax.set_ylabel("P@k (user tags)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_html(ev: Evaluation, path: Path, model: Path | None = None, title: str = "tagger evaluation") -> Path:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p>Split <b>{html.escape(ev.split)}</b>: {ev.photos} photos, {ev.left_out} left out for having no "
+             f"in-vocabulary user tag. Model: {html.escape(str(model or ''))}</p>",
+             "<h2>Against the photos' user tags</h2>", _table(ev.tags), _img(_pk_plot(ev))]
+    if ev.labels:
+        parts += ["<h2>Against the 24 concept labels</h2>", _table(ev.labels),
+                  "<p>A label's score is the best score of the words that name it: "
+                  + "; ".join(f"<i>{html.escape(l)}</i>: {', '.join(map(html.escape, w))}" for l, w in ev.label_words.items()) + "</p>"]
+    curves = model / "train_curves.png" if model else None
+    if curves and curves.is_file():
+        parts += ["<h2>Training curves</h2>", _img(curves.read_bytes())]
+    parts.append("<h2>Sample photos</h2><p>Predicted tags in green are among the photo's user tags.</p><div class='grid'>")
+    for s in ev.samples:
+        truth = set(s["truth"])
+        card = [f"<div class='card'>{_img(Path(s['path']).read_bytes(), 'image/jpeg')}",
+                f"<div class='method'>user tags</div>" + "".join(f"<span class='tag user'>{html.escape(t)}</span>" for t in s["user_tags"][:15])]
+        for method, tags in s["predicted"].items():
+            card.append(f"<div class='method'>{html.escape(method)}</div>"
+                        + "".join(f"<span class='tag {'hit' if t in truth else 'miss'}'>{html.escape(t)}</span>" for t in tags))
+        parts.append("".join(card) + "</div>")
+    parts.append("</div>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+__all__ = ["write_html", "format_table"]

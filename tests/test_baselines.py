@@ -1,0 +1,33 @@
+"""The kNN (TagVote) baseline: votes minus the prior, PCA storage, save/load round trip."""
+import numpy as np
+import pytest
+
+from tagger.baselines import KNNConfig, KNNTagger
+
+
+def test_tagvote_by_hand():
+    # Two tight groups of photos; group A carries word 0, group B word 1; word 2 is on everything.
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 6)) * 0.01 + np.eye(6)[0] * 5
+    b = rng.normal(size=(10, 6)) * 0.01 + np.eye(6)[1] * 5
+    feats = np.vstack([a, b]).astype(np.float32)
+    tags = [[0, 2]] * 10 + [[1, 2]] * 10
+    knn = KNNTagger.fit(feats, tags, 3, KNNConfig(k=5, dim=4))
+    s = knn.scores(a[:1])[0]
+    # 5 neighbours from group A: word 0 gets 5 - 5 * 0.5, word 1 gets 0 - 2.5, word 2 gets 5 - 5 * 1.
+    assert s.tolist() == pytest.approx([2.5, -2.5, 0.0], abs=1e-5)
+    plain = KNNTagger.fit(feats, tags, 3, KNNConfig(k=5, dim=4, subtract_prior=False))
+    assert plain.scores(b[:1])[0].tolist() == pytest.approx([0, 5, 5])
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(50, 32)).astype(np.float32)
+    tags = [list(rng.choice(8, 2, replace=False)) for _ in range(50)]
+    knn = KNNTagger.fit(feats, tags, 8, KNNConfig(k=7, dim=16))
+    knn.save(tmp_path / "knn.npz")
+    back = KNNTagger.load(tmp_path / "knn.npz")
+    assert back.config == knn.config and back.vocab_size == 8
+    q = rng.normal(size=(5, 32)).astype(np.float32)
+    # Stored in float16: the same neighbours, so the same votes.
+    np.testing.assert_allclose(back.scores(q), knn.scores(q), atol=1e-5)

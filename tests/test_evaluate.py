@@ -1,0 +1,60 @@
+"""Evaluation: every method on the same photos, label mapping, the printed table and the HTML report."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_TAGS, build_tiny_tagger, make_photo_files
+from tagger.baselines import KNNConfig, KNNTagger
+from tagger.cli import app
+from tagger.evaluate import evaluate, label_table
+
+
+def manifest(tmp_path, n=24):
+    photos = make_photo_files(tmp_path / "photos", n)
+    tags = [TINY_TAGS[i % len(TINY_TAGS)] for i in range(n)]
+    labels = [["sea"] if "sea" in t else ["dog"] if "dog" in t else [] for t in tags]
+    pd.DataFrame({"path": [p.name for p in photos], "tags": [",".join(t) for t in tags],
+                  "labels": [",".join(l) for l in labels]}).to_csv(tmp_path / "photos" / "m.csv", index=False)
+    return tmp_path / "photos" / "m.csv", tags
+
+
+def test_label_table_takes_the_best_naming_word():
+    words = ["beach", "sea", "dog", "sky"]
+    table = np.array([[0.2, 0.7, 0.1, 0.0]])
+    lt, labels, used = label_table(table, words)
+    col = dict(zip(labels, lt[0]))
+    assert col["sea"] == pytest.approx(0.7) and col["dog"] == pytest.approx(0.1) and col["water"] == pytest.approx(0.7)
+    assert "car" not in col and used["sea"] == ["sea", "beach"]
+
+
+def test_every_method_on_the_same_photos(tmp_path):
+    data, tags = manifest(tmp_path)
+    tagger = build_tiny_tagger()
+    feats = tagger.features(sorted((tmp_path / "photos").glob("*.jpg")))
+    pos = {w: i for i, w in enumerate(tagger.words)}
+    tagger.knn = KNNTagger.fit(feats, [[pos[w] for w in tagger.vocabulary.normalize(t) if w in pos] for t in tags], len(pos), KNNConfig(k=1))
+    ev = evaluate(tagger, data, split="all", progress=False)
+    assert set(ev.tags) == {"cgan", "knn", "prior"} and ev.photos == 24 and ev.left_out == 0
+    # The prior ranks the most frequent word first for every photo: P@1 is the share of photos with it.
+    top = tagger.words[int(np.argmax(tagger.prior))]
+    share = np.mean([top in tagger.vocabulary.normalize(t) for t in tags])
+    assert ev.tags["prior"]["P@1"] == pytest.approx(share)
+    # Each photo is its own nearest neighbour, so kNN recovers training tags well.
+    assert ev.tags["knn"]["P@1"] == pytest.approx(1.0)
+    assert set(ev.labels) == {"cgan", "knn", "prior"} and ev.samples
+
+
+def test_cli_prints_and_writes_reports(tmp_path, tiny_bundle):
+    data, _ = manifest(tmp_path)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(tiny_bundle), "--split", "all", "--out", str(out),
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "P@5" in result.output and "cgan" in result.output and "prior" in result.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["photos"] == 24 and "MiAP" in rep["tags"]["cgan"]
+    page = (out / "report.html").read_text()
+    assert page.count("<img") >= 13 and "concept labels" in page

@@ -1,0 +1,50 @@
+"""Ranking metrics on cases worked out by hand."""
+import numpy as np
+import pytest
+
+from tagger.metrics import average_precision, coverage, image_map, n_plus, precision_at_k, recall_at_k, report, tag_map, top_ids
+
+
+def test_top_ids_orders_and_excludes():
+    table = np.array([[0.1, 0.9, 0.5, 0.5]])
+    assert top_ids(table, 3).tolist() == [[1, 2, 3]]  # ties: lower id first
+    assert top_ids(table, 2, exclude=np.array([1])).tolist() == [[2, 3]]
+
+
+def test_precision_and_recall():
+    ranked = np.array([[0, 1, 2], [3, 4, 5], [0, 1, 2]])
+    truth = [{0, 2, 9}, {7}, set()]  # the third photo has no truth: left out
+    assert precision_at_k(ranked, truth, 3) == pytest.approx((2 / 3 + 0) / 2)
+    assert precision_at_k(ranked, truth, 1) == pytest.approx(0.5)
+    assert recall_at_k(ranked, truth, 3) == pytest.approx((2 / 3 + 0) / 2)
+    assert n_plus(ranked, truth, 3) == 2
+    assert coverage(ranked, 10, 3) == pytest.approx(0.6)
+
+
+def test_average_precision_by_hand():
+    # Relevant items ranked 1st and 3rd: AP = (1/1 + 2/3) / 2.
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([True, False, True, False])) == pytest.approx(5 / 6)
+    assert np.isnan(average_precision(np.array([0.3]), np.array([False])))
+
+
+def test_image_and_tag_map():
+    table = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.1]])
+    truth = [{2}, {1}]
+    assert image_map(table, truth) == pytest.approx((1 / 2 + 1) / 2)
+    # Tag 1: photos ranked [1, 0], relevant photo 1 first -> 1. Tag 2: ranked [0, 1], relevant 0 first -> 1.
+    assert tag_map(table, truth) == pytest.approx(1.0)
+    assert tag_map(np.array([[0.1, 0.9], [0.9, 0.1]]), [{0}, {1}]) == pytest.approx(0.5)
+
+
+def test_report_has_every_metric():
+    rng = np.random.default_rng(0)
+    table = rng.random((20, 30))
+    truth = [set(rng.choice(30, 3, replace=False).tolist()) for _ in range(20)]
+    r = report(table, truth)
+    for k in (1, 3, 5, 10):
+        assert 0 <= r[f"P@{k}"] <= 1 and 0 <= r[f"R@{k}"] <= 1
+    assert {"MiAP", "MAP", "N+", "coverage"} <= set(r) and r["photos"] == 20
+    perfect = np.zeros((20, 30))
+    for i, t in enumerate(truth):
+        perfect[i, list(t)] = 1
+    assert report(perfect, truth)["MiAP"] == pytest.approx(1.0) and report(perfect, truth)["P@3"] == pytest.approx(1.0)
