@@ -26,7 +26,7 @@ from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
 from tagger.baselines import KNNTagger
 from tagger.metrics import precision_at_k, top_ids
-from tagger.model import Tagger
+from tagger.model import Tagger, word_prior
 from tagger.train import PRESETS, make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
 
@@ -53,7 +53,7 @@ class FitConfig:
     device: str | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
     word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig | None = None  # None: the preset's
 
 
 @dataclass
@@ -121,6 +121,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         **({"max_steps": config.max_steps} if config.max_steps is not None else {}),
     )
     device = choose_device(config.device)
+    sampling = config.sampling or preset.sampling
     prep = prepare(data, config, progress)
     frame, features, vocab, wv, stages = prep["frame"], prep["features"], prep["vocabulary"], prep["word_vectors"], prep["stages"]
 
@@ -140,14 +141,15 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     val = (features[val_rows], [set(ids[i]) for i in val_rows]) if val_rows else None
     gan_cfg = replace(preset.gan, feature_dim=features.shape[1], word_dim=targets.shape[1])
     run_key = _key(str(Path(data).resolve()), config.preset, asdict(tcfg), asdict(gan_cfg), asdict(config.word2vec), config.min_count,
-                   config.split, config.split_seed, config.backbone, len(frame))
+                   config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"GAN: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
               f"{len(val_rows):,} validation photos, preset {config.preset!r}, device {device}")
     G, state = train(
-        features, pairs, targets, index, gan_cfg, tcfg, config.sampling, val, preset.standardize_features, work_dir, device, progress,
+        features, pairs, targets, index, gan_cfg, tcfg, sampling, val, preset.standardize_features, work_dir, device, progress,
+        prior=word_prior(vocab, list(wv.words), int(is_train.sum())),
     )
     stages.gan = time.perf_counter() - t
 
@@ -168,6 +170,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         "split_fractions": list(config.split),
         "split_seed": config.split_seed,
         "min_count": config.min_count,
+        "train_photos": int(is_train.sum()),
         "pairs": int(len(pairs)),
         "epochs": state.epoch,
         "steps": state.step,
@@ -177,7 +180,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         "knn_val_p5": knn_val,
         "train": tcfg.to_dict(),
     }
-    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, config.sampling, info=summary,
+    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary,
                     backbone_weights=config.weights, knn=knn)
     extras = {"train_log.csv": work_dir / "train_log.csv"}
     if (work_dir / "train_curves.png").is_file():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import cached_property
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -122,26 +123,25 @@ class Tagger:
     def score_features(self, features: np.ndarray, config: SamplingConfig | None = None, method: str = "cgan") -> np.ndarray:
         """(N, V) word scores for raw image features (N, F) by one tagging method."""
         if method == "cgan":
-            return score_words(self.generator, features, self.index, config or self.sampling)
+            return score_words(self.generator, features, self.index, config or self.sampling, self.prior)
         if method == "knn" and self.knn is not None:
             return self.knn.scores(features)
         if method == "prior":
             return np.broadcast_to(self.prior, (len(features), len(self.prior))).copy()
         raise ValueError(f"unknown tagging method {method!r} for this model (choose from {', '.join(self.methods)})")
 
-    @property
+    @cached_property
     def prior(self) -> np.ndarray:
         """Share of training photos carrying each word."""
-        counts = np.array([self.vocabulary.counts[self.vocabulary.index(w)] for w in self.words], dtype=np.float32)
-        n = self.info.get("split", {}).get("train") or max(counts.max(), 1)
-        return counts / n
+        n = self.info.get("train_photos") or int(self.vocabulary.counts.max(initial=1))
+        return word_prior(self.vocabulary, self.words, n)
 
     def predict_features(self, features: np.ndarray, method: str = "cgan", **options) -> list[list[tuple[str, float]]]:
         config = self.options(**options)
         table = self.score_features(features, config, method)
-        if method != "cgan":
-            # Only the cGAN's votes are shares in 0..1; rescale the others so min_score means the same.
-            table = table / max(float(table.max()), 1e-12)
+        if method != "cgan" or config.scoring != "votes" or config.prior_power:
+            # Only plain votes are shares in 0..1; rescale other scores so min_score means the same.
+            table = table / np.maximum(table.max(axis=1, keepdims=True), 1e-12)
         return rank(table, self.words, config, self.excluded_ids(config.exclude))
 
     def features(self, images: Sequence) -> np.ndarray:
@@ -266,6 +266,11 @@ class Tagger:
             backbone_weights=cfg["backbone"].get("weights"),
             knn=knn,
         )
+
+
+def word_prior(vocab: Vocabulary, words: list[str], n_photos: int) -> np.ndarray:
+    """Share of training photos carrying each word."""
+    return np.array([vocab.counts[vocab.index(w)] for w in words], dtype=np.float32) / max(n_photos, 1)
 
 
 def _reason(error: str, path: Path) -> str:

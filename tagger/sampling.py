@@ -18,7 +18,8 @@ CHUNK = 64
 
 
 @torch.inference_mode()
-def score_words(generator: Generator, features: np.ndarray, index: TagIndex, config: SamplingConfig) -> np.ndarray:
+def score_words(generator: Generator, features: np.ndarray, index: TagIndex, config: SamplingConfig,
+                prior: np.ndarray | None = None) -> np.ndarray:
     """(N, V) scores of every vocabulary word for each photo's raw image features (N, F)."""
     was_training = generator.training
     generator.eval()
@@ -32,6 +33,6 @@ def score_words(generator: Generator, features: np.ndarray, index: TagIndex, con
         x = x.repeat_interleave(config.samples, dim=0)
         generated = generator(noise.repeat(n, 1), x).float().cpu().numpy()
         scores, ids = index.search_ids(generated, config.neighbours)
-        out[start : start + n] = vote(scores, ids, n, len(index), config)
+        out[start : start + n] = vote(scores, ids, n, len(index), config, prior)
     generator.train(was_training)
     return out

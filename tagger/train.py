@@ -72,6 +72,7 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     words: WordSpaceConfig = field(default_factory=WordSpaceConfig)
     standardize_features: bool = False  # scale image features to zero mean, unit variance per dimension
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the bundle tags by default
     description: str = ""
 
 
@@ -202,9 +203,10 @@ def train_one_epoch(
     return out
 
 
-def validate(G: Generator, features: np.ndarray, truth: list[set[int]], index: TagIndex, sampling: SamplingConfig, k: int = 5) -> float:
+def validate(G: Generator, features: np.ndarray, truth: list[set[int]], index: TagIndex, sampling: SamplingConfig, k: int = 5,
+             prior: np.ndarray | None = None) -> float:
     """P@k of the real tagging procedure on held-out photos."""
-    table = score_words(G, features, index, sampling)
+    table = score_words(G, features, index, sampling, prior)
     return precision_at_k(top_ids(table, k), truth, k)
 
 
@@ -221,12 +223,13 @@ def train(
     work_dir: Path | None = None,
     device: torch.device = torch.device("cpu"),
     progress: bool = True,
+    prior: np.ndarray | None = None,
 ) -> tuple[Generator, TrainState]:
     """Train G and D; return the best generator (by validation P@5, else the last) and the run's state.
 
     features: (N, F) raw image features; pairs: (P, 2) rows of (photo row, word id); targets: (V, D)
     prepared word vectors that the index also holds. With `work_dir`, a checkpoint is written after
-    every epoch and an existing one is resumed.
+    every epoch and an existing one is resumed. `prior`: word frequencies, for scorings that use them.
     """
     torch.manual_seed(config.seed)
     G, D = Generator(gan_config).to(device), Discriminator(gan_config).to(device)
@@ -266,7 +269,7 @@ def train(
         start = time.perf_counter()
         row = {"epoch": state.epoch + 1}
         row.update(train_one_epoch(G, D, opt_g, opt_d, x, t, p, config, state, rng, progress))
-        row["val_p5"] = validate(G, val[0], val[1], index, val_sampling) if val is not None else float("nan")
+        row["val_p5"] = validate(G, val[0], val[1], index, val_sampling, prior=prior) if val is not None else float("nan")
         row["seconds"] = time.perf_counter() - start
         state.epoch += 1
         state.log.append(row)

@@ -1,0 +1,278 @@
+"""The HTTP tagging service: a FastAPI app around one loaded `Tagger`, and a web page to try it.
+
+    POST /v1/tag      photos as multipart uploads (field `files`, repeatable) -> tags and scores per photo
+    GET  /v1/model    backbone, vocabulary size, sampling defaults, limits, training summary
+    GET  /v1/health   liveness, with counters of photos tagged and forward passes run
+    GET  /            a page to drop photos on and see their tags (tagger/static/)
+    GET  /docs        the OpenAPI docs (FastAPI's default)
+
+A photo that does not decode does not fail the request: its result carries an `error` (the reason)
+and no tags, and the other photos are tagged, as `tagger predict` does. Limits refuse the whole
+request instead (413): a photo over the size limit, or too many photos.
+
+Requests arriving within a few milliseconds of each other share one forward pass: handlers decode
+their photos in threads and queue them; a single worker task gathers queued photos (up to
+`max_batch`) and tags them in its own thread, so the event loop never waits on torch and torch runs
+one batch at a time. Tags do not depend on which photos share a batch (see tagger/sampling.py).
+
+With a token (`--token` or $TAGGER_TOKEN), every /v1 request needs `Authorization: Bearer TOKEN`.
+The page and the docs are served without it; the page asks for the token when the API refuses.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from pipelines.images import ImageError, decode_image
+from tagger.model import Tagger
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_photo_bytes: int = 20 * 1024 * 1024  # per uploaded photo; larger ones are refused with 413
+    max_photos: int = 32  # photos in one request; more are refused with 413
+    max_batch: int = 32  # photos per forward pass; a batch closes once it holds this many
+    batch_wait: float = 0.005  # seconds a lone request waits for others to share its forward pass
+
+
+class PhotoTags(BaseModel):
+    filename: str
+    tags: list[str]  # best first
+    scores: list[float]  # vote shares in 0..1, one per tag
+    error: str | None = None  # why the photo could not be tagged; then tags and scores are empty
+
+
+class TagResponse(BaseModel):
+    results: list[PhotoTags]  # in upload order
+
+
+class _Job:
+    def __init__(self, images: list, options: dict, future: asyncio.Future):
+        self.images, self.options, self.future = images, options, future
+
+
+class Batcher:
+    """Tags the photos of concurrent requests in shared forward passes, one pass at a time, off the event loop."""
+
+    def __init__(self, tagger: Tagger, max_batch: int = 32, wait: float = 0.005):
+        self.tagger, self.max_batch, self.wait = tagger, max_batch, wait
+        self.forward_passes = 0  # backbone passes run; fewer than requests means batching merged some
+        self.photos = 0  # photos tagged
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # One thread: torch already uses every core inside a pass, and one pass at a time bounds memory.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-batch")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tagger-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def tag(self, images: list, **options) -> list[list[tuple[str, float]]]:
+        """Tags with scores for each image (decoded PIL images), as `Tagger.predict` gives them."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(images, options, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].images)
+            if size < self.max_batch and self.wait > 0:
+                await asyncio.sleep(self.wait)  # let requests arriving just after this one join it
+            while size < self.max_batch and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                size += len(jobs[-1].images)
+            jobs = [j for j in jobs if not j.future.done()]  # callers that disconnected meanwhile
+            if not jobs:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._tag, jobs)
+            except Exception as e:  # noqa: BLE001 - the requests in this batch get the error; the worker goes on
+                log.exception("tagging a batch of %d photos failed", size)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+            else:
+                for job, tags in zip(jobs, results):
+                    if not job.future.done():
+                        job.future.set_result(tags)
+
+    def _tag(self, jobs: list[_Job]) -> list[list[list[tuple[str, float]]]]:
+        """One backbone pass for every photo, then one sampling pass per distinct set of options."""
+        features = self.tagger.features([im for job in jobs for im in job.images])
+        self.forward_passes += 1
+        self.photos += len(features)
+        starts = np.cumsum([0] + [len(job.images) for job in jobs])
+        groups = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[tuple(sorted(job.options.items()))].append(i)
+        out: list = [None] * len(jobs)
+        for members in groups.values():
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
+            tags = self.tagger.predict_features(features[rows], **jobs[members[0]].options)
+            for i in members:
+                out[i], tags = tags[: len(jobs[i].images)], tags[len(jobs[i].images):]
+        return out
+
+
+def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits = ServiceLimits()) -> FastAPI:
+    """The service app for a loaded tagger; `token`, when given, is required on every /v1 request."""
+    # Build the backbone now: the first request should not pay for it, and a bundle whose backbone
+    # does not match fails at start, not on a user's photo.
+    min_side = tagger.backbone.preprocessing.resize
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.batcher = Batcher(tagger, limits.max_batch, limits.batch_wait)
+        app.state.batcher.start()
+        yield
+        await app.state.batcher.stop()
+
+    app = FastAPI(
+        title="tagger",
+        summary="Tag photos with a conditional GAN over a word2vec tag space (Mirza & Osindero 2014).",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.limits = limits
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        # Checked here rather than in a dependency: FastAPI reads the whole upload before it runs
+        # dependencies, and a refused client should not get to send 640 MB first.
+        if request.url.path.startswith("/v1/"):
+            if token is not None and not _token_ok(request.headers.get("authorization", ""), token):
+                return JSONResponse({"detail": "missing or wrong API token (send Authorization: Bearer TOKEN)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            declared = request.headers.get("content-length", "")
+            # Room for the multipart headers around each photo; each photo is checked on its own later.
+            most = limits.max_photos * (limits.max_photo_bytes + 64 * 1024)
+            if declared.isdigit() and int(declared) > most:
+                return JSONResponse({"detail": f"request of {_mb(int(declared))} is over the limit of {limits.max_photos} "
+                                               f"photos of {_mb(limits.max_photo_bytes)} each"}, status_code=413)
+        return await call_next(request)
+
+    # The token is checked by the middleware above; this dependency only shows it in /docs (the Authorize button).
+    v1 = [Depends(HTTPBearer(auto_error=False))] if token is not None else []
+
+    @app.post("/v1/tag", response_model=TagResponse, dependencies=v1)
+    async def tag(
+        request: Request,
+        files: Annotated[list[UploadFile], File(description="photos (JPEG, PNG, WebP, GIF, TIFF, BMP); repeat the field for several")],
+        top_k: Annotated[int | None, Query(ge=1, description="tags per photo (default: the model's)")] = None,
+        min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="leave out tags scoring below this")] = None,
+        exclude: Annotated[list[str], Query(description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
+    ) -> TagResponse:
+        """Tags with scores for each uploaded photo, best first; a photo that cannot be read gets an `error` instead."""
+        if len(files) > limits.max_photos:
+            raise HTTPException(413, f"{len(files)} photos in one request; at most {limits.max_photos}")
+        names = [f.filename or f"photo {i + 1}" for i, f in enumerate(files)]
+        for name, f in zip(names, files):
+            if f.size is not None and f.size > limits.max_photo_bytes:
+                raise HTTPException(413, f"{name}: {_mb(f.size)} is over the limit of {_mb(limits.max_photo_bytes)} per photo")
+        blobs = [await f.read() for f in files]
+        decoded = await asyncio.to_thread(_decode_all, blobs, names, min_side)
+        ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
+        tags = {}
+        if ok:
+            options = dict(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
+            tags = dict(zip(ok, await request.app.state.batcher.tag([decoded[i] for i in ok], **options)))
+        results = []
+        for i, (name, d) in enumerate(zip(names, decoded)):
+            if isinstance(d, ImageError):
+                results.append(PhotoTags(filename=name, tags=[], scores=[], error=d.reason))
+            else:
+                results.append(PhotoTags(filename=name, tags=[t for t, _ in tags[i]], scores=[round(s, 4) for _, s in tags[i]]))
+        return TagResponse(results=results)
+
+    @app.get("/v1/model", dependencies=v1)
+    def model() -> dict:
+        """The loaded model: backbone, vocabulary size, sampling defaults, the service limits and the training summary."""
+        config = tagger.config_dict()
+        return {
+            "backbone": tagger.backbone_name,
+            "feature_dim": config["backbone"]["feature_dim"],
+            "vocabulary_size": len(tagger.words),
+            "sampling": config["sampling"],
+            "limits": asdict(limits),
+            "info": config["info"],
+        }
+
+    @app.get("/v1/health", dependencies=v1)
+    def health(request: Request) -> JSONResponse:
+        """"ok" while the tagging worker runs (503 if it stopped), with counters of the work done."""
+        batcher = request.app.state.batcher
+        body = {"status": "ok" if batcher.running else "stopped", "photos": batcher.photos, "forward_passes": batcher.forward_passes}
+        return JSONResponse(body, status_code=200 if batcher.running else 503)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(model: Tagger | str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          device: str | None = None, limits: ServiceLimits = ServiceLimits(), log_level: str = "info") -> None:
+    """Load the model once and serve it until interrupted; `token` defaults to $TAGGER_TOKEN."""
+    import uvicorn
+
+    tagger = model if isinstance(model, Tagger) else Tagger.load(model, device=device)
+    token = token or os.environ.get("TAGGER_TOKEN") or None
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without a token: anyone who can reach the port can use it", host)
+    uvicorn.run(create_app(tagger, token=token, limits=limits), host=host, port=port, log_level=log_level)
+
+
+def _decode_all(blobs: list[bytes], names: list[str], min_side: int) -> list:
+    """Decoded images, or the ImageError of each photo that does not decode."""
+    out = []
+    for data, name in zip(blobs, names):
+        try:
+            # min_side lets big JPEGs decode at a reduced scale, as batch tagging does.
+            out.append(decode_image(data, name, min_side=min_side))
+        except ImageError as e:
+            out.append(e)
+    return out
+
+
+def _token_ok(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    # Constant-time comparison, so the answer time does not leak how much of a guess was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"

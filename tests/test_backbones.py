@@ -1,0 +1,164 @@
+"""The backbone registry: real ImageNet weights offline, torchvision weights from file / cache / URL, clear errors."""
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.backbones import (
+    DEFAULT_BACKBONE,
+    BackboneWeightsError,
+    create_backbone,
+    get_spec,
+    hub_cache_path,
+    imagenet_categories,
+    list_backbones,
+)
+
+CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+COFFEE_CLASSES = {967, 968}  # espresso, cup
+
+
+def top5(backbone, array) -> list[int]:
+    x = backbone.transform(Image.fromarray(array)).unsqueeze(0)
+    logits = backbone.classify(x)
+    assert logits.shape == (1, 1000)
+    return logits[0].topk(5).indices.tolist()
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone(DEFAULT_BACKBONE, device="cpu")
+
+
+def test_registry():
+    names = list_backbones()
+    assert DEFAULT_BACKBONE == "efficientnet_lite0"
+    assert {"efficientnet_lite0", "resnet18", "resnet50", "tiny"} <= set(names)
+    with pytest.raises(ValueError, match="unknown backbone 'nope'.*resnet50"):
+        create_backbone("nope")
+
+
+def test_efficientnet_lite0_knows_cats_and_coffee(lite0):
+    """Proof the weights are real and the network (TF padding, BN eps) matches them."""
+    data = pytest.importorskip("skimage.data")
+    cats = imagenet_categories()
+    cat, coffee = top5(lite0, data.chelsea()), top5(lite0, data.coffee())
+    print("chelsea:", [cats[i] for i in cat], "coffee:", [cats[i] for i in coffee])
+    assert cat[0] in CAT_CLASSES and len(CAT_CLASSES & set(cat)) >= 2
+    assert coffee[0] == 967
+
+
+def test_efficientnet_lite0_features_and_preprocessing(lite0):
+    assert lite0.dim == 1280 and lite0.weights_id != "random"
+    p = lite0.preprocessing
+    assert (p.resize, p.crop, p.interpolation) == (256, 224, "bicubic")
+    # (x - 127) / 128 on 0..255 values: pixel 255 -> 1.0, pixel 127 -> 0.
+    x = lite0.transform(Image.new("RGB", (300, 260), (255, 127, 0)))
+    assert x.shape == (3, 224, 224)
+    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 0.0, -127 / 128]), atol=1e-6)
+    f = lite0.forward_features(torch.stack([x, x.flip(-1)]))
+    assert f.shape == (2, 1280) and f.dtype == torch.float32 and torch.isfinite(f).all()
+    assert (f >= 0).all()  # pooled after ReLU6
+
+
+def test_tiny_is_deterministic_and_leaves_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = create_backbone("tiny", device="cpu"), create_backbone("tiny", device="cpu")
+    assert torch.rand(1) == expected
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(a.forward_features(x), b.forward_features(x))
+    assert a.forward_features(x).shape == (3, 32) and a.weights_id == "random"
+    with pytest.raises(ValueError, match="no classification head"):
+        a.classify(x)
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A random resnet18 state dict, named like torchvision's files (sha256 prefix in the name)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    tmp = folder / "tmp.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    final = folder / f"resnet18-{digest}.pth"
+    tmp.rename(final)
+    return final
+
+
+def test_weights_file_is_loaded_exactly(resnet18_file):
+    state = torch.load(resnet18_file, weights_only=True)
+    bb = create_backbone("resnet18", weights=resnet18_file, device="cpu")
+    loaded = dict(bb.model.named_parameters())
+    # _Split(body=Sequential(conv1, bn1, ...), head=fc): body.0 is conv1.
+    assert torch.equal(loaded["body.0.weight"], state["conv1.weight"])
+    assert torch.equal(loaded["head.weight"], state["fc.weight"])
+    x = torch.randn(2, 3, 64, 64)
+    assert bb.forward_features(x).shape == (2, 512) and bb.classify(x).shape == (2, 1000)
+
+
+def test_wrong_or_missing_weights_file(tmp_path, resnet18_file):
+    with pytest.raises(BackboneWeightsError, match="not weights for efficientnet_lite0"):
+        create_backbone("efficientnet_lite0", weights=resnet18_file, device="cpu")
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        create_backbone("resnet18", weights=tmp_path / "missing.pth", device="cpu")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneWeightsError, match="cannot read"):
+        create_backbone("resnet18", weights=tmp_path / "junk.pth", device="cpu")
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving a temp folder; yields (folder, base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_lands_in_hub_cache_then_is_reused(tmp_path, monkeypatch, http_dir, resnet18_file):
+    root, base = http_dir
+    (root / resnet18_file.name).write_bytes(resnet18_file.read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    url = f"{base}/{resnet18_file.name}"
+    monkeypatch.setattr(get_spec("resnet18"), "weights_url", url)
+
+    cached = hub_cache_path(url)
+    assert cached == tmp_path / "torch_home" / "hub" / "checkpoints" / resnet18_file.name
+    assert not cached.exists()
+    bb = create_backbone("resnet18", device="cpu")  # the real torch.hub download code runs
+    assert cached.read_bytes() == resnet18_file.read_bytes()
+    assert bb.weights_path == cached
+
+    # Second time: served from the cache, even with the server's copy gone.
+    (root / resnet18_file.name).unlink()
+    again = create_backbone("resnet18", device="cpu")
+    assert torch.equal(again.model.head.weight, bb.model.head.weight)
+
+
+def test_unreachable_url_is_a_clear_error(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(get_spec("resnet50"), "weights_url", f"http://127.0.0.1:{port}/resnet50-11ad3fa6.pth")
+    with pytest.raises(BackboneWeightsError) as e:
+        create_backbone("resnet50", device="cpu")
+    message = str(e.value)
+    assert "--weights FILE" in message
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in message
+    assert not (tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth").exists()
