@@ -2,9 +2,11 @@
 PYTHON ?= python3
 DATA ?= ../shared/datasets/mirflickr25k_subset
 MODEL ?= models/mirflickr
+SHIPPED_PRESET ?= adam
+SHIPPED_EPOCHS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast train bench clean
+.PHONY: help install test test-fast train model evaluate bench clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +22,13 @@ test-fast: ## run the tests that take under a few seconds
 
 train: ## train a model bundle on DATA into MODEL
 	tagger train $(DATA) --out $(MODEL)
+
+model: ## rebuild the shipped model (tagger/assets/model) from the MIRFLICKR subset at DATA
+	@test -f $(DATA)/annotations.jsonl || { echo "MIRFLICKR subset not found at $(DATA): set DATA=folder (with annotations.jsonl)"; exit 1; }
+	tagger train $(DATA) --out tagger/assets/model --preset $(SHIPPED_PRESET) --epochs $(SHIPPED_EPOCHS) --split 1,0,0 --half
+
+evaluate: ## evaluate MODEL on the test split of DATA into reports/
+	tagger evaluate $(DATA) --model $(MODEL) --out reports
 
 bench: ## run the benchmarks in bench/ and print their ratios
 	$(PYTHON) bench/bench_features.py

@@ -29,7 +29,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
-MethodOpt = Annotated[str, typer.Option(help="tagging method: cgan (the GAN), knn (neighbour voting baseline) or prior (tag frequency)")]
+MethodOpt = Annotated[str, typer.Option(help="tagging method: cgan (the GAN), knn (neighbour voting baseline), cgan+knn (both combined) or prior (tag frequency)")]
 
 
 class UserError(Exception):
@@ -98,6 +98,8 @@ def train(
     backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
     weights: Annotated[Optional[Path], typer.Option(help="backbone weights file, for backbones whose weights must be downloaded")] = None,
     min_count: Annotated[int, typer.Option(min=1, help="least number of training photos a tag needs to enter the vocabulary")] = 10,
+    split: Annotated[str, typer.Option(help="train,val,test shares of the photos, split by photo id")] = "0.8,0.1,0.1",
+    half: Annotated[bool, typer.Option("--half", help="store the generator in float16 (half the size)")] = False,
     seed: Annotated[int, typer.Option(help="seed of word2vec, GAN and sampling")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per feature-extraction batch")] = 64,
     device: DeviceOpt = None,
@@ -113,8 +115,16 @@ def train(
     def go():
         from tagger.fit import FitConfig, default_cache_dir, fit
 
+        try:
+            fractions = tuple(float(x) for x in split.split(","))
+        except ValueError:
+            raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}") from None
+        if len(fractions) != 3:
+            raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}")
         config = FitConfig(
             preset=preset,
+            split=fractions,
+            half=half,
             backbone=backbone,
             weights=str(weights) if weights else None,
             min_count=min_count,

@@ -48,6 +48,7 @@ class FitConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test shares, by photo id
     split_seed: int = 0
     seed: int = 0
+    half: bool = False  # store the generator in float16
     feature_batch_size: int = 64
     num_workers: int | None = None  # feature decoding workers (None: the feature config's default)
     device: str | None = None
@@ -185,7 +186,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     extras = {"train_log.csv": work_dir / "train_log.csv"}
     if (work_dir / "train_curves.png").is_file():
         extras["train_curves.png"] = work_dir / "train_curves.png"
-    tagger.save(out, extras=extras)
+    tagger.save(out, half=config.half, extras=extras)
     stages.save = time.perf_counter() - t
     summary["stage_seconds"] = {k: round(v, 1) for k, v in asdict(stages).items()}
     return tagger, summary

@@ -118,7 +118,7 @@ class Tagger:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return ("cgan", "knn", "prior") if self.knn is not None else ("cgan", "prior")
+        return ("cgan", "knn", "cgan+knn", "prior") if self.knn is not None else ("cgan", "prior")
 
     def score_features(self, features: np.ndarray, config: SamplingConfig | None = None, method: str = "cgan") -> np.ndarray:
         """(N, V) word scores for raw image features (N, F) by one tagging method."""
@@ -126,6 +126,10 @@ class Tagger:
             return score_words(self.generator, features, self.index, config or self.sampling, self.prior)
         if method == "knn" and self.knn is not None:
             return self.knn.scores(features)
+        if method == "cgan+knn" and self.knn is not None:
+            # Each method's scores scaled to a best of 1 per photo, then summed: agreement wins.
+            both = [self.score_features(features, config, m) for m in ("cgan", "knn")]
+            return sum(np.clip(t, 0, None) / np.maximum(t.max(axis=1, keepdims=True), 1e-12) for t in both)
         if method == "prior":
             return np.broadcast_to(self.prior, (len(features), len(self.prior))).copy()
         raise ValueError(f"unknown tagging method {method!r} for this model (choose from {', '.join(self.methods)})")

@@ -64,9 +64,11 @@ class TagResponse(BaseModel):
     results: list[PhotoTags]  # in upload order
 
 
+@dataclass
 class _Job:
-    def __init__(self, images: list, options: dict, future: asyncio.Future):
-        self.images, self.options, self.future = images, options, future
+    images: list  # decoded photos of one request
+    options: dict  # top_k, min_score, exclude for Tagger.predict_features
+    future: asyncio.Future  # set to the tags of each photo, or to the error of the batch
 
 
 class Batcher:

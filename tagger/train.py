@@ -79,10 +79,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "paper": Preset(description="Mirza & Osindero 2014 as written: SGD 0.1, momentum 0.5->0.7, dropout 0.5"),
     "adam": Preset(
-        train=TrainConfig(optimizer="adam", lr=2e-4, lr_decay=1.0, label_smoothing=0.1, recon_weight=1.0, epochs=10),
+        train=TrainConfig(optimizer="adam", lr=2e-4, lr_decay=1.0, label_smoothing=0.1, recon_weight=3.0, epochs=6),
         words=WordSpaceConfig(center=True, normalize=True),
         standardize_features=True,
-        description="Adam 2e-4, standardized features, centred unit word vectors, smoothing 0.1, cosine reconstruction",
+        sampling=SamplingConfig(scoring="similarity", prior_power=0.5),
+        description="Adam 2e-4, standardized features, centred unit word vectors, smoothing 0.1, "
+        "cosine reconstruction x3; votes weighted by cosine times prior^0.5",
     ),
 }
 

@@ -41,6 +41,12 @@ function addCard(file) {
   const img = card.querySelector("img");
   img.src = URL.createObjectURL(file);
   img.alt = file.name;
+  // A file the browser cannot show either: an empty frame instead of the broken-image icon.
+  img.addEventListener("error", () => {
+    const blank = document.createElement("div");
+    blank.className = "thumb";
+    img.replaceWith(blank);
+  });
   card.querySelector(".name").textContent = file.name;
   $("results").append(card);
   return card;
