@@ -114,7 +114,11 @@ def write_results(rows: pd.DataFrame, out: Path) -> None:
 
 
 class Lock:
-    """An exclusive lock on the output, held for the run (fcntl: released by the kernel if we die)."""
+    """An exclusive lock on the output, held for the run.
+
+    A POSIX record lock (lockf), not flock: it belongs to this process alone, so decoding workers
+    forked while it is held do not keep it alive after a kill, and the kernel drops it when we die.
+    """
 
     def __init__(self, out: Path):
         self.path = out.with_name(out.name + ".lock")
@@ -125,8 +129,8 @@ class Lock:
 
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             os.close(self.fd)
             raise BatchError(f"{self.path}: another `tagger tag` run is writing this output; wait for it or choose another --out")
         return self

@@ -339,6 +339,36 @@ def features(
 
 
 @app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 opens the service to the network (set a --token then)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="TAGGER_TOKEN", show_envvar=False,
+                                                 help="API token every /v1 request must send as 'Authorization: Bearer TOKEN' (default: $TAGGER_TOKEN)")] = None,
+    max_photos: Annotated[int, typer.Option(min=1, help="most photos in one request")] = 32,
+    max_photo_mb: Annotated[float, typer.Option(min=0.001, help="largest photo upload, in MB")] = 20.0,
+    device: DeviceOpt = None,
+):
+    """Serve tagging over HTTP: POST /v1/tag, a web page at /, the API docs at /docs.
+
+    The model loads once at start; requests that arrive together share one forward pass.
+
+    Example:  tagger serve --model models/mirflickr --port 8000
+    """
+
+    def go():
+        from tagger.service import ServiceLimits
+        from tagger.service import serve as serve_http
+
+        limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))
+        tagger = load_tagger(model, device)
+        typer.echo(f"tagger: serving {tagger.backbone_name} ({len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)
+        serve_http(tagger, host=host, port=port, token=token, limits=limits)
+
+    run(go)
+
+
+@app.command()
 def backbones():
     """List the image backbones and their feature sizes.
 

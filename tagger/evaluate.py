@@ -135,5 +135,7 @@ def format_table(ev: Evaluation, which: str = "tags") -> str:
         return ""
     frame = pd.DataFrame(results).T
     cols = [c for c in frame.columns if c != "photos"]
-    frame = frame[cols].astype(float)
-    return frame.to_string(float_format=lambda x: f"{x:.4f}" if abs(x) < 1 else f"{x:.0f}")
+    frame = frame[cols].astype(object)
+    for c in cols:
+        frame[c] = frame[c].map(lambda x, c=c: f"{int(x)}" if c == "N+" else f"{float(x):.4f}")
+    return frame.to_string()

@@ -14,7 +14,7 @@ from tagger.evaluate import Evaluation, format_table
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; } td, th { padding: 3px 9px; text-align: right; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; } .scroll { overflow-x: auto; } img { max-width: 100%; } td, th { padding: 3px 9px; text-align: right; border-bottom: 1px solid #eee; }
 th:first-child, td:first-child { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 14px; }
 .card { border: 1px solid #ddd; border-radius: 8px; padding: 8px; } .card img { width: 100%; border-radius: 4px; }
@@ -37,7 +37,7 @@ def _table(results: dict) -> str:
     for method, r in results.items():
         cells = "".join(f"<td>{r[m]:.4f}</td>" if isinstance(r[m], float) else f"<td>{r[m]}</td>" for m in metrics)
         rows.append(f"<tr><td>{html.escape(method)}</td>{cells}</tr>")
-    return f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
+    return f"<div class='scroll'><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table></div>"
 
 
 def _pk_plot(ev: Evaluation) -> bytes:

@@ -66,6 +66,28 @@ def test_efficientnet_lite0_features_and_preprocessing(lite0):
     assert (f >= 0).all()  # pooled after ReLU6
 
 
+def test_lite0_module_loads_strictly_and_matches_timm():
+    """Same numbers as timm's tf_efficientnet_lite0 (TF SAME padding) given the same weights, any input size."""
+    from pipelines.efficientnet_lite import EfficientNetLite0, weights_path
+
+    state = torch.load(weights_path(), weights_only=True)
+    ours = EfficientNetLite0()
+    ours.load_state_dict(state, strict=True)
+    ours.eval()
+    assert len(state) == 296 and list(ours.state_dict()) == list(state)
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    # Both follow the TF graph's order, so the tensors pair up by position.
+    assert [v.shape for v in ref.state_dict().values()] == [v.shape for v in state.values()]
+    ref.load_state_dict(dict(zip(ref.state_dict(), state.values())))
+    with torch.no_grad():
+        for shape in [(2, 3, 224, 224), (1, 3, 225, 131)]:  # even and odd sides pad differently
+            x = torch.randn(shape)
+            assert torch.allclose(ours(x), ref(x), atol=1e-5)
+        fused = ours.fuse_batchnorm()  # what the backbone runs: same outputs, one op fewer per conv
+        assert torch.allclose(fused(x), ref(x), atol=1e-4)
+
+
 def test_tiny_is_deterministic_and_leaves_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(1)

@@ -1,5 +1,7 @@
 """Batch tagging of a folder: one row per photo, resumable, atomic output, sidecars, one writer."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -90,10 +92,18 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
 def test_a_second_writer_is_refused(tmp_path):
     make_photos(tmp_path / "photos", 1)
     out = tmp_path / "tags.csv"
-    with Lock(out):
+    # Another process holds the output's lock (the lock is per process, as a second `tagger tag` would be).
+    holder = subprocess.Popen([sys.executable, "-c", f"from tagger.batch import Lock; from pathlib import Path; import time\n"
+                               f"with Lock(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(BatchError, match="another `tagger tag` run"):
             tag_folder(tmp_path / "photos", out, fake_tagger([]))
-    tag_folder(tmp_path / "photos", out, fake_tagger([]))  # free again once released
+    finally:
+        holder.kill()
+        holder.wait()
+    tag_folder(tmp_path / "photos", out, fake_tagger([]))  # free again once the holder is gone
 
 
 def test_bad_output_name(tmp_path):

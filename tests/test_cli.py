@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_help_shows_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "Example:" in result.output
-    for command in ("train", "predict", "tag", "features"):
+    for command in ("train", "predict", "tag", "evaluate", "features", "serve"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output, command
 
