@@ -1,0 +1,290 @@
+"""Image features for a list of photos: decode in worker processes, batch through a frozen backbone, cache.
+
+    result = extract_features(paths, FeatureConfig(cache_dir="~/.cache/tagger/features"))
+    result.features[result.ok]      # (N, D) float32, row i belongs to paths[i]
+
+Photos that cannot be decoded are logged with their path and reason, listed in `result.errors`,
+and left as NaN rows with `ok[i] = False` (NaN, not zero, so a forgotten `ok` mask shows up
+loudly instead of training on blank features); the run carries on.
+
+The cache is keyed by the photo's content (blake2b of the file bytes) and the backbone (name,
+weights hash, preprocessing), so a renamed or copied photo is not extracted again and an edited
+one is. Each batch is written as its own shard (an atomic `os.replace`), so an interrupted run
+keeps everything it finished; a run that completes merges its batch shards into one.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pipelines.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from pipelines.images import ImageError, decode_image, read_bytes, to_rgb
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when decoding or the cache layout changes, so old entries are not reused
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How to extract: which backbone and weights, on what device, in what batches, cached where."""
+
+    backbone: str = DEFAULT_BACKBONE  # a name from pipelines.backbones.list_backbones()
+    weights: str | Path | None = None  # a state dict file overriding the backbone's default weights
+    batch_size: int = 64  # photos per forward pass
+    num_workers: int = field(default_factory=_default_workers)  # decoding processes; 0 decodes in this process
+    device: str | None = None  # "cpu", "cuda", "cuda:N", "mps"; None lets choose_device pick
+    cache_dir: str | Path | None = None  # folder of the feature cache; None: no cache
+
+
+@dataclass
+class FeatureResult:
+    """What `extract_features` returns; every array is aligned with the paths it was given."""
+
+    features: np.ndarray  # (N, D) float32, aligned with the paths; NaN rows where ok is False
+    ok: np.ndarray  # (N,) bool
+    errors: dict[int, str]  # row -> "path: reason" for every photo that failed
+    n_extracted: int = 0  # photos run through the backbone in this call
+    n_cached: int = 0  # photos answered from the cache
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# --- decoding in DataLoader workers -----------------------------------------------------------------
+
+
+class _PhotoDataset(Dataset):
+    """Item i: (row, content hash, uint8 CHW tensor or None, failure reason or None). Never raises for a bad photo."""
+
+    def __init__(self, paths: Sequence[Path], rows: Sequence[int], transform, min_side: int):
+        self.paths, self.rows, self.transform, self.min_side = paths, rows, transform, min_side
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        path = self.paths[row]
+        try:
+            data = read_bytes(path)
+            # Hashing the bytes actually decoded keeps cache keys right even if the file changes mid-run.
+            digest = hash_bytes(data)
+            image = decode_image(data, path, min_side=self.min_side)
+            return row, digest, self.transform(image), None
+        except ImageError as e:
+            return row, None, None, e.reason
+        except Exception as e:  # noqa: BLE001 - one odd photo must not end a run over thousands
+            return row, None, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items):
+    """Split a batch into the photos that decoded (stacked) and the ones that did not."""
+    good = [it for it in items if it[2] is not None]
+    rows = [it[0] for it in good]
+    hashes = [it[1] for it in good]
+    x = torch.stack([it[2] for it in good]) if good else None
+    failed = [(it[0], it[3]) for it in items if it[2] is None]
+    return rows, hashes, x, failed
+
+
+# --- the cache ----------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """A folder of shards per backbone; a shard is `NAME.features.npy` (n, D) + `NAME.hashes.npy` (n,).
+
+    The hashes file is written last and is what makes a shard visible, so a crash mid-write leaves
+    nothing half-read. Features are memory-mapped: a lookup reads only the rows it needs.
+    """
+
+    def __init__(self, root: str | Path, backbone: Backbone):
+        pre = backbone.preprocessing
+        key = hash_bytes(repr((CACHE_VERSION, backbone.name, backbone.weights_id, pre)).encode())[:12]
+        self.dir = Path(root).expanduser() / f"{backbone.name}-{key}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dim = backbone.dim
+
+    def shards(self) -> list[Path]:
+        return sorted(self.dir.glob("*.hashes.npy"))
+
+    def lookup(self, wanted: set[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for hashes_file in self.shards():
+            name = hashes_file.name.removesuffix(".hashes.npy")
+            try:
+                hashes = np.load(hashes_file)
+                idx = [i for i, h in enumerate(hashes.tolist()) if h in wanted and h not in found]
+                if not idx:
+                    continue
+                feats = np.load(self.dir / f"{name}.features.npy", mmap_mode="r")
+                if feats.shape != (len(hashes), self.dim):
+                    raise ValueError(f"shape {feats.shape} does not match {len(hashes)} hashes")
+                rows = np.asarray(feats[idx], dtype=np.float32)
+            except (OSError, ValueError) as e:
+                # A damaged shard costs a re-extraction, never a wrong feature.
+                log.warning("feature cache: ignoring shard %s (%s)", hashes_file, e)
+                continue
+            for i, r in zip(idx, rows):
+                found[hashes[i]] = r
+        return found
+
+    def write(self, name: str, hashes: Sequence[str], features: np.ndarray) -> None:
+        assert features.shape == (len(hashes), self.dim)
+        self._save(f"{name}.features.npy", np.ascontiguousarray(features, dtype=np.float32))
+        self._save(f"{name}.hashes.npy", np.asarray(hashes, dtype="U32"))  # last: this commits the shard
+
+    def remove(self, name: str) -> None:
+        for suffix in (".hashes.npy", ".features.npy"):  # hashes first: the shard disappears whole
+            (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
+
+    def _save(self, filename: str, array: np.ndarray) -> None:
+        tmp = self.dir / f"tmp-{os.getpid()}-{filename}"
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, self.dir / filename)
+
+
+def _hash_files(paths: Sequence[Path], threads: int = 8) -> list[str | ImageError]:
+    """Content hash of every file (an ImageError in place of an unreadable one); file reads overlap in threads."""
+
+    def one(path: Path):
+        try:
+            return hash_bytes(read_bytes(path))
+        except ImageError as e:
+            return e
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, paths, chunksize=64))
+
+
+# --- extraction -------------------------------------------------------------------------------------
+
+
+def extract_features(
+    paths: Sequence[str | Path],
+    config: FeatureConfig = FeatureConfig(),
+    progress: bool = True,
+    backbone: Backbone | None = None,
+) -> FeatureResult:
+    """Features for every photo in `paths`, in order; see the module docstring for failures and the cache.
+
+    backbone: one already built, to reuse across calls (config's backbone, weights and device are
+    then not consulted).
+    """
+    paths = [Path(p) for p in paths]
+    if backbone is None:
+        backbone = create_backbone(config.backbone, config.weights, config.device)
+    n = len(paths)
+    features = np.full((n, backbone.dim), np.nan, dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    reasons: dict[int, str] = {}
+    result = FeatureResult(features, ok, {})
+
+    cache = FeatureCache(config.cache_dir, backbone) if config.cache_dir is not None else None
+    duplicates: dict[int, int] = {}  # row -> the row with the same content that is extracted for it
+    if cache is None:
+        todo = list(range(n))
+    else:
+        t0 = time.perf_counter()
+        hashes = _hash_files(paths)
+        known = cache.lookup({h for h in hashes if isinstance(h, str)})
+        first: dict[str, int] = {}
+        todo = []
+        for row, h in enumerate(hashes):
+            if isinstance(h, ImageError):
+                reasons[row] = h.reason
+                log.warning("skipping %s", h)
+            elif h in known:
+                features[row] = known[h]
+            elif h in first:
+                duplicates[row] = first[h]
+            else:
+                first[h] = row
+                todo.append(row)
+        result.n_cached = n - len(todo) - len(duplicates) - len(reasons)
+        log.info("feature cache %s: %d of %d photos cached (hashed in %.1fs)", cache.dir, result.n_cached, n, time.perf_counter() - t0)
+
+    if todo:
+        run = f"{time.time_ns():x}-{os.getpid()}"
+        new_rows, new_hashes, batch_shards = _run(paths, todo, backbone, config, progress, features, reasons, cache, run)
+        result.n_extracted = len(new_rows)
+        if cache is not None and new_rows:
+            # One shard per completed run instead of one per batch keeps lookups quick.
+            cache.write(f"{run}-all", new_hashes, features[new_rows])
+            for name in batch_shards:
+                cache.remove(name)
+
+    for row, rep in duplicates.items():
+        features[row] = features[rep]
+        if rep in reasons:
+            reasons[row] = reasons[rep]
+    ok[:] = ~np.isnan(features).any(axis=1)
+    for row in np.flatnonzero(~ok):
+        # Only when the backbone gives NaN, or a file changed between hashing and decoding.
+        reasons.setdefault(int(row), "no features (non-finite output, or the file changed during the run)")
+    result.errors = {row: f"{paths[row]}: {reason}" for row, reason in sorted(reasons.items())}
+    if result.errors:
+        log.warning("%d of %d photos could not be read and have no features", len(result.errors), n)
+    return result
+
+
+def _run(paths, todo, backbone, config, progress, features, reasons, cache, run):
+    """Decode and forward the `todo` rows, filling `features` and `reasons` in place; a cache shard per batch."""
+    dataset = _PhotoDataset(paths, todo, backbone.pixels_transform, min_side=backbone.preprocessing.resize)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda",
+    )
+    new_rows: list[int] = []
+    new_hashes: list[str] = []
+    shards: list[str] = []
+    bar = tqdm(total=len(todo), unit="photo", desc=f"features {backbone.name}", disable=not progress, smoothing=0.1)
+    with torch.inference_mode(), bar:
+        for batch, (rows, hashes, x, failed) in enumerate(loader):
+            for row, reason in failed:
+                reasons[row] = reason
+                log.warning("skipping %s: %s", paths[row], reason)
+            if rows:
+                out = backbone.forward_features(x).cpu().numpy()
+                features[rows] = out
+                new_rows += rows
+                new_hashes += hashes
+                if cache is not None:
+                    shards.append(f"{run}-b{batch:06d}")
+                    cache.write(shards[-1], hashes, out)
+            bar.update(len(rows) + len(failed))
+    return new_rows, new_hashes, shards
+
+
+def extract_images(images: Sequence[Image.Image], backbone: Backbone, device: torch.device | str | None = None, batch_size: int = 64) -> np.ndarray:
+    """(N, D) float32 features for photos already in memory (e.g. uploaded ones), on the backbone's device."""
+    if device is not None and torch.device(device).type != backbone.device.type:
+        raise ValueError(f"backbone {backbone.name} lives on {backbone.device}, not {device}: create it there")
+    out = np.zeros((len(images), backbone.dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            x = torch.stack([backbone.pixels_transform(to_rgb(im)) for im in chunk])
+            out[start : start + len(chunk)] = backbone.forward_features(x).cpu().numpy()
+    return out

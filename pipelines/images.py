@@ -1,0 +1,159 @@
+"""Robust photo decoding: any file Pillow reads becomes an upright 8-bit RGB image, or an ImageError.
+
+Real photo folders hold grayscale scans, palette GIFs, CMYK JPEGs from print workflows, 16-bit
+PNGs, rotated phone pictures, half-copied files and the odd text file named `.jpg`. `load_image`
+turns all of these into one thing a CNN can take (RGB, EXIF orientation applied, transparency
+flattened on white) and turns every failure into an `ImageError` that names the file and the
+reason, so a batch job can report the photo and carry on.
+
+Pillow's decompression-bomb limit is a process-wide global (`Image.MAX_IMAGE_PIXELS`); this module
+leaves it alone and applies its own limit, `MAX_PIXELS`, to the size a file declares, before any
+pixel is decoded.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below what would exhaust memory
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
+
+
+class ImageError(Exception):
+    """A photo that cannot be decoded; `path` names the file and `reason` says why in a few words."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):
+        # DataLoader workers pickle exceptions back to the main process; keep both fields.
+        return (type(self), (self.path, self.reason))
+
+
+def load_image(source: str | Path | bytes, *, min_side: int | None = None) -> Image.Image:
+    """Read a photo file (or its bytes) into an upright RGB image.
+
+    min_side: the smallest shorter side the caller needs (e.g. the backbone's resize). A JPEG at
+    least twice that size is decoded at a reduced scale (`Image.draft`), which is several times
+    faster and loses nothing the later resize would have kept.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(source), "<bytes>", min_side=min_side)
+    return decode_image(read_bytes(source), source, min_side=min_side)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; an unreadable file is an ImageError like any other bad photo."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | None = None) -> Image.Image:
+    """Decode bytes already read from `path` (the path only names the photo in errors)."""
+    if not data:
+        raise ImageError(path, "empty file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning would fire at its global limit; ours is MAX_PIXELS below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(path, f"decompression bomb? {w}x{h} = {w * h / 1e6:.0f} megapixels > {MAX_PIXELS / 1e6:.0f}")
+        if w == 0 or h == 0:
+            raise ImageError(path, f"empty image ({w}x{h})")
+        if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
+            im.draft(None, (min_side, min_side))  # keeps both sides >= min_side
+        im.load()  # decodes the first frame of an animation, and only that
+        im = _upright(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"decompression bomb? {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(path, "not an image (unknown format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as e:
+        # Pillow reports truncated and corrupt data through all of these, depending on the codec.
+        reason = str(e).strip() or type(e).__name__
+        raise ImageError(path, f"corrupt or truncated: {reason}") from None
+    try:
+        return to_rgb(im)
+    except ValueError as e:
+        raise ImageError(path, str(e)) from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode: transparency flattened on white, 16/32-bit gray rescaled."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        return Image.fromarray(_gray_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+    try:
+        # 1, L, P, CMYK (Adobe's inverted CMYK is undone by the JPEG reader), YCbCr, ...
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"unsupported mode {im.mode}: {e}") from None
+
+
+def _gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """Scale high-bit-depth gray to 0..255 over its full range; clipping at 255 would blow it out."""
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
+        a = a / 257.0  # 16-bit: 65535 -> 255
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) / max(hi - lo, 1e-12) * 255.0  # no known range: stretch what is there
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored rather than losing the photo."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - malformed EXIF comes in endless varieties
+        return im
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file under `folder`, recursively, sorted, chosen by extension (any case).
+
+    Symlinked folders are followed once each, so a link back up the tree cannot loop. Hidden
+    files and folders (a leading dot, e.g. macOS `._im1.jpg` shadow files) are skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(Path(root) / name)
+    return sorted(found)
