@@ -28,7 +28,8 @@ async function loadModel() {
   try {
     const model = await api("v1/model");
     maxPhotos = model.limits.max_photos;
-    const photos = model.info && model.info.photos ? `, trained on ${model.info.photos.toLocaleString()} photos` : "";
+    const n = model.info && (model.info.train_photos || model.info.photos);
+    const photos = n ? `, trained on ${n.toLocaleString()} photos` : "";
     $("model").textContent = `${model.backbone} · ${model.vocabulary_size.toLocaleString()} tags${photos}`;
     $("token-form").hidden = true;
   } catch (e) {
