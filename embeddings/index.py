@@ -52,7 +52,7 @@ class TagIndex:
         self.config = config
         self.kind = kind
         self.index = self._new_index(vectors.shape[1])
-        self.index.add(_unit_rows(vectors))
+        self.index.add(unit_rows(vectors))
 
     def _new_index(self, dim: int) -> faiss.Index:
         if self.kind == "flat":
@@ -87,7 +87,7 @@ class TagIndex:
         if self.kind == "hnsw":
             # Search-time parameter, and it must cover k to return k hits.
             self.index.hnsw.efSearch = max(self.config.ef_search, k)
-        scores, ids = self.index.search(_unit_rows(queries), k)
+        scores, ids = self.index.search(unit_rows(queries), k)
         scores[ids < 0] = -np.inf
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
@@ -120,7 +120,7 @@ class TagIndex:
         return self
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     """A float32 copy with unit-length rows; zero rows stay zero (score 0, never NaN)."""
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     norms = np.linalg.norm(x, axis=1, keepdims=True)

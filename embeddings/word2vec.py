@@ -23,6 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from ._files import atomic_write
+from .index import unit_rows
 
 FORMAT = "tagger.word_vectors"
 VERSION = 1
@@ -131,7 +132,7 @@ class WordVectors:
 
     def most_similar(self, word: str, k: int = 10) -> list[tuple[str, float]]:
         """The k words nearest to `word` by cosine similarity, the word itself left out."""
-        unit = _unit_rows(self.vectors)
+        unit = unit_rows(self.vectors)
         scores = unit @ unit[self.index(word)]
         scores[self.index(word)] = -np.inf
         k = min(k, len(self) - 1)
@@ -181,11 +182,6 @@ class WordVectors:
                     # str of a numpy float32 is the shortest text that reads back to the same float32.
                     f.write((word + " " + " ".join(str(x) for x in vec) + "\n").encode("utf-8"))
         atomic_write(path, write)
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _looks_binary(path: Path) -> bool:

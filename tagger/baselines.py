@@ -15,6 +15,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from embeddings.index import unit_rows
+
 
 @dataclass(frozen=True)
 class KNNConfig:
@@ -40,7 +42,7 @@ class KNNTagger:
                  vocab_size: int, config: KNNConfig = KNNConfig()):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.components = np.asarray(components, dtype=np.float32)  # (D, dim)
-        self.features = _unit_rows(np.asarray(features, dtype=np.float32))  # (N, dim)
+        self.features = unit_rows(np.asarray(features, dtype=np.float32))  # (N, dim)
         self.tags = [np.asarray(t, dtype=np.int64) for t in tags]
         self.vocab_size = vocab_size
         self.config = config
@@ -64,7 +66,7 @@ class KNNTagger:
         return cls(mean, components, (features - mean) @ components, tags, vocab_size, config)
 
     def project(self, features: np.ndarray) -> np.ndarray:
-        return _unit_rows((np.asarray(features, dtype=np.float32) - self.mean) @ self.components)
+        return unit_rows((np.asarray(features, dtype=np.float32) - self.mean) @ self.components)
 
     def scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
         """(N, V) TagVote scores for raw image features (N, D)."""
@@ -98,7 +100,3 @@ class KNNTagger:
             k, dim, subtract = d["config"].tolist()
             return cls(d["mean"], d["components"], d["features"], tags, int(d["vocab_size"]),
                        KNNConfig(k=int(k), dim=int(dim), subtract_prior=bool(subtract)))
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
