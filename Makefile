@@ -3,7 +3,7 @@ PYTHON ?= python3
 DATA ?= ../shared/datasets/mirflickr25k_subset
 MODEL ?= models/mirflickr
 SHIPPED_PRESET ?= adam
-SHIPPED_EPOCHS ?= 4
+SHIPPED_EPOCHS ?= 6
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast train model evaluate bench clean

@@ -161,7 +161,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     t = time.perf_counter()
     write_log(state.log, work_dir / "train_log.csv", work_dir / "train_curves.png")
     summary = {
-        "data": str(data),
+        "data": Path(data).name,  # the folder or file name only: a bundle may travel
         "preset": config.preset,
         "preset_description": preset.description,
         "photos": int(len(frame)),
