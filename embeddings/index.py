@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ._files import atomic_dir
+from .files import atomic_dir
 
 FORMAT = "tagger.tag_index"
 VERSION = 1

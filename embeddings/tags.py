@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ._files import atomic_write
+from .files import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 STOPLIST_FILE = DATA_DIR / "stoplist.txt"

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ._files import atomic_write
+from .files import atomic_write
 from .index import unit_rows
 
 FORMAT = "tagger.word_vectors"

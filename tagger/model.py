@@ -20,7 +20,6 @@ import json
 import os
 from functools import cached_property
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from embeddings.files import atomic_dir
 from embeddings.index import TagIndex
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
@@ -198,13 +198,14 @@ class Tagger:
         `extras` are further files copied in under the given names (the training log and curves).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        if path.exists() and not (path / CONFIG).is_file() and any(path.iterdir()):
+            raise BundleError(f"{path}: exists and is not a model bundle; refusing to replace it")
+        with atomic_dir(path) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
             if half:
                 state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
             save_file(state, str(tmp / WEIGHTS))
+            os.chmod(tmp / WEIGHTS, 0o644)
             self.vocabulary.save(tmp / VOCABULARY)
             self.word_vectors.save(tmp / VECTORS)
             if self.knn is not None:
@@ -213,10 +214,6 @@ class Tagger:
                 shutil.copyfile(file, tmp / name)
             # config.json last: a folder without it is not a bundle.
             (tmp / CONFIG).write_text(json.dumps(self.config_dict(), indent=2, ensure_ascii=False))
-            _swap_into_place(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -281,15 +278,3 @@ def _reason(error: str, path: Path) -> str:
     """The reason alone, without the "path: " that feature errors start with."""
     prefix = f"{path}: "
     return error[len(prefix):] if error.startswith(prefix) else error
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    if path.exists():
-        if not (path / CONFIG).is_file() and any(path.iterdir()):
-            raise BundleError(f"{path}: exists and is not a model bundle; refusing to replace it")
-        old = path.with_name(f".{path.name}.old{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)

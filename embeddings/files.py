@@ -1,4 +1,8 @@
-"""Atomic writes: a crash while saving leaves the old file or folder (or none), never half of one."""
+"""Atomic writes: a crash while saving leaves the old file or folder (or none), never half of one.
+
+Temporary files and folders get the permissions a plain open() or mkdir() would give (mkstemp and
+mkdtemp make them private to the owner), so a saved model can be shared like any other file.
+"""
 from __future__ import annotations
 
 import os
@@ -9,12 +13,19 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None] | bytes) -> None:
     """Write a file through a temporary file in the same folder, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, bytes):
                 f.write(write)
@@ -40,6 +51,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         old = None
         if path.exists():
