@@ -165,14 +165,14 @@ def predict(
     """
 
     def go():
-        from pipelines.images import ImageError, load_image
+        from pipelines.images import ImageError
 
         tagger = load_tagger(model, device)
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
         failed = 0
         for path in images:
             try:
-                tags = tagger.predict([load_image(path)], method=method, **opts)[0]
+                tags = tagger.predict([path], method=method, **opts)[0]
                 error = ""
             except ImageError as e:
                 tags, error = [], e.reason

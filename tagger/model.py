@@ -150,7 +150,8 @@ class Tagger:
 
     def features(self, images: Sequence) -> np.ndarray:
         """Image features for photos given as paths or PIL images (raises ImageError on a bad file)."""
-        pil = [load_image(im) if isinstance(im, (str, Path, bytes)) else im for im in images]
+        min_side = self.backbone.preprocessing.resize  # big JPEGs decode at reduced size
+        pil = [load_image(im, min_side=min_side) if isinstance(im, (str, Path, bytes)) else im for im in images]
         return extract_images(pil, self.backbone, self.device)
 
     def predict(self, images: Sequence, method: str = "cgan", **options) -> list[list[tuple[str, float]]]:

@@ -5,6 +5,7 @@ import http.server
 import socket
 import threading
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -86,6 +87,16 @@ def test_lite0_module_loads_strictly_and_matches_timm():
             assert torch.allclose(ours(x), ref(x), atol=1e-5)
         fused = ours.fuse_batchnorm()  # what the backbone runs: same outputs, one op fewer per conv
         assert torch.allclose(fused(x), ref(x), atol=1e-4)
+
+
+def test_uint8_pixels_and_float_inputs_agree(lite0):
+    """Workers ship uint8 pixels that the backbone normalizes; `transform` normalizes per photo. Same result."""
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 255, (150, 190, 3), dtype=np.uint8)) for _ in range(2)]
+    pixels = torch.stack([lite0.pixels_transform(p) for p in photos])
+    floats = torch.stack([lite0.transform(p) for p in photos])
+    assert pixels.dtype == torch.uint8 and pixels.shape == floats.shape == (2, 3, 224, 224)
+    assert torch.allclose(lite0.forward_features(pixels), lite0.forward_features(floats), atol=1e-4)
 
 
 def test_tiny_is_deterministic_and_leaves_rng_alone():
