@@ -52,7 +52,6 @@ def fail(message: str, code: int = 1):
 
 def _user_errors():
     """The exception types that are the user's input, not our bug."""
-    from embeddings.index import TagIndex  # noqa: F401  (import check only)
     from pipelines.backbones import BackboneWeightsError
     from pipelines.datasets import DatasetError
     from pipelines.images import ImageError

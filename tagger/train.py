@@ -156,7 +156,8 @@ def train_one_epoch(
     sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
     n = 0
     real_target = 1.0 - config.label_smoothing
-    bar = tqdm(range(steps_per_epoch), desc=f"epoch {state.epoch + 1}", unit="step", disable=not progress, leave=False)
+    # mininterval: a log file gets a line every few seconds, not one per step.
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {state.epoch + 1}", unit="step", disable=not progress, leave=False, mininterval=5)
     for b in bar:
         if config.max_steps and state.step >= config.max_steps:
             break
