@@ -135,6 +135,14 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
+def printable_path(path: str | Path) -> str:
+    """A path as text that prints and saves: the bytes of a non-UTF-8 file name as \\xNN escapes.
+
+    Such a name decodes to lone surrogates, which no UTF-8 output (nor pandas' Arrow strings) can hold.
+    """
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Every image file under `folder`, recursively, sorted, chosen by extension (any case).
 

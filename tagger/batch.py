@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.images import list_images
+from pipelines.images import printable_path as path_key
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 COLUMNS = ["path", "tags", "scores", "error", "hash"]
@@ -168,15 +169,15 @@ def tag_folder(
         hashes, todo = {}, []
         for p in photos:
             try:
-                hashes[str(p)] = file_hash(p)
+                hashes[path_key(p)] = file_hash(p)
             except OSError:
-                hashes[str(p)] = ""  # unreadable: the tagging step reports why
+                hashes[path_key(p)] = ""  # unreadable: the tagging step reports why
                 todo.append(p)
                 continue
-            if done.get(str(p)) != hashes[str(p)]:
+            if done.get(path_key(p)) != hashes[path_key(p)]:
                 todo.append(p)
         # Unchanged photos keep their rows; earlier failures on unchanged files are not retried.
-        unchanged = {str(p) for p in photos} - {str(p) for p in todo}
+        unchanged = {path_key(p) for p in photos} - {path_key(p) for p in todo}
         old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
         summary = Summary(
             kept=len(unchanged) - len(old_failed),
@@ -193,17 +194,17 @@ def tag_folder(
                     jf.write("\n")  # end a line torn by a kill, or our first row would join it
             for path, tags, error in tag_batch(todo):
                 rec = {
-                    "path": str(path),
+                    "path": path_key(path),
                     "tags": [t for t, _ in tags or []],
                     "scores": [round(float(s), 4) for _, s in tags or []],
                     "error": error or "",
-                    "hash": hashes.get(str(path), ""),
+                    "hash": hashes.get(path_key(path), ""),
                 }
                 jf.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 jf.flush()
                 if error:
                     summary.failed += 1
-                    summary.failures.append(f"{path}: {error}")
+                    summary.failures.append(f"{path_key(path)}: {error}")
                 else:
                     summary.tagged += 1
                     if sidecar:
@@ -216,7 +217,7 @@ def tag_folder(
             os.fsync(jf.fileno())
         rows = read_results(out)
         # Photos that left the folder leave the results too.
-        rows = rows[rows["path"].isin({str(p) for p in photos})]
+        rows = rows[rows["path"].isin({path_key(p) for p in photos})]
         write_results(rows, out)
         journal.unlink(missing_ok=True)
     return summary

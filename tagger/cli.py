@@ -164,7 +164,7 @@ def predict(
     """
 
     def go():
-        from pipelines.images import ImageError
+        from pipelines.images import ImageError, printable_path
 
         tagger = load_tagger(model, device)
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
@@ -177,12 +177,12 @@ def predict(
                 tags, error = [], e.reason
                 failed += 1
             if as_json:
-                rec = {"path": str(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error}
+                rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error}
                 typer.echo(json.dumps(rec, ensure_ascii=False))
             elif error:
-                typer.echo(f"tagger: error: {path}: {error}", err=True)
+                typer.echo(f"tagger: error: {printable_path(path)}: {error}", err=True)
             else:
-                typer.echo(f"{path}: " + ", ".join(f"{t} {s:.2f}" for t, s in tags))
+                typer.echo(f"{printable_path(path)}: " + ", ".join(f"{t} {s:.2f}" for t, s in tags))
         if failed:
             raise typer.Exit(1)
 
@@ -214,6 +214,7 @@ def tag(
     def go():
         from tqdm import tqdm
 
+        from pipelines.images import printable_path
         from tagger.batch import tag_folder
 
         if sidecar not in (None, "xmp", "txt"):
@@ -230,9 +231,9 @@ def tag(
                              sidecar=sidecar, progress=bar.update, on_plan=plan)
         bar.close()
         for line in summary.failures:
-            typer.echo(f"tagger: failed: {line}", err=True)
+            typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
         for line in summary.sidecar_errors:
-            typer.echo(f"tagger: warning: {line}", err=True)
+            typer.echo(f"tagger: warning: {printable_path(line)}", err=True)
         typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed")
 
     run(go)

@@ -1,0 +1,327 @@
+"""Hostile photo folders: every odd file a real folder holds gives tags or one line naming it, never a traceback.
+
+The corpus is generated into tmp_path by the `hostile` fixture (nothing is committed): broken files,
+every common format and mode, a decompression bomb, an unreadable file, a symlink loop, a
+non-UTF-8 file name and a name with spaces.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipelines.images import MAX_PIXELS, ImageError, list_images, load_image
+from tagger.cli import app
+
+runner = CliRunner()
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads a mode-000 file anyway
+
+
+@dataclass
+class Corpus:
+    root: Path
+    good: dict[str, Path] = field(default_factory=dict)  # kind -> a file that must be tagged
+    bad: dict[str, Path] = field(default_factory=dict)  # kind -> a file that must fail with one line
+    loop: Path | None = None  # the directory symlink that points back up
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {**self.good, **self.bad}
+
+
+def _rgb(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A tiny PNG whose IHDR declares width x height (the CRC fixed), so only the header is huge."""
+    data = bytearray(_png_bytes(Image.new("L", (8, 8), 128)))
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def make_hostile_corpus(root: Path) -> Corpus:
+    c = Corpus(root)
+    root.mkdir(parents=True, exist_ok=True)
+    sub = root / "sub"
+    sub.mkdir()
+
+    def good(kind: str, name: str, write) -> None:
+        p = root / name
+        write(p)
+        c.good[kind] = p
+
+    def bad(kind: str, name: str, data: bytes) -> None:
+        p = root / name
+        p.write_bytes(data)
+        c.bad[kind] = p
+
+    jpeg = _jpeg_bytes(_rgb(64, 48))
+    bad("truncated_jpeg", "truncated.jpg", jpeg[: len(jpeg) // 2])
+    bad("zero_byte", "empty.jpg", b"")
+    bad("text_as_jpg", "notes.jpg", b"shopping list: eggs, milk\n" * 4)
+    bad("bomb", "bomb.png", bomb_png())
+
+    good("png", "plain.png", lambda p: _rgb(40, 30).save(p))
+    good("gif", "still.gif", lambda p: _rgb(40, 30).convert("P").save(p))
+
+    def animated(p):
+        frames = [Image.new("RGB", (32, 24), color).convert("P") for color in ("red", "green", "blue")]
+        frames[0].save(p, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+    good("animated_gif", "animated.gif", animated)
+    good("webp", "photo.webp", lambda p: _rgb(40, 30).save(p, "WEBP"))
+    good("tiff", "scan.tiff", lambda p: _rgb(40, 30).save(p, "TIFF"))
+    good("cmyk_jpeg", "print.jpg", lambda p: _rgb(40, 30).convert("CMYK").save(p, "JPEG"))
+    gradient16 = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
+    good("png16", "deep.png", lambda p: Image.fromarray(gradient16).save(p))
+
+    def palette_transparent(p):
+        im = Image.new("P", (16, 16), 0)
+        im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+        im.paste(1, (0, 0, 8, 16))  # left half red, right half index 0 = transparent
+        im.save(p, transparency=0)
+
+    good("palette_transparent", "palette.png", palette_transparent)
+
+    def rgba(p):
+        a = np.zeros((16, 16, 4), dtype=np.uint8)
+        a[..., 2] = 255
+        a[:, :8, 3] = 255  # opaque blue left half, fully transparent right half
+        Image.fromarray(a, "RGBA").save(p)
+
+    good("rgba", "alpha.png", rgba)
+
+    def rotated(p):
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 CW to view
+        _rgb(40, 20).save(p, "JPEG", exif=exif.tobytes())
+
+    good("exif_rotated", "phone.jpg", rotated)
+    good("one_pixel", "dot.png", lambda p: Image.new("RGB", (1, 1), "white").save(p))
+    good("spaces", "my holiday photo 01.jpg", lambda p: _rgb(32, 32, 1).save(p))
+    good("in_subfolder", "sub/nested.jpg", lambda p: _rgb(32, 32, 2).save(p))
+
+    # A non-UTF-8 file name (Latin-1 e-acute): made from bytes, as a camera card from an old OS might hold.
+    raw = os.path.join(os.fsencode(root), b"caf\xe9.jpg")
+    try:
+        with open(raw, "wb") as f:
+            f.write(_jpeg_bytes(_rgb(32, 32, 3)))
+        c.good["non_utf8_name"] = Path(os.fsdecode(raw))
+    except (OSError, UnicodeError):  # a filesystem that insists on UTF-8 names
+        pass
+
+    unreadable = root / "locked.jpg"
+    unreadable.write_bytes(_jpeg_bytes(_rgb(32, 32, 4)))
+    unreadable.chmod(0)
+    # Root reads it anyway: then it is just one more photo.
+    (c.good if IS_ROOT else c.bad)["unreadable"] = unreadable
+
+    c.loop = sub / "loop"
+    c.loop.symlink_to("..", target_is_directory=True)  # sub/loop -> root: a walk that follows it never ends
+    return c
+
+
+@pytest.fixture
+def hostile(tmp_path) -> Corpus:
+    c = make_hostile_corpus(tmp_path / "hostile")
+    yield c
+    (c.root / "locked.jpg").chmod(0o644)  # let pytest clean up
+
+
+def shown(path) -> str:
+    """How the CLI prints a path: a non-UTF-8 name's bytes as \\xNN escapes (caf\\xe9.jpg)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _no_traceback(result):
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "Traceback" not in text, text
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+# -- (a) tagger predict over every file ------------------------------------------------------------
+
+
+def test_predict_every_hostile_file(hostile, tiny_bundle):
+    files = hostile.files
+    args = ["predict", *[str(p) for p in files.values()], str(hostile.loop), "--model", str(tiny_bundle)]
+    result = runner.invoke(app, args)
+    _no_traceback(result)
+    assert result.exit_code == 1, result.output
+    out, err = result.stdout.splitlines(), result.stderr.splitlines()
+    for kind, path in hostile.good.items():
+        mine = [l for l in out if l.startswith(f"{shown(path)}: ")]
+        assert len(mine) == 1, (kind, out, err)
+        assert len(mine[0].split(": ", 1)[1].split(", ")) == 3, (kind, mine)  # top_k 3 tags with scores
+    for kind, path in {**hostile.bad, "symlink_dir": hostile.loop}.items():
+        mine = [l for l in err if l.startswith(f"tagger: error: {shown(path)}: ")]
+        assert len(mine) == 1, (kind, err)
+        assert len(mine[0]) > len(f"tagger: error: {path}: "), kind  # a reason follows
+    assert len(out) == len(hostile.good) and len(err) == len(hostile.bad) + 1
+
+
+def test_predict_json_keeps_going_after_bad_files(hostile, tiny_bundle):
+    import json
+
+    paths = list(hostile.files.values())
+    result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(tiny_bundle), "--json"])
+    _no_traceback(result)
+    assert result.exit_code == 1
+    recs = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert set(recs) == {shown(p) for p in paths}
+    for p in hostile.good.values():
+        assert recs[shown(p)]["error"] == "" and len(recs[shown(p)]["tags"]) == 3
+    for p in hostile.bad.values():
+        assert recs[shown(p)]["error"] and recs[shown(p)]["tags"] == []
+
+
+# -- (b) tagger tag over the folder ----------------------------------------------------------------
+
+
+def test_tag_hostile_folder(hostile, tiny_bundle, tmp_path):
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["tag", str(hostile.root), "--out", str(out), "--model", str(tiny_bundle)])
+    _no_traceback(result)
+    assert result.exit_code == 0, result.output
+    n_good, n_bad = len(hostile.good), len(hostile.bad)
+    assert f"{n_good} tagged, 0 unchanged (kept), {n_bad} failed" in result.stdout, result.output
+    failed_lines = [l for l in result.stderr.splitlines() if l.startswith("tagger: failed: ")]
+    assert len(failed_lines) == n_bad
+    for p in hostile.bad.values():
+        assert sum(l.startswith(f"tagger: failed: {shown(p)}: ") for l in failed_lines) == 1, (p, failed_lines)
+
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert set(rows.columns) >= {"path", "tags", "scores", "error"}
+    # One row per photo file, each once, despite sub/loop pointing back at the root.
+    assert len(rows) == len(set(rows["path"])) == n_good + n_bad
+    assert set(rows["path"]) == {shown(p) for p in hostile.files.values()}  # caf\xe9.jpg escaped, as printed
+    errors = dict(zip(rows["path"], rows["error"]))
+    assert all(errors[shown(p)] == "" for p in hostile.good.values())
+    assert all(errors[shown(p)] != "" for p in hostile.bad.values())
+    assert "decompression bomb" in errors[shown(hostile.bad["bomb"])]
+
+    # A second run keeps everything and re-reports the failures without retrying them.
+    result = runner.invoke(app, ["tag", str(hostile.root), "--out", str(out), "--model", str(tiny_bundle)])
+    _no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert f"0 tagged, {n_good} unchanged (kept), {n_bad} failed" in result.stdout
+
+
+def test_list_images_terminates_on_symlink_loop(hostile):
+    found = list_images(hostile.root)
+    assert len(found) == len(set(found)) == len(hostile.files)
+
+
+# -- (c) load_image, kind by kind ------------------------------------------------------------------
+
+
+def test_load_image_bad_kinds(hostile):
+    reasons = {}
+    for kind, path in hostile.bad.items():
+        with pytest.raises(ImageError) as info:
+            load_image(path)
+        assert info.value.path == str(path) and str(path) in str(info.value)
+        assert "\n" not in info.value.reason and info.value.reason
+        reasons[kind] = info.value.reason
+    # 400 MP is past Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS), which refuses it at open.
+    assert "decompression bomb" in reasons["bomb"] and "400000000 pixels" in reasons["bomb"]
+    assert reasons["zero_byte"] == "empty file"
+    assert "not an image" in reasons["text_as_jpg"]
+    assert "truncated" in reasons["truncated_jpeg"]
+    if not IS_ROOT:
+        assert "cannot read" in reasons["unreadable"]
+
+
+def test_load_image_good_kinds(hostile):
+    for kind, path in hostile.good.items():
+        im = load_image(path)
+        assert im.mode == "RGB" and im.size[0] >= 1 and im.size[1] >= 1, kind
+    g = hostile.good
+    assert load_image(g["exif_rotated"]).size == (20, 40)  # 40x20 stored, orientation 6: shown upright
+    assert load_image(g["one_pixel"]).size == (1, 1)
+    assert load_image(g["animated_gif"]).getpixel((0, 0)) == (255, 0, 0)  # the first frame only
+
+    deep = np.asarray(load_image(g["png16"]))
+    assert deep.dtype == np.uint8
+    row = deep[0, :, 0]
+    assert row[0] <= 2 and row[-1] >= 253 and np.all(np.diff(row.astype(int)) >= 0)  # full range, not clipped at 255
+    assert (deep[..., 0] == deep[..., 1]).all() and (deep[..., 1] == deep[..., 2]).all()
+
+    pal = load_image(g["palette_transparent"])
+    assert pal.getpixel((2, 2)) == (255, 0, 0) and pal.getpixel((12, 2)) == (255, 255, 255)  # transparency on white
+    rgba = load_image(g["rgba"])
+    assert rgba.getpixel((2, 2)) == (0, 0, 255) and rgba.getpixel((12, 2)) == (255, 255, 255)
+
+    cmyk = np.asarray(load_image(g["cmyk_jpeg"]), dtype=float)
+    ref = np.asarray(_rgb(40, 30), dtype=float)
+    assert np.abs(cmyk - ref).mean() < 40  # colours survive the CMYK round trip roughly, not inverted
+
+    assert load_image(g["png"]).size == (40, 30) and load_image(g["webp"]).size == (40, 30)
+    assert load_image(g["tiff"]).size == (40, 30)
+
+
+def test_bomb_between_our_limit_and_pillows_is_refused_by_ours(tmp_path):
+    side = 12000  # 144 MP: over MAX_PIXELS (128 MP), under Pillow's hard limit, so our check must catch it
+    assert side * side > MAX_PIXELS
+    path = tmp_path / "bomb144.png"
+    path.write_bytes(bomb_png(side, side))
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert f"{side}x{side}" in info.value.reason and f"{MAX_PIXELS / 1e6:.0f}" in info.value.reason
+
+
+def test_load_image_bytes_and_directory(hostile):
+    with pytest.raises(ImageError, match="is a directory"):
+        load_image(hostile.loop)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(bomb_png())
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(hostile.root / "missing.jpg")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only notes the root case")
+def test_unreadable_file_is_readable_as_root(hostile):
+    # Running as root: the mode-000 file cannot be made unreadable, so it is tagged like any photo.
+    assert load_image(hostile.good["unreadable"]).mode == "RGB"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_tag_non_utf8_name_every_output_format(tmp_path, tiny_bundle, suffix):
+    folder = tmp_path / "card"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    try:
+        with open(raw, "wb") as f:
+            f.write(_jpeg_bytes(_rgb(32, 32)))
+    except OSError:
+        pytest.skip("filesystem refuses non-UTF-8 names")
+    out = tmp_path / f"out{suffix}"
+    args = ["tag", str(folder), "--out", str(out), "--model", str(tiny_bundle)]
+    for expect in ("1 tagged, 0 unchanged (kept), 0 failed", "0 tagged, 1 unchanged (kept), 0 failed"):
+        result = runner.invoke(app, args)
+        _no_traceback(result)
+        assert result.exit_code == 0 and expect in result.stdout, result.output
