@@ -60,6 +60,19 @@ class Generator(nn.Module):
         h = torch.cat([self.noise_branch(noise), self.image_branch(self.normalize(features))], dim=1)
         return self.out(h)
 
+    def generate(self, noise: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """(N, M, word_dim): M samples for each of N photos, the same as `forward` on repeated rows.
+
+        noise: (M, noise_dim) shared by every photo, or (N, M, noise_dim). The image branch runs once
+        per photo rather than once per sample, and the output layer is split into its noise and image
+        columns, so M samples cost little more than one.
+        """
+        hn = self.config.g_noise_hidden
+        w, b = self.out.weight, self.out.bias
+        image = self.image_branch(self.normalize(features)) @ w[:, hn:].T  # (N, word_dim)
+        noise_part = self.noise_branch(noise) @ w[:, :hn].T  # (M, word_dim) or (N, M, word_dim)
+        return image[:, None, :] + noise_part + b
+
 
 class Maxout(nn.Module):
     def __init__(self, d_in: int, units: int, pieces: int):

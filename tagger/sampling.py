@@ -30,8 +30,7 @@ def score_words(generator: Generator, features: np.ndarray, index: TagIndex, con
     for start in range(0, len(features), CHUNK):
         x = torch.as_tensor(np.asarray(features[start : start + CHUNK], dtype=np.float32), device=device)
         n = x.shape[0]
-        x = x.repeat_interleave(config.samples, dim=0)
-        generated = generator(noise.repeat(n, 1), x).float().cpu().numpy()
+        generated = generator.generate(noise, x).reshape(n * config.samples, -1).float().cpu().numpy()
         scores, ids = index.search_ids(generated, config.neighbours)
         out[start : start + n] = vote(scores, ids, n, len(index), config, prior)
     generator.train(was_training)

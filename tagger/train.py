@@ -47,7 +47,12 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many updates in all (0: no limit)
     d_steps: int = 1  # discriminator updates per generator update
     label_smoothing: float = 0.0  # real targets for D are 1 - this (one-sided smoothing)
-    recon_weight: float = 0.0  # weight of 1 - cos(G(z, x), word) beside the adversarial loss of G
+    recon_weight: float = 0.0  # weight of the reconstruction term beside the adversarial loss of G
+    # "pair": 1 - cos(G(z, x), the pair's word); "set": `set_samples` samples of the photo against all
+    # its tags, each tag reached by its closest sample and each sample close to some tag (Chamfer).
+    recon: str = "pair"
+    set_samples: int = 8
+    ema: float = 0.0  # G's weights averaged with this decay after every update; 0 = off
     seed: int = 0
     val_photos: int = 1000  # validation P@5 on at most this many held-out photos per epoch
 
@@ -135,6 +140,28 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {config.optimizer!r} (use 'sgd' or 'adam')")
 
 
+def tag_table(pairs: np.ndarray, n_photos: int) -> np.ndarray:
+    """(n_photos, T) word ids of each photo's tags, padded with -1, from its (photo row, word id) pairs."""
+    counts = np.bincount(pairs[:, 0], minlength=n_photos)
+    table = np.full((n_photos, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    order = np.argsort(pairs[:, 0], kind="stable")
+    rows, words = pairs[order, 0], pairs[order, 1]
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    table[rows, slot] = words
+    return table
+
+
+def set_loss(samples: torch.Tensor, tags: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Chamfer distance in cosine between each photo's samples (N, M, D) and its tag ids (N, T; -1 = none)."""
+    mask = tags >= 0
+    words = F.normalize(targets[tags.clamp(min=0)], dim=-1)  # (N, T, D)
+    cos = F.normalize(samples, dim=-1) @ words.transpose(1, 2)  # (N, M, T)
+    cos = cos.masked_fill(~mask[:, None, :], -2.0)
+    cover = ((1 - cos.max(dim=1).values) * mask).sum() / mask.sum()  # every tag has a sample near it
+    precise = (1 - cos.max(dim=2).values).mean()  # every sample is near one of the tags
+    return (cover + precise) / 2
+
+
 def train_one_epoch(
     G: Generator,
     D: Discriminator,
@@ -147,6 +174,8 @@ def train_one_epoch(
     state: TrainState,
     rng: torch.Generator,
     progress: bool = True,
+    tags: torch.Tensor | None = None,
+    G_ema: Generator | None = None,
 ) -> dict:
     """One pass over the shuffled pairs; returns the epoch's mean losses and D outputs."""
     G.train()
@@ -187,11 +216,18 @@ def train_one_epoch(
         fake = G(G.sample_noise(len(x), rng), x)
         d_gen = D(fake, xn)
         loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating: -log D(G(z))
-        if config.recon_weight:
+        if config.recon_weight and config.recon == "set":
+            noise = G.sample_noise(len(x) * config.set_samples, rng).view(len(x), config.set_samples, -1)
+            loss_g = loss_g + config.recon_weight * set_loss(G.generate(noise, x), tags[batch[:, 0]], targets)
+        elif config.recon_weight:
             loss_g = loss_g + config.recon_weight * (1 - F.cosine_similarity(fake, w, dim=1)).mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if G_ema is not None:
+            with torch.no_grad():
+                for avg, p in zip(G_ema.parameters(), G.parameters()):
+                    avg.lerp_(p, 1 - config.ema)
 
         state.step += 1
         n += 1
@@ -242,6 +278,10 @@ def train(
         mean, std = used.mean(axis=0), used.std(axis=0)
         G.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(np.maximum(std, 1e-6)))
     opt_g, opt_d = make_optimizer(G.parameters(), config), make_optimizer(D.parameters(), config)
+    if config.recon not in ("pair", "set"):
+        raise ValueError(f"recon must be 'pair' or 'set', got {config.recon!r}")
+    # The averaged generator is the one validated and kept; G itself keeps training.
+    G_ema = copy.deepcopy(G) if config.ema else None
     rng = torch.Generator(device=device).manual_seed(config.seed)
     state = TrainState()
     best_g = copy.deepcopy(G.state_dict())
@@ -251,6 +291,8 @@ def train(
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
+        if G_ema is not None:
+            G_ema.load_state_dict(ckpt["G_ema"])
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
         rng.set_state(ckpt["rng"])
@@ -263,6 +305,8 @@ def train(
     x = torch.as_tensor(features, dtype=torch.float32, device=device)
     t = torch.as_tensor(targets, dtype=torch.float32, device=device)
     p = torch.as_tensor(pairs, dtype=torch.int64, device=device)
+    tags = torch.as_tensor(tag_table(pairs, len(features)), device=device) if config.recon == "set" else None
+    kept = G_ema if G_ema is not None else G
     val_sampling = replace(sampling, seed=config.seed)
     if val is not None and len(val[0]) > config.val_photos:
         pick = np.random.default_rng(config.seed).choice(len(val[0]), config.val_photos, replace=False)
@@ -271,15 +315,15 @@ def train(
     while state.epoch < config.epochs and not (config.max_steps and state.step >= config.max_steps):
         start = time.perf_counter()
         row = {"epoch": state.epoch + 1}
-        row.update(train_one_epoch(G, D, opt_g, opt_d, x, t, p, config, state, rng, progress))
-        row["val_p5"] = validate(G, val[0], val[1], index, val_sampling, prior=prior) if val is not None else float("nan")
+        row.update(train_one_epoch(G, D, opt_g, opt_d, x, t, p, config, state, rng, progress, tags, G_ema))
+        row["val_p5"] = validate(kept, val[0], val[1], index, val_sampling, prior=prior) if val is not None else float("nan")
         row["seconds"] = time.perf_counter() - start
         state.epoch += 1
         state.log.append(row)
         score = row["val_p5"] if val is not None else state.epoch
         if score > state.best_p5:
             state.best_p5, state.best_epoch = float(score), state.epoch
-            best_g = copy.deepcopy(G.state_dict())
+            best_g = copy.deepcopy(kept.state_dict())
         if progress:
             print(
                 f"epoch {state.epoch}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f} "
@@ -287,7 +331,7 @@ def train(
             )
         if ckpt_path:
             _atomic_save(
-                {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                  "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "state": asdict(state), "best_G": best_g},
                 ckpt_path,
             )

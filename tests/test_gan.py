@@ -85,3 +85,35 @@ def test_word_space_preparation():
     c = prepare_word_vectors(v, WordSpaceConfig(center=True, normalize=True))
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(c[0], -c[1], rtol=1e-6)
+
+
+def test_generate_equals_forward_on_repeated_rows():
+    G = Generator(GANConfig(feature_dim=12, word_dim=7, noise_dim=5)).eval()
+    x, shared = torch.randn(4, 12), G.sample_noise(6)
+    many = G.generate(shared, x)
+    assert many.shape == (4, 6, 7)
+    assert torch.allclose(many.reshape(24, 7), G(shared.repeat(4, 1), x.repeat_interleave(6, dim=0)), atol=1e-5)
+    own = torch.randn(4, 6, 5)  # a noise per photo and sample
+    assert torch.allclose(G.generate(own, x).reshape(24, 7), G(own.reshape(24, 5), x.repeat_interleave(6, dim=0)), atol=1e-5)
+
+
+def test_tag_table_pads_each_photos_tags():
+    from tagger.train import tag_table
+
+    pairs = np.array([[2, 5], [0, 1], [2, 7], [2, 9]])
+    table = tag_table(pairs, 4)
+    assert table.tolist() == [[1, -1, -1], [-1, -1, -1], [5, 7, 9], [-1, -1, -1]]
+
+
+def test_set_loss_is_zero_only_when_samples_cover_the_tags():
+    from tagger.train import set_loss
+
+    targets = torch.eye(4)
+    tags = torch.tensor([[0, 2, -1]])
+    exact = targets[[0, 2, 0]][None]  # every sample on a tag, every tag reached
+    assert set_loss(exact, tags, targets).item() == pytest.approx(0, abs=1e-6)
+    one_tag = targets[[0, 0, 0]][None]  # precise but tag 2 is never reached
+    stray = targets[[0, 2, 3]][None]  # both tags reached but one sample is off
+    assert set_loss(one_tag, tags, targets) > 0.1 and set_loss(stray, tags, targets) > 0.1
+    # The padding (-1) never counts as a tag: a sample on word 3 is not rewarded.
+    assert set_loss(targets[[3, 3, 3]][None], tags, targets).item() == pytest.approx(1.0)

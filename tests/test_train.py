@@ -86,3 +86,17 @@ def test_training_is_seeded():
     b, _ = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), None, True, progress=False)
     c, _ = train(features, pairs, targets, index, SMALL, replace(cfg, seed=1), SamplingConfig(samples=5), None, True, progress=False)
     assert torch.equal(a.out.weight, b.out.weight) and not torch.equal(a.out.weight, c.out.weight)
+
+
+def test_set_reconstruction_and_weight_averaging_learn_and_resume(tmp_path):
+    features, targets, index, pairs, val, p = setup()
+    cfg = replace(p.train, epochs=4, lr=1e-3, batch_size=50, recon="set", set_samples=4, ema=0.9)
+    sampling = SamplingConfig(samples=20, neighbours=3)
+    whole, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    assert state.best_p5 > 0.4, state.log
+    train(features, pairs, targets, index, SMALL, replace(cfg, epochs=2), sampling, val, True, tmp_path, progress=False)
+    resumed, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, tmp_path, progress=False)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    with pytest.raises(ValueError, match="recon"):
+        train(features, pairs, targets, index, SMALL, replace(cfg, recon="l2"), sampling, val, True, progress=False)
