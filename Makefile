@@ -30,8 +30,8 @@ model: ## rebuild the shipped model (tagger/assets/model) from the MIRFLICKR sub
 evaluate: ## evaluate MODEL on the test split of DATA into reports/
 	tagger evaluate $(DATA) --model $(MODEL) --out reports
 
-bench: ## run the benchmarks in bench/ and print their ratios
-	$(PYTHON) bench/bench_features.py
+bench: ## run every benchmark in bench/, print one table, write bench/results.json (under 20 min; BENCH_ARGS="--only lookup")
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean: ## remove caches and build files
 	rm -rf build dist *.egg-info .pytest_cache .cache

@@ -12,7 +12,6 @@ pass; the target is >= 0.9.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from harness import IMAGES, emit, print_rows, rel, row  # puts the checkout on sys.path
 
 from pipelines.backbones import DEFAULT_BACKBONE, create_backbone  # noqa: E402
 from pipelines.features import FeatureConfig, extract_features  # noqa: E402
@@ -53,19 +51,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n", type=int, default=512, help="number of photos")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "mirflickr25k_subset" / "images")
+    parser.add_argument("--data", type=Path, default=IMAGES, help="folder of photos (default: the shared subset)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: FeatureConfig's)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both measurements (default: torch's, one per core)")
-    parser.add_argument("--json", type=Path, default=None, help="append the figures as one JSON line to this file")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures and table rows to this file")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.data.is_dir():
+        sys.exit(f"photos not found at {rel(args.data)} (set TAGGER_SUBSET, or pass --data)")
     paths = list_images(args.data)[: args.n]
     if not paths:
-        parser.error(f"no photos under {args.data}")
+        parser.error(f"no photos under {rel(args.data)}")
     backbone = create_backbone(args.backbone, device=args.device)
     config = FeatureConfig(backbone=args.backbone, batch_size=args.batch_size, device=args.device, cache_dir=None)
     if args.workers is not None:
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     # pair is steadier than the ratio of the two medians.
     pair_ratio = statistics.median(b / p for b, p in zip(bare_times, pipe_times))
     figures = {
+        "bench": "features",
+        "photos": rel(args.data),
         "backbone": args.backbone,
         "device": str(backbone.device),
         "n": n,
@@ -108,10 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  whole pipeline    : {pipe:8.1f} photos/s")
     print(f"  ratio             : {pipe / bare:8.3f}  (target >= 0.9)")
     print(f"  ratio, per pair   : {pair_ratio:8.3f}  (median over repeats of bare time / pipeline time)")
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(figures) + "\n")
-    return figures
+    figures["rows"] = [row("features: whole pipeline", f"{pipe:.1f} photos/s", f"{bare:.1f} photos/s bare forward pass",
+                           pipe / bare, "ratio >= 0.9",
+                           f"{n} shared photos, {args.backbone}, batch {args.batch_size}, {config.num_workers} decoding workers, "
+                           f"{torch.get_num_threads()} torch threads, median of {args.repeats}; per-pair ratio {pair_ratio:.3f}")]
+    print_rows(figures["rows"])
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

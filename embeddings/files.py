@@ -2,10 +2,13 @@
 
 Temporary files and folders get the permissions a plain open() or mkdir() would give (mkstemp and
 mkdtemp make them private to the owner), so a saved model can be shared like any other file.
+A process killed mid-save leaves its temporary folder behind; `remove_stale` clears such leftovers
+by the writer's process id, which their names carry.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -45,17 +48,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` as a whole.
 
     A folder cannot be renamed over a non-empty one, so an old `path` is first moved aside and
-    removed only after the new folder is in place.
+    removed only after the new folder is in place. The temporary names are `.NAME.PID.XXXXXXXX.tmp`
+    (and `.old`); those of writers that no longer run are removed first, except an `.old` folder
+    while `path` is missing (a kill between the two renames: it is the only copy of the old one).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    stale = re.escape(f".{path.name}.") + r"(?P<pid>\d+)\.\w+\."
+    remove_stale(path.parent, stale + "tmp")
+    if path.exists():
+        remove_stale(path.parent, stale + "old")
+    prefix = f".{path.name}.{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
             os.rmdir(old)
             os.rename(path, old)
         os.rename(tmp, path)
@@ -64,3 +74,41 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes without sending anything)."""
+    if pid <= 0:
+        return True  # not a writer's id: never treat as gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
+
+
+def remove_stale(folder: str | Path, pattern: str) -> list[Path]:
+    """Remove the files and folders in `folder` that killed writers left: names matching `pattern` (a
+    regex whose group "pid" is the writer's process id) whose writer no longer runs. Returns them.
+
+    Process ids mean something on this machine only: a temporary file that a writer on another
+    machine has in a shared network folder could be removed (that save then fails; nothing is corrupted).
+    """
+    regex = re.compile(pattern)
+    try:
+        entries = list(Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        found = regex.fullmatch(entry.name)
+        if not found or pid_running(int(found.group("pid"))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

@@ -177,6 +177,22 @@ def split_ids(ids, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed
     return pd.Series([bucket(i) for i in ids], index=ids.index, name="split")
 
 
+def check_photos(frame: pd.DataFrame, source: str | Path) -> int:
+    """Count the listed photos that are not there: a warning when some are (they are skipped later), an error when all are.
+
+    The readers only parse; this is the one look at the disk before the slow work starts.
+    """
+    missing = [p for p in frame["path"] if not Path(p).is_file()]
+    if missing and len(missing) == len(frame):
+        raise DatasetError(
+            f"{source}: none of its {len(frame)} photos exist (e.g. {missing[0]}); "
+            "relative paths in a manifest are read from the manifest's folder"
+        )
+    if missing:
+        log.warning("%s: %d of %d photos are missing (e.g. %s); they are skipped", source, len(missing), len(frame), missing[0])
+    return len(missing)
+
+
 def count_untagged(frame: pd.DataFrame) -> int:
     return int((frame["tags"].map(len) == 0).sum())
 

@@ -8,12 +8,15 @@ reason, so a batch job can report the photo and carry on.
 
 Pillow's decompression-bomb limit is a process-wide global (`Image.MAX_IMAGE_PIXELS`); this module
 leaves it alone and applies its own limit, `MAX_PIXELS`, to the size a file declares, before any
-pixel is decoded.
+pixel is decoded. Either refusal reads the same: "decompression bomb: 400 MP image is over the
+128 MP limit" (Pillow's own error, for files over twice its limit, is reworded in our terms).
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -24,6 +27,8 @@ from PIL import Image, ImageOps
 MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below what would exhaust memory
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(Exception):
@@ -69,22 +74,24 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
         raise ImageError(path, "empty file")
     try:
         with warnings.catch_warnings():
-            # Pillow's own bomb warning would fire at its global limit; ours is MAX_PIXELS below.
+            # Pillow's own bomb warning fires at its global limit (~89 MP), at open and for some formats
+            # again while decoding; ours is MAX_PIXELS, checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(path, f"decompression bomb? {w}x{h} = {w * h / 1e6:.0f} megapixels > {MAX_PIXELS / 1e6:.0f}")
-        if w == 0 or h == 0:
-            raise ImageError(path, f"empty image ({w}x{h})")
-        if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
-            im.draft(None, (min_side, min_side))  # keeps both sides >= min_side
-        im.load()  # decodes the first frame of an animation, and only that
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(path, too_many_pixels(w * h, f"{w}x{h}"))
+            if w == 0 or h == 0:
+                raise ImageError(path, f"empty image ({w}x{h})")
+            if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
+                im.draft(None, (min_side, min_side))  # keeps both sides >= min_side
+            im.load()  # decodes the first frame of an animation, and only that
         im = _upright(im)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(path, f"decompression bomb? {e}") from None
+        # Pillow refuses at open what is over twice its global limit (~179 MP) before we see the size.
+        raise ImageError(path, _pillow_bomb_reason(str(e))) from None
     except Image.UnidentifiedImageError:
         raise ImageError(path, "not an image (unknown format)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as e:
@@ -95,6 +102,30 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
         return to_rgb(im)
     except ValueError as e:
         raise ImageError(path, str(e)) from None
+
+
+def too_many_pixels(pixels: int, size: str = "") -> str:
+    """The reason for refusing an image over MAX_PIXELS, e.g. "... 400 MP image (20000x20000) is over the 128 MP limit"."""
+    return f"decompression bomb: {_megapixels(pixels)} MP image{f' ({size})' if size else ''} is over the {_megapixels(MAX_PIXELS)} MP limit"
+
+
+def _megapixels(pixels: int) -> str:
+    mp = pixels / 1e6
+    if pixels != MAX_PIXELS and round(mp) == round(MAX_PIXELS / 1e6):
+        return f"{mp:.6f}".rstrip("0").rstrip(".")  # just over the limit: not "128 MP ... over the 128 MP limit"
+    return f"{mp:.0f}"
+
+
+def _pillow_bomb_reason(message: str) -> str:
+    """Pillow's DecompressionBombError in our terms: its message gives the pixel count and its own limit."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", message)
+    if not found:
+        return f"decompression bomb: {message}"
+    pixels, limit = int(found.group(1)), int(found.group(2))
+    if pixels > MAX_PIXELS:
+        return too_many_pixels(pixels)
+    # Only when the application lowered Pillow's process-wide limit below ours.
+    return f"decompression bomb: {_megapixels(pixels)} MP image is over Pillow's limit of {limit / 1e6:.0f} MP (PIL.Image.MAX_IMAGE_PIXELS)"
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -147,14 +178,19 @@ def list_images(folder: str | Path) -> list[Path]:
     """Every image file under `folder`, recursively, sorted, chosen by extension (any case).
 
     Symlinked folders are followed once each, so a link back up the tree cannot loop. Hidden
-    files and folders (a leading dot, e.g. macOS `._im1.jpg` shadow files) are skipped.
+    files and folders (a leading dot, e.g. macOS `._im1.jpg` shadow files) are skipped. A folder
+    that cannot be read is logged as a warning naming it; the rest of the tree is still listed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
     seen: set[tuple[int, int]] = set()
     found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
+
+    def unreadable(e: OSError) -> None:
+        log.warning("%s: cannot read folder (%s); its photos are left out", printable_path(e.filename), e.strerror or e)
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         st = os.stat(root)
         if (st.st_dev, st.st_ino) in seen:
             dirs[:] = []

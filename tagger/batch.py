@@ -5,13 +5,18 @@ flushed to the OS as soon as the photo is tagged; a torn last line from a kill i
 run ends the output (CSV, JSONL or Parquet, by extension) is written atomically from the previous
 output plus the journal, and the journal is removed. A run after an interruption, or on a folder
 that gained or changed photos, reads both back and tags only photos whose content hash is new, so
-nothing is lost and nothing is tagged twice. A lock file keeps two runs off the same output.
+nothing is lost and nothing is tagged twice. A lock file keeps two runs off the same output: the
+second is refused at once. Photos that could not be tagged are listed, with the reason, in
+`OUT.failed.tsv` (as well as in the output's `error` column).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from embeddings.files import remove_stale
 from pipelines.images import list_images
 from pipelines.images import printable_path as path_key
 
@@ -37,6 +43,7 @@ class Summary:
     failed: int = 0  # could not be read as a photo (reported with the reason)
     failures: list[str] = field(default_factory=list)
     sidecar_errors: list[str] = field(default_factory=list)
+    failures_file: Path | None = None  # OUT.failed.tsv: every photo of the folder that could not be tagged, with why
 
     @property
     def total(self) -> int:
@@ -93,6 +100,25 @@ def journal_path(out: Path) -> Path:
     return out.with_name(out.name + ".journal.jsonl")
 
 
+def failures_path(out: Path) -> Path:
+    return out.with_name(out.name + ".failed.tsv")
+
+
+def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
+    """`OUT.failed.tsv` (path, error; tab-separated, with a header) for the rows with an error; removed when none."""
+    target = failures_path(out)
+    failed = rows[rows["error"] != ""].sort_values("path")
+    if failed.empty:
+        target.unlink(missing_ok=True)
+        return None
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["path", "error"])
+    writer.writerows(zip(failed["path"], failed["error"]))
+    _atomic_write(target, buf.getvalue())
+    return target
+
+
 def write_results(rows: pd.DataFrame, out: Path) -> None:
     """The whole output, atomically: a reader sees the old file or the new one, never half."""
     fmt = output_format(out)
@@ -115,10 +141,12 @@ def write_results(rows: pd.DataFrame, out: Path) -> None:
 
 
 class Lock:
-    """An exclusive lock on the output, held for the run.
+    """An exclusive lock on the output, held for the run; a second run is refused, not queued.
 
     A POSIX record lock (lockf), not flock: it belongs to this process alone, so decoding workers
     forked while it is held do not keep it alive after a kill, and the kernel drops it when we die.
+    The lock file is removed at the end while still locked; a run that opened it just before then
+    finds its lock on a file no longer at the path and tries again, so two runs never both hold one.
     """
 
     def __init__(self, out: Path):
@@ -128,20 +156,33 @@ class Lock:
     def __enter__(self):
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            raise BatchError(f"{self.path}: another `tagger tag` run is writing this output; wait for it or choose another --out")
-        return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise BatchError(f"{self.path}: another `tagger tag` run is writing this output; wait for it or choose another --out")
+            if _same_file(fd, self.path):
+                self.fd = fd
+                return self
+            os.close(fd)  # the previous holder removed that file as it finished: lock the new one
 
     def __exit__(self, *exc):
-        os.close(self.fd)
         try:
-            os.unlink(self.path)
+            os.unlink(self.path)  # before unlocking: nobody can lock this file and believe it is the current one
         except FileNotFoundError:
             pass
+        os.close(self.fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def tag_folder(
@@ -160,9 +201,15 @@ def tag_folder(
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise BatchError(f"{folder}: no such folder")
+    try:
+        os.scandir(folder).close()
+    except OSError as e:
+        raise BatchError(f"{folder}: cannot read folder ({e.strerror or e})") from None
     output_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with Lock(out):
+        # A run killed while writing the output left .OUT.tmpPID behind (the lock says no other run is writing).
+        remove_stale(out.parent, re.escape(f".{out.name}") + r"(\.failed\.tsv)?\.tmp(?P<pid>\d+)")
         previous = read_results(out)
         photos = list_images(folder)
         done = dict(zip(previous["path"], previous["hash"]))
@@ -219,6 +266,7 @@ def tag_folder(
         # Photos that left the folder leave the results too.
         rows = rows[rows["path"].isin({path_key(p) for p in photos})]
         write_results(rows, out)
+        summary.failures_file = write_failures(rows, out)
         journal.unlink(missing_ok=True)
     return summary
 

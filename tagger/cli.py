@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-state = {"debug": False}
+state = {"debug": False, "verbose": False}
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="model bundle folder (default: $TAGGER_MODEL, else the model shipped with tagger)")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: the best available)")]
@@ -42,6 +42,7 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log more")] = False,
 ):
     state["debug"] = debug
+    state["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
 
 
@@ -145,7 +146,9 @@ def train(
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="photo files")],
+    # readable=False: click's own check would end the command (exit 2, a boxed usage error) at the first photo it
+    # cannot read; the loader reports that photo in one line and tags the rest.
+    images: Annotated[list[Path], typer.Argument(help="photo files", readable=False)],
     model: ModelOpt = None,
     top_k: TopKOpt = None,
     min_score: MinScoreOpt = None,
@@ -191,7 +194,7 @@ def predict(
 
 @app.command()
 def tag(
-    folder: Annotated[Path, typer.Argument(help="folder of photos, searched recursively")],
+    folder: Annotated[Path, typer.Argument(help="folder of photos, searched recursively", readable=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="results file: .csv, .jsonl or .parquet")],
     model: ModelOpt = None,
     top_k: TopKOpt = None,
@@ -206,7 +209,8 @@ def tag(
     """Tag every photo under FOLDER into one results file (one row per photo).
 
     Run again on the same folder, it keeps what is done and tags only new or changed photos; an
-    interrupted run resumes the same way.
+    interrupted run resumes the same way. Photos that cannot be read get a row with the error and
+    are listed in OUT.failed.tsv.
 
     Example:  tagger tag ~/Pictures/2024 --out tags.csv --sidecar xmp
     """
@@ -227,14 +231,24 @@ def tag(
             typer.echo(f"{folder}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
             bar.reset(total=todo)
 
-        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
-                             sidecar=sidecar, progress=bar.update, on_plan=plan)
+        # Each failure is printed below as "tagger: failed: PATH: reason"; the feature extractor's warnings would
+        # say each twice more ("skipping PATH: reason", "N of M photos could not be read"), so they wait for --verbose.
+        extractor = logging.getLogger("pipelines.features")
+        level = extractor.level
+        if not state["verbose"]:
+            extractor.setLevel(logging.ERROR)
+        try:
+            summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
+                                 sidecar=sidecar, progress=bar.update, on_plan=plan)
+        finally:
+            extractor.setLevel(level)
         bar.close()
         for line in summary.failures:
             typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
         for line in summary.sidecar_errors:
             typer.echo(f"tagger: warning: {printable_path(line)}", err=True)
-        typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed")
+        listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
+        typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}")
 
     run(go)
 

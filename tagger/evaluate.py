@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.datasets import read_dataset, split_ids
+from pipelines.datasets import check_photos, read_dataset, split_ids
 from pipelines.features import FeatureConfig, extract_features
 from tagger.metrics import report
 from tagger.model import Tagger
@@ -94,6 +94,7 @@ def evaluate(
         frame = frame[frame["split"] == split].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"{data}: no photos in split {split!r}")
+    check_photos(frame, data)
     fcfg = FeatureConfig(backbone=tagger.backbone_name, weights=tagger.backbone_weights, batch_size=batch_size,
                          device=str(tagger.device), cache_dir=cache_dir)
     feats = extract_features(list(frame["path"]), fcfg, progress=progress, backbone=tagger.backbone)

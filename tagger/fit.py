@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -17,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embeddings.files import remove_stale
 from embeddings.index import TagIndex
 from embeddings.tags import TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig, WordVectors
 from pipelines.backbones import DEFAULT_BACKBONE
-from pipelines.datasets import count_untagged, read_dataset, split_ids
+from pipelines.datasets import check_photos, count_untagged, read_dataset, split_ids
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
 from tagger.baselines import KNNTagger
@@ -29,8 +29,6 @@ from tagger.metrics import precision_at_k, top_ids
 from tagger.model import Tagger, word_prior
 from tagger.train import PRESETS, make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
-
-log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +73,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
     stages = Stages()
     t = time.perf_counter()
     frame = read_dataset(data)
+    check_photos(frame, data)
     frame["split"] = split_ids(frame["id"], config.split, config.split_seed)
     stages.read = time.perf_counter() - t
 
@@ -87,9 +86,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
         cache_dir=config.cache_dir / "features",
         **({"num_workers": config.num_workers} if config.num_workers is not None else {}),
     )
-    feats = extract_features(list(frame["path"]), fcfg, progress=progress)
-    for row, err in feats.errors.items():
-        log.warning("skipped %s", err)
+    feats = extract_features(list(frame["path"]), fcfg, progress=progress)  # logs each photo it skips
     frame["ok"] = feats.ok
     stages.features = time.perf_counter() - t
 
@@ -145,6 +142,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
                    config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
+    # A run killed while writing its checkpoint left checkpoint.pt.tmpPID behind, as big as a checkpoint.
+    remove_stale(work_dir, r"checkpoint\.pt\.tmp(?P<pid>\d+)")
     if progress:
         print(f"GAN: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
               f"{len(val_rows):,} validation photos, preset {config.preset!r}, device {device}")

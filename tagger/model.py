@@ -32,7 +32,7 @@ from embeddings.files import atomic_dir
 from embeddings.index import TagIndex
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
-from pipelines.backbones import create_backbone
+from pipelines.backbones import create_backbone, get_spec
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features, extract_images
 from pipelines.images import load_image
@@ -219,55 +219,84 @@ class Tagger:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> "Tagger":
+        """Load a bundle; anything damaged or made for another backbone is a BundleError naming the file."""
         path = Path(path)
         cfg_file = path / CONFIG
         if not cfg_file.is_file():
             raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
         try:
             cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{cfg_file}: not valid JSON ({e})") from e
-        if cfg.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{cfg_file}: bundle format {cfg.get('format_version')!r}, this tagger reads format {FORMAT_VERSION}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{cfg_file}: not valid JSON ({_one_line(e)})") from e
+        if not isinstance(cfg, dict) or cfg.get("format_version") != FORMAT_VERSION:
+            version = cfg.get("format_version") if isinstance(cfg, dict) else None
+            raise BundleError(f"{cfg_file}: bundle format {version!r}, this tagger reads format {FORMAT_VERSION}")
         for name in (WEIGHTS, VOCABULARY, VECTORS):
             if not (path / name).is_file():
                 raise BundleError(f"{path / name}: missing from the bundle")
+        try:
+            gan = GANConfig(**cfg["gan"])
+            backbone, backbone_weights = cfg["backbone"]["name"], cfg["backbone"].get("weights")
+            words = WordSpaceConfig(**cfg["words"])
+            sampling = SamplingConfig(**{**cfg["sampling"], "exclude": tuple(cfg["sampling"].get("exclude", ()))})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{cfg_file}: missing or unknown setting ({_one_line(e)})") from e
+        _check_backbone(cfg_file, backbone, gan.feature_dim)
         device = choose_device(device) if not isinstance(device, torch.device) else device
-        gan = GANConfig(**cfg["gan"])
         generator = Generator(gan)
         try:
             state = load_file(str(path / WEIGHTS))
             generator.load_state_dict({k: v.float() for k, v in state.items()})
         except Exception as e:  # safetensors raises several types for a damaged file
-            raise BundleError(f"{path / WEIGHTS}: cannot load generator weights ({e})") from e
-        vocabulary = Vocabulary.load(path / VOCABULARY)
-        wv = WordVectors.load(path / VECTORS)
+            raise BundleError(f"{path / WEIGHTS}: cannot load generator weights ({_one_line(e)})") from e
+        vocabulary = _load_part(path / VOCABULARY, "the vocabulary", Vocabulary.load)
+        wv = _load_part(path / VECTORS, "the word vectors", WordVectors.load)
         if len(wv.words) != cfg.get("vocabulary_size", len(wv.words)):
             raise BundleError(f"{path / VECTORS}: {len(wv.words)} words, config.json says {cfg['vocabulary_size']}")
+        if wv.dim != gan.word_dim:
+            raise BundleError(f"{path / VECTORS}: {wv.dim}-d vectors, but the generator makes {gan.word_dim}-d")
         missing = [w for w in wv.words if w not in vocabulary]
         if missing:
             raise BundleError(f"{path / VECTORS}: {len(missing)} words are not in {VOCABULARY} (e.g. {missing[:3]})")
         knn = None
         if (path / KNN).is_file():
-            try:
-                knn = KNNTagger.load(path / KNN)
-            except (OSError, ValueError, KeyError) as e:
-                raise BundleError(f"{path / KNN}: cannot load the kNN baseline ({e})") from e
+            knn = _load_part(path / KNN, "the kNN baseline", KNNTagger.load)
             if knn.vocab_size != len(wv.words):
                 raise BundleError(f"{path / KNN}: made for {knn.vocab_size} words, the bundle has {len(wv.words)}")
-        sampling = cfg["sampling"]
-        sampling["exclude"] = tuple(sampling.get("exclude", ()))
         return cls(
             generator.to(device),
             vocabulary,
             wv,
-            backbone=cfg["backbone"]["name"],
-            words=WordSpaceConfig(**cfg["words"]),
-            sampling=SamplingConfig(**sampling),
+            backbone=backbone,
+            words=words,
+            sampling=sampling,
             info=cfg.get("info", {}),
-            backbone_weights=cfg["backbone"].get("weights"),
+            backbone_weights=backbone_weights,
             knn=knn,
         )
+
+
+def _one_line(error: Exception) -> str:
+    """An exception's message on one line (torch's state-dict errors span several)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _load_part(file: Path, what: str, load):
+    try:
+        return load(file)
+    except Exception as e:  # a damaged file fails in format-specific ways: zip, JSON, npy, missing keys
+        raise BundleError(f"{file}: cannot load {what} ({_one_line(e)})") from e
+
+
+def _check_backbone(cfg_file: Path, name: str, feature_dim: int) -> None:
+    """At load time, not at the first photo: the bundle's backbone exists here and gives the features G takes."""
+    try:
+        spec = get_spec(name)
+    except ValueError as e:
+        raise BundleError(f"{cfg_file}: made for backbone {name!r}, which this tagger does not have ({_one_line(e)})") from None
+    if spec.dim != feature_dim:
+        raise BundleError(f"{cfg_file}: backbone {name} gives {spec.dim}-d features but this model was trained on {feature_dim}-d features")
 
 
 def word_prior(vocab: Vocabulary, words: list[str], n_photos: int) -> np.ndarray:

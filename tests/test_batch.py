@@ -1,5 +1,6 @@
 """Batch tagging of a folder: one row per photo, resumable, atomic output, sidecars, one writer."""
 import json
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tagger.batch import BatchError, Lock, journal_path, read_results, read_sidecar_keywords, tag_folder, write_sidecar
+from tagger.batch import (BatchError, Lock, failures_path, journal_path, read_results, read_sidecar_keywords, tag_folder,
+                          write_sidecar)
 
 
 def make_photos(folder, n):
@@ -104,6 +106,79 @@ def test_a_second_writer_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     tag_folder(tmp_path / "photos", out, fake_tagger([]))  # free again once the holder is gone
+
+
+LOCK_WORKER = """
+import os, sys, time
+from pathlib import Path
+from tagger.batch import BatchError, Lock
+out = Path(sys.argv[1])
+inside = out.with_name("inside")
+end = time.time() + float(sys.argv[2])
+held = clashes = 0
+while time.time() < end:
+    try:
+        with Lock(out):
+            held += 1
+            try:
+                os.close(os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                clashes += 1  # another process is inside too
+                continue
+            os.unlink(inside)
+    except BatchError:
+        pass
+print(held, clashes)
+"""
+
+
+def test_lock_excludes_under_contention(tmp_path):
+    # Three processes take and drop the lock as fast as they can. The lock file is removed at every release,
+    # so a process that opened it just before could lock a file no longer at the path while a third locks the
+    # new one: both would be inside. That happened thousands of times a second before the inode check.
+    out = tmp_path / "tags.csv"
+    procs = [subprocess.Popen([sys.executable, "-c", LOCK_WORKER, str(out), "1.5"], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    counts = [tuple(map(int, p.communicate(timeout=60)[0].split())) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(held for held, _ in counts) > 100, counts  # they did contend
+    assert all(clashes == 0 for _, clashes in counts), counts
+    assert not out.with_name("tags.csv.lock").exists()
+
+
+def test_failures_file_lists_every_failed_photo(tmp_path):
+    make_photos(tmp_path / "photos", 3)
+    for name in ("bad1.jpg", "bad 2.jpg"):
+        (tmp_path / "photos" / name).write_text("no")
+    out = tmp_path / "tags.csv"
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert summary.failures_file == failures_path(out) == tmp_path / "tags.csv.failed.tsv"
+    expected = pd.DataFrame({"path": [str(tmp_path / "photos" / n) for n in ("bad 2.jpg", "bad1.jpg")], "error": ["not an image"] * 2})
+    pd.testing.assert_frame_equal(pd.read_csv(summary.failures_file, sep="\t"), expected)
+    # A second run keeps the failures (not retried) and lists them again; a fixed photo leaves the list.
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert summary.failed == 2 and summary.tagged == 0
+    pd.testing.assert_frame_equal(pd.read_csv(summary.failures_file, sep="\t"), expected)
+    (tmp_path / "photos" / "bad1.jpg").unlink()
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert pd.read_csv(summary.failures_file, sep="\t")["path"].tolist() == [str(tmp_path / "photos" / "bad 2.jpg")]
+    (tmp_path / "photos" / "bad 2.jpg").unlink()
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert summary.failures_file is None and not failures_path(out).exists()
+
+
+def test_temporaries_of_a_killed_run_are_removed(tmp_path):
+    make_photos(tmp_path / "photos", 2)
+    out = tmp_path / "tags.csv"
+    dead = 99_999_999  # above any pid_max: no such process
+    stale = [tmp_path / f".tags.csv.tmp{dead}", tmp_path / f".tags.csv.failed.tsv.tmp{dead}"]
+    live = tmp_path / f".tags.csv.tmp{os.getppid()}"  # a writer that still runs (here: our parent) keeps its file
+    other = tmp_path / f".other.csv.tmp{dead}"  # another output's: not ours to judge
+    for f in [*stale, live, other]:
+        f.write_text("half")
+    tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert not any(f.exists() for f in stale) and live.exists() and other.exists()
+    assert len(read_results(out)) == 2
 
 
 def test_bad_output_name(tmp_path):

@@ -75,6 +75,30 @@ def test_train_from_a_manifest_then_predict(tmp_path):
     assert result.exit_code == 0 and result.output.startswith(str(photos[0]))
 
 
+def test_train_refuses_a_bad_manifest_in_one_line(tmp_path):
+    make_photo_files(tmp_path / "photos", 2)
+    manifest = tmp_path / "photos" / "m.csv"
+    cases = [("path,keywrds\nphoto000.jpg,sea\n", "m.csv: no tags column (looked for tags, keywords, tag; columns: path, keywrds)"),
+             ("path,tags\ngone1.jpg,sea\ngone2.jpg,dog\n", "m.csv: none of its 2 photos exist")]
+    for text, message in cases:
+        manifest.write_text(text)
+        result = runner.invoke(app, ["train", str(manifest), "--out", str(tmp_path / "model"), "--backbone", "tiny",
+                                     "--cache-dir", str(tmp_path / "cache")])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        [line] = result.output.splitlines()
+        assert line.startswith(f"tagger: error: {manifest}") and message in line, line
+    assert not (tmp_path / "model").exists()
+
+
+def test_damaged_bundle_is_one_line(tmp_path, tiny_bundle):
+    [photo] = make_photo_files(tmp_path / "photos", 1)
+    vectors = tiny_bundle / "word_vectors.npz"
+    vectors.write_bytes(vectors.read_bytes()[:100])  # used to end in a zipfile traceback
+    result = runner.invoke(app, ["predict", str(photo), "--model", str(tiny_bundle)])
+    assert result.exit_code == 1 and result.output.splitlines() == [
+        f"tagger: error: {vectors}: cannot load the word vectors (File is not a zip file)"], result.output
+
+
 def test_features_command(tmp_path):
     make_photo_files(tmp_path / "photos", 3)
     result = runner.invoke(app, ["features", str(tmp_path / "photos"), "--out", str(tmp_path / "f"), "--backbone", "tiny",

@@ -8,6 +8,7 @@ import pytest
 from pipelines.datasets import (
     COLUMNS,
     DatasetError,
+    check_photos,
     count_untagged,
     parse_tags,
     read_dataset,
@@ -100,6 +101,20 @@ def test_manifest_errors_name_the_problem(tmp_path):
     with pytest.raises(DatasetError, match="no column 'keywords'"):
         read_manifest(nocol, tags_column="keywords")
     assert read_manifest(nocol, tags_column="words")["tags"].tolist() == [["x"]]
+
+
+def test_missing_photos_are_counted_and_all_missing_is_an_error(tmp_path, caplog):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,tags\na.jpg,sea\ngone.jpg,dog\n")
+    frame = read_manifest(csv)  # the readers only parse: a missing photo is still a row
+    assert len(frame) == 2
+    with caplog.at_level(logging.WARNING):
+        assert check_photos(frame, csv) == 1
+    assert f"m.csv: 1 of 2 photos are missing (e.g. {tmp_path / 'gone.jpg'}); they are skipped" in caplog.text
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"m.csv: none of its 2 photos exist \(e.g. .*a.jpg\); relative paths"):
+        check_photos(frame, csv)
 
 
 @pytest.mark.parametrize(

@@ -87,8 +87,9 @@ def test_word_space_preparation():
     np.testing.assert_allclose(c[0], -c[1], rtol=1e-6)
 
 
-def test_generate_equals_forward_on_repeated_rows():
-    G = Generator(GANConfig(feature_dim=12, word_dim=7, noise_dim=5)).eval()
+@pytest.mark.parametrize("joint", [0, 16])
+def test_generate_equals_forward_on_repeated_rows(joint):
+    G = Generator(GANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint)).eval()
     x, shared = torch.randn(4, 12), G.sample_noise(6)
     many = G.generate(shared, x)
     assert many.shape == (4, 6, 7)

@@ -211,6 +211,10 @@ def test_tag_hostile_folder(hostile, tiny_bundle, tmp_path):
     assert f"{n_good} tagged, 0 unchanged (kept), {n_bad} failed" in result.stdout, result.output
     failed_lines = [l for l in result.stderr.splitlines() if l.startswith("tagger: failed: ")]
     assert len(failed_lines) == n_bad
+    assert len(result.stderr.splitlines()) == 1 + n_bad, result.stderr  # the plan line, then one line per failure only
+    failures = pd.read_csv(tmp_path / "out.csv.failed.tsv", sep="\t", keep_default_na=False)
+    assert sorted(failures["path"]) == sorted(shown(p) for p in hostile.bad.values()) and failures["error"].all()
+    assert f"{n_bad} failed (listed in {tmp_path / 'out.csv.failed.tsv'})" in result.stdout
     for p in hostile.bad.values():
         assert sum(l.startswith(f"tagger: failed: {shown(p)}: ") for l in failed_lines) == 1, (p, failed_lines)
 
@@ -222,7 +226,7 @@ def test_tag_hostile_folder(hostile, tiny_bundle, tmp_path):
     errors = dict(zip(rows["path"], rows["error"]))
     assert all(errors[shown(p)] == "" for p in hostile.good.values())
     assert all(errors[shown(p)] != "" for p in hostile.bad.values())
-    assert "decompression bomb" in errors[shown(hostile.bad["bomb"])]
+    assert errors[shown(hostile.bad["bomb"])] == "decompression bomb: 400 MP image is over the 128 MP limit"
 
     # A second run keeps everything and re-reports the failures without retrying them.
     result = runner.invoke(app, ["tag", str(hostile.root), "--out", str(out), "--model", str(tiny_bundle)])
@@ -247,8 +251,8 @@ def test_load_image_bad_kinds(hostile):
         assert info.value.path == str(path) and str(path) in str(info.value)
         assert "\n" not in info.value.reason and info.value.reason
         reasons[kind] = info.value.reason
-    # 400 MP is past Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS), which refuses it at open.
-    assert "decompression bomb" in reasons["bomb"] and "400000000 pixels" in reasons["bomb"]
+    # 400 MP is past Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS), which refuses it at open: said in our terms.
+    assert reasons["bomb"] == "decompression bomb: 400 MP image is over the 128 MP limit"
     assert reasons["zero_byte"] == "empty file"
     assert "not an image" in reasons["text_as_jpg"]
     assert "truncated" in reasons["truncated_jpeg"]
@@ -307,6 +311,130 @@ def test_load_image_bytes_and_directory(hostile):
 def test_unreadable_file_is_readable_as_root(hostile):
     # Running as root: the mode-000 file cannot be made unreadable, so it is tagged like any photo.
     assert load_image(hostile.good["unreadable"]).mode == "RGB"
+
+
+# -- (d) a file the user may not read, in a real process -----------------------------------------------
+
+
+def _drop_dac_capabilities() -> None:
+    """preexec_fn: this process and what it runs stay root but obey file permissions like any user.
+
+    Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the capability bounding set, so the command
+    run next does not get them back; unlike switching to `nobody`, the interpreter and the test's
+    files (in root's private folders) stay readable.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def _become_nobody() -> None:
+    """preexec_fn: run as the unprivileged user `nobody` (65534)."""
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def _unprivileged(locked: Path):
+    """A preexec_fn under which `locked` (mode 000) really cannot be read, or pytest.skip saying why not."""
+    import subprocess
+    import sys
+
+    if not IS_ROOT:
+        return None  # file permissions apply already
+    tried = []
+    # As `nobody` the interpreter and the project must be readable too, hence the import in that probe.
+    for preexec, imports in ((_drop_dac_capabilities, ""), (_become_nobody, "import tagger.model\n")):
+        probe = f"import sys\n{imports}try:\n    open(sys.argv[1], 'rb')\nexcept PermissionError:\n    sys.exit(0)\nsys.exit(3)"
+        try:
+            r = subprocess.run([sys.executable, "-c", probe, str(locked)], preexec_fn=preexec, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            tried.append(f"{preexec.__name__}: {e}")
+            continue
+        if r.returncode == 0:
+            return preexec
+        tried.append(f"{preexec.__name__}: exit {r.returncode} {(r.stderr.strip().splitlines() or [''])[-1]}")
+    pytest.skip("running as root and cannot drop the right to read any file: " + "; ".join(tried))
+
+
+# Runs the commands in one process (one start-up instead of three), each as a user would, reporting what they printed.
+RUN_COMMANDS = """
+import json, logging, sys
+from typer.testing import CliRunner
+from tagger.cli import app
+results = []
+for args in json.loads(sys.argv[1]):
+    logging.getLogger().handlers.clear()  # each command logs to its own stderr, as in a process of its own
+    r = CliRunner().invoke(app, args)
+    results.append({"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr, "exception": repr(r.exception)})
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_unreadable_file_is_one_line_in_predict_and_tag(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from conftest import build_tiny_tagger
+
+    # A folder every user may enter (tmp_path's parents are private to root), so that `nobody` could work in it.
+    base = Path(tempfile.mkdtemp(prefix="tagger-perm-"))
+    private = base / "photos" / "private"
+    try:
+        base.chmod(0o777)
+        bundle = build_tiny_tagger().save(base / "bundle")
+        photos = base / "photos"
+        photos.mkdir()
+        photos.chmod(0o777)
+        good = photos / "good.jpg"
+        good.write_bytes(_jpeg_bytes(_rgb(32, 32)))
+        locked = photos / "locked.jpg"
+        locked.write_bytes(_jpeg_bytes(_rgb(32, 32, 4)))
+        locked.chmod(0)
+        private.mkdir()  # a folder that cannot be listed, with a photo inside
+        (private / "hidden.jpg").write_bytes(_jpeg_bytes(_rgb(32, 32, 5)))
+        private.chmod(0)
+        preexec = _unprivileged(locked)
+
+        out = base / "tags.csv"
+        commands = [["predict", good, locked, "--model", bundle],
+                    ["tag", photos, "--out", out, "--model", bundle],
+                    ["tag", private, "--out", base / "private.csv", "--model", bundle]]  # the whole folder unreadable
+        r = subprocess.run([sys.executable, "-c", RUN_COMMANDS, json.dumps([list(map(str, c)) for c in commands])],
+                           preexec_fn=preexec, capture_output=True, text=True, timeout=300, cwd=base)
+        assert r.returncode == 0, r.stderr[-3000:]
+        predict, tag, tag_private = json.loads(r.stdout)
+        reason = "cannot read: Permission denied"
+        for res in (predict, tag, tag_private):
+            assert "Traceback" not in res["stdout"] + res["stderr"] and res["exception"] in ("None", "SystemExit(1)"), res
+
+        assert predict["code"] == 1 and predict["stdout"].startswith(f"{good}: ") and len(predict["stdout"].splitlines()) == 1, predict
+        assert predict["stderr"].splitlines() == [f"tagger: error: {locked}: {reason}"], predict
+
+        failed = base / "tags.csv.failed.tsv"
+        assert tag["code"] == 0 and tag["stdout"].strip() == f"{out}: 1 tagged, 0 unchanged (kept), 1 failed (listed in {failed})", tag
+        errors = tag["stderr"].splitlines()
+        assert [l for l in errors if l.startswith("tagger: failed: ")] == [f"tagger: failed: {locked}: {reason}"], errors
+        assert f"WARNING: {private}: cannot read folder (Permission denied); its photos are left out" in errors
+        rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+        assert list(rows.index) == [str(good), str(locked)]
+        assert rows.loc[str(good), "error"] == "" and rows.loc[str(good), "tags"]
+        assert rows.loc[str(locked), "error"] == reason and rows.loc[str(locked), "tags"] == ""
+        assert pd.read_csv(failed, sep="\t").to_dict("records") == [{"path": str(locked), "error": reason}]
+
+        assert tag_private["code"] == 1, tag_private
+        assert tag_private["stderr"].splitlines() == [f"tagger: error: {private}: cannot read folder (Permission denied)"], tag_private
+    finally:
+        if private.exists():
+            private.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

@@ -163,8 +163,12 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("side", [12_000, 40_000])  # above our limit only; above Pillow's error limit too
-def test_decompression_bomb(tmp_path, side):
+@pytest.mark.parametrize("side, reason", [
+    (12_000, "decompression bomb: 144 MP image (12000x12000) is over the 128 MP limit"),  # over our limit only
+    (20_000, "decompression bomb: 400 MP image is over the 128 MP limit"),  # over Pillow's error limit too: reworded
+    (40_000, "decompression bomb: 1600 MP image is over the 128 MP limit"),
+])
+def test_decompression_bomb(tmp_path, side, reason):
     assert side * side > MAX_PIXELS
     f = tmp_path / "bomb.png"
     f.write_bytes(png_declaring(side, side))
@@ -172,9 +176,33 @@ def test_decompression_bomb(tmp_path, side):
     limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning may escape either
-        with pytest.raises(ImageError, match="decompression bomb"):
+        with pytest.raises(ImageError) as info:
             load_image(f)
+    assert info.value.reason == reason and str(info.value) == f"{f}: {reason}"
     assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's process-wide setting is left alone
+
+
+def test_between_pillows_warning_and_our_limit_is_decoded_without_a_warning():
+    side = (10_000, 9_000)  # 90 MP: over Pillow's warning threshold (~89.5 MP), under MAX_PIXELS
+    assert Image.MAX_IMAGE_PIXELS < side[0] * side[1] <= MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError) as info:
+            decode_image(png_declaring(*side), "big.png")
+    assert info.value.reason.startswith("corrupt or truncated")  # decoded, and only its missing data is wrong
+
+
+def test_pillow_limit_lowered_by_the_application_is_named(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow now refuses over 2 MP, far under ours
+    with pytest.raises(ImageError) as info:
+        decode_image(png_declaring(2_000, 2_000), "im.png")
+    assert info.value.reason == "decompression bomb: 4 MP image is over Pillow's limit of 2 MP (PIL.Image.MAX_IMAGE_PIXELS)"
+
+
+def test_just_over_the_limit_does_not_read_as_the_limit():
+    from pipelines.images import too_many_pixels
+
+    assert too_many_pixels(MAX_PIXELS + 1) == "decompression bomb: 128.000001 MP image is over the 128 MP limit"
 
 
 def test_bytes_input_and_pickling(good_jpeg):

@@ -1,5 +1,6 @@
 """The model bundle: round trip, determinism, options, atomic writes and clear load errors."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ def photos(tmp_path):
     return make_photo_files(tmp_path / "photos", 6)
 
 
-def test_round_trip_gives_the_same_tags(tmp_path, photos):
-    tagger = build_tiny_tagger()
+@pytest.mark.parametrize("joint", [0, 12])
+def test_round_trip_gives_the_same_tags(tmp_path, photos, joint):
+    tagger = build_tiny_tagger(joint=joint)
     before = tagger.predict(photos, seed=3)
     tagger.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
@@ -87,6 +89,20 @@ def test_save_over_a_bundle_is_atomic(tmp_path, monkeypatch):
         tagger.save(tmp_path / "notes")
 
 
+def test_save_removes_what_a_killed_save_left(tmp_path):
+    tagger = build_tiny_tagger()
+    dead = 99_999_999  # above any pid_max: no such process
+    stale_tmp, stale_old = tmp_path / f".m.{dead}.abcd1234.tmp", tmp_path / f".m.{dead}.abcd1234.old"
+    live_tmp = tmp_path / f".m.{os.getppid()}.abcd1234.tmp"  # a save still running (here: our parent's pid)
+    for d in (stale_tmp, stale_old, live_tmp):
+        d.mkdir()
+    # Killed between its two renames: "m" is gone and the .old folder is the only copy of it; it stays.
+    tagger.save(tmp_path / "m")
+    assert not stale_tmp.exists() and stale_old.exists() and live_tmp.exists()
+    tagger.save(tmp_path / "m")  # now "m" exists: the stale .old goes too
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", live_tmp.name])
+
+
 def test_load_errors_say_what_is_wrong(tmp_path):
     path = build_tiny_tagger().save(tmp_path / "m")
     with pytest.raises(BundleError, match="no config.json"):
@@ -102,9 +118,56 @@ def test_load_errors_say_what_is_wrong(tmp_path):
         Tagger.load(path)
     (path / "generator.safetensors").write_bytes(weights)
     (path / "config.json").write_text(json.dumps({**cfg, "backbone": {**cfg["backbone"], "name": "efficientnet_lite0"}}))
-    with pytest.raises(BundleError, match="trained on"):
-        Tagger.load(path).features([Image.new("RGB", (8, 8))])
+    with pytest.raises(BundleError, match="config.json: backbone efficientnet_lite0 gives 1280-d features but this model was trained on 32-d"):
+        Tagger.load(path)  # at load time, not at the first photo
     (path / "config.json").write_text(json.dumps(cfg))
     (path / "vocabulary.json").unlink()
     with pytest.raises(BundleError, match="vocabulary.json: missing"):
         Tagger.load(path)
+
+
+def _damage(path, name, change):
+    """Rewrite one part of a bundle: `change` takes and returns the file's bytes, or (for a name given with a
+    trailing "!") its JSON or arrays."""
+    file = path / name.rstrip("!")
+    if not name.endswith("!"):
+        file.write_bytes(change(file.read_bytes()))
+    elif file.suffix == ".json":
+        file.write_text(json.dumps(change(json.loads(file.read_text()))))
+    else:
+        with np.load(file) as data:
+            arrays = change(dict(data))
+        with open(file, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _half(b: bytes) -> bytes:
+    return b[: len(b) // 2]
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("config.json!", lambda c: {**c, "backbone": {**c["backbone"], "name": "vit_huge"}},
+     "config.json: made for backbone 'vit_huge', which this tagger does not have"),
+    ("config.json!", lambda c: {k: v for k, v in c.items() if k != "gan"}, "config.json: missing or unknown setting ('gan')"),
+    ("config.json!", lambda c: {**c, "gan": {**c["gan"], "g_image_hidden": 32}},
+     "generator.safetensors: cannot load generator weights (Error(s) in loading state_dict for Generator: size mismatch"),
+    ("generator.safetensors", _half, "generator.safetensors: cannot load generator weights"),
+    ("word_vectors.npz", _half, "word_vectors.npz: cannot load the word vectors"),
+    ("word_vectors.npz", lambda b: b"", "word_vectors.npz: cannot load the word vectors"),
+    ("vocabulary.json", _half, "vocabulary.json: cannot load the vocabulary"),
+    ("word_vectors.npz!", lambda a: {**a, "words": np.array(["zebra", *a["words"][1:]])},
+     "word_vectors.npz: 1 words are not in vocabulary.json (e.g. ['zebra'])"),
+    ("word_vectors.npz!", lambda a: {**a, "words": a["words"][:-2], "vectors": a["vectors"][:-2]},
+     "word_vectors.npz: 17 words, config.json says 19"),
+    ("word_vectors.npz!", lambda a: {**a, "vectors": a["vectors"][:-2]},
+     "word_vectors.npz: cannot load the word vectors (19 words but vectors of shape (17, 8))"),
+    ("word_vectors.npz!", lambda a: {**a, "vectors": a["vectors"][:, :5]}, "word_vectors.npz: 5-d vectors, but the generator makes 8-d"),
+])
+def test_damaged_or_foreign_bundle_is_one_line_at_load(tmp_path, name, change, message):
+    path = build_tiny_tagger().save(tmp_path / "m")
+    _damage(path, name, change)
+    with pytest.raises(BundleError) as info:
+        Tagger.load(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}/") and message in text, text  # names the file, says what is wrong
+    assert "\n" not in text and len(text) < 500
