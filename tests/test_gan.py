@@ -118,3 +118,16 @@ def test_set_loss_is_zero_only_when_samples_cover_the_tags():
     assert set_loss(one_tag, tags, targets) > 0.1 and set_loss(stray, tags, targets) > 0.1
     # The padding (-1) never counts as a tag: a sample on word 3 is not rewarded.
     assert set_loss(targets[[3, 3, 3]][None], tags, targets).item() == pytest.approx(1.0)
+
+
+def test_mode_seeking_loss_is_large_when_samples_ignore_the_noise():
+    from tagger.train import mode_seeking_loss
+
+    noise = torch.rand(2, 4, 6) * 2 - 1
+    collapsed = torch.randn(2, 1, 5).repeat(1, 4, 1).requires_grad_()
+    spread = torch.randn(2, 4, 5)
+    assert mode_seeking_loss(collapsed, noise) > 100 * mode_seeking_loss(spread, noise)
+    mode_seeking_loss(collapsed, noise).backward()  # finite even where two samples coincide
+    assert torch.isfinite(collapsed.grad).all()
+    # Only directions count (the word space is cosine): scaling a sample changes nothing.
+    assert mode_seeking_loss(spread * 3, noise).item() == pytest.approx(mode_seeking_loss(spread, noise).item(), rel=1e-5)

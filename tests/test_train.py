@@ -100,3 +100,21 @@ def test_set_reconstruction_and_weight_averaging_learn_and_resume(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
     with pytest.raises(ValueError, match="recon"):
         train(features, pairs, targets, index, SMALL, replace(cfg, recon="l2"), sampling, val, True, progress=False)
+
+
+def spread(G, features) -> float:
+    """Mean cosine of a photo's samples to their mean direction: 1 when G ignores its noise."""
+    G.eval()
+    with torch.no_grad():
+        s = torch.nn.functional.normalize(G.generate(G.sample_noise(16), torch.as_tensor(features)), dim=-1)
+    return (s * torch.nn.functional.normalize(s.mean(1, keepdim=True), dim=-1)).sum(-1).mean().item()
+
+
+def test_mode_seeking_term_spreads_the_samples_of_a_photo():
+    features, targets, index, pairs, val, p = setup()
+    cfg = replace(p.train, epochs=3, lr=1e-3, batch_size=50, recon="set", set_samples=4)
+    sampling = SamplingConfig(samples=20, neighbours=3)
+    plain, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    seeking, state = train(features, pairs, targets, index, SMALL, replace(cfg, diversity=1.0), sampling, val, True, progress=False)
+    assert spread(seeking, features[:50]) < spread(plain, features[:50]) - 0.05
+    assert state.best_p5 > 0.3, state.log  # and it still learns the tags
