@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -138,7 +139,8 @@ def train(
         _, summary = fit(data, out, config)
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
         typer.echo(f"model bundle: {out}")
-        typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
+        if not math.isnan(summary["val_p5"]):  # nan when there were no validation photos
+            typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
         typer.echo(f"stages: {stages}")
 
     run(go)

@@ -347,9 +347,10 @@ def train(
             state.best_p5, state.best_epoch = float(score), state.epoch
             best_g = copy.deepcopy(kept.state_dict())
         if progress:
+            p5 = "" if math.isnan(row["val_p5"]) else f" val P@5 {row['val_p5']:.4f}"  # nan: no validation photos
             print(
                 f"epoch {state.epoch}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f} "
-                f"D(real) {row['d_real']:.2f} D(fake) {row['d_fake']:.2f} val P@5 {row['val_p5']:.4f} ({row['seconds']:.0f} s)"
+                f"D(real) {row['d_real']:.2f} D(fake) {row['d_fake']:.2f}{p5} ({row['seconds']:.0f} s)"
             )
         if ckpt_path:
             _atomic_save(
