@@ -3,9 +3,9 @@
     python bench/bench_lookup.py --photos 32 --samples 100 --vocab 250000
 
 Part 1, the product's own case: the shipped model's vocabulary in its exact (flat) FAISS index,
-queried with all samples of a batch of photos in one search (32 photos x 100 samples, the 20
-nearest words each), against numpy brute force (matrix product, argpartition, sort) on the very
-same unit vectors. The ids must be equal; where two words tie in score at the cut-off, either may
+queried with all samples of a batch of photos in one search (32 photos x 100 samples, the
+model's number of nearest words each: 100 for the shipped model), against numpy brute force
+(matrix product, argpartition, sort) on the very same unit vectors. The ids must be equal; where two words tie in score at the cut-off, either may
 come first, and that is allowed and counted. The generated samples come from the shipped generator
 on real photo features where the shared subset is present, else on features drawn around the
 generator's own feature statistics (--synthetic-features).
@@ -57,8 +57,8 @@ def compare_ids(faiss_ids: np.ndarray, faiss_scores: np.ndarray, np_ids: np.ndar
     return {"rows": len(faiss_ids), "same": same, "ties_only": ties, "different": different}
 
 
-def product_queries(args) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
-    """(word vectors in the index, generated samples, where the features came from, words)."""
+def product_queries(args) -> tuple[np.ndarray, np.ndarray, str, list[str], int]:
+    """(word vectors in the index, generated samples, where the features came from, words, the model's neighbours per sample)."""
     import torch
 
     from tagger.model import Tagger
@@ -81,7 +81,7 @@ def product_queries(args) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
         noise = G.sample_noise(args.samples, torch.Generator().manual_seed(args.seed))
         x = torch.as_tensor(features).repeat_interleave(args.samples, dim=0)
         samples = G(noise.repeat(len(features), 1), x).float().numpy()
-    return tagger.targets, samples, source, tagger.words
+    return tagger.targets, samples, source, tagger.words, tagger.sampling.neighbours
 
 
 def clustered(n: int, dim: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "the generator's feature statistics")
     parser.add_argument("--photos", type=int, default=32, help="photos in the part 1 batch")
     parser.add_argument("--samples", type=int, default=100, help="generated samples per photo")
-    parser.add_argument("--k", type=int, default=20, help="nearest words per sample")
+    parser.add_argument("--k", type=int, default=0, help="part 1: nearest words per sample (default: the model's)")
+    parser.add_argument("--big-k", type=int, default=20, help="part 2: nearest words per query (recall@k)")
     parser.add_argument("--repeats", type=int, default=10, help="timed searches in part 1")
     parser.add_argument("--vocab", type=int, default=250_000, help="part 2 vocabulary size (0 skips part 2)")
     parser.add_argument("--dim", type=int, default=200, help="part 2 vector width")
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     # Part 1: the product's vocabulary and queries.
-    vectors, samples, source, words = product_queries(args)
+    vectors, samples, source, words, neighbours = product_queries(args)
+    args.k = args.k or neighbours
     index = TagIndex(words, vectors)
     unit = unit_rows(vectors)
     faiss_t, (f_scores, f_ids), faiss_runs = timed(lambda: index.search_ids(samples, args.k), args.repeats)
@@ -154,30 +156,30 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         flat = TagIndex(big_words, big, config, kind="flat")
         flat_build = time.perf_counter() - start
-        exact_t, (_, exact), exact_runs = timed(lambda: flat.search_ids(queries, args.k), args.big_repeats)
+        exact_t, (_, exact), exact_runs = timed(lambda: flat.search_ids(queries, args.big_k), args.big_repeats)
         efs = [config.ef_search] + [int(e) for e in args.ef.split(",") if e and int(e) != config.ef_search]
         sweep = []
         for ef in efs:
             hnsw.config = IndexConfig(**{**config.__dict__, "ef_search": ef})
-            t, (_, approx), runs = timed(lambda: hnsw.search_ids(queries, args.k), args.big_repeats)
-            recall = float(np.mean([len(set(a) & set(e)) / args.k for a, e in zip(approx, exact)]))
+            t, (_, approx), runs = timed(lambda: hnsw.search_ids(queries, args.big_k), args.big_repeats)
+            recall = float(np.mean([len(set(a) & set(e)) / args.big_k for a, e in zip(approx, exact)]))
             sweep.append({"ef_search": ef, "ms": round(t * 1e3, 2), "speedup": round(exact_t / t, 2), "recall_at_k": round(recall, 4),
                           "runs_ms": [round(r * 1e3, 2) for r in runs]})
         hnsw.config = config
-        print(f"part 2: {args.vocab:,} synthetic {args.dim}-d words, {args.queries:,} queries, k={args.k}; "
+        print(f"part 2: {args.vocab:,} synthetic {args.dim}-d words, {args.queries:,} queries, k={args.big_k}; "
               f"HNSW M={config.hnsw_m}, efConstruction={config.ef_construction}")
         print(f"  build: HNSW {hnsw_build:.1f} s, flat {flat_build:.2f} s")
         print(f"  exact (flat) search: {exact_t * 1e3:8.1f} ms")
         for s in sweep:
-            print(f"  HNSW ef_search {s['ef_search']:4d}: {s['ms']:8.1f} ms, {s['speedup']:5.1f}x faster, recall@{args.k} {s['recall_at_k']:.4f}")
+            print(f"  HNSW ef_search {s['ef_search']:4d}: {s['ms']:8.1f} ms, {s['speedup']:5.1f}x faster, recall@{args.big_k} {s['recall_at_k']:.4f}")
         for s in sweep:
             default = s["ef_search"] == config.ef_search
             rows.append(row(f"look-up: HNSW, {args.vocab:,} words, ef_search {s['ef_search']}" + (" (default)" if default else ""),
-                            f"{s['ms']:.0f} ms per {args.queries:,} queries, recall@{args.k} {s['recall_at_k']:.3f}",
+                            f"{s['ms']:.0f} ms per {args.queries:,} queries, recall@{args.big_k} {s['recall_at_k']:.3f}",
                             f"{exact_t * 1e3:.0f} ms exact flat search", s["speedup"], None,
                             (f"synthetic clustered {args.dim}-d vectors; ratio = speed-up; build {hnsw_build:.0f} s (flat {flat_build:.1f} s); "
                              f"median of {args.big_repeats}") if default else f"same index and queries; ratio = speed-up"))
-        result["part2"] = {"vocabulary": args.vocab, "dim": args.dim, "queries": args.queries, "k": args.k,
+        result["part2"] = {"vocabulary": args.vocab, "dim": args.dim, "queries": args.queries, "k": args.big_k,
                            "hnsw_m": config.hnsw_m, "ef_construction": config.ef_construction,
                            "hnsw_build_s": round(hnsw_build, 2), "flat_build_s": round(flat_build, 3),
                            "exact_ms": round(exact_t * 1e3, 2), "exact_runs_ms": [round(t * 1e3, 2) for t in exact_runs], "ef_search": sweep}

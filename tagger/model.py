@@ -36,6 +36,7 @@ from pipelines.backbones import create_backbone, get_spec
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features, extract_images
 from pipelines.images import load_image
+from pipelines.memory import release_free_memory
 from tagger.baselines import KNNTagger
 from tagger.gan import GANConfig, Generator
 from tagger.sampling import score_words
@@ -174,11 +175,14 @@ class Tagger:
             rows = np.flatnonzero(result.ok)
             tags = self.predict_features(result.features[rows], method, **options) if len(rows) else []
             by_row = dict(zip(rows.tolist(), tags))
+            errors = result.errors
+            del result
+            release_free_memory()  # or the heap keeps every chunk's temporaries and grows with the photos
             for i, path in enumerate(part):
                 if i in by_row:
                     yield path, by_row[i], ""
                 else:
-                    yield path, None, _reason(result.errors.get(i, "not tagged"), path)
+                    yield path, None, _reason(errors.get(i, "not tagged"), path)
 
     # -- the bundle -------------------------------------------------------------------------------
 
