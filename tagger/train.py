@@ -90,11 +90,12 @@ PRESETS: dict[str, Preset] = {
         train=TrainConfig(optimizer="adam", lr=2e-4, lr_decay=1.0, label_smoothing=0.1, recon_weight=3.0, epochs=6),
         words=WordSpaceConfig(center=True, normalize=True),
         standardize_features=True,
-        # 100 nearest words per sample, not 20: one photo's samples nearly coincide, so more neighbours
-        # rank more of the words around them (validation P@5 0.115 -> 0.135).
-        sampling=SamplingConfig(scoring="similarity", prior_power=0.5, neighbours=100),
+        # One photo's samples nearly coincide, so 100 nearest words per sample rank more of the words
+        # around them (validation P@5 0.115 -> 0.135 against 20), and 20 samples do as well as 100
+        # or 400 (0.1336, 0.1346, 0.135) at a fifth of the look-up's cost.
+        sampling=SamplingConfig(scoring="similarity", prior_power=0.5, neighbours=100, samples=20),
         description="Adam 2e-4, standardized features, centred unit word vectors, smoothing 0.1, "
-        "cosine reconstruction x3; 100 nearest words per sample, votes weighted by cosine times prior^0.5",
+        "cosine reconstruction x3; 20 samples, 100 nearest words each, votes weighted by cosine times prior^0.5",
     ),
 }
 
