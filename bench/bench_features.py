@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from harness import IMAGES, emit, print_rows, rel, row  # puts the checkout on sys.path
+from harness import IMAGES, emit, print_rows, rel, row, subset_photos  # puts the checkout on sys.path
 
 from pipelines.backbones import DEFAULT_BACKBONE, create_backbone  # noqa: E402
 from pipelines.features import FeatureConfig, extract_features  # noqa: E402
-from pipelines.images import list_images, load_image  # noqa: E402
+from pipelines.images import load_image  # noqa: E402
 
 
 def bare_forward(backbone, batches: list[torch.Tensor]) -> float:
@@ -61,9 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.data.is_dir():
-        sys.exit(f"photos not found at {rel(args.data)} (set TAGGER_SUBSET, or pass --data)")
-    paths = list_images(args.data)[: args.n]
+    paths = subset_photos(args.n, args.data)
     if not paths:
         parser.error(f"no photos under {rel(args.data)}")
     backbone = create_backbone(args.backbone, device=args.device)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import IMAGES, emit, link_folder, machine, median, print_rows, rel, row
+from harness import IMAGES, emit, link_folder, machine, median, print_rows, rel, row, subset_photos
 
 import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.photos.is_dir():
-        sys.exit(f"photos not found at {rel(args.photos)} (set TAGGER_SUBSET, or pass --photos)")
-    paths = list_images(args.photos)[: args.n]
+    paths = subset_photos(args.n, args.photos)
     tagger = Tagger.load(args.model or default_model_path())
     with tempfile.TemporaryDirectory(prefix="bench-tagging-") as tmp:
         tmp = Path(tmp)

@@ -183,11 +183,13 @@ def extract_features(
     config: FeatureConfig = FeatureConfig(),
     progress: bool = True,
     backbone: Backbone | None = None,
+    report: bool = True,
 ) -> FeatureResult:
     """Features for every photo in `paths`, in order; see the module docstring for failures and the cache.
 
     backbone: one already built, to reuse across calls (config's backbone, weights and device are
-    then not consulted).
+    then not consulted). report: log a warning for each photo skipped; False where the caller
+    reports `errors` itself, so that no failure is said twice.
     """
     paths = [Path(p) for p in paths]
     if backbone is None:
@@ -211,7 +213,8 @@ def extract_features(
         for row, h in enumerate(hashes):
             if isinstance(h, ImageError):
                 reasons[row] = h.reason
-                log.warning("skipping %s", h)
+                if report:
+                    log.warning("skipping %s", h)
             elif h in known:
                 features[row] = known[h]
             elif h in first:
@@ -224,7 +227,7 @@ def extract_features(
 
     if todo:
         run = f"{time.time_ns():x}-{os.getpid()}"
-        new_rows, new_hashes, batch_shards = _run(paths, todo, backbone, config, progress, features, reasons, cache, run)
+        new_rows, new_hashes, batch_shards = _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report)
         result.n_extracted = len(new_rows)
         if cache is not None and new_rows:
             # One shard per completed run instead of one per batch keeps lookups quick.
@@ -241,12 +244,12 @@ def extract_features(
         # Only when the backbone gives NaN, or a file changed between hashing and decoding.
         reasons.setdefault(int(row), "no features (non-finite output, or the file changed during the run)")
     result.errors = {row: f"{paths[row]}: {reason}" for row, reason in sorted(reasons.items())}
-    if result.errors:
+    if result.errors and report:
         log.warning("%d of %d photos could not be read and have no features", len(result.errors), n)
     return result
 
 
-def _run(paths, todo, backbone, config, progress, features, reasons, cache, run):
+def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True):
     """Decode and forward the `todo` rows, filling `features` and `reasons` in place; a cache shard per batch."""
     dataset = _PhotoDataset(paths, todo, backbone.pixels_transform, min_side=backbone.preprocessing.resize)
     loader = DataLoader(
@@ -264,7 +267,8 @@ def _run(paths, todo, backbone, config, progress, features, reasons, cache, run)
         for batch, (rows, hashes, x, failed) in enumerate(loader):
             for row, reason in failed:
                 reasons[row] = reason
-                log.warning("skipping %s: %s", paths[row], reason)
+                if report:
+                    log.warning("skipping %s: %s", paths[row], reason)
             if rows:
                 out = backbone.forward_features(x).cpu().numpy()
                 features[rows] = out

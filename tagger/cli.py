@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-state = {"debug": False, "verbose": False}
+state = {"debug": False}
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="model bundle folder (default: $TAGGER_MODEL, else the model shipped with tagger)")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: the best available)")]
@@ -43,7 +42,6 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log more")] = False,
 ):
     state["debug"] = debug
-    state["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
 
 
@@ -233,17 +231,8 @@ def tag(
             typer.echo(f"{folder}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
             bar.reset(total=todo)
 
-        # Each failure is printed below as "tagger: failed: PATH: reason"; the feature extractor's warnings would
-        # say each twice more ("skipping PATH: reason", "N of M photos could not be read"), so they wait for --verbose.
-        extractor = logging.getLogger("pipelines.features")
-        level = extractor.level
-        if not state["verbose"]:
-            extractor.setLevel(logging.ERROR)
-        try:
-            summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
-                                 sidecar=sidecar, progress=bar.update, on_plan=plan)
-        finally:
-            extractor.setLevel(level)
+        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
+                             sidecar=sidecar, progress=bar.update, on_plan=plan)
         bar.close()
         for line in summary.failures:
             typer.echo(f"tagger: failed: {printable_path(line)}", err=True)

@@ -171,7 +171,8 @@ class Tagger:
                              device=str(self.device), **({"num_workers": num_workers} if num_workers is not None else {}))
         for start in range(0, len(paths), chunk):
             part = list(paths[start : start + chunk])
-            result = extract_features(part, fcfg, progress=False, backbone=self.backbone)
+            # The caller gets every failure with its photo and reports it; the extractor need not say it too.
+            result = extract_features(part, fcfg, progress=False, backbone=self.backbone, report=False)
             rows = np.flatnonzero(result.ok)
             tags = self.predict_features(result.features[rows], method, **options) if len(rows) else []
             by_row = dict(zip(rows.tolist(), tags))

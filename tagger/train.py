@@ -233,12 +233,16 @@ def train_one_epoch(
             loss_d.backward()
             opt_d.step()
 
-        fake = G(G.sample_noise(len(x), rng), x)
-        d_gen = D(fake, xn)
-        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating: -log D(G(z))
-        if config.recon_weight and config.recon == "set":
+        use_set = config.recon_weight and config.recon == "set"
+        if use_set:  # the first of each photo's samples is also the one D judges
             noise = G.sample_noise(len(x) * config.set_samples, rng).view(len(x), config.set_samples, -1)
             samples = G.generate(noise, x)
+            fake = samples[:, 0]
+        else:
+            fake = G(G.sample_noise(len(x), rng), x)
+        d_gen = D(fake, xn)
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating: -log D(G(z))
+        if use_set:
             loss_g = loss_g + config.recon_weight * set_loss(samples, tags[batch[:, 0]], targets)
             if config.diversity:
                 loss_g = loss_g + config.diversity * mode_seeking_loss(samples, noise)
@@ -303,6 +307,8 @@ def train(
     opt_g, opt_d = make_optimizer(G.parameters(), config), make_optimizer(D.parameters(), config)
     if config.recon not in ("pair", "set"):
         raise ValueError(f"recon must be 'pair' or 'set', got {config.recon!r}")
+    if config.diversity and not (config.recon == "set" and config.recon_weight):
+        raise ValueError("diversity needs recon 'set' and a recon_weight: it compares a photo's set of samples")
     # The averaged generator is the one validated and kept; G itself keeps training.
     G_ema = copy.deepcopy(G) if config.ema else None
     rng = torch.Generator(device=device).manual_seed(config.seed)
@@ -355,7 +361,8 @@ def train(
             )
         if ckpt_path:
             _atomic_save(
-                {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None,
+                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                  "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "state": asdict(state), "best_G": best_g},
                 ckpt_path,
             )

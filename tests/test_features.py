@@ -68,6 +68,11 @@ def test_bad_photos_are_reported_and_skipped(photos, tmp_path, caplog):
     assert np.isfinite(result.features[result.ok]).all()
     assert str(truncated) in caplog.text and str(text) in caplog.text
 
+    caplog.clear()  # a caller that reports the errors itself asks for no warnings; the errors are the same
+    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+        quiet = extract_features(paths, FeatureConfig(**TINY, batch_size=4), progress=False, report=False)
+    assert quiet.errors == result.errors and caplog.text == ""
+
 
 def count_forwards(monkeypatch, backbone, fail_on: int | None = None) -> list:
     """Record the batch sizes the backbone sees; optionally crash on the `fail_on`-th batch."""

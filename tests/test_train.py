@@ -100,6 +100,8 @@ def test_set_reconstruction_and_weight_averaging_learn_and_resume(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
     with pytest.raises(ValueError, match="recon"):
         train(features, pairs, targets, index, SMALL, replace(cfg, recon="l2"), sampling, val, True, progress=False)
+    with pytest.raises(ValueError, match="diversity"):
+        train(features, pairs, targets, index, SMALL, replace(cfg, recon="pair", diversity=0.1), sampling, val, True, progress=False)
 
 
 def spread(G, features) -> float:
