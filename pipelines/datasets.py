@@ -26,6 +26,7 @@ COLUMNS = ["id", "path", "tags", "labels"]
 PATH_COLUMNS = ("path", "file", "filename", "image", "photo")
 TAGS_COLUMNS = ("tags", "keywords", "tag")
 LABELS_COLUMNS = ("labels", "labels24")
+ID_COLUMNS = ("id", "photo_id")
 SPLITS = ("train", "val", "test")
 
 
@@ -104,20 +105,7 @@ def read_manifest(path: str | Path, *, path_column: str | None = None, tags_colu
     in CSV a cell holds a JSON list, or tags separated by `,` `;` or `|`, or else by whitespace.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such manifest")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            table = pd.read_parquet(path)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        else:
-            raise DatasetError(f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv or .parquet)")
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise DatasetError(f"{path}: cannot read manifest ({e})") from e
+    table = _read_table(path, "manifest")
     if table.empty:
         raise DatasetError(f"{path}: manifest has no rows")
     pcol = _pick_column(table, path_column, PATH_COLUMNS, path, "path")
@@ -133,6 +121,34 @@ def read_manifest(path: str | Path, *, path_column: str | None = None, tags_colu
         photo = Path(rel) if Path(rel).is_absolute() else base / rel
         rows.append((rel, str(photo), parse_tags(tags), parse_tags(labs) if lcol else None))
     return _frame(rows, path)
+
+
+def read_tag_lists(path: str | Path) -> pd.DataFrame:
+    """Tag lists without images (columns id, tags), such as MIRFLICKR's `tags_corpus.tsv`: more text for word2vec.
+
+    A .tsv, .csv or .parquet file with an id column and a tags column, cells as in `read_manifest`.
+    Lists with no tags are kept (they teach nothing and cost nothing).
+    """
+    path = Path(path)
+    table = _read_table(path, "tag-list file")
+    icol = _pick_column(table, None, ID_COLUMNS, path, "id")
+    tcol = _pick_column(table, None, TAGS_COLUMNS, path, "tags")
+    return pd.DataFrame({"id": table[icol].astype(str).str.strip(), "tags": [parse_tags(c) for c in table[tcol]]})
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    """A .csv/.tsv/.txt (all cells as strings) or .parquet table; `what` names it in errors."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such {what}")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise DatasetError(f"{path}: unknown {what} type {suffix!r} (use .csv, .tsv or .parquet)")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read {what} ({e})") from e
 
 
 def parse_tags(cell) -> list[str]:

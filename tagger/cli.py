@@ -101,6 +101,7 @@ def train(
     half: Annotated[bool, typer.Option("--half", help="store the generator in float16 (half the size)")] = False,
     seed: Annotated[int, typer.Option(help="seed of word2vec, GAN and sampling")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per feature-extraction batch")] = 64,
+    corpus: Annotated[Optional[Path], typer.Option(help="more tag lists for word2vec, of photos not in DATA (a .tsv/.csv with id and tags columns, e.g. the subset's tags_corpus.tsv)")] = None,
     device: DeviceOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
 ):
@@ -131,6 +132,7 @@ def train(
             max_steps=max_steps,
             seed=seed,
             feature_batch_size=batch_size,
+            corpus=corpus,
             device=device,
             cache_dir=cache_dir or default_cache_dir(),
         )

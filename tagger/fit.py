@@ -21,7 +21,7 @@ from embeddings.index import TagIndex
 from embeddings.tags import TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig, WordVectors
 from pipelines.backbones import DEFAULT_BACKBONE
-from pipelines.datasets import check_photos, count_untagged, read_dataset, split_ids
+from pipelines.datasets import check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
 from tagger.baselines import KNNTagger
@@ -52,6 +52,9 @@ class FitConfig:
     device: str | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
     word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
+    # Tag lists of photos not in the dataset (e.g. MIRFLICKR's tags_corpus.tsv), added to word2vec's
+    # training lists; lists of the dataset's own photos in it are left out, so held-out tags never leak.
+    corpus: Path | None = None
     sampling: SamplingConfig | None = None  # None: the preset's
 
 
@@ -95,10 +98,28 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
     vocab = Vocabulary.build(train_rows["tags"], TagConfig(min_count=config.min_count))
     # Vocabulary words only: rare one-off tags slow training sixfold and crowd the neighbour lists.
     sentences = [s for s in (vocab.normalize(tags) for tags in train_rows["tags"]) if s]
+    extra = extra_tag_lists(config.corpus, frame, vocab, progress) if config.corpus is not None else []
+    sentences += extra
     wv = _cached_word2vec(sentences, replace(config.word2vec, seed=config.seed), config.cache_dir / "word2vec")
     wv = wv.subset([w for w in vocab.words if w in wv])
     stages.word2vec = time.perf_counter() - t
-    return {"frame": frame, "features": feats.features, "vocabulary": vocab, "word_vectors": wv, "stages": stages}
+    return {"frame": frame, "features": feats.features, "vocabulary": vocab, "word_vectors": wv, "stages": stages,
+            "corpus_lists": len(extra)}
+
+
+def extra_tag_lists(corpus: str | Path, frame: pd.DataFrame, vocab: Vocabulary, progress: bool = True) -> list[list[str]]:
+    """`corpus`'s tag lists in vocabulary words, without the dataset's own photos.
+
+    A training photo's tags are already among word2vec's lists; a held-out photo's must not shape the
+    word space its evaluation is scored in. The vocabulary stays that of the training photos.
+    """
+    table = read_tag_lists(corpus)
+    ours = table["id"].isin(set(frame["id"].astype(str)))
+    lists = [s for s in (vocab.normalize(tags) for tags in table.loc[~ours, "tags"]) if s]
+    if progress:
+        print(f"word2vec: {len(lists):,} more tag lists from {Path(corpus).name} "
+              f"({int(ours.sum()):,} rows of the dataset's own photos left out)")
+    return lists
 
 
 def word_ids(frame: pd.DataFrame, vocab: Vocabulary, words: list[str]) -> list[list[int]]:
@@ -138,8 +159,9 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     val_rows = [i for i in np.flatnonzero(is_val) if ids[i]]
     val = (features[val_rows], [set(ids[i]) for i in val_rows]) if val_rows else None
     gan_cfg = replace(preset.gan, feature_dim=features.shape[1], word_dim=targets.shape[1])
-    run_key = _key(str(Path(data).resolve()), config.preset, asdict(tcfg), asdict(gan_cfg), asdict(config.word2vec), config.min_count,
-                   config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
+    # The word vectors themselves, not their settings, key the run: another corpus gives another space.
+    run_key = _key(str(Path(data).resolve()), config.preset, asdict(tcfg), asdict(gan_cfg), hashlib.sha1(targets.tobytes()).hexdigest(),
+                   config.min_count, config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
     # A run killed while writing its checkpoint left checkpoint.pt.tmpPID behind, as big as a checkpoint.
@@ -170,6 +192,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         "split_fractions": list(config.split),
         "split_seed": config.split_seed,
         "min_count": config.min_count,
+        "corpus": Path(config.corpus).name if config.corpus is not None else None,
+        "corpus_lists": prep["corpus_lists"],
         "train_photos": int(is_train.sum()),
         "pairs": int(len(pairs)),
         "epochs": state.epoch,

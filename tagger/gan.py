@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,6 +29,12 @@ class GANConfig:
     d_maxout_units: int = 1000
     d_maxout_pieces: int = 3
     dropout: float = 0.5  # in both networks, as in the paper
+    # Scale G's output to unit length, for word spaces of unit vectors: D can then judge only where
+    # a generated vector points, not how long it is.
+    unit_output: bool = False
+    # Output heads: with more than one, G's last layer has this many and each sample's noise picks one
+    # (by its first coordinate), so one photo's samples can land on several different words.
+    heads: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +50,7 @@ class Generator(nn.Module):
         joined = c.g_noise_hidden + c.g_image_hidden
         if c.g_joint_hidden:
             self.joint = nn.Sequential(nn.Linear(joined, c.g_joint_hidden), nn.ReLU(), nn.Dropout(c.dropout))
-        self.out = nn.Linear(c.g_joint_hidden or joined, c.word_dim)
+        self.out = nn.Linear(c.g_joint_hidden or joined, c.word_dim * c.heads)
         # Feature standardization travels with the weights, so a saved generator needs no side data.
         self.register_buffer("feature_mean", torch.zeros(c.feature_dim))
         self.register_buffer("feature_scale", torch.ones(c.feature_dim))
@@ -55,18 +62,47 @@ class Generator(nn.Module):
     def normalize(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.feature_mean) / self.feature_scale
 
-    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_noise(self, n: int, generator: torch.Generator | None = None, stratified: bool = False) -> torch.Tensor:
+        """(n, noise_dim) noise. `stratified` (with several heads): the first coordinate, which picks the
+        head, is spread evenly over its range instead of drawn, so n samples visit every head equally."""
         shape, dev = (n, self.config.noise_dim), self.feature_mean.device
         if self.config.noise == "normal":
-            return torch.randn(shape, generator=generator, device=dev)
-        return torch.rand(shape, generator=generator, device=dev) * 2 - 1
+            z = torch.randn(shape, generator=generator, device=dev)
+        else:
+            z = torch.rand(shape, generator=generator, device=dev) * 2 - 1
+        if stratified and self.config.heads > 1:
+            q = (torch.arange(n, device=dev, dtype=z.dtype) + 0.5) / n
+            z[:, 0] = torch.special.ndtri(q) if self.config.noise == "normal" else q * 2 - 1
+        return z
 
     def forward(self, noise: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """features: raw image features (N, feature_dim); noise: (N, noise_dim)."""
+        """features: raw image features (N, feature_dim); noise: (N, noise_dim). Returns (N, word_dim)."""
+        return self.pick(self.all_heads(noise, features), noise)
+
+    def all_heads(self, noise: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """(N, heads, word_dim): every head's output for each (noise, photo) row."""
         h = torch.cat([self.noise_branch(noise), self.image_branch(self.normalize(features))], dim=1)
         if self.config.g_joint_hidden:
             h = self.joint(h)
-        return self.out(h)
+        return self._finish(self.out(h))
+
+    def head_of(self, noise: torch.Tensor) -> torch.Tensor:
+        """The head each noise vector picks: its first coordinate's quantile, cut into `heads` equal bins."""
+        u = noise[..., 0]
+        u = torch.special.ndtr(u) if self.config.noise == "normal" else (u + 1) / 2
+        return (u * self.config.heads).long().clamp(0, self.config.heads - 1)
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        """(..., heads * word_dim) -> (..., heads, word_dim), scaled to unit length if so configured."""
+        out = out.unflatten(-1, (self.config.heads, self.config.word_dim))
+        return F.normalize(out, dim=-1) if self.config.unit_output else out
+
+    def pick(self, out: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(..., heads, word_dim) -> (..., word_dim): the head of each row's noise."""
+        if self.config.heads == 1:
+            return out.squeeze(-2)
+        k = self.head_of(noise).expand(out.shape[:-2])
+        return out.gather(-2, k[..., None, None].expand(*out.shape[:-2], 1, out.shape[-1])).squeeze(-2)
 
     def generate(self, noise: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """(N, M, word_dim): M samples for each of N photos, the same as `forward` on repeated rows.
@@ -82,7 +118,7 @@ class Generator(nn.Module):
         h = image[:, None, :] + noise_part + layer.bias
         if self.config.g_joint_hidden:
             h = self.out(self.joint[2](self.joint[1](h)))
-        return h
+        return self.pick(self._finish(h), noise)
 
 
 class Maxout(nn.Module):

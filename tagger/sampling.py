@@ -2,7 +2,8 @@
 
 All samples of all photos in a batch go through one FAISS search. Every photo gets the same
 `samples` noise vectors, drawn once from the seed, so a photo's tags depend on the photo and the
-seed only, never on which other photos share its batch.
+seed only, never on which other photos share its batch. A generator with several output heads gets
+its samples spread evenly over the heads.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def score_words(generator: Generator, features: np.ndarray, index: TagIndex, con
     generator.eval()
     device = generator.feature_mean.device
     rng = torch.Generator(device=device).manual_seed(config.seed)
-    noise = generator.sample_noise(config.samples, rng)
+    noise = generator.sample_noise(config.samples, rng, stratified=True)
     out = np.zeros((len(features), len(index)), dtype=np.float32)
     for start in range(0, len(features), CHUNK):
         x = torch.as_tensor(np.asarray(features[start : start + CHUNK], dtype=np.float32), device=device)

@@ -8,8 +8,11 @@ Other scorings, for the presets that improve on the paper:
 - "similarity": each vote weighted by the cosine of sample and word;
 - "density": each vote weighted by exp((cosine - 1) / temperature), a soft count of the generated
   samples lying close around the word, so a word that many samples hit squarely beats one that
-  many samples graze; then, as with any scoring, times prior ** prior_power, which damps rare
-  words (user names, site names) that sit near the middle of the space and collect stray votes.
+  many samples graze;
+- "softmax": each sample's votes are a softmax of cosine / temperature over its nearest words, so
+  every sample casts one vote in all: the tagging-time twin of the "softmax" reconstruction term.
+Then, as with any scoring, times prior ** prior_power, which damps rare words (user names, site
+names) that sit near the middle of the space and collect stray votes.
 """
 from __future__ import annotations
 
@@ -18,14 +21,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 
+SCORINGS = ("votes", "similarity", "density", "softmax")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     samples: int = 100  # generated vectors per photo
     neighbours: int = 20  # nearest vocabulary words looked up per sample
     top_k: int = 10  # tags returned per photo
     min_score: float = 0.0  # drop tags whose score is below this
-    scoring: str = "votes"  # "votes": vote share (the paper); "similarity" or "density": weighted votes
-    temperature: float = 0.1  # width of the "density" kernel, in cosine units
+    scoring: str = "votes"  # "votes": vote share (the paper); "similarity", "density" or "softmax": weighted votes
+    temperature: float = 0.1  # width of the "density" and "softmax" kernels, in cosine units
     prior_power: float = 0.0  # scores times (training frequency of the word) ** this; 0 = off (the paper)
     exclude: tuple[str, ...] = field(default_factory=tuple)  # tags never returned
     seed: int = 0  # noise seed: the same seed gives the same tags
@@ -34,8 +40,8 @@ class SamplingConfig:
         return asdict(self)
 
     def __post_init__(self):
-        if self.scoring not in ("votes", "similarity", "density"):
-            raise ValueError(f"scoring must be 'votes', 'similarity' or 'density', got {self.scoring!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {', '.join(map(repr, SCORINGS))}, got {self.scoring!r}")
         for name in ("samples", "neighbours", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -48,15 +54,19 @@ def vote(scores: np.ndarray, ids: np.ndarray, n_photos: int, vocab_size: int, co
     scores, ids: (n_photos * samples, neighbours) as returned by the index, photo-major.
     prior: (vocab_size,) training frequency of each word, used when config.prior_power > 0.
     """
-    ids = ids.reshape(n_photos, -1)
-    cos = np.nan_to_num(scores.reshape(n_photos, -1), neginf=-1.0)
+    valid = ids >= 0  # faiss marks missing neighbours with -1
+    cos = np.nan_to_num(scores, neginf=-1.0)
     if config.scoring == "votes":
         weights = np.ones_like(cos, dtype=np.float32)
     elif config.scoring == "similarity":
         weights = np.clip(cos, 0, None)
-    else:
+    elif config.scoring == "density":
         weights = np.exp((cos - 1.0) / config.temperature)
-    valid = ids >= 0  # faiss marks missing neighbours with -1
+    else:  # "softmax": each sample's weights sum to 1 over its neighbours
+        logits = np.where(valid, cos / config.temperature, -np.inf)
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        weights /= weights.sum(axis=1, keepdims=True)
+    ids, weights, valid = ids.reshape(n_photos, -1), weights.reshape(n_photos, -1), valid.reshape(n_photos, -1)
     flat = (ids + np.arange(n_photos)[:, None] * vocab_size)[valid]
     table = np.bincount(flat, weights=weights[valid], minlength=n_photos * vocab_size)
     table = table.reshape(n_photos, vocab_size) / config.samples

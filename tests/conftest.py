@@ -35,7 +35,7 @@ TINY_TAGS = [["beach", "sea", "sand"], ["dog", "puppy", "grass"], ["sunset", "sk
              ["snow", "winter", "sky"], ["city", "street", "night"], ["flowers", "flower", "macro"], ["bw", "portrait"]]
 
 
-def build_tiny_tagger(seed: int = 0, joint: int = 0):
+def build_tiny_tagger(seed: int = 0, joint: int = 0, heads: int = 1, unit: bool = False, scoring: str = "votes"):
     """A random but complete Tagger on the tiny test backbone: fast, and exercises every part."""
     import numpy as np
     import torch
@@ -52,8 +52,8 @@ def build_tiny_tagger(seed: int = 0, joint: int = 0):
     wv = WordVectors(vocab.words, rng.normal(size=(len(vocab), 8)).astype(np.float32))
     torch.manual_seed(seed)
     gan = GANConfig(feature_dim=get_spec("tiny").dim, word_dim=8, noise_dim=4, g_noise_hidden=8, g_image_hidden=16,
-                    d_word_hidden=8, d_image_hidden=16, d_maxout_units=8, g_joint_hidden=joint)
-    return Tagger(Generator(gan), vocab, wv, "tiny", sampling=SamplingConfig(samples=16, neighbours=3, top_k=3))
+                    d_word_hidden=8, d_image_hidden=16, d_maxout_units=8, g_joint_hidden=joint, heads=heads, unit_output=unit)
+    return Tagger(Generator(gan), vocab, wv, "tiny", sampling=SamplingConfig(samples=16, neighbours=3, top_k=3, scoring=scoring))
 
 
 @pytest.fixture

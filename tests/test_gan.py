@@ -54,6 +54,34 @@ def test_vote_counts_each_sample_once():
     np.testing.assert_allclose(sim[0], [0.45, 0.65, 0.2, 0.0], rtol=1e-6)
 
 
+def test_softmax_scoring_gives_each_sample_one_vote():
+    ids = np.array([[0, 1], [1, 2], [3, 2], [3, -1]])
+    scores = np.array([[0.9, 0.5], [0.8, 0.4], [0.7, 0.6], [0.5, -np.inf]], dtype=np.float32)
+    table = vote(scores, ids, 2, 4, SamplingConfig(samples=2, neighbours=2, scoring="softmax", temperature=0.1))
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, rtol=1e-6)  # 2 samples x 1 vote / 2 samples
+    # A missing neighbour gets nothing; the closer of two words gets exp(0.4 / 0.1) times the other's share.
+    assert table[1, 3] == pytest.approx(0.5 + 0.5 * 1 / (1 + np.exp(-1.0)), rel=1e-5)
+    assert table[0, 0] / table[0, 2] == pytest.approx(np.exp(4.0), rel=1e-4)  # 0.9 vs 0.5, then 0.8 vs 0.4
+
+
+@pytest.mark.parametrize("noise", ["uniform", "normal"])
+def test_the_noise_picks_every_head_about_equally(noise):
+    G = Generator(GANConfig(feature_dim=6, word_dim=3, noise_dim=4, noise=noise, heads=5)).eval()
+    z = G.sample_noise(5000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(G.head_of(z), minlength=5)
+    assert len(counts) == 5 and counts.min() > 900 and counts.max() < 1100
+    # Tagging spreads its samples evenly over the heads: 10 samples, 2 per head.
+    even = G.sample_noise(10, torch.Generator().manual_seed(0), stratified=True)
+    assert torch.bincount(G.head_of(even), minlength=5).tolist() == [2] * 5
+    assert torch.equal(even[:, 1:], G.sample_noise(10, torch.Generator().manual_seed(0))[:, 1:])
+    x = torch.randn(2, 6)
+    every = G.all_heads(z[:2], x)  # (2, 5, 3)
+    assert every.shape == (2, 5, 3)
+    picked = G(z[:2], x)
+    for i in range(2):
+        assert torch.allclose(picked[i], every[i, G.head_of(z[i])], atol=1e-6)
+
+
 def test_rank_orders_filters_and_excludes():
     table = np.array([[0.1, 0.9, 0.5, 0.0]], dtype=np.float32)
     words = ["a", "b", "c", "d"]
@@ -87,15 +115,17 @@ def test_word_space_preparation():
     np.testing.assert_allclose(c[0], -c[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("joint", [0, 16])
-def test_generate_equals_forward_on_repeated_rows(joint):
-    G = Generator(GANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint)).eval()
+@pytest.mark.parametrize("joint,unit", [(0, False), (16, False), (0, True), (16, True)])
+def test_generate_equals_forward_on_repeated_rows(joint, unit):
+    G = Generator(GANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint, unit_output=unit)).eval()
     x, shared = torch.randn(4, 12), G.sample_noise(6)
     many = G.generate(shared, x)
     assert many.shape == (4, 6, 7)
     assert torch.allclose(many.reshape(24, 7), G(shared.repeat(4, 1), x.repeat_interleave(6, dim=0)), atol=1e-5)
     own = torch.randn(4, 6, 5)  # a noise per photo and sample
     assert torch.allclose(G.generate(own, x).reshape(24, 7), G(own.reshape(24, 5), x.repeat_interleave(6, dim=0)), atol=1e-5)
+    norms = many.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) if unit else not torch.allclose(norms, torch.ones_like(norms), atol=1e-2)
 
 
 def test_tag_table_pads_each_photos_tags():

@@ -15,9 +15,9 @@ def photos(tmp_path):
     return make_photo_files(tmp_path / "photos", 6)
 
 
-@pytest.mark.parametrize("joint", [0, 12])
-def test_round_trip_gives_the_same_tags(tmp_path, photos, joint):
-    tagger = build_tiny_tagger(joint=joint)
+@pytest.mark.parametrize("joint,heads,unit,scoring", [(0, 1, False, "votes"), (12, 1, False, "votes"), (0, 3, True, "softmax")])
+def test_round_trip_gives_the_same_tags(tmp_path, photos, joint, heads, unit, scoring):
+    tagger = build_tiny_tagger(joint=joint, heads=heads, unit=unit, scoring=scoring)
     before = tagger.predict(photos, seed=3)
     tagger.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [

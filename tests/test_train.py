@@ -120,3 +120,42 @@ def test_mode_seeking_term_spreads_the_samples_of_a_photo():
     seeking, state = train(features, pairs, targets, index, SMALL, replace(cfg, diversity=1.0), sampling, val, True, progress=False)
     assert spread(seeking, features[:50]) < spread(plain, features[:50]) - 0.05
     assert state.best_p5 > 0.3, state.log  # and it still learns the tags
+
+
+def test_softmax_reconstruction_learns_the_photos_words():
+    features, targets, index, pairs, val, p = setup()
+    cfg = replace(p.train, epochs=6, lr=1e-3, batch_size=50, recon="softmax", recon_weight=1.0)
+    sampling = SamplingConfig(samples=20, neighbours=3)
+    prior = np.bincount(pairs[:, 1], minlength=len(targets)) / 300
+    G, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False, prior=prior)
+    assert state.best_p5 > 0.4, state.log
+    # The photo's own words outrank the other clusters' words by cosine to what G generates.
+    G.eval()
+    with torch.no_grad():
+        out = torch.nn.functional.normalize(G(G.sample_noise(100), torch.as_tensor(val[0][:100])), dim=1)
+    cos = out @ torch.nn.functional.normalize(torch.as_tensor(targets), dim=1).T
+    own = torch.zeros_like(cos, dtype=torch.bool)
+    for i, words in enumerate(val[1][:100]):
+        cluster = {w // 5 for w in words}
+        own[i, [w for w in range(len(targets)) if w // 5 in cluster]] = True
+    assert cos[own].mean() > cos[~own].mean() + 0.3
+    # Without a prior, train counts it from the pairs: the same one here, so the same generator.
+    again, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    assert torch.equal(again.out.weight, G.out.weight)
+
+
+def test_mixture_loss_is_the_softmax_with_one_head_and_covers_two_words_with_two():
+    from tagger.train import mixture_loss
+
+    targets = torch.eye(4)
+    one = torch.tensor([[[1.0, 0.2, 0, 0]]])
+    assert mixture_loss(one, torch.tensor([1]), targets, 0.5).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(torch.nn.functional.normalize(one[:, 0], dim=-1) @ targets.T / 0.5, torch.tensor([1])).item(), rel=1e-6)
+    # Word 2 lies between words 0 and 1. A photo tagged 0 and 1: one point between them ranks word 2
+    # first, two heads, one on each word, give both words most of the mass.
+    words = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    middle = torch.tensor([[[1.0, 1, 0], [1.0, 1, 0]]])
+    apart = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
+    for word in (0, 1):
+        w = torch.tensor([word])
+        assert mixture_loss(apart, w, words, 0.1) < mixture_loss(middle, w, words, 0.1) - 1.0
