@@ -270,7 +270,7 @@ def evaluate(
         import time
 
         from tagger.evaluate import evaluate as run_evaluation
-        from tagger.evaluate import format_table
+        from tagger.evaluate import format_table, format_versus_knn
         from tagger.fit import default_cache_dir
 
         if split not in ("test", "val", "train", "all"):
@@ -283,6 +283,8 @@ def evaluate(
         typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
         if ev.labels:
             typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
+        if ev.versus_knn:
+            typer.echo("\nP@5 minus kNN's, photo by photo (user tags):\n" + format_versus_knn(ev))
         typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
                    + f" (total with features {time.perf_counter() - start:.0f} s)")
         if out:

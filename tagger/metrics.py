@@ -10,6 +10,8 @@ sets of word ids per photo. Photos whose truth is empty are left out (the caller
   photos by that word's score.
 - N+: words predicted correctly (in some photo's top k and in its truth) at least once.
 - coverage: share of the vocabulary that appears in some photo's top k.
+
+`paired_difference` says whether one method's P@k is really above another's on the same photos.
 """
 from __future__ import annotations
 
@@ -29,10 +31,38 @@ def top_ids(table: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.
     return np.argsort(-table, axis=1, kind="stable")[:, :k]
 
 
+def precision_per_photo(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> np.ndarray:
+    """|top-k ∩ truth| / k for each photo with a true tag (the others are left out)."""
+    return np.array([len(set(r[:k].tolist()) & t) / k for r, t in zip(ranked, truth) if t], dtype=np.float64)
+
+
 def precision_at_k(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> float:
     """Mean over photos of |top-k ∩ truth| / k; photos with no true tag are left out."""
-    hits = [len(set(r[:k].tolist()) & t) / k for r, t in zip(ranked, truth) if t]
-    return float(np.mean(hits)) if hits else float("nan")
+    hits = precision_per_photo(ranked, truth, k)
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def paired_difference(table_a: np.ndarray, table_b: np.ndarray, truth: Sequence[set[int]], k: int = 5,
+                      resamples: int = 10_000, seed: int = 0) -> dict:
+    """P@k of method a minus method b, photo by photo on the same photos.
+
+    Returns the mean difference, its standard error, a 95% paired-bootstrap interval (photos drawn
+    with replacement, both methods kept together), and how many photos each method tags better.
+    Differences between methods that share the photos are far less noisy than either P@k alone.
+    """
+    d = precision_per_photo(top_ids(table_a, k), truth, k) - precision_per_photo(top_ids(table_b, k), truth, k)
+    n = len(d)
+    if n < 2:
+        return {"k": k, "photos": n, "diff": float(d.mean()) if n else float("nan"), "se": float("nan"),
+                "low": float("nan"), "high": float("nan"), "a_better": int((d > 0).sum()), "b_better": int((d < 0).sum())}
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 1000):  # chunks keep the index matrix small
+        stop = min(start + 1000, resamples)
+        means[start:stop] = d[rng.integers(0, n, (stop - start, n))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"k": k, "photos": n, "diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(n)),
+            "low": float(low), "high": float(high), "a_better": int((d > 0).sum()), "b_better": int((d < 0).sum())}
 
 
 def recall_at_k(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> float:

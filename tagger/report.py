@@ -67,6 +67,11 @@ def write_html(ev: Evaluation, path: Path, model: Path | None = None, title: str
              f"<p>Split <b>{html.escape(ev.split)}</b>: {ev.photos} photos, {ev.left_out} left out for having no "
              f"in-vocabulary user tag. Model: {html.escape(str(model or ''))}</p>",
              "<h2>Against the photos' user tags</h2>", _table(ev.tags), _img(_pk_plot(ev))]
+    if ev.versus_knn:
+        parts.append("<p>P@5 minus kNN's, photo by photo on the same photos (95% paired-bootstrap interval):</p><ul>"
+                     + "".join(f"<li><b>{html.escape(m)}</b> {d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], "
+                               f"better on {d['a_better']} photos, worse on {d['b_better']}</li>" for m, d in ev.versus_knn.items())
+                     + "</ul>")
     if ev.labels:
         parts += ["<h2>Against the 24 concept labels</h2>", _table(ev.labels),
                   "<p>A label's score is the best score of the words that name it: "

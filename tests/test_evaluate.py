@@ -45,16 +45,27 @@ def test_every_method_on_the_same_photos(tmp_path):
     # Each photo is its own nearest neighbour, so kNN recovers training tags well.
     assert ev.tags["knn"]["P@1"] == pytest.approx(1.0)
     assert set(ev.labels) == set(ev.tags) and ev.samples
+    # Every other method is compared with kNN photo by photo; the prior loses to a perfect kNN.
+    assert set(ev.versus_knn) == {"cgan", "cgan+knn", "prior"}
+    vs = ev.versus_knn["prior"]
+    assert vs["diff"] == pytest.approx(ev.tags["prior"]["P@5"] - ev.tags["knn"]["P@5"]) and vs["high"] < 0
 
 
-def test_cli_prints_and_writes_reports(tmp_path, tiny_bundle):
-    data, _ = manifest(tmp_path)
+def test_cli_prints_and_writes_reports(tmp_path):
+    data, tags = manifest(tmp_path)
+    tagger = build_tiny_tagger()
+    feats = tagger.features(sorted((tmp_path / "photos").glob("*.jpg")))
+    pos = {w: i for i, w in enumerate(tagger.words)}
+    tagger.knn = KNNTagger.fit(feats, [[pos[w] for w in tagger.vocabulary.normalize(t) if w in pos] for t in tags], len(pos), KNNConfig(k=3))
+    bundle = tagger.save(tmp_path / "bundle")
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(tiny_bundle), "--split", "all", "--out", str(out),
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(bundle), "--split", "all", "--out", str(out),
                                       "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert "P@5" in result.output and "cgan" in result.output and "prior" in result.output
+    assert "P@5 minus kNN's" in result.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["photos"] == 24 and "MiAP" in rep["tags"]["cgan"]
     page = (out / "report.html").read_text()
-    assert page.count("<img") >= 13 and "concept labels" in page
+    assert page.count("<img") >= 13 and "concept labels" in page and "paired-bootstrap" in page
+    assert set(rep["versus_knn"]) == {"cgan", "cgan+knn", "prior"}

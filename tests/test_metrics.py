@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from tagger.metrics import average_precision, coverage, image_map, n_plus, precision_at_k, recall_at_k, report, tag_map, top_ids
+from tagger.metrics import (average_precision, coverage, image_map, n_plus, paired_difference, precision_at_k, recall_at_k,
+                            report, tag_map, top_ids)
 
 
 def test_top_ids_orders_and_excludes():
@@ -48,3 +49,33 @@ def test_report_has_every_metric():
     for i, t in enumerate(truth):
         perfect[i, list(t)] = 1
     assert report(perfect, truth)["MiAP"] == pytest.approx(1.0) and report(perfect, truth)["P@3"] == pytest.approx(1.0)
+
+
+def test_paired_difference_by_hand():
+    # Three photos, one true word each; a ranks it first on photos 0 and 1, b only on photo 2.
+    truth = [{0}, {1}, {2}, set()]
+    a = np.eye(4, 3)[[0, 1, 0, 0]]
+    b = np.eye(4, 3)[[1, 0, 2, 2]]
+    d = paired_difference(a, b, truth, k=1, resamples=2000)
+    assert d["photos"] == 3 and d["a_better"] == 2 and d["b_better"] == 1
+    assert d["diff"] == pytest.approx(1 / 3)
+    assert d["se"] == pytest.approx(np.std([1, 1, -1], ddof=1) / np.sqrt(3))
+    assert -1 <= d["low"] <= d["diff"] <= d["high"] <= 1 and d["low"] < d["high"]
+
+
+def test_paired_difference_interval_shrinks_with_photos_and_finds_a_real_gap():
+    rng = np.random.default_rng(1)
+    n, v = 2000, 20
+    truth = [{int(w)} for w in rng.integers(0, v, n)]
+    right = np.zeros((n, v))
+    right[np.arange(n), [next(iter(t)) for t in truth]] = 1.0
+    noise = rng.random((n, v))
+    # a finds the true word 60% of the time, b 50%: a real gap of about 0.1 at k = 1.
+    a = np.where(rng.random((n, 1)) < 0.6, right + noise * 0.1, noise)
+    b = np.where(rng.random((n, 1)) < 0.5, right + noise * 0.1, noise)
+    small = paired_difference(a[:100], b[:100], truth[:100], k=1, resamples=2000)
+    big = paired_difference(a, b, truth, k=1, resamples=2000)
+    assert big["high"] - big["low"] < small["high"] - small["low"]
+    assert big["low"] > 0 and 0.05 < big["diff"] < 0.15
+    same = paired_difference(a, a, truth, k=1, resamples=200)
+    assert same["diff"] == 0 and same["a_better"] == same["b_better"] == 0
