@@ -21,6 +21,16 @@ def manifest(tmp_path, n=24):
     return tmp_path / "photos" / "m.csv", tags
 
 
+def tiny_tagger_with_knn(tmp_path, tags, k):
+    """The tiny tagger with a kNN baseline fitted on the manifest's photos."""
+    tagger = build_tiny_tagger()
+    feats = tagger.features(sorted((tmp_path / "photos").glob("*.jpg")))
+    pos = {w: i for i, w in enumerate(tagger.words)}
+    ids = [[pos[w] for w in tagger.vocabulary.normalize(t) if w in pos] for t in tags]
+    tagger.knn = KNNTagger.fit(feats, ids, len(pos), KNNConfig(k=k))
+    return tagger
+
+
 def test_label_table_takes_the_best_naming_word():
     words = ["beach", "sea", "dog", "sky"]
     table = np.array([[0.2, 0.7, 0.1, 0.0]])
@@ -32,10 +42,7 @@ def test_label_table_takes_the_best_naming_word():
 
 def test_every_method_on_the_same_photos(tmp_path):
     data, tags = manifest(tmp_path)
-    tagger = build_tiny_tagger()
-    feats = tagger.features(sorted((tmp_path / "photos").glob("*.jpg")))
-    pos = {w: i for i, w in enumerate(tagger.words)}
-    tagger.knn = KNNTagger.fit(feats, [[pos[w] for w in tagger.vocabulary.normalize(t) if w in pos] for t in tags], len(pos), KNNConfig(k=1))
+    tagger = tiny_tagger_with_knn(tmp_path, tags, k=1)
     ev = evaluate(tagger, data, split="all", progress=False)
     assert set(ev.tags) == {"cgan", "knn", "cgan+knn", "prior"} and ev.photos == 24 and ev.left_out == 0
     # The prior ranks the most frequent word first for every photo: P@1 is the share of photos with it.
@@ -53,10 +60,7 @@ def test_every_method_on_the_same_photos(tmp_path):
 
 def test_cli_prints_and_writes_reports(tmp_path):
     data, tags = manifest(tmp_path)
-    tagger = build_tiny_tagger()
-    feats = tagger.features(sorted((tmp_path / "photos").glob("*.jpg")))
-    pos = {w: i for i, w in enumerate(tagger.words)}
-    tagger.knn = KNNTagger.fit(feats, [[pos[w] for w in tagger.vocabulary.normalize(t) if w in pos] for t in tags], len(pos), KNNConfig(k=3))
+    tagger = tiny_tagger_with_knn(tmp_path, tags, k=3)
     bundle = tagger.save(tmp_path / "bundle")
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(bundle), "--split", "all", "--out", str(out),
