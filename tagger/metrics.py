@@ -52,17 +52,17 @@ def paired_difference(table_a: np.ndarray, table_b: np.ndarray, truth: Sequence[
     """
     d = precision_per_photo(top_ids(table_a, k), truth, k) - precision_per_photo(top_ids(table_b, k), truth, k)
     n = len(d)
-    if n < 2:
-        return {"k": k, "photos": n, "diff": float(d.mean()) if n else float("nan"), "se": float("nan"),
-                "low": float("nan"), "high": float("nan"), "a_better": int((d > 0).sum()), "b_better": int((d < 0).sum())}
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 1000):  # chunks keep the index matrix small
-        stop = min(start + 1000, resamples)
-        means[start:stop] = d[rng.integers(0, n, (stop - start, n))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"k": k, "photos": n, "diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(n)),
-            "low": float(low), "high": float(high), "a_better": int((d > 0).sum()), "b_better": int((d < 0).sum())}
+    se = low = high = float("nan")
+    if n >= 2:
+        rng = np.random.default_rng(seed)
+        means = np.empty(resamples)
+        for start in range(0, resamples, 1000):  # chunks keep the index matrix small
+            stop = min(start + 1000, resamples)
+            means[start:stop] = d[rng.integers(0, n, (stop - start, n))].mean(axis=1)
+        se = float(d.std(ddof=1) / np.sqrt(n))
+        low, high = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+    return {"k": k, "photos": n, "diff": float(d.mean()) if n else float("nan"), "se": se, "low": low, "high": high,
+            "a_better": int((d > 0).sum()), "b_better": int((d < 0).sum())}
 
 
 def recall_at_k(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> float:

@@ -31,6 +31,9 @@ from tagger.metrics import precision_at_k, top_ids
 from tagger.sampling import score_words
 from tagger.voting import SamplingConfig
 
+# Reconstruction terms beside the adversarial loss (TrainConfig.recon).
+RECONS = ("pair", "set", "softmax")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -342,8 +345,8 @@ def train(
         mean, std = used.mean(axis=0), used.std(axis=0)
         G.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(np.maximum(std, 1e-6)))
     opt_g, opt_d = make_optimizer(G.parameters(), config), make_optimizer(D.parameters(), config)
-    if config.recon not in ("pair", "set", "softmax"):
-        raise ValueError(f"recon must be 'pair', 'set' or 'softmax', got {config.recon!r}")
+    if config.recon not in RECONS:
+        raise ValueError(f"recon must be one of {', '.join(map(repr, RECONS))}, got {config.recon!r}")
     if prior is None:  # the share of training photos that carry each word
         prior = np.bincount(pairs[:, 1], minlength=len(targets)) / max(len(np.unique(pairs[:, 0])), 1)
     if config.diversity and not (config.recon == "set" and config.recon_weight):
