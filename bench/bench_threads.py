@@ -24,10 +24,9 @@ from harness import IMAGES, emit, machine, median, print_rows, rel, row, subset_
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tagger.gan import Discriminator, Generator  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
-from tagger.train import PRESETS, make_optimizer  # noqa: E402
+from tagger.presets import get_preset  # noqa: E402
 
 
 def predict_rate(tagger: Tagger, paths: list[Path]) -> float:
@@ -45,20 +44,20 @@ def tag_rate(tagger: Tagger, paths: list[Path]) -> float:
 
 
 def make_train_rate(steps: int, feature_dim: int):
-    from bench_training import bare_steps
+    from bench_training import bare_steps, make_trainer
 
-    preset = PRESETS["adam"]
-    gan = replace(preset.gan, feature_dim=feature_dim)
+    preset = get_preset("cgan", "adam")
+    gan = replace(preset.generator, feature_dim=feature_dim)
     rng = np.random.default_rng(0)
+    targets = torch.as_tensor(rng.standard_normal((1000, gan.word_dim), dtype=np.float32))
     batches = [(torch.as_tensor(rng.random((100, feature_dim), dtype=np.float32) * 2),
-                torch.as_tensor(rng.standard_normal((100, gan.word_dim), dtype=np.float32))) for _ in range(steps)]
+                torch.as_tensor(rng.integers(0, len(targets), 100))) for _ in range(steps)]
 
     def rate() -> float:
         torch.manual_seed(0)
-        G, D = Generator(gan).train(), Discriminator(gan).train()
-        opt_g, opt_d = make_optimizer(G.parameters(), preset.train), make_optimizer(D.parameters(), preset.train)
+        trainer = make_trainer(gan, preset.train, targets)
         start = time.perf_counter()
-        bare_steps(G, D, opt_g, opt_d, batches, preset.train, torch.Generator().manual_seed(0))
+        bare_steps(trainer, batches)
         return steps / (time.perf_counter() - start)
 
     return rate

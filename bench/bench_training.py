@@ -32,12 +32,12 @@ import numpy as np
 from harness import SUBSET, child_env, emit, machine, median, print_rows, rel, row, run_measured, tagger_cli
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from embeddings.index import TagIndex  # noqa: E402
 from tagger.fit import FitConfig, prepare, word_ids  # noqa: E402
-from tagger.gan import Discriminator, Generator  # noqa: E402
-from tagger.train import PRESETS, make_optimizer, make_pairs, prepare_word_vectors, train  # noqa: E402
+from tagger.generators import TrainContext, WordGenerator, family_for, get_family  # noqa: E402
+from tagger.presets import get_preset  # noqa: E402
+from tagger.train import make_pairs, prepare_word_vectors, train  # noqa: E402
 
 
 def write_manifest(subset: Path, n: int, out: Path) -> int:
@@ -57,27 +57,18 @@ def write_manifest(subset: Path, n: int, out: Path) -> int:
     return count
 
 
-def bare_steps(G, D, opt_g, opt_d, batches, tcfg, rng) -> None:
-    """The adam preset's D and G updates, nothing else."""
-    real_target = 1.0 - tcfg.label_smoothing
-    for x, w in batches:
-        xn = G.normalize(x)
-        with torch.no_grad():
-            fake = G(G.sample_noise(len(x), rng), x)
-        d_real, d_fake = D(w, xn), D(fake, xn)
-        loss_d = F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target)) + \
-            F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        fake = G(G.sample_noise(len(x), rng), x)
-        d_gen = D(fake, xn)
-        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-        if tcfg.recon_weight:
-            loss_g = loss_g + tcfg.recon_weight * (1 - F.cosine_similarity(fake, w, dim=1)).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+def make_trainer(gen_cfg, tcfg, targets: torch.Tensor):
+    """The family's trainer on a fresh generator, with a flat word prior: what train() steps, without train()."""
+    G = WordGenerator(gen_cfg).train()
+    ctx = TrainContext(targets=targets, log_prior=torch.full((len(targets),), -np.log(len(targets))),
+                       rng=torch.Generator().manual_seed(0))
+    return get_family(family_for(gen_cfg)).trainer(G, tcfg, ctx)
+
+
+def bare_steps(trainer, batches) -> None:
+    """The family's updates on ready batches of (features, word ids), nothing else."""
+    for x, words in batches:
+        trainer.step(x, words, torch.zeros_like(words))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                           epoch_pairs_per_s=round(epoch_rate, 1), peak_rss_mb=round(run["peak_rss_mb"]))
 
         # In process: train() against the bare updates, on the slice's features from the cache.
-        preset = PRESETS[args.preset]
+        preset = get_preset("cgan", args.preset)
         prep = prepare(manifest, FitConfig(preset=args.preset, cache_dir=cache), progress=False)
     frame, features, vocab, wv = prep["frame"], prep["features"], prep["vocabulary"], prep["word_vectors"]
     targets = prepare_word_vectors(wv.vectors, preset.words)
@@ -134,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_rows = np.flatnonzero(((frame["split"] == "train") & frame["ok"]).to_numpy())
     pairs = make_pairs([ids[i] for i in train_rows])
     pairs[:, 0] = train_rows[pairs[:, 0]]
-    gan_cfg = replace(preset.gan, feature_dim=features.shape[1], word_dim=targets.shape[1])
+    gan_cfg = replace(preset.generator, feature_dim=features.shape[1], word_dim=targets.shape[1])
     batch = preset.train.batch_size
     steps = min(args.steps, len(pairs) // batch)  # full batches within one epoch, so steps x batch pairs are trained
     if steps < 1:
@@ -152,14 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
     x_all, t_all = torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(targets)
     rng = np.random.default_rng(0)
     pick = torch.as_tensor(pairs[rng.integers(0, len(pairs), n_pairs)])
-    batches = [(x_all[b[:, 0]], t_all[b[:, 1]]) for b in pick.split(batch)]
+    batches = [(x_all[b[:, 0]], b[:, 1]) for b in pick.split(batch)]
 
     def run_bare() -> float:
         torch.manual_seed(0)
-        G, D = Generator(gan_cfg), Discriminator(gan_cfg)
         start = time.perf_counter()
-        opt_g, opt_d = make_optimizer(G.parameters(), tcfg), make_optimizer(D.parameters(), tcfg)
-        bare_steps(G.train(), D.train(), opt_g, opt_d, batches, tcfg, torch.Generator().manual_seed(0))
+        bare_steps(make_trainer(gan_cfg, tcfg, t_all), batches)
         return time.perf_counter() - start
 
     run_bare()  # warm-up

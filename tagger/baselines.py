@@ -68,14 +68,40 @@ class KNNTagger:
     def project(self, features: np.ndarray) -> np.ndarray:
         return unit_rows((np.asarray(features, dtype=np.float32) - self.mean) @ self.components)
 
+    def neighbours(self, features: np.ndarray, k: int, self_rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, k) rows of the k training photos nearest each photo (-1: none).
+
+        self_rows: for photos that are themselves in the training set, their own row (-1 for others),
+        left out of their neighbours, so a training photo's votes never include its own tags.
+        """
+        k = min(k, len(self.tags))
+        extra = 1 if self_rows is not None and len(self.tags) > k else 0
+        _, nbrs = self.index.search(self.project(features), k + extra)
+        if self_rows is None:
+            return nbrs
+        own = nbrs == np.asarray(self_rows)[:, None]
+        # Drop the photo's own row where it was found, else the farthest neighbour: k are left either way.
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), nbrs.shape[1] - 1) if extra else np.full(len(nbrs), -1)
+        keep = np.ones(nbrs.shape, dtype=bool)
+        if extra:
+            keep[np.arange(len(nbrs)), drop] = False
+        else:
+            nbrs = np.where(own, -1, nbrs)
+        return nbrs[keep].reshape(len(nbrs), -1)
+
+    def votes(self, features: np.ndarray, k: int | None = None, self_rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, V) how many of each photo's k nearest training photos carry each word."""
+        nbrs = self.neighbours(features, k or self.config.k, self_rows)
+        table = np.zeros((len(features), self.vocab_size), dtype=np.float32)
+        for row, ids in enumerate(nbrs):
+            words = np.concatenate([self.indices[self.indptr[i] : self.indptr[i + 1]] for i in ids if i >= 0] or [np.zeros(0, np.int64)])
+            table[row] = np.bincount(words, minlength=self.vocab_size)
+        return table
+
     def scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
         """(N, V) TagVote scores for raw image features (N, D)."""
         k = min(k or self.config.k, len(self.tags))
-        _, nbrs = self.index.search(self.project(features), k)
-        table = np.zeros((len(features), self.vocab_size), dtype=np.float32)
-        for row, ids in enumerate(nbrs):
-            words = np.concatenate([self.indices[self.indptr[i] : self.indptr[i + 1]] for i in ids if i >= 0])
-            table[row] = np.bincount(words, minlength=self.vocab_size)
+        table = self.votes(features, k)
         if self.config.subtract_prior:
             table -= k * self.prior
         return table

@@ -29,7 +29,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
-MethodOpt = Annotated[str, typer.Option(help="tagging method: cgan (the GAN), knn (neighbour voting baseline), cgan+knn (both combined) or prior (tag frequency)")]
+MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae; the default), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency)")]
 
 
 class UserError(Exception):
@@ -56,7 +56,7 @@ def _user_errors():
     from pipelines.datasets import DatasetError
     from pipelines.images import ImageError
     from tagger.batch import BatchError
-    from tagger.model import BundleError
+    from tagger.bundle import BundleError
 
     return (UserError, DatasetError, ImageError, BundleError, BatchError, BackboneWeightsError, FileNotFoundError, ValueError)
 
@@ -91,7 +91,8 @@ def load_tagger(model: Path | None, device: str | None):
 def train(
     data: Annotated[Path, typer.Argument(help="photos with tags: a MIRFLICKR folder, the shared subset, or a CSV/Parquet manifest")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the model bundle goes")],
-    preset: Annotated[str, typer.Option(help="training preset: paper (the paper's schedule) or adam")] = "paper",
+    generator: Annotated[str, typer.Option(help="generator family: cgan (Mirza & Osindero), cvae (conditional VAE) or caae (conditional adversarial autoencoder)")] = "cgan",
+    preset: Annotated[Optional[str], typer.Option(help="the family's training preset (default: its first; cgan: paper or adam, cvae and caae: default)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs (default: the preset's)")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many GAN updates")] = None,
     backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
@@ -105,7 +106,7 @@ def train(
     device: DeviceOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
 ):
-    """Train a model bundle: image features, word2vec, tag index and the cGAN, in one command.
+    """Train a model bundle: image features, word2vec, tag index, kNN, the generator and its calibration, in one command.
 
     Every stage reuses its cache, and an interrupted run resumes from its last finished epoch.
 
@@ -122,6 +123,7 @@ def train(
         if len(fractions) != 3:
             raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}")
         config = FitConfig(
+            generator=generator,
             preset=preset,
             split=fractions,
             half=half,
@@ -156,7 +158,7 @@ def predict(
     min_score: MinScoreOpt = None,
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
-    method: MethodOpt = "cgan",
+    method: MethodOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error")] = False,
     device: DeviceOpt = None,
 ):
@@ -203,7 +205,7 @@ def tag(
     min_score: MinScoreOpt = None,
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
-    method: MethodOpt = "cgan",
+    method: MethodOpt = None,
     sidecar: Annotated[Optional[str], typer.Option(help="also write photo.jpg.xmp (dc:subject keywords, for digiKam, darktable, Lightroom) or photo.jpg.txt (one tag a line)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
@@ -248,22 +250,23 @@ def tag(
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="the dataset the model was trained on (its split settings are in the bundle)")],
-    model: ModelOpt = None,
+    data: Annotated[Path, typer.Argument(help="the dataset the models were trained on (their split settings are in the bundles)")],
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="model bundle folder (repeatable: bundles side by side; default: $TAGGER_MODEL, else the shipped model)")] = None,
     split: Annotated[str, typer.Option(help="test, val, train or all")] = "test",
-    method: Annotated[Optional[list[str]], typer.Option(help="methods to compare (repeatable; default: all the model has)")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(help="methods to compare (repeatable; default: all each model has)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.json and report.html")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per feature batch")] = 64,
     device: DeviceOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
 ):
-    """Compare tagging methods on held-out photos: P@k, R@k, F1@k, MiAP, MAP, N+, coverage.
+    """Compare tagging methods and bundles on held-out photos: P@k, R@k, F1@k, MiAP, MAP, N+, coverage, ECE.
 
     Against the photos' normalized in-vocabulary user tags, and against the 24 concept labels
-    where the data has them. Writes report.json and report.html (sample photos, P@k plot,
-    training curves) with --out.
+    where the data has them; each method's P@5 against its bundle's kNN, photo by photo. With
+    several --model, one row per bundle and method, named BUNDLE/METHOD. Writes report.json and
+    report.html (sample photos, P@k plot, reliability diagram, training curves) with --out.
 
-    Example:  tagger evaluate ../shared/datasets/mirflickr25k_subset --model models/mirflickr --out reports/
+    Example:  tagger evaluate ../shared/datasets/mirflickr25k_subset --model models/cgan --model models/cvae --out reports/
     """
 
     def go():
@@ -275,9 +278,14 @@ def evaluate(
 
         if split not in ("test", "val", "train", "all"):
             raise UserError(f"--split must be test, val, train or all, not {split!r}")
-        tagger = load_tagger(model, device)
+        paths = model or [None]
+        names = [p.name if p is not None else "model" for p in paths]
+        if len(set(names)) < len(names):
+            names = [str(p) for p in paths]
+        taggers = {n: load_tagger(p, device) for n, p in zip(names, paths)}
         start = time.perf_counter()
-        ev = run_evaluation(tagger, data, split, tuple(method) if method else None,
+        ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split,
+                            tuple(method) if method else None,
                             cache_dir=cache_dir or default_cache_dir() / "features", batch_size=batch_size)
         typer.echo(f"{data} [{split}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
         typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
@@ -292,7 +300,7 @@ def evaluate(
 
             out.mkdir(parents=True, exist_ok=True)
             (out / "report.json").write_text(json.dumps(ev.to_dict(), indent=2, ensure_ascii=False))
-            write_html(ev, out / "report.html", model=model)
+            write_html(ev, out / "report.html", models=[p for p in paths if p is not None])
             typer.echo(f"report: {out / 'report.html'}")
 
     run(go)

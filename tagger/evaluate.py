@@ -1,4 +1,4 @@
-"""`tagger evaluate`: every tagging method of a bundle on the same held-out photos and features.
+"""`tagger evaluate`: every tagging method of one or more bundles on the same held-out photos and features.
 
 Ground truth is each photo's normalized user tags inside the model's vocabulary (photos with none
 are left out and counted), and, where the data has them, the 24 MIRFLICKR concept labels. A
@@ -16,8 +16,12 @@ import pandas as pd
 
 from pipelines.datasets import check_photos, read_dataset, split_ids
 from pipelines.features import FeatureConfig, extract_features
+from tagger.calibration import candidates, expected_calibration_error, reliability
 from tagger.metrics import paired_difference, report
 from tagger.model import Tagger
+
+# Calibration is judged on each photo's best words, as many as a photo shows by default.
+CALIBRATION_TOP = 10
 
 # Words that name each MIRFLICKR concept; those missing from a model's vocabulary are ignored.
 LABEL_WORDS: dict[str, tuple[str, ...]] = {
@@ -53,12 +57,13 @@ class Evaluation:
     split: str
     photos: int  # photos in the split whose features could be extracted
     left_out: int  # of those, photos without a single in-vocabulary user tag
-    tags: dict[str, dict] = field(default_factory=dict)  # method -> metrics against user tags
-    labels: dict[str, dict] = field(default_factory=dict)  # method -> metrics against concept labels
-    seconds: dict[str, float] = field(default_factory=dict)  # method -> wall time of its tagging
+    tags: dict[str, dict] = field(default_factory=dict)  # row -> metrics against user tags
+    labels: dict[str, dict] = field(default_factory=dict)  # row -> metrics against concept labels
+    seconds: dict[str, float] = field(default_factory=dict)  # row -> wall time of its tagging
     label_words: dict[str, list[str]] = field(default_factory=dict)  # label -> words used for it
-    samples: list[dict] = field(default_factory=list)  # a few photos with truth and each method's tags
-    versus_knn: dict[str, dict] = field(default_factory=dict)  # method -> its P@5 minus kNN's, per photo (paired_difference)
+    samples: list[dict] = field(default_factory=list)  # a few photos with truth and each row's tags
+    versus_knn: dict[str, dict] = field(default_factory=dict)  # row -> its P@5 minus its bundle's kNN's, per photo
+    calibration: dict[str, dict] = field(default_factory=dict)  # row -> ECE and reliability bins of its calibrated scores
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -78,7 +83,7 @@ def label_table(word_table: np.ndarray, words: list[str]) -> tuple[np.ndarray, l
 
 
 def evaluate(
-    tagger: Tagger,
+    models: Tagger | dict[str, Tagger],
     data: str | Path,
     split: str = "test",
     methods: tuple[str, ...] | None = None,
@@ -87,58 +92,95 @@ def evaluate(
     n_samples: int = 12,
     progress: bool = True,
 ) -> Evaluation:
-    """Every method on the photos of `split`, using the split settings the bundle was trained with."""
-    info = tagger.info
+    """Every method of every bundle on the same photos of `split`, by the split settings the bundles were trained with.
+
+    `models`: one tagger, or several by label; rows are named by method, or "label/method" for several.
+    Bundles must share their split settings. A later bundle's knn and prior rows are left out when they
+    tag exactly as an earlier bundle's do (the same training photos and vocabulary).
+    """
+    taggers = {"": models} if isinstance(models, Tagger) else dict(models)
+    if not taggers:
+        raise ValueError("no model to evaluate")
+    splits = {(tuple(t.info.get("split_fractions", (0.8, 0.1, 0.1))), t.info.get("split_seed", 0)) for t in taggers.values()}
+    if split != "all" and len(splits) > 1:
+        raise ValueError(f"the models were trained on different splits ({sorted(splits)}): their {split} photos differ")
     frame = read_dataset(data)
     if split != "all":
-        frame["split"] = split_ids(frame["id"], tuple(info.get("split_fractions", (0.8, 0.1, 0.1))), info.get("split_seed", 0))
+        fractions, seed = next(iter(splits))
+        frame["split"] = split_ids(frame["id"], fractions, seed)
         frame = frame[frame["split"] == split].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"{data}: no photos in split {split!r}")
     check_photos(frame, data)
-    fcfg = FeatureConfig(backbone=tagger.backbone_name, weights=tagger.backbone_weights, batch_size=batch_size,
-                         device=str(tagger.device), cache_dir=cache_dir)
-    feats = extract_features(list(frame["path"]), fcfg, progress=progress, backbone=tagger.backbone)
-    frame = frame[feats.ok].reset_index(drop=True)
-    features = feats.features[feats.ok]
 
-    pos = {w: i for i, w in enumerate(tagger.words)}
-    truth = [{pos[w] for w in tagger.vocabulary.normalize(tags) if w in pos} for tags in frame["tags"]]
-    ev = Evaluation(split=split, photos=len(frame), left_out=sum(1 for t in truth if not t))
+    # Features once per backbone; photos any backbone fails on are left out for all.
+    features, ok = {}, np.ones(len(frame), dtype=bool)
+    for t in taggers.values():
+        key = (t.backbone_name, t.backbone_weights)
+        if key not in features:
+            fcfg = FeatureConfig(backbone=t.backbone_name, weights=t.backbone_weights, batch_size=batch_size,
+                                 device=str(t.device), cache_dir=cache_dir)
+            feats = extract_features(list(frame["path"]), fcfg, progress=progress, backbone=t.backbone)
+            features[key], ok = feats.features, ok & feats.ok
+    frame = frame[ok].reset_index(drop=True)
+    features = {k: v[ok] for k, v in features.items()}
     has_labels = frame["labels"].map(lambda x: x is not None).to_numpy()
 
-    tables = {}
-    for method in methods or tagger.methods:
-        start = time.perf_counter()
-        tables[method] = tagger.score_features(features, method=method)
-        ev.seconds[method] = time.perf_counter() - start
-        ev.tags[method] = report(tables[method], truth)
-        if has_labels.any():
-            lt, labels, ev.label_words = label_table(tables[method][has_labels], tagger.words)
-            lpos = {l: i for i, l in enumerate(labels)}
-            ltruth = [{lpos[l] for l in (labs or []) if l in lpos} for labs in frame["labels"][has_labels]]
-            ev.labels[method] = report(lt, ltruth, ks=(1, 3, 5))
+    ev = Evaluation(split=split, photos=len(frame), left_out=0)
+    tables, words, seen = {}, {}, []
+    for label, tagger in taggers.items():
+        x = features[(tagger.backbone_name, tagger.backbone_weights)]
+        pos = {w: i for i, w in enumerate(tagger.words)}
+        truth = [{pos[w] for w in tagger.vocabulary.normalize(tags) if w in pos} for tags in frame["tags"]]
+        if not tables:
+            ev.left_out, first_truth = sum(1 for t in truth if not t), truth
+        chosen = methods or tagger.methods
+        if len(taggers) == 1:
+            for m in chosen:
+                tagger.scorer(m)  # an unknown method is an error that lists the model's
+        knn_table = tagger.score_features(x, method="knn") if "knn" in tagger.methods else None
+        for method in (m for m in chosen if m in tagger.methods):
+            start = time.perf_counter()
+            table = knn_table if method == "knn" else tagger.score_features(x, method=method)
+            seconds = time.perf_counter() - start
+            if method in ("knn", "prior"):
+                if any(np.array_equal(table, t) for t in seen):
+                    continue  # the same baseline as a bundle before
+                seen.append(table)
+            row = f"{label}/{method}" if label else method
+            tables[row], words[row] = table, tagger.words
+            ev.seconds[row] = seconds
+            ev.tags[row] = report(table, truth)
+            if method in tagger.calibration:
+                scores, hits = candidates(table, truth, CALIBRATION_TOP)
+                probs = tagger.calibration[method](scores)
+                ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
+                ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP}
+            if knn_table is not None and method != "knn":
+                ev.versus_knn[row] = paired_difference(table, knn_table, truth, k=5)
+            if has_labels.any():
+                lt, labels, ev.label_words = label_table(table[has_labels], tagger.words)
+                lpos = {l: i for i, l in enumerate(labels)}
+                ltruth = [{lpos[l] for l in (labs or []) if l in lpos} for labs in frame["labels"][has_labels]]
+                ev.labels[row] = report(lt, ltruth, ks=(1, 3, 5))
 
-    if "knn" in tables:
-        for method, table in tables.items():
-            if method != "knn":
-                ev.versus_knn[method] = paired_difference(table, tables["knn"], truth, k=5)
-
+    first_words = next(iter(words.values()))
     rng = np.random.default_rng(0)
     for i in sorted(rng.choice(len(frame), min(n_samples, len(frame)), replace=False).tolist()):
         ev.samples.append({
             "path": frame["path"][i],
             "user_tags": list(frame["tags"][i]),
-            "truth": sorted(tagger.words[w] for w in truth[i]),
-            "predicted": {m: [tagger.words[w] for w in np.argsort(-t[i], kind="stable")[:10]] for m, t in tables.items()},
+            "truth": sorted(first_words[w] for w in first_truth[i]),
+            "predicted": {r: [words[r][w] for w in np.argsort(-t[i], kind="stable")[:10]] for r, t in tables.items()},
         })
     return ev
 
 
 def format_versus_knn(ev: Evaluation) -> str:
     """One line per method: its P@5 minus kNN's on the same photos, with a 95% bootstrap interval."""
+    width = max(map(len, ev.versus_knn), default=0)
     return "\n".join(
-        f"{m:<9} {d['diff']:+.4f} (standard error {d['se']:.4f}, 95% [{d['low']:+.4f}, {d['high']:+.4f}]; "
+        f"{m:<{width}} {d['diff']:+.4f} (standard error {d['se']:.4f}, 95% [{d['low']:+.4f}, {d['high']:+.4f}]; "
         f"better on {d['a_better']} photos, worse on {d['b_better']})"
         for m, d in ev.versus_knn.items())
 
@@ -152,5 +194,5 @@ def format_table(ev: Evaluation, which: str = "tags") -> str:
     cols = [c for c in frame.columns if c != "photos"]
     frame = frame[cols].astype(object)
     for c in cols:
-        frame[c] = frame[c].map(lambda x, c=c: f"{int(x)}" if c == "N+" else f"{float(x):.4f}")
+        frame[c] = frame[c].map(lambda x, c=c: "" if pd.isna(x) else f"{int(x)}" if c == "N+" else f"{float(x):.4f}")
     return frame.to_string()

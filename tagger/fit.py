@@ -25,9 +25,13 @@ from pipelines.datasets import check_photos, count_untagged, read_dataset, read_
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
 from tagger.baselines import KNNTagger
+from tagger.calibration import Calibration
+from tagger.condition import build_condition
 from tagger.metrics import precision_at_k, top_ids
-from tagger.model import Tagger, word_prior
-from tagger.train import PRESETS, make_pairs, prepare_word_vectors, train, write_log
+from tagger.model import Tagger
+from tagger.presets import default_preset_name, get_preset
+from tagger.scorers import word_prior
+from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
 
 
@@ -37,7 +41,8 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class FitConfig:
-    preset: str = "paper"  # a name in tagger.train.PRESETS
+    generator: str = "cgan"  # the generator family (tagger.generators)
+    preset: str | None = None  # one of the family's presets (tagger.presets); None: its first
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None  # backbone weights file, for backbones without offline weights
     min_count: int = 10  # tags on fewer training photos are left out of the vocabulary
@@ -66,8 +71,9 @@ class Stages:
     features: float = 0.0
     word2vec: float = 0.0
     index: float = 0.0
-    gan: float = 0.0
     knn: float = 0.0
+    generator: float = 0.0
+    calibration: float = 0.0
     save: float = 0.0
 
 
@@ -130,9 +136,8 @@ def word_ids(frame: pd.DataFrame, vocab: Vocabulary, words: list[str]) -> list[l
 
 def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), progress: bool = True) -> tuple[Tagger, dict]:
     """Train a bundle on `data` and save it to `out`; returns the tagger and a run summary."""
-    if config.preset not in PRESETS:
-        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(PRESETS)}")
-    preset = PRESETS[config.preset]
+    preset = get_preset(config.generator, config.preset)
+    preset_name = config.preset or default_preset_name(config.generator)
     tcfg = replace(
         preset.train,
         seed=config.seed,
@@ -149,41 +154,50 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     index = TagIndex(list(wv.words), targets)
     stages.index = time.perf_counter() - t
 
-    t = time.perf_counter()
     ids = word_ids(frame, vocab, list(wv.words))
     is_train = ((frame["split"] == "train") & frame["ok"]).to_numpy()
     is_val = ((frame["split"] == "val") & frame["ok"]).to_numpy()
     train_rows = np.flatnonzero(is_train)
+    val_rows = [i for i in np.flatnonzero(is_val) if ids[i]]
+    val_truth = [set(ids[i]) for i in val_rows]
+
+    t = time.perf_counter()
+    knn, knn_rows, knn_val = fit_knn(features, ids, train_rows, (features[val_rows], val_truth) if val_rows else None,
+                                     len(wv.words), config.seed)
+    stages.knn = time.perf_counter() - t
+
+    t = time.perf_counter()
+    # What G is conditioned on; a training photo's neighbour votes leave the photo itself out.
+    self_rows = np.full(len(frame), -1, dtype=np.int64)
+    self_rows[knn_rows] = np.arange(len(knn_rows))
+    cond = build_condition(features, preset.condition, knn, self_rows)
     pairs = make_pairs([ids[i] for i in train_rows])
     pairs[:, 0] = train_rows[pairs[:, 0]]
-    val_rows = [i for i in np.flatnonzero(is_val) if ids[i]]
-    val = (features[val_rows], [set(ids[i]) for i in val_rows]) if val_rows else None
-    gan_cfg = replace(preset.gan, feature_dim=features.shape[1], word_dim=targets.shape[1])
+    val = (cond[val_rows], val_truth) if val_rows else None
+    gen_cfg = replace(preset.generator, feature_dim=cond.shape[1], word_dim=targets.shape[1])
     # The word vectors themselves, not their settings, key the run: another corpus gives another space.
-    run_key = _key(str(Path(data).resolve()), config.preset, asdict(tcfg), asdict(gan_cfg), hashlib.sha1(targets.tobytes()).hexdigest(),
+    run_key = _key(str(Path(data).resolve()), config.generator, preset_name, asdict(tcfg), asdict(gen_cfg),
+                   hashlib.sha1(targets.tobytes()).hexdigest(), hashlib.sha1(cond[:, features.shape[1]:].tobytes()).hexdigest(),
                    config.min_count, config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
     # A run killed while writing its checkpoint left checkpoint.pt.tmpPID behind, as big as a checkpoint.
     remove_stale(work_dir, r"checkpoint\.pt\.tmp(?P<pid>\d+)")
     if progress:
-        print(f"GAN: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
-              f"{len(val_rows):,} validation photos, preset {config.preset!r}, device {device}")
+        print(f"{config.generator}: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
+              f"{len(val_rows):,} validation photos, preset {preset_name!r}, device {device}")
     G, state = train(
-        features, pairs, targets, index, gan_cfg, tcfg, sampling, val, preset.standardize_features, work_dir, device, progress,
+        cond, pairs, targets, index, gen_cfg, tcfg, sampling, val, preset.standardize_features, work_dir, device, progress,
         prior=word_prior(vocab, list(wv.words), int(is_train.sum())),
     )
-    stages.gan = time.perf_counter() - t
-
-    t = time.perf_counter()
-    knn, knn_val = fit_knn(features, ids, train_rows, val, len(wv.words), config.seed)
-    stages.knn = time.perf_counter() - t
+    stages.generator = time.perf_counter() - t
 
     t = time.perf_counter()
     write_log(state.log, work_dir / "train_log.csv", work_dir / "train_curves.png")
     summary = {
         "data": Path(data).name,  # the folder or file name only: a bundle may travel
-        "preset": config.preset,
+        "generator": config.generator,
+        "preset": preset_name,
         "preset_description": preset.description,
         "photos": int(len(frame)),
         "photos_failed": int((~frame["ok"]).sum()),
@@ -205,7 +219,12 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         "train": tcfg.to_dict(),
     }
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary,
-                    backbone_weights=config.weights, knn=knn)
+                    backbone_weights=config.weights, knn=knn, condition=preset.condition)
+    if val_rows:
+        tagger.calibration = calibrate(tagger, features[val_rows], val_truth)
+    stages.calibration = time.perf_counter() - t
+
+    t = time.perf_counter()
     extras = {"train_log.csv": work_dir / "train_log.csv"}
     if (work_dir / "train_curves.png").is_file():
         extras["train_curves.png"] = work_dir / "train_curves.png"
@@ -215,17 +234,25 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     return tagger, summary
 
 
+def calibrate(tagger: Tagger, features: np.ndarray, truth: list[set[int]]) -> dict[str, Calibration]:
+    """Every method's map from raw score to the probability of a true tag, fitted on validation photos."""
+    return {m: Calibration.fit(tagger.score_features(features, method=m), truth) for m in tagger.methods}
+
+
 def fit_knn(features: np.ndarray, ids: list[list[int]], train_rows: np.ndarray, val, vocab_size: int, seed: int = 0,
-            ks: tuple[int, ...] = (5, 10, 20, 50, 100, 200)) -> tuple[KNNTagger, float]:
-    """The TagVote baseline on the training photos that have tags, its K chosen by validation P@5."""
-    rows = [i for i in train_rows if ids[i]]
+            ks: tuple[int, ...] = (5, 10, 20, 50, 100, 200)) -> tuple[KNNTagger, np.ndarray, float]:
+    """The TagVote baseline on the training photos that have tags, its K chosen by validation P@5.
+
+    Returns the tagger, the rows of `features` it holds (in its order) and its validation P@5.
+    """
+    rows = np.asarray([i for i in train_rows if ids[i]], dtype=np.int64)
     knn = KNNTagger.fit(features[rows], [ids[i] for i in rows], vocab_size, seed=seed)
     if val is None:
-        return knn, float("nan")
+        return knn, rows, float("nan")
     scores = {k: precision_at_k(top_ids(knn.scores(val[0], k), 5), val[1], 5) for k in ks if k <= len(rows)}
     best = max(scores, key=scores.get)
     knn.config = replace(knn.config, k=best)
-    return knn, scores[best]
+    return knn, rows, scores[best]
 
 
 def _cached_word2vec(sentences: list[list[str]], config: Word2VecConfig, cache: Path) -> WordVectors:

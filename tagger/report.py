@@ -1,4 +1,5 @@
-"""The evaluation as one self-contained HTML page: tables, a P@k plot, training curves, sample photos.
+"""The evaluation as one self-contained HTML page: tables, a P@k plot, reliability diagrams, training
+curves, sample photos.
 
 Images are embedded as data URIs so the page can be mailed or archived as a single file.
 """
@@ -61,11 +62,36 @@ def _pk_plot(ev: Evaluation) -> bytes:
     return buf.getvalue()
 
 
-def write_html(ev: Evaluation, path: Path, model: Path | None = None, title: str = "tagger evaluation") -> Path:
+def _reliability_plot(ev: Evaluation) -> bytes:
+    """Predicted probability against the observed share of true tags, per bin, one line per calibrated row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
+    for row, c in ev.calibration.items():
+        bins = c["bins"]
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label=f"{row} (ECE {c['ece']:.3f})")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed share of user tags")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_html(ev: Evaluation, path: Path, models: list[Path] = (), title: str = "tagger evaluation") -> Path:
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p>Split <b>{html.escape(ev.split)}</b>: {ev.photos} photos, {ev.left_out} left out for having no "
-             f"in-vocabulary user tag. Model: {html.escape(str(model or ''))}</p>",
+             f"in-vocabulary user tag. Models: {html.escape(', '.join(map(str, models)) or 'the shipped model')}</p>",
              "<h2>Against the photos' user tags</h2>", _table(ev.tags), _img(_pk_plot(ev))]
     if ev.versus_knn:
         parts.append("<p>P@5 minus kNN's, photo by photo on the same photos (95% paired-bootstrap interval):</p><ul>"
@@ -76,9 +102,15 @@ def write_html(ev: Evaluation, path: Path, model: Path | None = None, title: str
         parts += ["<h2>Against the 24 concept labels</h2>", _table(ev.labels),
                   "<p>A label's score is the best score of the words that name it: "
                   + "; ".join(f"<i>{html.escape(l)}</i>: {', '.join(map(html.escape, w))}" for l, w in ev.label_words.items()) + "</p>"]
-    curves = model / "train_curves.png" if model else None
-    if curves and curves.is_file():
-        parts += ["<h2>Training curves</h2>", _img(curves.read_bytes())]
+    if ev.calibration:
+        parts += ["<h2>Calibration</h2>",
+                  f"<p>Each photo's {next(iter(ev.calibration.values()))['top']} best tags, binned by their score (the "
+                  "estimated probability that the owner used the tag), against the share of them that the owner did use. "
+                  "ECE: the count-weighted mean gap.</p>", _img(_reliability_plot(ev))]
+    for model in models:
+        curves = Path(model) / "train_curves.png"
+        if curves.is_file():
+            parts += [f"<h2>Training curves: {html.escape(str(model))}</h2>", _img(curves.read_bytes())]
     parts.append("<h2>Sample photos</h2><p>Predicted tags in green are among the photo's user tags.</p><div class='grid'>")
     for s in ev.samples:
         truth = set(s["truth"])

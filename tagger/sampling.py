@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from embeddings.index import TagIndex
-from tagger.gan import Generator
+from tagger.generators import WordGenerator
 from tagger.voting import SamplingConfig, vote
 
 # Photos per generator pass: bounds memory at samples x chunk rows.
@@ -19,12 +19,12 @@ CHUNK = 64
 
 
 @torch.inference_mode()
-def score_words(generator: Generator, features: np.ndarray, index: TagIndex, config: SamplingConfig,
+def score_words(generator: WordGenerator, features: np.ndarray, index: TagIndex, config: SamplingConfig,
                 prior: np.ndarray | None = None) -> np.ndarray:
     """(N, V) scores of every vocabulary word for each photo's raw image features (N, F)."""
     was_training = generator.training
     generator.eval()
-    device = generator.feature_mean.device
+    device = generator.device
     rng = torch.Generator(device=device).manual_seed(config.seed)
     noise = generator.sample_noise(config.samples, rng, stratified=True)
     out = np.zeros((len(features), len(index)), dtype=np.float32)

@@ -1,7 +1,7 @@
 """The HTTP tagging service: a FastAPI app around one loaded `Tagger`, and a web page to try it.
 
     POST /v1/tag      photos as multipart uploads (field `files`, repeatable) -> tags and scores per photo
-    GET  /v1/model    backbone, vocabulary size, sampling defaults, limits, training summary
+    GET  /v1/model    backbone, generator family, vocabulary size, sampling defaults, limits, training summary
     GET  /v1/health   liveness, with counters of photos tagged and forward passes run
     GET  /            a page to drop photos on and see their tags (tagger/static/)
     GET  /docs        the OpenAPI docs (FastAPI's default)
@@ -39,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from pipelines.images import ImageError, decode_image
+from tagger.bundle import config_dict
 from tagger.model import Tagger
 
 STATIC = Path(__file__).parent / "static"
@@ -221,10 +222,12 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     @app.get("/v1/model", dependencies=v1)
     def model() -> dict:
         """The loaded model: backbone, vocabulary size, sampling defaults, the service limits and the training summary."""
-        config = tagger.config_dict()
+        config = config_dict(tagger)
         return {
             "backbone": tagger.backbone_name,
             "feature_dim": config["backbone"]["feature_dim"],
+            "generator": tagger.family,
+            "calibrated": tagger.default_method in tagger.calibration,
             "vocabulary_size": len(tagger.words),
             "sampling": config["sampling"],
             "limits": asdict(limits),

@@ -75,14 +75,19 @@ def vote(scores: np.ndarray, ids: np.ndarray, n_photos: int, vocab_size: int, co
     return table.astype(np.float32)
 
 
-def rank(table: np.ndarray, words: list[str], config: SamplingConfig, excluded_ids: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
-    """Top-k (tag, score) per photo, best first, ties broken by vocabulary order (frequent words first)."""
-    table = table.copy()
+def rank(table: np.ndarray, words: list[str], config: SamplingConfig, excluded_ids: np.ndarray | None = None,
+         order: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+    """Top-k (tag, score) per photo, best first, ties broken by vocabulary order (frequent words first).
+
+    order: the raw scores to rank by when `table` holds them mapped for display (e.g. calibrated: a
+    monotone map that can tie words the raw scores tell apart).
+    """
+    order = (table if order is None else order).copy()
     if excluded_ids is not None and len(excluded_ids):
-        table[:, excluded_ids] = -np.inf
+        order[:, excluded_ids] = -np.inf
     k = min(config.top_k, table.shape[1])
-    top = np.argsort(-table, axis=1, kind="stable")[:, :k]
+    top = np.argsort(-order, axis=1, kind="stable")[:, :k]
     out = []
-    for row, idx in zip(table, top):
-        out.append([(words[i], float(row[i])) for i in idx if row[i] > 0 and row[i] >= config.min_score])
+    for row, raw, idx in zip(table, order, top):
+        out.append([(words[i], float(row[i])) for i in idx if row[i] > 0 and row[i] >= config.min_score and np.isfinite(raw[i])])
     return out

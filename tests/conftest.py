@@ -35,25 +35,41 @@ TINY_TAGS = [["beach", "sea", "sand"], ["dog", "puppy", "grass"], ["sunset", "sk
              ["snow", "winter", "sky"], ["city", "street", "night"], ["flowers", "flower", "macro"], ["bw", "portrait"]]
 
 
-def build_tiny_tagger(seed: int = 0, joint: int = 0, heads: int = 1, unit: bool = False, scoring: str = "votes"):
-    """A random but complete Tagger on the tiny test backbone: fast, and exercises every part."""
+def build_tiny_tagger(seed: int = 0, joint: int = 0, heads: int = 1, unit: bool = False, scoring: str = "votes",
+                      family: str = "cgan", knn_photos: int = 0, neighbour_votes: int = 0):
+    """A random but complete Tagger on the tiny test backbone: fast, and exercises every part.
+
+    knn_photos: a kNN baseline fitted on that many random photos' features; neighbour_votes: the generator
+    conditioned on that many neighbours' votes too (needs knn_photos).
+    """
     import numpy as np
     import torch
 
     from embeddings.tags import TagConfig, Vocabulary
     from embeddings.word2vec import WordVectors
     from pipelines.backbones import get_spec
-    from tagger.gan import GANConfig, Generator
+    from tagger.baselines import KNNTagger
+    from tagger.condition import ConditionConfig
+    from tagger.generators import create_generator, get_family
     from tagger.model import Tagger
     from tagger.voting import SamplingConfig
 
     vocab = Vocabulary.build(TINY_TAGS, TagConfig(min_count=1))
     rng = np.random.default_rng(seed)
     wv = WordVectors(vocab.words, rng.normal(size=(len(vocab), 8)).astype(np.float32))
+    knn = None
+    if knn_photos:
+        feats = rng.normal(size=(knn_photos, get_spec("tiny").dim)).astype(np.float32)
+        knn = KNNTagger.fit(feats, [[i % len(vocab), (3 * i + 1) % len(vocab)] for i in range(knn_photos)], len(vocab))
+    condition = ConditionConfig(neighbour_votes=neighbour_votes)
     torch.manual_seed(seed)
-    gan = GANConfig(feature_dim=get_spec("tiny").dim, word_dim=8, noise_dim=4, g_noise_hidden=8, g_image_hidden=16,
-                    d_word_hidden=8, d_image_hidden=16, d_maxout_units=8, g_joint_hidden=joint, heads=heads, unit_output=unit)
-    return Tagger(Generator(gan), vocab, wv, "tiny", sampling=SamplingConfig(samples=16, neighbours=3, top_k=3, scoring=scoring))
+    sizes = dict(feature_dim=condition.width(get_spec("tiny").dim, len(vocab)), word_dim=8, noise_dim=4, g_noise_hidden=8,
+                 g_image_hidden=16, g_joint_hidden=joint, heads=heads, unit_output=unit)
+    own = {"cgan": dict(d_word_hidden=8, d_image_hidden=16, d_maxout_units=8), "cvae": dict(e_word_hidden=8, e_image_hidden=8, noise="normal"),
+           "caae": dict(e_hidden=8, dz_hidden=8, d_word_hidden=8, d_image_hidden=16, d_maxout_units=8)}[family]
+    G = create_generator(family, get_family(family).config(**sizes, **own))
+    return Tagger(G, vocab, wv, "tiny", sampling=SamplingConfig(samples=16, neighbours=3, top_k=3, scoring=scoring), knn=knn,
+                  condition=condition)
 
 
 @pytest.fixture

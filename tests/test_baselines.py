@@ -31,3 +31,19 @@ def test_save_load_round_trip(tmp_path):
     q = rng.normal(size=(5, 32)).astype(np.float32)
     # Stored in float16: the same neighbours, so the same votes.
     np.testing.assert_allclose(back.scores(q), knn.scores(q), atol=1e-5)
+
+
+def test_a_training_photos_votes_leave_the_photo_out():
+    from tagger.baselines import KNNTagger
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 16)).astype(np.float32)
+    knn = KNNTagger.fit(features, [[i % 5] for i in range(30)], 5)
+    plain = knn.neighbours(features[:10], 4)
+    assert plain[:, 0].tolist() == list(range(10))  # each photo is its own nearest neighbour
+    own = knn.neighbours(features[:10], 4, self_rows=np.arange(10))
+    assert own.shape == (10, 4) and not (own == np.arange(10)[:, None]).any()
+    assert (own[:, :3] == plain[:, 1:]).all()  # the next ones move up
+    assert (knn.neighbours(features[:3], 4, self_rows=np.array([-1, -1, -1])) == plain[:3]).all()
+    votes = knn.votes(features[:10], 4, self_rows=np.arange(10))
+    assert votes.sum(1).tolist() == [4.0] * 10

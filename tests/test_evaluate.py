@@ -73,3 +73,34 @@ def test_cli_prints_and_writes_reports(tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("<img") >= 13 and "concept labels" in page and "paired-bootstrap" in page
     assert set(rep["versus_knn"]) == {"cgan", "cgan+knn", "prior"}
+
+
+def test_several_bundles_side_by_side(tmp_path):
+    from tagger.calibration import Calibration
+
+    data, tags = manifest(tmp_path)
+    a = tiny_tagger_with_knn(tmp_path, tags, k=3)
+    b = tiny_tagger_with_knn(tmp_path, tags, k=3)
+    b.generator = build_tiny_tagger(seed=5).generator  # another generator, the same kNN and vocabulary
+    feats = a.features(sorted((tmp_path / "photos").glob("*.jpg")))
+    pos = {w: i for i, w in enumerate(a.words)}
+    truth = [{pos[w] for w in a.vocabulary.normalize(t) if w in pos} for t in tags]
+    b.calibration = {"cgan": Calibration.fit(b.score_features(feats), truth)}
+    ev = evaluate({"a": a, "b": b}, data, split="all", progress=False)
+    # The second bundle's kNN and prior tag exactly as the first's: one row each.
+    assert list(ev.tags) == ["a/cgan", "a/knn", "a/cgan+knn", "a/prior", "b/cgan", "b/cgan+knn"]
+    assert set(ev.versus_knn) == {"a/cgan", "a/cgan+knn", "a/prior", "b/cgan", "b/cgan+knn"}
+    assert ev.tags["a/cgan"]["P@5"] != ev.tags["b/cgan"]["P@5"] or ev.tags["a/cgan"]["MiAP"] != ev.tags["b/cgan"]["MiAP"]
+    # Only the calibrated row has an ECE, and its reliability bins count each photo's 10 best tags.
+    assert "ECE" in ev.tags["b/cgan"] and "ECE" not in ev.tags["a/cgan"]
+    assert sum(bin["count"] for bin in ev.calibration["b/cgan"]["bins"]) == 10 * ev.photos
+
+    paths = [a.save(tmp_path / "A"), b.save(tmp_path / "B")]
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(paths[0]), "--model", str(paths[1]), "--split", "all",
+                                      "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "A/cgan" in result.output and "B/cgan" in result.output and "B/knn" not in result.output and "ECE" in result.output
+    page = (out / "report.html").read_text()
+    assert "Calibration" in page and "B/cgan (ECE" not in page  # the legend is inside the plot image, not the text
+    assert json.loads((out / "report.json").read_text())["calibration"]["B/cgan"]["ece"] >= 0

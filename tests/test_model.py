@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import build_tiny_tagger, make_photo_files
-from tagger.model import BundleError, Tagger
+from tagger.bundle import BundleError, config_dict
+from tagger.model import Tagger
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def test_round_trip_gives_the_same_tags(tmp_path, photos, joint, heads, unit, sc
     loaded = Tagger.load(tmp_path / "m")
     assert loaded.predict(photos, seed=3) == before
     assert loaded.words == tagger.words
-    assert loaded.config_dict() == tagger.config_dict()
+    assert config_dict(loaded) == config_dict(tagger)
     assert all(len(tags) == 3 for tags in before)
 
 
@@ -72,7 +73,7 @@ def test_tag_paths_reports_bad_files_and_tags_the_rest(tmp_path, photos):
 def test_save_over_a_bundle_is_atomic(tmp_path, monkeypatch):
     tagger = build_tiny_tagger()
     path = tagger.save(tmp_path / "m")
-    import tagger.model as model
+    import tagger.bundle as model
 
     def crash(*a, **k):
         raise OSError("disk full")
@@ -109,7 +110,7 @@ def test_load_errors_say_what_is_wrong(tmp_path):
         Tagger.load(tmp_path)
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
-    with pytest.raises(BundleError, match="bundle format 99"):
+    with pytest.raises(BundleError, match="bundle format 99, this tagger reads formats 1, 2"):
         Tagger.load(path)
     (path / "config.json").write_text(json.dumps(cfg))
     weights = (path / "generator.safetensors").read_bytes()
@@ -148,9 +149,13 @@ def _half(b: bytes) -> bytes:
 @pytest.mark.parametrize("name, change, message", [
     ("config.json!", lambda c: {**c, "backbone": {**c["backbone"], "name": "vit_huge"}},
      "config.json: made for backbone 'vit_huge', which this tagger does not have"),
-    ("config.json!", lambda c: {k: v for k, v in c.items() if k != "gan"}, "config.json: missing or unknown setting ('gan')"),
-    ("config.json!", lambda c: {**c, "gan": {**c["gan"], "g_image_hidden": 32}},
-     "generator.safetensors: cannot load generator weights (Error(s) in loading state_dict for Generator: size mismatch"),
+    ("config.json!", lambda c: {k: v for k, v in c.items() if k != "generator"}, "config.json: missing or unknown setting ('generator')"),
+    ("config.json!", lambda c: {**c, "generator": {**c["generator"], "family": "vqvae"}},
+     "config.json: missing or unknown setting (unknown generator family 'vqvae'; known: cgan, cvae, caae)"),
+    ("config.json!", lambda c: {**c, "generator": {**c["generator"], "config": {**c["generator"]["config"], "heads": 0}}},
+     "config.json: missing or unknown setting (heads must be at least 1, got 0)"),
+    ("config.json!", lambda c: {**c, "generator": {**c["generator"], "config": {**c["generator"]["config"], "g_image_hidden": 32}}},
+     "generator.safetensors: cannot load generator weights (Error(s) in loading state_dict for WordGenerator: size mismatch"),
     ("generator.safetensors", _half, "generator.safetensors: cannot load generator weights"),
     ("word_vectors.npz", _half, "word_vectors.npz: cannot load the word vectors"),
     ("word_vectors.npz", lambda b: b"", "word_vectors.npz: cannot load the word vectors"),

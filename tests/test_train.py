@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from embeddings.index import TagIndex
-from tagger.gan import GANConfig
+from tagger.generators.cgan import CGANConfig
 from tagger.metrics import precision_at_k, top_ids
-from tagger.train import PRESETS, TrainConfig, make_pairs, prepare_word_vectors, train, write_log
+from tagger.presets import get_preset
+from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
 
-SMALL = GANConfig(feature_dim=16, word_dim=8, noise_dim=4, g_noise_hidden=16, g_image_hidden=64,
+SMALL = CGANConfig(feature_dim=16, word_dim=8, noise_dim=4, g_noise_hidden=16, g_image_hidden=64,
                   d_word_hidden=16, d_image_hidden=64, d_maxout_units=32, dropout=0.1)
 
 
@@ -32,7 +33,7 @@ def synthetic(n_photos=400, n_clusters=4, seed=0):
 
 def setup(preset="adam"):
     features, words, tags = synthetic()
-    p = PRESETS[preset]
+    p = get_preset("cgan", preset)
     targets = prepare_word_vectors(words, p.words)
     index = TagIndex([f"w{i}" for i in range(len(words))], targets)
     pairs = make_pairs(tags[:300])
@@ -145,7 +146,7 @@ def test_softmax_reconstruction_learns_the_photos_words():
 
 
 def test_mixture_loss_is_the_softmax_with_one_head_and_covers_two_words_with_two():
-    from tagger.train import mixture_loss
+    from tagger.generators.losses import mixture_loss
 
     targets = torch.eye(4)
     one = torch.tensor([[[1.0, 0.2, 0, 0]]])

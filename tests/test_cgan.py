@@ -3,26 +3,28 @@ import numpy as np
 import pytest
 import torch
 
-from tagger.gan import Discriminator, GANConfig, Generator, Maxout
-from tagger.train import TrainConfig, learning_rate, make_pairs, momentum, prepare_word_vectors, WordSpaceConfig
+from tagger.generators import TrainConfig, WordGenerator
+from tagger.generators.base import learning_rate, momentum
+from tagger.generators.cgan import CGANConfig, Discriminator, Maxout
+from tagger.train import WordSpaceConfig, make_pairs, prepare_word_vectors
 from tagger.voting import SamplingConfig, rank, vote
 
 
 def test_shapes_follow_the_config():
-    cfg = GANConfig(feature_dim=12, word_dim=7, noise_dim=5)
-    G, D = Generator(cfg), Discriminator(cfg)
+    cfg = CGANConfig(feature_dim=12, word_dim=7, noise_dim=5)
+    G, D = WordGenerator(cfg), Discriminator(cfg)
     x = torch.randn(4, 12)
     fake = G(G.sample_noise(4), x)
     assert fake.shape == (4, 7)
     assert D(fake, G.normalize(x)).shape == (4,)
     # The paper's sizes by default.
-    G0 = Generator(GANConfig())
+    G0 = WordGenerator(CGANConfig())
     assert G0.image_branch[0].out_features == 2000 and G0.noise_branch[0].out_features == 500
-    assert Discriminator(GANConfig()).joint[0].linear.out_features == 3000
+    assert Discriminator(CGANConfig()).joint[0].linear.out_features == 3000
 
 
 def test_uniform_noise_range_and_seed():
-    G = Generator(GANConfig(feature_dim=3, word_dim=2, noise_dim=1000))
+    G = WordGenerator(CGANConfig(feature_dim=3, word_dim=2, noise_dim=1000))
     z = G.sample_noise(10, torch.Generator().manual_seed(1))
     assert z.min() >= -1 and z.max() < 1 and z.min() < -0.9 and z.max() > 0.9
     assert torch.equal(z, G.sample_noise(10, torch.Generator().manual_seed(1)))
@@ -37,7 +39,7 @@ def test_maxout_takes_the_max_piece():
 
 
 def test_feature_standardization_lives_in_the_generator():
-    G = Generator(GANConfig(feature_dim=3, word_dim=2))
+    G = WordGenerator(CGANConfig(feature_dim=3, word_dim=2))
     G.set_feature_stats(torch.tensor([1.0, 2, 3]), torch.tensor([2.0, 2, 2]))
     assert G.normalize(torch.tensor([[3.0, 2, 1]])).tolist() == [[1.0, 0.0, -1.0]]
     assert "feature_mean" in G.state_dict()
@@ -66,7 +68,7 @@ def test_softmax_scoring_gives_each_sample_one_vote():
 
 @pytest.mark.parametrize("noise", ["uniform", "normal"])
 def test_the_noise_picks_every_head_about_equally(noise):
-    G = Generator(GANConfig(feature_dim=6, word_dim=3, noise_dim=4, noise=noise, heads=5)).eval()
+    G = WordGenerator(CGANConfig(feature_dim=6, word_dim=3, noise_dim=4, noise=noise, heads=5)).eval()
     z = G.sample_noise(5000, torch.Generator().manual_seed(0))
     counts = torch.bincount(G.head_of(z), minlength=5)
     assert len(counts) == 5 and counts.min() > 900 and counts.max() < 1100
@@ -117,7 +119,7 @@ def test_word_space_preparation():
 
 @pytest.mark.parametrize("joint,unit", [(0, False), (16, False), (0, True), (16, True)])
 def test_generate_equals_forward_on_repeated_rows(joint, unit):
-    G = Generator(GANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint, unit_output=unit)).eval()
+    G = WordGenerator(CGANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint, unit_output=unit)).eval()
     x, shared = torch.randn(4, 12), G.sample_noise(6)
     many = G.generate(shared, x)
     assert many.shape == (4, 6, 7)
@@ -137,7 +139,7 @@ def test_tag_table_pads_each_photos_tags():
 
 
 def test_set_loss_is_zero_only_when_samples_cover_the_tags():
-    from tagger.train import set_loss
+    from tagger.generators.losses import set_loss
 
     targets = torch.eye(4)
     tags = torch.tensor([[0, 2, -1]])
@@ -151,7 +153,7 @@ def test_set_loss_is_zero_only_when_samples_cover_the_tags():
 
 
 def test_mode_seeking_loss_is_large_when_samples_ignore_the_noise():
-    from tagger.train import mode_seeking_loss
+    from tagger.generators.losses import mode_seeking_loss
 
     noise = torch.rand(2, 4, 6) * 2 - 1
     collapsed = torch.randn(2, 1, 5).repeat(1, 4, 1).requires_grad_()

@@ -1,0 +1,175 @@
+"""The model bundle: one folder holding everything needed to tag, and its save/load with checks.
+
+    config.json            format version, backbone, the generator's family and config, the condition,
+                           word-space and sampling settings, a summary of the training data and run
+    generator.safetensors  generator weights (with its feature standardization buffers)
+    vocabulary.json        the tag vocabulary: raw -> canonical map, counts, normalization settings
+    word_vectors.npz       the skip-gram vectors of the vocabulary words
+    knn.npz                the kNN baseline: PCA-reduced training features and their tags (optional;
+                           required when the generator is conditioned on neighbour votes)
+    calibration.json       per method, the map from raw score to probability (optional)
+
+The FAISS index is rebuilt from the word vectors on load: for vocabularies of a few thousand words
+that takes milliseconds and keeps the bundle free of a second copy of the same numbers. Bundles
+are written into a temporary folder and renamed into place, so a crash never leaves a half-written
+bundle that loads. Format 1 (before the generator families) had the cGAN's config under "gan" and
+still loads, as a cgan bundle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from embeddings.files import atomic_dir
+from embeddings.tags import Vocabulary
+from embeddings.word2vec import WordVectors
+from pipelines.backbones import get_spec
+from pipelines.device import choose_device
+from tagger.baselines import KNNTagger
+from tagger.calibration import Calibration
+from tagger.condition import ConditionConfig
+from tagger.generators import create_generator, make_config
+from tagger.model import Tagger
+from tagger.train import WordSpaceConfig
+from tagger.voting import SamplingConfig
+
+FORMAT_VERSION = 2
+READS = (1, 2)  # format versions this tagger loads
+CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION = (
+    "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json")
+
+
+class BundleError(ValueError):
+    """A model bundle that cannot be loaded; the message names the file and what is wrong."""
+
+
+def config_dict(tagger: Tagger) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": {"name": tagger.backbone_name, "weights": tagger.backbone_weights, "feature_dim": tagger.feature_dim},
+        "generator": {"family": tagger.family, "config": tagger.generator.config.to_dict()},
+        "condition": tagger.condition.to_dict(),
+        "words": tagger.words_config.to_dict(),
+        "sampling": tagger.sampling.to_dict(),
+        "vocabulary_size": len(tagger.words),
+        "info": tagger.info,
+    }
+
+
+def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str, Path] | None = None) -> Path:
+    """Write the bundle atomically; `half` stores the generator weights in float16 (half their size).
+
+    `extras` are further files copied in under the given names (the training log and curves).
+    """
+    path = Path(path)
+    if path.exists() and not (path / CONFIG).is_file() and any(path.iterdir()):
+        raise BundleError(f"{path}: exists and is not a model bundle; refusing to replace it")
+    with atomic_dir(path) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in tagger.generator.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(tmp / WEIGHTS))
+        os.chmod(tmp / WEIGHTS, 0o644)
+        tagger.vocabulary.save(tmp / VOCABULARY)
+        tagger.word_vectors.save(tmp / VECTORS)
+        if tagger.knn is not None:
+            tagger.knn.save(tmp / KNN)
+        if tagger.calibration:
+            (tmp / CALIBRATION).write_text(json.dumps({m: c.to_dict() for m, c in tagger.calibration.items()}))
+        for name, file in (extras or {}).items():
+            shutil.copyfile(file, tmp / name)
+        # config.json last: a folder without it is not a bundle.
+        (tmp / CONFIG).write_text(json.dumps(config_dict(tagger), indent=2, ensure_ascii=False))
+    return path
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
+    """Load a bundle; anything damaged or made for another backbone is a BundleError naming the file."""
+    path = Path(path)
+    cfg_file = path / CONFIG
+    if not cfg_file.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{cfg_file}: not valid JSON ({_one_line(e)})") from e
+    version = cfg.get("format_version") if isinstance(cfg, dict) else None
+    if version not in READS:
+        raise BundleError(f"{cfg_file}: bundle format {version!r}, this tagger reads formats {', '.join(map(str, READS))}")
+    for name in (WEIGHTS, VOCABULARY, VECTORS):
+        if not (path / name).is_file():
+            raise BundleError(f"{path / name}: missing from the bundle")
+    try:
+        family, gen_values = ("cgan", cfg["gan"]) if version == 1 else (cfg["generator"]["family"], cfg["generator"]["config"])
+        gen_config = make_config(family, gen_values)
+        backbone, backbone_weights = cfg["backbone"]["name"], cfg["backbone"].get("weights")
+        condition = ConditionConfig(**cfg.get("condition", {}))
+        words = WordSpaceConfig(**cfg["words"])
+        sampling = SamplingConfig(**{**cfg["sampling"], "exclude": tuple(cfg["sampling"].get("exclude", ()))})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"{cfg_file}: missing or unknown setting ({_one_line(e)})") from e
+    vocab_size = cfg.get("vocabulary_size")
+    image_dim = gen_config.feature_dim - (vocab_size if condition.neighbour_votes and isinstance(vocab_size, int) else 0)
+    _check_backbone(cfg_file, backbone, image_dim)
+    device = choose_device(device) if not isinstance(device, torch.device) else device
+    generator = create_generator(family, gen_config)
+    try:
+        state = load_file(str(path / WEIGHTS))
+        generator.load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise BundleError(f"{path / WEIGHTS}: cannot load generator weights ({_one_line(e)})") from e
+    vocabulary = _load_part(path / VOCABULARY, "the vocabulary", Vocabulary.load)
+    wv = _load_part(path / VECTORS, "the word vectors", WordVectors.load)
+    if len(wv.words) != cfg.get("vocabulary_size", len(wv.words)):
+        raise BundleError(f"{path / VECTORS}: {len(wv.words)} words, config.json says {cfg['vocabulary_size']}")
+    if wv.dim != gen_config.word_dim:
+        raise BundleError(f"{path / VECTORS}: {wv.dim}-d vectors, but the generator makes {gen_config.word_dim}-d")
+    missing = [w for w in wv.words if w not in vocabulary]
+    if missing:
+        raise BundleError(f"{path / VECTORS}: {len(missing)} words are not in {VOCABULARY} (e.g. {missing[:3]})")
+    knn = None
+    if (path / KNN).is_file():
+        knn = _load_part(path / KNN, "the kNN baseline", KNNTagger.load)
+        if knn.vocab_size != len(wv.words):
+            raise BundleError(f"{path / KNN}: made for {knn.vocab_size} words, the bundle has {len(wv.words)}")
+    elif condition.neighbour_votes:
+        raise BundleError(f"{path / KNN}: missing from the bundle (the generator is conditioned on neighbour votes)")
+    calibration = {}
+    if (path / CALIBRATION).is_file():
+        calibration = _load_part(path / CALIBRATION, "the calibration",
+                                 lambda f: {m: Calibration.from_dict(d) for m, d in json.loads(f.read_text()).items()})
+    tagger = Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
+                    info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
+                    calibration=calibration)
+    unknown = sorted(set(calibration) - set(tagger.methods))
+    if unknown:
+        raise BundleError(f"{path / CALIBRATION}: calibrates {', '.join(unknown)}, which this bundle does not have")
+    return tagger
+
+
+def _one_line(error: Exception) -> str:
+    """An exception's message on one line (torch's state-dict errors span several)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _load_part(file: Path, what: str, load):
+    try:
+        return load(file)
+    except Exception as e:  # a damaged file fails in format-specific ways: zip, JSON, npy, missing keys
+        raise BundleError(f"{file}: cannot load {what} ({_one_line(e)})") from e
+
+
+def _check_backbone(cfg_file: Path, name: str, feature_dim: int) -> None:
+    """At load time, not at the first photo: the bundle's backbone exists here and gives the features G takes."""
+    try:
+        spec = get_spec(name)
+    except ValueError as e:
+        raise BundleError(f"{cfg_file}: made for backbone {name!r}, which this tagger does not have ({_one_line(e)})") from None
+    if spec.dim != feature_dim:
+        raise BundleError(f"{cfg_file}: backbone {name} gives {spec.dim}-d features but this model was trained on {feature_dim}-d features")

@@ -1,0 +1,84 @@
+"""One scorer per tagging method: each turns photos' raw image features into (N, V) word scores.
+
+- `GeneratorScorer`: samples a generator family for each photo and votes over the nearest words
+  of every sample (`tagger.sampling`); named after its family (cgan, cvae, caae).
+- `KNNScorer`: TagVote over the training photos' tags (`tagger.baselines`).
+- `PriorScorer`: the training frequency of each word, the same for every photo.
+- `SumScorer`: several methods together, each scaled to a best of 1 per photo, then summed, so
+  words that the methods agree on win (e.g. "cgan+knn").
+
+A `Tagger` holds its bundle's scorers by name and never branches on a method's name.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from embeddings.index import TagIndex
+from embeddings.tags import Vocabulary
+from tagger.baselines import KNNTagger
+from tagger.generators import WordGenerator
+from tagger.sampling import score_words
+from tagger.voting import SamplingConfig
+
+
+def word_prior(vocab: Vocabulary, words: Sequence[str], n_photos: int) -> np.ndarray:
+    """Share of training photos carrying each word."""
+    return np.array([vocab.counts[vocab.index(w)] for w in words], dtype=np.float32) / max(n_photos, 1)
+
+
+class Scorer:
+    name: str
+
+    def shares(self, config: SamplingConfig) -> bool:
+        """Whether raw scores are already shares in 0..1 (the paper's plain votes); other scores are shown
+        relative to the photo's best, unless a calibration maps them to probabilities."""
+        return False
+
+    def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GeneratorScorer(Scorer):
+    def __init__(self, name: str, generator: WordGenerator, index: TagIndex, prior: np.ndarray,
+                 condition: Callable[[np.ndarray], np.ndarray] | None = None):
+        self.name, self.generator, self.index, self.prior = name, generator.eval(), index, prior
+        self.condition = condition  # raw image features -> what the generator is conditioned on
+
+    def shares(self, config: SamplingConfig) -> bool:
+        return config.scoring == "votes" and not config.prior_power
+
+    def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
+        y = self.condition(features) if self.condition is not None else features
+        return score_words(self.generator, y, self.index, config, self.prior)
+
+
+class KNNScorer(Scorer):
+    name = "knn"
+
+    def __init__(self, knn: KNNTagger):
+        self.knn = knn
+
+    def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
+        return self.knn.scores(features)
+
+
+class PriorScorer(Scorer):
+    name = "prior"
+
+    def __init__(self, prior: np.ndarray):
+        self.prior = np.asarray(prior, dtype=np.float32)
+
+    def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
+        return np.broadcast_to(self.prior, (len(features), len(self.prior))).copy()
+
+
+class SumScorer(Scorer):
+    def __init__(self, parts: Sequence[Scorer]):
+        self.parts = list(parts)
+        self.name = "+".join(p.name for p in self.parts)
+
+    def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
+        tables = (p.scores(features, config) for p in self.parts)
+        return sum(np.clip(t, 0, None) / np.maximum(t.max(axis=1, keepdims=True), 1e-12) for t in tables)

@@ -1,0 +1,56 @@
+"""Calibrated scores: a monotone map fitted on validation photos, probabilities that hold on other photos."""
+import numpy as np
+import pytest
+
+from conftest import build_tiny_tagger
+from tagger.calibration import Calibration, candidates, expected_calibration_error, reliability
+from tagger.metrics import top_ids
+
+
+def scored_photos(n, seed):
+    """Raw scores whose true chance of being a user tag is score ** 2 / 2 (miscalibrated as they are)."""
+    rng = np.random.default_rng(seed)
+    table = rng.random((n, 40))
+    truth = [set(np.flatnonzero(rng.random(40) < row ** 2 / 2).tolist()) | {0} for row in table]
+    return table, truth
+
+
+def test_the_fitted_map_is_monotone_keeps_the_ranking_and_holds_on_new_photos():
+    table, truth = scored_photos(3000, 0)
+    cal = Calibration.fit(table, truth, top=10)
+    assert np.all(np.diff(cal.knots) >= 0) and np.all(np.diff(cal.probs) >= 0) and 0 <= cal.probs.min() <= cal.probs.max() <= 1
+    new, new_truth = scored_photos(3000, 1)
+    scores, hits = candidates(new, new_truth, 10)
+    assert expected_calibration_error(scores, hits) > 0.2  # raw scores are not probabilities
+    assert expected_calibration_error(cal(scores), hits) < 0.03  # the calibrated ones are, on photos it never saw
+    # Monotone: a photo's best words stay its best words.
+    mapped = cal(new)
+    assert all(np.all(np.diff(mapped[i, top_ids(new, 10)[i]]) <= 1e-9) for i in range(50))
+    assert cal(np.array([-5.0, 5.0])).tolist() == pytest.approx([cal.probs[0], cal.probs[-1]])
+    assert Calibration.from_dict(cal.to_dict()).knots.tolist() == cal.knots.tolist()
+
+
+def test_reliability_bins_count_every_prediction():
+    probs, hits = np.array([0.05, 0.15, 0.12, 0.95]), np.array([0.0, 1.0, 0.0, 1.0])
+    bins = reliability(probs, hits)
+    assert [b["count"] for b in bins] == [1, 2, 1] and bins[1]["observed"] == 0.5
+    assert expected_calibration_error(probs, hits) == pytest.approx((0.05 + 2 * abs(0.135 - 0.5) + 0.05) / 4)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Calibration.from_dict({"knots": [0, 1], "probs": [0.5, 0.1]})
+
+
+def test_a_calibrated_tagger_shows_probabilities_and_min_score_means_one(tmp_path):
+    from conftest import make_photo_files
+
+    photos = make_photo_files(tmp_path, 4)
+    tagger = build_tiny_tagger(unit=True, scoring="softmax")
+    raw = tagger.predict(photos)
+    table = tagger.score_features(tagger.features(photos))
+    # A map that gives the photo's best raw score 0.9 and everything at or below the median 0.1.
+    knots = np.array([np.median(table), table.max()])
+    tagger.calibration = {"cgan": Calibration(knots, np.array([0.1, 0.9]))}
+    shown = tagger.predict(photos)
+    assert [[t for t, _ in r] for r in shown] == [[t for t, _ in r] for r in raw]  # the same tags, in the same order
+    assert max(s for r in shown for _, s in r) == pytest.approx(0.9)
+    assert all(s >= 0.5 for r in tagger.predict(photos, min_score=0.5) for _, s in r)
+    assert sum(map(len, tagger.predict(photos, min_score=0.5))) < sum(map(len, shown))
