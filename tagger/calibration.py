@@ -18,14 +18,17 @@ from tagger.metrics import top_ids
 
 
 def candidates(table: np.ndarray, truth: Sequence[set[int]], top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw scores and hits (0/1) of each photo's `top` best words; photos without a true tag are left out."""
+    """Raw scores and hits (0/1) of each photo's `top` best words; photos without a true tag, and words ruled
+    out (score -inf), are left out."""
     keep = [i for i, t in enumerate(truth) if t]
     if not keep:
         return np.zeros(0, np.float64), np.zeros(0, np.float64)
     ids = top_ids(table[keep], top)
     scores = np.take_along_axis(table[keep], ids, axis=1)
     hits = np.array([[w in truth[i] for w in row] for i, row in zip(keep, ids.tolist())], dtype=np.float64)
-    return scores.ravel().astype(np.float64), hits.ravel()
+    scores, hits = scores.ravel().astype(np.float64), hits.ravel()
+    finite = np.isfinite(scores)  # words the tagger ruled out (-inf) are not among what it shows
+    return scores[finite], hits[finite]
 
 
 @dataclass

@@ -273,7 +273,7 @@ def evaluate(
         import time
 
         from tagger.evaluate import evaluate as run_evaluation
-        from tagger.evaluate import format_table, format_versus_knn
+        from tagger.evaluate import format_audit, format_table, format_versus_knn
         from tagger.fit import default_cache_dir
 
         if split not in ("test", "val", "train", "all"):
@@ -293,6 +293,7 @@ def evaluate(
             typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
         if ev.versus_knn:
             typer.echo("\nP@5 minus kNN's, photo by photo (user tags):\n" + format_versus_knn(ev))
+        typer.echo("\nphotos given a place name, me/self, or blackandwhite on a colour photo in their top 5:\n" + format_audit(ev))
         typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
                    + f" (total with features {time.perf_counter() - start:.0f} s)")
         if out:

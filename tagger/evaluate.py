@@ -16,6 +16,8 @@ import pandas as pd
 
 from pipelines.datasets import check_photos, read_dataset, split_ids
 from pipelines.features import FeatureConfig, extract_features
+from pipelines.images import is_colour
+from tagger.audit import audit
 from tagger.calibration import candidates, expected_calibration_error, reliability
 from tagger.metrics import paired_difference, report
 from tagger.model import Tagger
@@ -64,6 +66,7 @@ class Evaluation:
     samples: list[dict] = field(default_factory=list)  # a few photos with truth and each row's tags
     versus_knn: dict[str, dict] = field(default_factory=dict)  # row -> its P@5 minus its bundle's kNN's, per photo
     calibration: dict[str, dict] = field(default_factory=dict)  # row -> ECE and reliability bins of its calibrated scores
+    audit: dict[str, dict] = field(default_factory=dict)  # row -> place / self / blackandwhite-on-colour counts (tagger.audit)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -125,6 +128,7 @@ def evaluate(
     frame = frame[ok].reset_index(drop=True)
     features = {k: v[ok] for k, v in features.items()}
     has_labels = frame["labels"].map(lambda x: x is not None).to_numpy()
+    colour = np.array([is_colour(p) for p in frame["path"]], dtype=bool)
 
     ev = Evaluation(split=split, photos=len(frame), left_out=0)
     tables, words, seen = {}, {}, []
@@ -138,10 +142,10 @@ def evaluate(
         if len(taggers) == 1:
             for m in chosen:
                 tagger.scorer(m)  # an unknown method is an error that lists the model's
-        knn_table = tagger.score_features(x, method="knn") if "knn" in tagger.methods else None
+        knn_table = tagger.apply_evidence(tagger.score_features(x, method="knn"), colour) if "knn" in tagger.methods else None
         for method in (m for m in chosen if m in tagger.methods):
             start = time.perf_counter()
-            table = knn_table if method == "knn" else tagger.score_features(x, method=method)
+            table = knn_table if method == "knn" else tagger.apply_evidence(tagger.score_features(x, method=method), colour)
             seconds = time.perf_counter() - start
             if method in ("knn", "prior"):
                 if any(np.array_equal(table, t) for t in seen):
@@ -156,6 +160,7 @@ def evaluate(
                 probs = tagger.calibration[method](scores)
                 ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
                 ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP}
+            ev.audit[row] = audit(table, truth, tagger.words, colour)
             if knn_table is not None and method != "knn":
                 ev.versus_knn[row] = paired_difference(table, knn_table, truth, k=5)
             if has_labels.any():
@@ -183,6 +188,19 @@ def format_versus_knn(ev: Evaluation) -> str:
         f"{m:<{width}} {d['diff']:+.4f} (standard error {d['se']:.4f}, 95% [{d['low']:+.4f}, {d['high']:+.4f}]; "
         f"better on {d['a_better']} photos, worse on {d['b_better']})"
         for m, d in ev.versus_knn.items())
+
+
+def format_audit(ev: Evaluation) -> str:
+    """One line per row: of its top-5 tags, how many photos got each kind of tag, how many were right."""
+    if not ev.audit:
+        return ""
+    first = next(iter(ev.audit.values()))
+    width = max(map(len, ev.audit))
+    owners = "; ".join(f"{k} {c['owners']} of {c['photos']}" for k, c in first.items())
+    lines = [f"{'owners':<{width}} {owners}"]
+    for row, counts in ev.audit.items():
+        lines.append(f"{row:<{width}} " + "; ".join(f"{k} {c['tagged']} ({c['right']} right)" for k, c in counts.items()))
+    return "\n".join(lines)
 
 
 def format_table(ev: Evaluation, which: str = "tags") -> str:

@@ -24,6 +24,7 @@ from pipelines.backbones import DEFAULT_BACKBONE
 from pipelines.datasets import check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
+from pipelines.images import is_colour
 from tagger.baselines import KNNTagger
 from tagger.calibration import Calibration
 from tagger.condition import build_condition
@@ -221,7 +222,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary,
                     backbone_weights=config.weights, knn=knn, condition=preset.condition)
     if val_rows:
-        tagger.calibration = calibrate(tagger, features[val_rows], val_truth)
+        colour = np.array([is_colour(frame["path"][i]) for i in val_rows], dtype=bool)
+        tagger.calibration = calibrate(tagger, features[val_rows], val_truth, colour)
     stages.calibration = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -234,9 +236,10 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     return tagger, summary
 
 
-def calibrate(tagger: Tagger, features: np.ndarray, truth: list[set[int]]) -> dict[str, Calibration]:
-    """Every method's map from raw score to the probability of a true tag, fitted on validation photos."""
-    return {m: Calibration.fit(tagger.score_features(features, method=m), truth) for m in tagger.methods}
+def calibrate(tagger: Tagger, features: np.ndarray, truth: list[set[int]], colour: np.ndarray | None = None) -> dict[str, Calibration]:
+    """Every method's map from raw score to the probability of a true tag, fitted on validation photos
+    (`colour`: which of them have colour, so the scores are those the tagger gives them)."""
+    return {m: Calibration.fit(tagger.apply_evidence(tagger.score_features(features, method=m), colour), truth) for m in tagger.methods}
 
 
 def fit_knn(features: np.ndarray, ids: list[list[int]], train_rows: np.ndarray, val, vocab_size: int, seed: int = 0,

@@ -21,7 +21,7 @@ from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
 from pipelines.features import FeatureConfig, extract_features, extract_images
-from pipelines.images import load_image
+from pipelines.images import is_colour, load_image
 from pipelines.memory import release_free_memory
 from tagger.baselines import KNNTagger
 from tagger.calibration import Calibration
@@ -30,6 +30,11 @@ from tagger.generators import WordGenerator, family_for
 from tagger.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
 from tagger.train import WordSpaceConfig, prepare_word_vectors
 from tagger.voting import SamplingConfig, rank
+
+
+# Words a colour photo never gets: the backbone's features barely tell a colour photo from a black-and-white
+# one of the same scene, but the pixels do (`pipelines.images.is_colour`).
+BW_WORDS = ("blackandwhite",)
 
 
 class Tagger:
@@ -159,9 +164,23 @@ class Tagger:
             return table
         return table / np.maximum(table.max(axis=1, keepdims=True), 1e-12)
 
-    def predict_features(self, features: np.ndarray, method: str | None = None, **options) -> list[list[tuple[str, float]]]:
+    def apply_evidence(self, table: np.ndarray, colour: np.ndarray | None) -> np.ndarray:
+        """Raw scores with what the pixels rule out removed: no black-and-white words for a colour photo.
+
+        colour: (N,) whether each photo has colour (None: not known, nothing removed).
+        """
+        ids = [i for i, w in enumerate(self.words) if w in BW_WORDS]
+        if colour is None or not ids or not np.any(colour):
+            return table
+        table = table.copy()
+        table[np.ix_(np.flatnonzero(colour), ids)] = -np.inf
+        return table
+
+    def predict_features(self, features: np.ndarray, method: str | None = None, colour: np.ndarray | None = None,
+                         **options) -> list[list[tuple[str, float]]]:
+        """Tags with scores, best first, for raw image features; `colour` (N,) says which photos have colour."""
         config = self.options(**options)
-        table = self.score_features(features, config, method)
+        table = self.apply_evidence(self.score_features(features, config, method), colour)
         return rank(self.shown_scores(table, method, config), self.words, config, self.excluded_ids(config.exclude), order=table)
 
     def features(self, images: Sequence) -> np.ndarray:
@@ -172,7 +191,10 @@ class Tagger:
 
     def predict(self, images: Sequence, method: str | None = None, **options) -> list[list[tuple[str, float]]]:
         """Tags with scores, best first, for each photo (paths or PIL images)."""
-        return self.predict_features(self.features(images), method, **options)
+        min_side = self.backbone.preprocessing.resize  # big JPEGs decode at reduced size
+        pil = [load_image(im, min_side=min_side) if isinstance(im, (str, Path, bytes)) else im for im in images]
+        colour = np.array([is_colour(im) for im in pil], dtype=bool)
+        return self.predict_features(self.features(pil), method, colour=colour, **options)
 
     def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int | None = None, num_workers: int | None = None,
                   method: str | None = None, **options):
@@ -190,7 +212,8 @@ class Tagger:
             # The caller gets every failure with its photo and reports it; the extractor need not say it too.
             result = extract_features(part, fcfg, progress=False, backbone=self.backbone, report=False)
             rows = np.flatnonzero(result.ok)
-            tags = self.predict_features(result.features[rows], method, **options) if len(rows) else []
+            colour = np.array([is_colour(part[i]) for i in rows], dtype=bool)
+            tags = self.predict_features(result.features[rows], method, colour=colour, **options) if len(rows) else []
             by_row = dict(zip(rows.tolist(), tags))
             errors = result.errors
             del result

@@ -38,7 +38,7 @@ from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from pipelines.images import ImageError, decode_image
+from pipelines.images import ImageError, decode_image, is_colour
 from tagger.bundle import config_dict
 from tagger.model import Tagger
 
@@ -133,7 +133,9 @@ class Batcher:
 
     def _tag(self, jobs: list[_Job]) -> list[list[list[tuple[str, float]]]]:
         """One backbone pass for every photo, then one sampling pass per distinct set of options."""
-        features = self.tagger.features([im for job in jobs for im in job.images])
+        images = [im for job in jobs for im in job.images]
+        features = self.tagger.features(images)
+        colour = np.array([is_colour(im) for im in images], dtype=bool)
         self.forward_passes += 1
         self.photos += len(features)
         starts = np.cumsum([0] + [len(job.images) for job in jobs])
@@ -143,7 +145,7 @@ class Batcher:
         out: list = [None] * len(jobs)
         for members in groups.values():
             rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
-            tags = self.tagger.predict_features(features[rows], **jobs[members[0]].options)
+            tags = self.tagger.predict_features(features[rows], colour=colour[rows], **jobs[members[0]].options)
             for i in members:
                 out[i], tags = tags[: len(jobs[i].images)], tags[len(jobs[i].images):]
         return out
