@@ -49,8 +49,11 @@ class Calibration:
         scores, hits = candidates(table, truth, top)
         if len(scores) == 0:
             raise ValueError("calibration needs photos with at least one true tag")
-        order = np.argsort(scores, kind="stable")
-        x, fitted = scores[order], isotonic_regression(hits[order]).x
+        # Equal scores must get one probability: pool them first (the prior scores every photo alike, and a
+        # sum of per-photo-normalized scores puts many top words at exactly its maximum).
+        x, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+        rate = np.bincount(inverse, weights=hits) / counts
+        fitted = isotonic_regression(rate, weights=counts.astype(np.float64)).x
         # Keep the ends of each constant block: the step function with linear joins between blocks.
         change = np.flatnonzero(np.diff(fitted)) + 1
         ends = np.unique(np.concatenate([[0], change - 1, change, [len(x) - 1]]))

@@ -54,3 +54,11 @@ def test_a_calibrated_tagger_shows_probabilities_and_min_score_means_one(tmp_pat
     assert max(s for r in shown for _, s in r) == pytest.approx(0.9)
     assert all(s >= 0.5 for r in tagger.predict(photos, min_score=0.5) for _, s in r)
     assert sum(map(len, tagger.predict(photos, min_score=0.5))) < sum(map(len, shown))
+
+
+def test_equal_scores_get_one_probability():
+    # Every photo scores word 0 at 1.0 and word 1 at 0.5 (as the prior does); word 0 is right on 30% of them.
+    table = np.tile([1.0, 0.5, 0.1], (100, 1))
+    truth = [{0} if i % 10 < 3 else {2} for i in range(100)]
+    cal = Calibration.fit(table, truth, top=2)
+    assert cal(np.array([1.0]))[0] == pytest.approx(0.3) and cal(np.array([0.5]))[0] == pytest.approx(0.0)
