@@ -67,14 +67,14 @@ PRESETS: dict[str, dict[str, Preset]] = {
     },
     "caae": {
         "default": Preset(
-            generator=CAAEConfig(unit_output=True),
+            generator=CAAEConfig(unit_output=True, prior_weight=1.0),
             train=_ADAM,
             words=_WORDS,
             standardize_features=True,
             sampling=_SAMPLING,
             description="Adam 2e-4, standardized features, centred unit word vectors, smoothing 0.1; E(word) -> 50-d z "
-            "against U[-1, 1], G with unit-length output, softmax reconstruction x1, D_img x0.1, D_z x0.1; 20 decoded "
-            "prior samples, softmax votes times prior",
+            "against U[-1, 1], G with unit-length output, softmax reconstruction x1 from E's codes and from prior codes, "
+            "D_img x0.1, D_z x0.1; 20 decoded prior samples, softmax votes times prior",
         ),
     },
 }
