@@ -1,7 +1,8 @@
 """The model bundle: one folder holding everything needed to tag, and its save/load with checks.
 
     config.json            format version, backbone, the generator's family and config, the condition,
-                           word-space and sampling settings, a summary of the training data and run
+                           the default tagging method, word-space and sampling settings, a summary
+                           of the training data and run
     generator.safetensors  generator weights (with its feature standardization buffers)
     vocabulary.json        the tag vocabulary: raw -> canonical map, counts, normalization settings
     word_vectors.npz       the skip-gram vectors of the vocabulary words
@@ -54,6 +55,7 @@ def config_dict(tagger: Tagger) -> dict:
         "backbone": {"name": tagger.backbone_name, "weights": tagger.backbone_weights, "feature_dim": tagger.feature_dim},
         "generator": {"family": tagger.family, "config": tagger.generator.config.to_dict()},
         "condition": tagger.condition.to_dict(),
+        "method": tagger.default_method,
         "words": tagger.words_config.to_dict(),
         "sampling": tagger.sampling.to_dict(),
         "vocabulary_size": len(tagger.words),
@@ -145,7 +147,9 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
                                  lambda f: {m: Calibration.from_dict(d) for m, d in json.loads(f.read_text()).items()})
     tagger = Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                     info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
-                    calibration=calibration)
+                    calibration=calibration, method=cfg.get("method"))
+    if tagger.default_method not in tagger.methods:
+        raise BundleError(f"{cfg_file}: default method {tagger.default_method!r} is not one of the bundle's ({', '.join(tagger.methods)})")
     unknown = sorted(set(calibration) - set(tagger.methods))
     if unknown:
         raise BundleError(f"{path / CALIBRATION}: calibrates {', '.join(unknown)}, which this bundle does not have")

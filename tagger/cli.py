@@ -29,7 +29,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
-MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae; the default), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency)")]
+MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
 
 
 class UserError(Exception):
@@ -143,6 +143,9 @@ def train(
         typer.echo(f"model bundle: {out}")
         if not math.isnan(summary["val_p5"]):  # nan when there were no validation photos
             typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
+        if "method" in summary:
+            scores = ", ".join(f"{m} {p:.4f}" for m, p in summary["method_val_p5"].items())
+            typer.echo(f"default method: {summary['method']} (validation P@5 {scores})")
         typer.echo(f"stages: {stages}")
 
     run(go)

@@ -1,8 +1,9 @@
 """`Tagger`: a loaded model bundle that tags photos, one scorer per tagging method.
 
 Its methods (`Tagger.methods`): the bundle's generator, named after its family (cgan, cvae, caae);
-knn and the generator + knn combination when the bundle has the kNN baseline; prior. The
-generator's method is the default. Where the bundle has a calibration for a method, its scores
+knn and the generator + knn combination when the bundle has the kNN baseline; prior. The bundle
+names its default (`tagger train` picks the generator or its combination with kNN, whichever did
+better on validation photos). Where the bundle has a calibration for a method, its scores
 are probabilities that the photo's owner would use the tag (`tagger.calibration`); otherwise they
 are relative to the photo's best tag (or vote shares, for the paper's plain votes). Saving and
 loading live in `tagger.bundle`.
@@ -51,6 +52,7 @@ class Tagger:
         knn: KNNTagger | None = None,
         condition: ConditionConfig = ConditionConfig(),
         calibration: dict[str, Calibration] | None = None,
+        method: str | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise ValueError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -68,6 +70,7 @@ class Tagger:
         self.knn = knn
         self.condition = condition
         self.calibration = dict(calibration or {})
+        self.method = method  # the method it tags with by default (None: the generator's)
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
         self._backbone = None
@@ -97,7 +100,7 @@ class Tagger:
 
     @property
     def default_method(self) -> str:
-        return self.family
+        return self.method or self.family
 
     @property
     def prior(self) -> np.ndarray:

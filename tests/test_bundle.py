@@ -47,7 +47,7 @@ def test_round_trip_of_every_family_with_condition_and_calibration(tmp_path, pho
     assert loaded.predict(photos, seed=3) == before
     assert config_dict(loaded) == config_dict(tagger)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg["generator"]["family"] == family and cfg["condition"] == {"neighbour_votes": 5}
+    assert cfg["generator"]["family"] == family and cfg["condition"] == {"neighbour_votes": 5} and cfg["method"] == family
     assert cfg["backbone"]["feature_dim"] == 32 and cfg["generator"]["config"]["feature_dim"] == 32 + len(tagger.words)
     # Calibrated scores are probabilities: within 0..1, in the raw ranking's order.
     scores = [s for row in before for _, s in row]
@@ -74,6 +74,8 @@ def test_the_condition_carries_the_neighbours_votes(photos):
     (lambda p: (p / "calibration.json").write_text("{"), "calibration.json: cannot load the calibration"),
     (lambda p: _edit(p, lambda c: {**c, "condition": {"neighbour_votes": -1}}),
      "config.json: missing or unknown setting (neighbour_votes must be 0 or more, got -1)"),
+    (lambda p: _edit(p, lambda c: {**c, "method": "clip"}),
+     "config.json: default method 'clip' is not one of the bundle's (cgan, knn, cgan+knn, prior)"),
 ])
 def test_damaged_condition_or_calibration_is_one_line_at_load(tmp_path, change, message):
     tagger = build_tiny_tagger(knn_photos=20, neighbour_votes=3)

@@ -36,6 +36,10 @@ def test_each_family_trains_saves_loads_and_tags_real_photos(slice_manifest, sub
     assert f"{family}: " in result.output and "validation P@5" in result.output
     tagger = Tagger.load(tmp_path / "m")
     assert tagger.family == family and tagger.info["generator"] == family and set(tagger.calibration) == set(tagger.methods)
+    # The default method is the generator alone or with kNN, whichever did better on the validation photos.
+    val = tagger.info["method_val_p5"]
+    assert set(val) == {family, f"{family}+knn"} and tagger.default_method == max(val, key=val.get)
+    assert f"default method: {tagger.default_method}" in result.output
     # On the slice's validation photos the family does far better than tagging every photo by tag frequency.
     ev = evaluate(tagger, manifest, split="val", cache_dir=cache / "features", progress=False)
     assert ev.tags[family]["P@5"] > 1.5 * ev.tags["prior"]["P@5"], ev.tags
