@@ -97,6 +97,9 @@ def evaluate(
 ) -> Evaluation:
     """Every method of every bundle on the same photos of `split`, by the split settings the bundles were trained with.
 
+    Each method is scored on the table users get (`Tagger.table`): calibrated probabilities where the
+    bundle has them, with what the pixels rule out removed.
+
     `models`: one tagger, or several by label; rows are named by method, or "label/method" for several.
     Bundles must share their split settings. A later bundle's knn and prior rows are left out when they
     tag exactly as an earlier bundle's do (the same training photos and vocabulary).
@@ -142,10 +145,10 @@ def evaluate(
         if len(taggers) == 1:
             for m in chosen:
                 tagger.scorer(m)  # an unknown method is an error that lists the model's
-        knn_table = tagger.apply_evidence(tagger.score_features(x, method="knn"), colour) if "knn" in tagger.methods else None
+        knn_table = tagger.table(x, "knn", colour) if "knn" in tagger.methods else None
         for method in (m for m in chosen if m in tagger.methods):
             start = time.perf_counter()
-            table = knn_table if method == "knn" else tagger.apply_evidence(tagger.score_features(x, method=method), colour)
+            table = knn_table if method == "knn" else tagger.table(x, method, colour)
             seconds = time.perf_counter() - start
             if method in ("knn", "prior"):
                 if any(np.array_equal(table, t) for t in seen):
@@ -156,8 +159,7 @@ def evaluate(
             ev.seconds[row] = seconds
             ev.tags[row] = report(table, truth)
             if method in tagger.calibration:
-                scores, hits = candidates(table, truth, CALIBRATION_TOP)
-                probs = tagger.calibration[method](scores)
+                probs, hits, _ = candidates(table, truth, CALIBRATION_TOP)  # the table holds probabilities
                 ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
                 ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP}
             ev.audit[row] = audit(table, truth, tagger.words, colour)

@@ -226,8 +226,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         tagger.calibration = calibrate(tagger, features[val_rows], val_truth, colour)
         # The default method: the generator alone or with kNN, whichever tags the validation photos better.
         choices = [m for m in (tagger.family, f"{tagger.family}+knn") if m in tagger.methods]
-        summary["method_val_p5"] = {m: precision_at_k(top_ids(tagger.apply_evidence(tagger.score_features(features[val_rows], method=m),
-                                                                                      colour), 5), val_truth, 5) for m in choices}
+        summary["method_val_p5"] = {m: precision_at_k(top_ids(tagger.table(features[val_rows], m, colour), 5), val_truth, 5)
+                                    for m in choices}
         tagger.method = max(choices, key=summary["method_val_p5"].get)
         summary["method"] = tagger.method
     stages.calibration = time.perf_counter() - t

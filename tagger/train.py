@@ -151,7 +151,9 @@ def train(
         # Statistics of the photos G trains on, never of held-out ones.
         used = features[np.unique(pairs[:, 0])]
         mean, std = used.mean(axis=0), used.std(axis=0)
-        G.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(np.maximum(std, 1e-6)))
+        # The floor keeps a column that never varies in training (a rare word's neighbour votes) from
+        # turning a held-out photo's first non-zero value into a huge input.
+        G.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(np.maximum(std, 1e-3)))
     if prior is None:  # the share of training photos that carry each word
         prior = np.bincount(pairs[:, 1], minlength=len(targets)) / max(len(np.unique(pairs[:, 0])), 1)
     rng = torch.Generator(device=device).manual_seed(config.seed)
