@@ -150,9 +150,6 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
                     calibration=calibration, method=cfg.get("method"))
     if tagger.default_method not in tagger.methods:
         raise BundleError(f"{cfg_file}: default method {tagger.default_method!r} is not one of the bundle's ({', '.join(tagger.methods)})")
-    for method, c in calibration.items():
-        if c.word_factor is not None and len(c.word_factor) != len(wv.words):
-            raise BundleError(f"{path / CALIBRATION}: {method} has {len(c.word_factor)} word factors, the bundle has {len(wv.words)} words")
     unknown = sorted(set(calibration) - set(tagger.methods))
     if unknown:
         raise BundleError(f"{path / CALIBRATION}: calibrates {', '.join(unknown)}, which this bundle does not have")

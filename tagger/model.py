@@ -158,8 +158,8 @@ class Tagger:
         return self.scorer(method).scores(features, config or self.sampling)
 
     def shown_scores(self, table: np.ndarray, method: str | None = None, config: SamplingConfig | None = None) -> np.ndarray:
-        """The scores users see for a raw table: probabilities where the method is calibrated (these also
-        rank the tags), else vote shares for plain votes, else relative to each photo's best."""
+        """The scores users see for a raw table: probabilities where the method is calibrated, else vote
+        shares for plain votes, else relative to each photo's best."""
         method = method or self.default_method
         if method in self.calibration:
             return self.calibration[method](table)
@@ -192,10 +192,7 @@ class Tagger:
         """Tags with scores, best first, for raw image features; `colour` (N,) says which photos have colour."""
         config = self.options(**options)
         table = self.apply_evidence(self.score_features(features, config, method), colour)
-        shown = self.shown_scores(table, method, config)
-        # Calibrated probabilities rank the tags; other shown scores keep the raw order, ties and all.
-        order = shown if (method or self.default_method) in self.calibration else table
-        return rank(shown, self.words, config, self.excluded_ids(config.exclude), order=order)
+        return rank(self.shown_scores(table, method, config), self.words, config, self.excluded_ids(config.exclude), order=table)
 
     def features(self, images: Sequence) -> np.ndarray:
         """Image features for photos given as paths or PIL images (raises ImageError on a bad file)."""
