@@ -2,8 +2,10 @@
 PYTHON ?= python3
 DATA ?= ../shared/datasets/mirflickr25k_subset
 MODEL ?= models/mirflickr
-SHIPPED_PRESET ?= adam
-SHIPPED_EPOCHS ?= 4
+SHIPPED_GENERATOR ?= cgan
+SHIPPED_PRESET ?= votes
+# A tenth of the photos is held out to pick the epoch, kNN's K and the default method, and to calibrate the scores.
+SHIPPED_SPLIT ?= 0.9,0.1,0
 # The subset's tag lists of photos without an image: more text for word2vec (used when present).
 CORPUS ?= $(wildcard $(DATA)/tags_corpus.tsv)
 
@@ -27,7 +29,7 @@ train: ## train a model bundle on DATA into MODEL
 
 model: ## rebuild the shipped model (tagger/assets/model) from the MIRFLICKR subset at DATA
 	@test -f $(DATA)/annotations.jsonl || { echo "MIRFLICKR subset not found at $(DATA): set DATA=folder (with annotations.jsonl)"; exit 1; }
-	tagger train $(DATA) --out tagger/assets/model --preset $(SHIPPED_PRESET) --epochs $(SHIPPED_EPOCHS) --split 1,0,0 --half $(if $(CORPUS),--corpus $(CORPUS))
+	tagger train $(DATA) --out tagger/assets/model --generator $(SHIPPED_GENERATOR) --preset $(SHIPPED_PRESET) --split $(SHIPPED_SPLIT) --half $(if $(CORPUS),--corpus $(CORPUS))
 
 evaluate: ## evaluate MODEL on the test split of DATA into reports/
 	tagger evaluate $(DATA) --model $(MODEL) --out reports

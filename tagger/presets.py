@@ -7,7 +7,7 @@ left open, each named and described, never silently mixed into "paper".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tagger.condition import ConditionConfig
 from tagger.generators import GeneratorConfig, TrainConfig
@@ -52,6 +52,18 @@ PRESETS: dict[str, dict[str, Preset]] = {
             "output and 5 heads picked by the noise, a mixture-of-softmaxes reconstruction term (x1); 20 samples, "
             "100 nearest words each, each sample's softmax votes times prior",
         ),
+        "votes": Preset(
+            # From the validation runs: the neighbours' votes in the condition, more heads, half the frequency
+            # term in training and at tagging time, 6 epochs. 8 heads keep the bundle under 25 MB.
+            generator=CGANConfig(unit_output=True, heads=8),
+            train=replace(_ADAM, recon_prior=0.5, epochs=6),
+            words=_WORDS,
+            standardize_features=True,
+            condition=ConditionConfig(neighbour_votes=50),
+            sampling=replace(_SAMPLING, prior_power=0.5),
+            description="the adam preset conditioned on the image and its 50 nearest training photos' tag votes, "
+            "with 8 heads, the frequency term at 0.5 in training and tagging, 6 epochs",
+        ),
     },
     "cvae": {
         "default": Preset(
@@ -63,6 +75,16 @@ PRESETS: dict[str, dict[str, Preset]] = {
             description="Adam 2e-4, standardized features, centred unit word vectors; decoder with unit-length output, "
             "the softmax over the vocabulary as its likelihood, KL x1 to N(0, I) over a 32-d z; 20 decoded prior "
             "samples, softmax votes times prior",
+        ),
+        "votes": Preset(
+            generator=CVAEConfig(unit_output=True),
+            train=TrainConfig(optimizer="adam", lr=2e-4, lr_decay=1.0, recon="softmax", recon_weight=1.0, recon_prior=0.5, epochs=6),
+            words=_WORDS,
+            standardize_features=True,
+            condition=ConditionConfig(neighbour_votes=50),
+            sampling=replace(_SAMPLING, prior_power=0.5),
+            description="the default preset conditioned on the image and its 50 nearest training photos' tag votes, "
+            "the frequency term at 0.5 in training and tagging, 6 epochs",
         ),
     },
     "caae": {
