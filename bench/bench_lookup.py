@@ -70,7 +70,7 @@ def product_queries(args) -> tuple[np.ndarray, np.ndarray, str, list[str], int]:
         from pipelines.images import list_images
 
         paths = list_images(args.images)[: args.photos]
-        features = tagger.features(paths)
+        features = tagger.conditions(tagger.features(paths))  # what G is conditioned on (the photo, its neighbours' votes)
         source = f"{len(paths)} shared photos"
     else:
         rng = np.random.default_rng(args.seed)

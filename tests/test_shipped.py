@@ -11,11 +11,19 @@ from tagger.shipped import SHIPPED, default_model_path
 pytestmark = pytest.mark.skipif(default_model_path() is None, reason=f"no shipped model at {SHIPPED} (make model builds it)")
 
 
-def test_shipped_model_is_small_and_half_precision():
+def test_shipped_model_is_small_half_precision_and_calibrated():
     size = sum(f.stat().st_size for f in SHIPPED.iterdir())
-    assert size <= 20 * 2**20, f"{size / 2**20:.1f} MB"
-    info = json.loads((SHIPPED / "config.json").read_text())["info"]
-    assert info["split_fractions"] == [1.0, 0.0, 0.0] and info["photos"] > 10000
+    assert size <= 25_000_000, f"{size / 1e6:.1f} MB"
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED / "generator.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+    config = json.loads((SHIPPED / "config.json").read_text())
+    info = config["info"]
+    # A tenth of the photos held out to choose the epoch, kNN's K and the default method, and to calibrate.
+    assert info["split_fractions"] == [0.9, 0.1, 0.0] and info["photos"] > 10000
+    assert config["method"] == info["method"] == max(info["method_val_p5"], key=info["method_val_p5"].get)
+    assert config["method"] in json.loads((SHIPPED / "calibration.json").read_text())
 
 
 @pytest.mark.data
