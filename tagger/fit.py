@@ -1,8 +1,9 @@
-"""`tagger train` end to end: photos and tags -> features, word2vec, tag index, GAN -> a model bundle.
+"""`tagger train` end to end: photos and tags -> features, word2vec, tag index, kNN, the generator,
+its calibration and default method -> a model bundle.
 
 Each stage reuses a cache where one exists: image features by file content and backbone, word
-vectors by corpus and settings, and the GAN run by a checkpoint after every epoch, so running the
-same command again (or after an interruption) redoes only what is missing.
+vectors by corpus and settings, and the generator's run by a checkpoint after every epoch, so
+running the same command again (or after an interruption) redoes only what is missing.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class Stages:
 
 
 def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
-    """Everything before the GAN: frame with splits, features, vocabulary, word vectors."""
+    """Everything before the generator: frame with splits, features, vocabulary, word vectors."""
     stages = Stages()
     t = time.perf_counter()
     frame = read_dataset(data)

@@ -171,7 +171,11 @@ def train(
 
     ckpt_path = work_dir / "checkpoint.pt" if work_dir else None
     if ckpt_path and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except Exception as e:  # a pickle with code in it, a truncated or foreign file: each fails its own way
+            first = " ".join(str(e).split())[:200]
+            raise ValueError(f"{ckpt_path}: not a checkpoint this tagger wrote, not loaded ({first}); delete it to start over") from e
         trainer.load_state_dict(ckpt["trainer"])
         if G_ema is not None:
             G_ema.load_state_dict(ckpt["G_ema"])
