@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pipelines.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from pipelines.images import ImageError, decode_image, read_bytes, to_rgb
+from pipelines.images import ImageError, chroma, decode_image, read_bytes, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class FeatureResult:
     errors: dict[int, str]  # row -> "path: reason" for every photo that failed
     n_extracted: int = 0  # photos run through the backbone in this call
     n_cached: int = 0  # photos answered from the cache
+    # (N,) each photo's mean chroma (pipelines.images.chroma), measured by the worker that decoded it; NaN
+    # where it was not decoded in this call (cached, duplicate or failed): colour evidence without a second decode.
+    chroma: np.ndarray | None = None
 
 
 def hash_bytes(data: bytes) -> str:
@@ -72,7 +75,7 @@ def hash_bytes(data: bytes) -> str:
 
 
 class _PhotoDataset(Dataset):
-    """Item i: (row, content hash, uint8 CHW tensor or None, failure reason or None). Never raises for a bad photo."""
+    """Item i: (row, content hash, uint8 CHW tensor or None, failure reason or None, chroma). Never raises for a bad photo."""
 
     def __init__(self, paths: Sequence[Path], rows: Sequence[int], transform, min_side: int):
         self.paths, self.rows, self.transform, self.min_side = paths, rows, transform, min_side
@@ -88,11 +91,11 @@ class _PhotoDataset(Dataset):
             # Hashing the bytes actually decoded keeps cache keys right even if the file changes mid-run.
             digest = hash_bytes(data)
             image = decode_image(data, path, min_side=self.min_side)
-            return row, digest, self.transform(image), None
+            return row, digest, self.transform(image), None, chroma(image)
         except ImageError as e:
-            return row, None, None, e.reason
+            return row, None, None, e.reason, float("nan")
         except Exception as e:  # noqa: BLE001 - one odd photo must not end a run over thousands
-            return row, None, None, f"{type(e).__name__}: {e}"
+            return row, None, None, f"{type(e).__name__}: {e}", float("nan")
 
 
 def _collate(items):
@@ -102,7 +105,7 @@ def _collate(items):
     hashes = [it[1] for it in good]
     x = torch.stack([it[2] for it in good]) if good else None
     failed = [(it[0], it[3]) for it in items if it[2] is None]
-    return rows, hashes, x, failed
+    return rows, hashes, x, failed, [it[4] for it in good]
 
 
 # --- the cache ----------------------------------------------------------------------------------------
@@ -198,7 +201,7 @@ def extract_features(
     features = np.full((n, backbone.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     reasons: dict[int, str] = {}
-    result = FeatureResult(features, ok, {})
+    result = FeatureResult(features, ok, {}, chroma=np.full(n, np.nan, dtype=np.float32))
 
     cache = FeatureCache(config.cache_dir, backbone) if config.cache_dir is not None else None
     duplicates: dict[int, int] = {}  # row -> the row with the same content that is extracted for it
@@ -227,7 +230,8 @@ def extract_features(
 
     if todo:
         run = f"{time.time_ns():x}-{os.getpid()}"
-        new_rows, new_hashes, batch_shards = _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report)
+        new_rows, new_hashes, batch_shards = _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report,
+                                                  chroma_out=result.chroma)
         result.n_extracted = len(new_rows)
         if cache is not None and new_rows:
             # One shard per completed run instead of one per batch keeps lookups quick.
@@ -249,8 +253,8 @@ def extract_features(
     return result
 
 
-def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True):
-    """Decode and forward the `todo` rows, filling `features` and `reasons` in place; a cache shard per batch."""
+def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True, chroma_out=None):
+    """Decode and forward the `todo` rows, filling `features`, `reasons` (and `chroma`) in place; a cache shard per batch."""
     dataset = _PhotoDataset(paths, todo, backbone.pixels_transform, min_side=backbone.preprocessing.resize)
     loader = DataLoader(
         dataset,
@@ -264,7 +268,7 @@ def _run(paths, todo, backbone, config, progress, features, reasons, cache, run,
     shards: list[str] = []
     bar = tqdm(total=len(todo), unit="photo", desc=f"features {backbone.name}", disable=not progress, smoothing=0.1)
     with torch.inference_mode(), bar:
-        for batch, (rows, hashes, x, failed) in enumerate(loader):
+        for batch, (rows, hashes, x, failed, chromas) in enumerate(loader):
             for row, reason in failed:
                 reasons[row] = reason
                 if report:
@@ -272,6 +276,8 @@ def _run(paths, todo, backbone, config, progress, features, reasons, cache, run,
             if rows:
                 out = backbone.forward_features(x).cpu().numpy()
                 features[rows] = out
+                if chroma_out is not None:
+                    chroma_out[rows] = chromas
                 new_rows += rows
                 new_hashes += hashes
                 if cache is not None:

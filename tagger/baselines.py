@@ -92,11 +92,14 @@ class KNNTagger:
     def votes(self, features: np.ndarray, k: int | None = None, self_rows: np.ndarray | None = None) -> np.ndarray:
         """(N, V) how many of each photo's k nearest training photos carry each word."""
         nbrs = self.neighbours(features, k or self.config.k, self_rows)
-        table = np.zeros((len(features), self.vocab_size), dtype=np.float32)
-        for row, ids in enumerate(nbrs):
-            words = np.concatenate([self.indices[self.indptr[i] : self.indptr[i + 1]] for i in ids if i >= 0] or [np.zeros(0, np.int64)])
-            table[row] = np.bincount(words, minlength=self.vocab_size)
-        return table
+        rows = np.repeat(np.arange(len(nbrs)), nbrs.shape[1])[nbrs.ravel() >= 0]
+        found = nbrs.ravel()[nbrs.ravel() >= 0]
+        # Every neighbour's tag ids, gathered from the CSR arrays at once: their positions in `indices`.
+        starts, lengths = self.indptr[found], self.indptr[found + 1] - self.indptr[found]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        words = self.indices[np.repeat(starts, lengths) + offsets]
+        flat = np.repeat(rows, lengths) * self.vocab_size + words
+        return np.bincount(flat, minlength=len(nbrs) * self.vocab_size).reshape(len(nbrs), self.vocab_size).astype(np.float32)
 
     def scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
         """(N, V) TagVote scores for raw image features (N, D)."""

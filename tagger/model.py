@@ -22,7 +22,7 @@ from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
 from pipelines.features import FeatureConfig, extract_features, extract_images
-from pipelines.images import is_colour, load_image
+from pipelines.images import COLOUR_CHROMA, is_colour, load_image
 from pipelines.memory import release_free_memory
 from tagger.baselines import KNNTagger
 from tagger.calibration import Calibration
@@ -223,7 +223,9 @@ class Tagger:
             # The caller gets every failure with its photo and reports it; the extractor need not say it too.
             result = extract_features(part, fcfg, progress=False, backbone=self.backbone, report=False)
             rows = np.flatnonzero(result.ok)
-            colour = np.array([is_colour(part[i]) for i in rows], dtype=bool)
+            # The extractor measured the chroma of every photo it decoded; the file is opened again only for others.
+            colour = np.array([result.chroma[i] > COLOUR_CHROMA if np.isfinite(result.chroma[i]) else is_colour(part[i])
+                               for i in rows], dtype=bool)
             tags = self.predict_features(result.features[rows], method, colour=colour, **options) if len(rows) else []
             by_row = dict(zip(rows.tolist(), tags))
             errors = result.errors

@@ -48,3 +48,20 @@ def test_audit_counts_kinds_against_the_owners():
     assert out["place"] == {"photos": 3, "tagged": 3, "owners": 2, "right": 1}
     assert out["self"] == {"photos": 3, "tagged": 1, "owners": 1, "right": 1}
     assert out["blackandwhite on colour"] == {"photos": 2, "tagged": 1, "owners": 0, "right": 0}
+
+
+def test_the_extractor_measures_colour_as_the_photo_would_be_measured(tmp_path):
+    from pipelines.features import FeatureConfig, extract_features
+    from pipelines.images import COLOUR_CHROMA, load_image
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, grey in enumerate([False, True, False, True]):
+        a = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        im = Image.fromarray(a).convert("L").convert("RGB") if grey else Image.fromarray(a)
+        paths.append(tmp_path / f"p{i}.png")
+        im.save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    result = extract_features([*paths, tmp_path / "bad.jpg"], FeatureConfig(backbone="tiny", num_workers=0), progress=False)
+    assert (result.chroma[:4] > COLOUR_CHROMA).tolist() == [is_colour(load_image(p)) for p in paths] == [True, False, True, False]
+    assert np.isnan(result.chroma[4])
