@@ -117,10 +117,11 @@ def test_word_space_preparation():
     np.testing.assert_allclose(c[0], -c[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("joint,unit", [(0, False), (16, False), (0, True), (16, True)])
-def test_generate_equals_forward_on_repeated_rows(joint, unit):
-    G = WordGenerator(CGANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint, unit_output=unit)).eval()
-    x, shared = torch.randn(4, 12), G.sample_noise(6)
+@pytest.mark.parametrize("joint,unit,heads", [(0, False, 1), (16, False, 1), (0, True, 1), (16, True, 1), (0, True, 3), (0, False, 3),
+                                               (16, True, 3)])
+def test_generate_equals_forward_on_repeated_rows(joint, unit, heads):
+    G = WordGenerator(CGANConfig(feature_dim=12, word_dim=7, noise_dim=5, g_joint_hidden=joint, unit_output=unit, heads=heads)).eval()
+    x, shared = torch.randn(4, 12), G.sample_noise(6, stratified=True)
     many = G.generate(shared, x)
     assert many.shape == (4, 6, 7)
     assert torch.allclose(many.reshape(24, 7), G(shared.repeat(4, 1), x.repeat_interleave(6, dim=0)), atol=1e-5)

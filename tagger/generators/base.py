@@ -131,12 +131,21 @@ class WordGenerator(nn.Module):
         The image branch runs once per photo rather than once per sample: the layer after the join is
         split into its noise and image columns, so M samples cost little more than one.
         """
-        layer = self.joint[0] if self.config.g_joint_hidden else self.out
-        hn, w = self.config.g_noise_hidden, layer.weight
+        c = self.config
+        layer = self.joint[0] if c.g_joint_hidden else self.out
+        hn, w = c.g_noise_hidden, layer.weight
         image = self.image_branch(self.normalize(features)) @ w[:, hn:].T  # (N, width)
         noise_part = self.noise_branch(noise) @ w[:, :hn].T  # (M, width) or (N, M, width)
+        if c.heads > 1 and not c.g_joint_hidden and noise.dim() == 2:
+            # Noise shared by every photo picks one head per sample: add up only that head's columns.
+            k = self.head_of(noise)  # (M,)
+            cols = (k[:, None] * c.word_dim + torch.arange(c.word_dim, device=k.device)).flatten()  # (M * word_dim,)
+            m = len(noise)
+            picked = (image[:, cols].view(-1, m, c.word_dim) + noise_part.gather(1, cols.view(m, c.word_dim))
+                      + layer.bias[cols].view(m, c.word_dim))
+            return F.normalize(picked, dim=-1) if c.unit_output else picked
         h = image[:, None, :] + noise_part + layer.bias
-        if self.config.g_joint_hidden:
+        if c.g_joint_hidden:
             h = self.out(self.joint[2](self.joint[1](h)))
         return self.pick(self._finish(h), noise)
 
