@@ -1,10 +1,10 @@
 """What every generator family gives: a conditional generator of word vectors, and its training step.
 
 Tagging needs only `WordGenerator`, the one network every family trains: noise from
-`sample_noise`, then `generate(noise, features)`, M word vectors for each of N photos. Training needs a family's `Trainer`: it builds the networks
-the family trains beside the generator (discriminators, encoders), owns their losses and
-optimizers, takes one step on a batch of (photo, tag) pairs and saves and restores its state for
-checkpoints. The loop around it (`tagger.train`) is the same for every family: schedule, weight
+`sample_noise`, then `generate(noise, features)`, M word vectors for each of N photos. Training
+needs a family's `Trainer`: it builds the networks the family trains beside the generator
+(discriminators, encoders), owns their losses and optimizers, takes one step on a batch of
+(photo, tag) pairs and saves and restores its state for checkpoints. The loop around it (`tagger.train`) is the same for every family: schedule, weight
 averaging, validation, checkpoints.
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ class TrainContext:
 class Trainer:
     """One family's training: the generator, its companion networks, losses and optimizers.
 
-    `step(features, words)` takes raw features (B, feature_dim) and word ids (B,) of a batch of
+    `step(features, words, photos)` takes raw features (B, feature_dim) and word ids (B,) of a batch of
     (photo, tag) pairs (`photos` (B,) their rows, for losses over a photo's whole tag set) and
     returns the step's losses as floats. `optimizers` is every optimizer, for the learning-rate
     schedule the loop applies. `state_dict` holds everything but the generator's averaged copy.
