@@ -25,16 +25,6 @@ class KNNConfig:
     subtract_prior: bool = True  # TagVote: votes minus K * prior
 
 
-class TagPrior:
-    """Tag frequencies of the training photos."""
-
-    def __init__(self, counts: np.ndarray, n_photos: int):
-        self.prior = np.asarray(counts, dtype=np.float32) / max(n_photos, 1)
-
-    def scores(self, n: int) -> np.ndarray:
-        return np.broadcast_to(self.prior, (n, len(self.prior))).copy()
-
-
 class KNNTagger:
     """TagVote over a PCA-reduced copy of the training photos' features and their tag ids."""
 
