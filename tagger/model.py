@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ class Tagger:
     def default_method(self) -> str:
         return self.method or self.family
 
-    @property
+    @cached_property
     def prior(self) -> np.ndarray:
         """Share of training photos carrying each word."""
         n = self.info.get("train_photos") or int(self.vocabulary.counts.max(initial=1))

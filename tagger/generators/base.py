@@ -50,6 +50,11 @@ class GeneratorConfig:
         return asdict(self)
 
 
+def branch(d_in: int, d_out: int, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> dropout: every hidden layer of the paper's networks, and of the families' own."""
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(dropout))
+
+
 class WordGenerator(nn.Module):
     """G(noise, condition) -> word vector, the network every family trains (the paper's generator).
 
@@ -65,11 +70,11 @@ class WordGenerator(nn.Module):
         # Feature standardization travels with the weights, so a saved generator needs no side data.
         self.register_buffer("feature_mean", torch.zeros(c.feature_dim))
         self.register_buffer("feature_scale", torch.ones(c.feature_dim))
-        self.noise_branch = nn.Sequential(nn.Linear(c.noise_dim, c.g_noise_hidden), nn.ReLU(), nn.Dropout(c.dropout))
-        self.image_branch = nn.Sequential(nn.Linear(c.feature_dim, c.g_image_hidden), nn.ReLU(), nn.Dropout(c.dropout))
+        self.noise_branch = branch(c.noise_dim, c.g_noise_hidden, c.dropout)
+        self.image_branch = branch(c.feature_dim, c.g_image_hidden, c.dropout)
         joined = c.g_noise_hidden + c.g_image_hidden
         if c.g_joint_hidden:
-            self.joint = nn.Sequential(nn.Linear(joined, c.g_joint_hidden), nn.ReLU(), nn.Dropout(c.dropout))
+            self.joint = branch(joined, c.g_joint_hidden, c.dropout)
         self.out = nn.Linear(c.g_joint_hidden or joined, c.word_dim * c.heads)
 
     @property

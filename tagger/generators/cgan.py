@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tagger.generators import Family, register_family
-from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, make_optimizer
+from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, branch, make_optimizer
 from tagger.generators.losses import bce, mode_seeking_loss, reconstruction, set_loss
 
 
@@ -42,8 +42,8 @@ class Discriminator(nn.Module):
     def __init__(self, config: CGANConfig):
         super().__init__()
         c = config
-        self.word_branch = nn.Sequential(nn.Linear(c.word_dim, c.d_word_hidden), nn.ReLU(), nn.Dropout(c.dropout))
-        self.image_branch = nn.Sequential(nn.Linear(c.feature_dim, c.d_image_hidden), nn.ReLU(), nn.Dropout(c.dropout))
+        self.word_branch = branch(c.word_dim, c.d_word_hidden, c.dropout)
+        self.image_branch = branch(c.feature_dim, c.d_image_hidden, c.dropout)
         self.joint = nn.Sequential(
             Maxout(c.d_word_hidden + c.d_image_hidden, c.d_maxout_units, c.d_maxout_pieces), nn.Dropout(c.dropout)
         )

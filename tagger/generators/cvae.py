@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tagger.generators import Family, register_family
-from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, make_optimizer
+from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, branch, make_optimizer
 from tagger.generators.losses import reconstruction
 
 
@@ -34,8 +34,8 @@ class Encoder(nn.Module):
     def __init__(self, config: CVAEConfig):
         super().__init__()
         c = config
-        self.word_branch = nn.Sequential(nn.Linear(c.word_dim, c.e_word_hidden), nn.ReLU(), nn.Dropout(c.dropout))
-        self.image_branch = nn.Sequential(nn.Linear(c.feature_dim, c.e_image_hidden), nn.ReLU(), nn.Dropout(c.dropout))
+        self.word_branch = branch(c.word_dim, c.e_word_hidden, c.dropout)
+        self.image_branch = branch(c.feature_dim, c.e_image_hidden, c.dropout)
         self.out = nn.Linear(c.e_word_hidden + c.e_image_hidden, 2 * c.noise_dim)
 
     def forward(self, words: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
