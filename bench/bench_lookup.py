@@ -67,7 +67,7 @@ def product_queries(args) -> tuple[np.ndarray, np.ndarray, str, list[str], int]:
     tagger = Tagger.load(args.model or default_model_path())
     G = tagger.generator
     if not args.synthetic_features and args.images.is_dir():
-        from pipelines.images import list_images
+        from pipelines.scan import list_images
 
         paths = list_images(args.images)[: args.photos]
         features = tagger.conditions(tagger.features(paths))  # what G is conditioned on (the photo, its neighbours' votes)

@@ -44,7 +44,7 @@ def rel(path: str | Path) -> str:
 
 def subset_photos(n: int | None = None, folder: Path = IMAGES) -> list[Path]:
     """The first n photos of the shared subset (sorted like `tagger tag` lists them); exits with the reason where absent."""
-    from pipelines.images import list_images
+    from pipelines.scan import list_images
 
     if not folder.is_dir():
         sys.exit(f"photos not found at {rel(folder)} (set TAGGER_SUBSET to the subset folder, or pass a folder of photos)")

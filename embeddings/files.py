@@ -23,10 +23,13 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None] | bytes) -> None:
-    """Write a file through a temporary file in the same folder, then rename it over `path`."""
+    """Write a file through a temporary file in the same folder, then rename it over `path`.
+
+    The temporary file is `.NAME.PID.XXXXXXXX.tmp`; `stale_pattern(NAME)` finds those of killed writers.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -54,10 +57,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stale = re.escape(f".{path.name}.") + r"(?P<pid>\d+)\.\w+\."
-    remove_stale(path.parent, stale + "tmp")
+    remove_stale(path.parent, stale_pattern(path.name))
     if path.exists():
-        remove_stale(path.parent, stale + "old")
+        remove_stale(path.parent, stale_pattern(path.name, "old"))
     prefix = f".{path.name}.{os.getpid()}."
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     try:
@@ -74,6 +76,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def stale_pattern(name: str, suffix: str = "tmp") -> str:
+    """The `remove_stale` pattern of the temporary names atomic_write and atomic_dir give for `name`."""
+    return re.escape(f".{name}.") + r"(?P<pid>\d+)\.\w+\." + suffix
 
 
 def pid_running(pid: int) -> bool:

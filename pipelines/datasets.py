@@ -1,4 +1,4 @@
-"""Dataset readers: MIRFLICKR-25K, the shared subset and CSV/Parquet manifests, all into one frame.
+"""Dataset readers: MIRFLICKR-25K, the shared subset, CSV/Parquet manifests and photo libraries, all into one frame.
 
 Every reader returns a pandas frame with one row per photo:
 
@@ -46,10 +46,33 @@ def read_dataset(source: str | Path, *, path_column: str | None = None, tags_col
     for root in (source, source / "mirflickr"):
         if (root / "meta" / "tags").is_dir():
             return read_mirflickr(root)
-    raise DatasetError(
-        f"{source}: not a dataset folder (expected annotations.jsonl, MIRFLICKR's meta/tags/, "
-        "or pass a CSV/Parquet manifest with a path and a tags column)"
-    )
+    return read_library(source)
+
+
+def read_library(root: str | Path) -> pd.DataFrame:
+    """A photo library: every photo under `root` with the keywords its owner gave it.
+
+    Keywords come from the photo's XMP and IPTC and from its XMP sidecar (`pipelines.keywords`),
+    the way digiKam, Lightroom and darktable keep them; keywords `tagger tag` wrote are left out, so
+    a model never learns from its own output. The id is the path relative to `root`.
+    """
+    from pipelines.keywords import owner_keywords
+    from pipelines.scan import scan
+
+    root = Path(root)
+    photos = scan([root]).photos
+    if not photos:
+        raise DatasetError(
+            f"{root}: not a dataset folder and no photos in it (expected photos with keywords, annotations.jsonl, "
+            "MIRFLICKR's meta/tags/, or pass a CSV/Parquet manifest with a path and a tags column)"
+        )
+    rows = [(p.relative_to(root).as_posix(), str(p.resolve()), owner_keywords(p), None) for p in photos]
+    if not any(tags for _, _, tags, _ in rows):
+        raise DatasetError(
+            f"{root}: {len(rows)} photos, none with keywords (read from XMP dc:subject, IPTC Keywords and XMP sidecars); "
+            "give some photos keywords in your photo manager, or pass a CSV/Parquet manifest with a path and a tags column"
+        )
+    return _frame(rows, root)
 
 
 def read_subset(root: str | Path) -> pd.DataFrame:

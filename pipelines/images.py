@@ -13,9 +13,8 @@ pixel is decoded. Either refusal reads the same: "decompression bomb: 400 MP ima
 """
 from __future__ import annotations
 
+import functools
 import io
-import logging
-import os
 import re
 import struct
 import warnings
@@ -25,10 +24,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below what would exhaust memory
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
 
-log = logging.getLogger(__name__)
 
 
 class ImageError(Exception):
@@ -77,6 +74,8 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
             # Pillow's own bomb warning fires at its global limit (~89 MP), at open and for some formats
             # again while decoding; ours is MAX_PIXELS, checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if is_heif(data):
+                register_heif()
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
@@ -102,6 +101,23 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
         return to_rgb(im)
     except ValueError as e:
         raise ImageError(path, str(e)) from None
+
+
+# ISO base media "ftyp" brands of HEIF stills (iPhone photos are "heic"); pillow-heif decodes them.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether a file starting with these bytes (12 are enough) is a HEIF still image."""
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+@functools.cache
+def register_heif() -> None:
+    """Teach Pillow HEIF, on the first HEIF photo rather than at import: most runs never meet one."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
 
 
 def too_many_pixels(pixels: int, size: str = "") -> str:
@@ -172,35 +188,6 @@ def printable_path(path: str | Path) -> str:
     Such a name decodes to lone surrogates, which no UTF-8 output (nor pandas' Arrow strings) can hold.
     """
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Every image file under `folder`, recursively, sorted, chosen by extension (any case).
-
-    Symlinked folders are followed once each, so a link back up the tree cannot loop. Hidden
-    files and folders (a leading dot, e.g. macOS `._im1.jpg` shadow files) are skipped. A folder
-    that cannot be read is logged as a warning naming it; the rest of the tree is still listed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: not a folder")
-    seen: set[tuple[int, int]] = set()
-    found = []
-
-    def unreadable(e: OSError) -> None:
-        log.warning("%s: cannot read folder (%s); its photos are left out", printable_path(e.filename), e.strerror or e)
-
-    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
-        st = os.stat(root)
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(root) / name)
-    return sorted(found)
 
 
 # Mean chroma (max minus min of R, G, B on 0..255) above which a photo counts as colour. Black-and-white

@@ -1,13 +1,17 @@
-"""`tagger tag DIR`: tag every photo under a folder into one results file, resumably.
+"""`tagger tag`: tag every photo of a library into one results file, resumably, and keep its sidecars in step.
 
 Results go first to a journal beside the output (`OUT.journal.jsonl`), one JSON line per photo,
-flushed to the OS as soon as the photo is tagged; a torn last line from a kill is ignored on reading. When the
-run ends the output (CSV, JSONL or Parquet, by extension) is written atomically from the previous
-output plus the journal, and the journal is removed. A run after an interruption, or on a folder
-that gained or changed photos, reads both back and tags only photos whose content hash is new, so
-nothing is lost and nothing is tagged twice. A lock file keeps two runs off the same output: the
-second is refused at once. Photos that could not be tagged are listed, with the reason, in
-`OUT.failed.tsv` (as well as in the output's `error` column).
+flushed to the OS as soon as the photo is tagged; a torn last line from a kill is ignored on
+reading. When the run ends the output (CSV, JSONL or Parquet, by extension) is written atomically
+from the previous output plus the journal, and the journal is removed. A run after an
+interruption, or on a folder that gained or changed photos, reads both back and tags only photos
+whose content hash is new, or whose row was made with another model or other options (the
+`settings` column), so nothing is lost and nothing is tagged twice. A lock file keeps two runs off
+the same output: the second is refused at once. Photos that could not be tagged are listed, with
+the reason, in `OUT.failed.tsv` (as well as in the output's `error` column).
+
+Sidecars are state of their own, reconciled on every run (`tagger.sidecar.sync`): a missing,
+stale or earlier-failed sidecar is written whether or not its photo needed tagging.
 """
 from __future__ import annotations
 
@@ -16,20 +20,22 @@ import hashlib
 import io
 import json
 import os
-import re
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from embeddings.files import remove_stale
-from pipelines.images import list_images
+from embeddings.files import atomic_write, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
+from pipelines.keywords import DEFAULT_ROOT, owner_keywords
+from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
+from tagger.sidecar import SidecarConfig, SidecarError, sync
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-COLUMNS = ["path", "tags", "scores", "error", "hash"]
+COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
+OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
 
 
 class BatchError(RuntimeError):
@@ -37,17 +43,45 @@ class BatchError(RuntimeError):
 
 
 @dataclass
+class Plan:
+    """What a run is about to do, known once the library is scanned and hashed."""
+
+    photos: int  # photos found
+    todo: int  # to tag: new, changed, or tagged with other settings
+    retag: int  # of todo: unchanged photos whose model or options changed
+    skipped: int  # files not taken (see Summary.skipped)
+
+
+@dataclass
 class Summary:
     tagged: int = 0  # tagged in this run
     kept: int = 0  # unchanged since an earlier run: its row was kept
-    failed: int = 0  # could not be read as a photo (reported with the reason)
+    failed: int = 0  # could not be read as a photo (reported with the reason), in this run or before on the same file
+    failed_now: int = 0  # of failed: in this run
     failures: list[str] = field(default_factory=list)
-    sidecar_errors: list[str] = field(default_factory=list)
     failures_file: Path | None = None  # OUT.failed.tsv: every photo of the folder that could not be tagged, with why
+    skipped: Counter = field(default_factory=Counter)  # reason -> files not taken (pipelines.scan reasons, OWNER_TAGGED)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> the first file skipped for it
+    sidecars_written: int = 0
+    sidecar_errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    to_tag: list[str] = field(default_factory=list)  # dry run: the photos a run would tag
 
     @property
     def total(self) -> int:
         return self.tagged + self.kept + self.failed
+
+    @property
+    def ok(self) -> bool:
+        """No photo failed in this run and every sidecar is in step (the exit code of a run).
+
+        A file that failed before and has not changed is still listed, but does not fail every later run.
+        """
+        return not self.failed_now and not self.sidecar_errors
+
+    def skip(self, reason: str, path: Path) -> None:
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, path_key(path))
 
 
 def output_format(out: Path) -> str:
@@ -58,11 +92,8 @@ def output_format(out: Path) -> str:
 
 
 def file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 def read_results(out: Path) -> pd.DataFrame:
@@ -91,8 +122,8 @@ def read_results(out: Path) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in rows:
             rows[col] = ""
-    rows["error"] = rows["error"].fillna("").astype(str)
-    rows["hash"] = rows["hash"].fillna("").astype(str)
+    for col in ("error", "hash", "settings"):
+        rows[col] = rows[col].fillna("").astype(str)
     return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
 
 
@@ -115,29 +146,24 @@ def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["path", "error"])
     writer.writerows(zip(failed["path"], failed["error"]))
-    _atomic_write(target, buf.getvalue())
+    atomic_write(target, buf.getvalue().encode("utf-8"))
     return target
 
 
 def write_results(rows: pd.DataFrame, out: Path) -> None:
     """The whole output, atomically: a reader sees the old file or the new one, never half."""
     fmt = output_format(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     rows = rows[COLUMNS].sort_values("path").reset_index(drop=True)
     if fmt == "csv":
         flat = rows.copy()
         flat["tags"] = flat["tags"].map(";".join)
         flat["scores"] = flat["scores"].map(lambda s: ";".join(f"{x:.4f}" for x in s))
-        flat.to_csv(tmp, index=False)
+        atomic_write(out, flat.to_csv(index=False).encode("utf-8"))
     elif fmt == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in rows.to_dict("records"):
-                f.write(json.dumps(_plain(rec), ensure_ascii=False) + "\n")
+        atomic_write(out, "".join(json.dumps(_plain(rec), ensure_ascii=False) + "\n" for rec in rows.to_dict("records")).encode("utf-8"))
     else:
-        rows.assign(scores=rows["scores"].map(lambda s: [float(x) for x in s])).to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+        rows = rows.assign(scores=rows["scores"].map(lambda s: [float(x) for x in s]))
+        atomic_write(out, lambda f: rows.to_parquet(f, index=False))
 
 
 class Lock:
@@ -186,54 +212,91 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def tag_folder(
-    folder: Path,
+    sources: str | Path | Sequence[str | Path],
     out: Path,
     tag_batch: Callable[[list[Path]], Iterator[tuple[Path, list[tuple[str, float]] | None, str]]],
-    sidecar: str | None = None,
+    *,
+    settings: str = "",
+    sidecar: SidecarConfig | None = None,
+    exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
+    skip_owner_tagged: bool = False,
+    dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
-    on_plan: Callable[[int, int], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> Summary:
-    """Tag the photos under `folder` that `out` does not already hold, then write `out`.
+    """Tag the photos of `sources` (folders and files) that `out` does not already hold, write `out`, then sync sidecars.
 
     `tag_batch(paths)` yields (path, tags or None, error) per photo in batches of its choosing; the
     journal is flushed after every photo it yields, so a kill loses at most the photos in flight.
+    settings: the model and options the tags come from; rows made with other settings are tagged again.
+    dry_run: scan, hash and plan, but tag nothing and write nothing (no lock, journal or output).
     """
-    folder, out = Path(folder), Path(out)
-    if not folder.is_dir():
-        raise BatchError(f"{folder}: no such folder")
-    try:
-        os.scandir(folder).close()
-    except OSError as e:
-        raise BatchError(f"{folder}: cannot read folder ({e.strerror or e})") from None
+    sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
+    out = Path(out)
     output_format(out)
+    for source in sources:
+        if not source.exists() and not source.is_symlink():
+            raise BatchError(f"{source}: no such file or folder")
+        if source.is_dir():
+            try:
+                os.scandir(source).close()
+            except OSError as e:
+                raise BatchError(f"{source}: cannot read folder ({e.strerror or e})") from None
+    if out.is_dir():
+        raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
+    if dry_run:
+        return _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_tagged, True, progress, on_plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     with Lock(out):
-        # A run killed while writing the output left .OUT.tmpPID behind (the lock says no other run is writing).
-        remove_stale(out.parent, re.escape(f".{out.name}") + r"(\.failed\.tsv)?\.tmp(?P<pid>\d+)")
-        previous = read_results(out)
-        photos = list_images(folder)
-        done = dict(zip(previous["path"], previous["hash"]))
-        hashes, todo = {}, []
-        for p in photos:
-            try:
-                hashes[path_key(p)] = file_hash(p)
-            except OSError:
-                hashes[path_key(p)] = ""  # unreadable: the tagging step reports why
-                todo.append(p)
-                continue
-            if done.get(path_key(p)) != hashes[path_key(p)]:
-                todo.append(p)
-        # Unchanged photos keep their rows; earlier failures on unchanged files are not retried.
-        unchanged = {path_key(p) for p in photos} - {path_key(p) for p in todo}
-        old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
-        summary = Summary(
-            kept=len(unchanged) - len(old_failed),
-            failed=len(old_failed),
-            failures=[f"{p}: {e}" for p, e in zip(old_failed["path"], old_failed["error"])],
-        )
-        if on_plan:
-            on_plan(len(photos), len(todo))
-        journal = journal_path(out)
+        # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
+        for name in (out.name, failures_path(out).name):
+            remove_stale(out.parent, stale_pattern(name))
+        return _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_tagged, False, progress, on_plan)
+
+
+def _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_tagged, dry_run, progress, on_plan) -> Summary:
+    previous = read_results(out)
+    found = scan(sources, exclude_dirs)
+    photos = {path_key(p): p for p in found.photos}
+    summary = Summary(skipped=found.skipped, examples=found.examples, dry_run=dry_run)
+    if skip_owner_tagged:
+        root = sidecar.root if sidecar else DEFAULT_ROOT
+        naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
+        for key, p in list(photos.items()):
+            if owner_keywords(p, naming, root):
+                del photos[key]
+                summary.skip(OWNER_TAGGED, p)
+    done = {path: (h, s) for path, h, s in zip(previous["path"], previous["hash"], previous["settings"])}
+    hashes, todo, retag = {}, [], 0
+    for key, p in photos.items():
+        try:
+            hashes[key] = file_hash(p)
+        except OSError:
+            hashes[key] = ""  # unreadable: the tagging step reports why
+            todo.append(p)
+            continue
+        old = done.get(key)
+        if old is None or old[0] != hashes[key]:
+            todo.append(p)
+        elif old[1] != settings:
+            todo.append(p)
+            retag += 1
+    # Unchanged photos keep their rows; earlier failures on unchanged files are not retried.
+    unchanged = set(photos) - {path_key(p) for p in todo}
+    old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
+    summary.kept = len(unchanged) - len(old_failed)
+    summary.failed = len(old_failed)
+    summary.failures = [f"{p}: {e}" for p, e in zip(old_failed["path"], old_failed["error"])]
+    if on_plan:
+        on_plan(Plan(photos=len(photos), todo=len(todo), retag=retag, skipped=sum(found.skipped.values())))
+    if dry_run:
+        summary.to_tag = [path_key(p) for p in todo]
+        if sidecar:
+            rows = previous[previous["path"].isin(unchanged) & (previous["error"] == "")]
+            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, dry_run=True)
+        return summary
+    journal = journal_path(out)
+    if todo:
         with open(journal, "a+", encoding="utf-8") as jf:
             if jf.tell() > 0:
                 jf.seek(jf.tell() - 1)
@@ -246,92 +309,40 @@ def tag_folder(
                     "scores": [round(float(s), 4) for _, s in tags or []],
                     "error": error or "",
                     "hash": hashes.get(path_key(path), ""),
+                    "settings": settings,
                 }
                 jf.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 jf.flush()
                 if error:
                     summary.failed += 1
+                    summary.failed_now += 1
                     summary.failures.append(f"{path_key(path)}: {error}")
                 else:
                     summary.tagged += 1
-                    if sidecar:
-                        try:
-                            write_sidecar(path, rec["tags"], sidecar)
-                        except (OSError, ValueError) as e:
-                            summary.sidecar_errors.append(f"{path}: sidecar not written ({e})")
                 if progress:
                     progress(1)
             os.fsync(jf.fileno())
-        rows = read_results(out)
-        # Photos that left the folder leave the results too.
-        rows = rows[rows["path"].isin({path_key(p) for p in photos})]
-        write_results(rows, out)
-        summary.failures_file = write_failures(rows, out)
-        journal.unlink(missing_ok=True)
+    rows = read_results(out)
+    # Photos that left the folder leave the results too.
+    rows = rows[rows["path"].isin(set(photos))]
+    write_results(rows, out)
+    summary.failures_file = write_failures(rows, out)
+    journal.unlink(missing_ok=True)
+    if sidecar:
+        # After the output is safe: a sidecar that cannot be written costs the run nothing, and the next run retries it.
+        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary)
     return summary
 
 
-# -- sidecars ------------------------------------------------------------------------------------
-
-NS = {
-    "x": "adobe:ns:meta/",
-    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
-    "dc": "http://purl.org/dc/elements/1.1/",
-}
-for _prefix, _uri in NS.items():
-    ET.register_namespace(_prefix, _uri)
-
-
-def write_sidecar(photo: Path, tags: list[str], kind: str) -> Path:
-    """`photo.jpg.xmp` (tags as dc:subject keywords, merged into an existing sidecar) or `photo.jpg.txt`."""
-    if kind == "txt":
-        target = photo.with_name(photo.name + ".txt")
-        _atomic_write(target, "".join(t + "\n" for t in tags))
-        return target
-    if kind != "xmp":
-        raise ValueError(f"unknown sidecar kind {kind!r} (use xmp or txt)")
-    target = photo.with_name(photo.name + ".xmp")
-    rdf, dc = "{%s}" % NS["rdf"], "{%s}" % NS["dc"]
-    if target.is_file():
-        # Keep what photo managers wrote there (ratings, edits, their keywords); add ours.
+def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, summary: Summary, dry_run: bool = False) -> int:
+    """Make every tagged photo's sidecar match its row; the number written (or that would be)."""
+    written = 0
+    for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            root = ET.parse(target).getroot()
-        except ET.ParseError as e:
-            raise ValueError(f"{target}: existing sidecar is not valid XML ({e}); left untouched") from e
-    else:
-        root = ET.Element("{%s}xmpmeta" % NS["x"])
-        ET.SubElement(ET.SubElement(root, rdf + "RDF"), rdf + "Description", {rdf + "about": ""})
-    desc = root.find(f".//{rdf}Description")
-    if desc is None:
-        rdf_el = root.find(f".//{rdf}RDF")
-        if rdf_el is None:
-            rdf_el = ET.SubElement(root, rdf + "RDF")
-        desc = ET.SubElement(rdf_el, rdf + "Description", {rdf + "about": ""})
-    subject = desc.find(dc + "subject")
-    if subject is None:
-        subject = ET.SubElement(desc, dc + "subject")
-    bag = subject.find(rdf + "Bag")
-    if bag is None:
-        bag = ET.SubElement(subject, rdf + "Bag")
-    have = {li.text for li in bag.findall(rdf + "li")}
-    for tag in tags:
-        if tag not in have:
-            ET.SubElement(bag, rdf + "li").text = tag
-    ET.indent(root)
-    text = ET.tostring(root, encoding="unicode")
-    _atomic_write(target, '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + text + '\n<?xpacket end="w"?>\n')
-    return target
-
-
-def read_sidecar_keywords(path: Path) -> list[str]:
-    root = ET.parse(path).getroot()
-    return [li.text for li in root.iter("{%s}li" % NS["rdf"]) if li.text]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+            written += sync(photos[key], list(tags), config, dry_run=dry_run)
+        except SidecarError as e:
+            summary.sidecar_errors.append(str(e))
+    return written
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -18,6 +18,7 @@ still loads, as a cgan bundle.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -148,12 +149,23 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
     tagger = Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                     info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
                     calibration=calibration, method=cfg.get("method"))
+    tagger.fingerprint = _fingerprint(path)
     if tagger.default_method not in tagger.methods:
         raise BundleError(f"{cfg_file}: default method {tagger.default_method!r} is not one of the bundle's ({', '.join(tagger.methods)})")
     unknown = sorted(set(calibration) - set(tagger.methods))
     if unknown:
         raise BundleError(f"{path / CALIBRATION}: calibrates {', '.join(unknown)}, which this bundle does not have")
     return tagger
+
+
+def _fingerprint(path: Path) -> str:
+    """A hash of every file of the bundle: two bundles tag alike exactly when it is equal."""
+    h = hashlib.blake2b(digest_size=16)
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
 
 
 def _one_line(error: Exception) -> str:

@@ -10,13 +10,17 @@ import logging
 import math
 import os
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
+from pipelines.keywords import DEFAULT_ROOT
+from pipelines.scan import DEFAULT_EXCLUDE_DIRS
+
 app = typer.Typer(
     help="Tag photos with a conditional GAN over a word2vec tag space (Mirza & Osindero 2014).\n\n"
-    "Example:  tagger predict beach.jpg --model models/mirflickr",
+    "Example:  tagger predict beach.jpg",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -92,7 +96,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="photos with tags: a MIRFLICKR folder, the shared subset, or a CSV/Parquet manifest")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the model bundle goes")],
     generator: Annotated[str, typer.Option(help="generator family: cgan (Mirza & Osindero), cvae (conditional VAE) or caae (conditional adversarial autoencoder)")] = "cgan",
-    preset: Annotated[Optional[str], typer.Option(help="the generator's training preset (default: its first; cgan: paper, adam or votes; cvae: default or votes; caae: default)")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="the generator's training preset (default: cgan votes, cvae votes, caae default; the paper's recipe: --preset paper; cgan: paper, adam or votes; cvae: default or votes)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs (default: the preset's)")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many generator updates")] = None,
     backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
@@ -147,6 +151,8 @@ def train(
             scores = ", ".join(f"{m} {p:.4f}" for m, p in summary["method_val_p5"].items())
             typer.echo(f"default method: {summary['method']} (validation P@5 {scores})")
         typer.echo(f"stages: {stages}")
+        for warning in summary["warnings"]:
+            typer.echo(f"tagger: WARNING: {warning}", err=True)
 
     run(go)
 
@@ -162,7 +168,7 @@ def predict(
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
     method: MethodOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error, and existing (the keywords the photo already carries from its owner)")] = False,
     device: DeviceOpt = None,
 ):
     """Print tags with scores for each photo, best first.
@@ -175,6 +181,7 @@ def predict(
 
     def go():
         from pipelines.images import ImageError, printable_path
+        from pipelines.keywords import owner_keywords
 
         tagger = load_tagger(model, device)
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
@@ -187,7 +194,8 @@ def predict(
                 tags, error = [], e.reason
                 failed += 1
             if as_json:
-                rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error}
+                rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error,
+                       "existing": [] if error else owner_keywords(path)}
                 typer.echo(json.dumps(rec, ensure_ascii=False))
             elif error:
                 typer.echo(f"tagger: error: {printable_path(path)}: {error}", err=True)
@@ -199,9 +207,20 @@ def predict(
     run(go)
 
 
+class SidecarKind(str, Enum):
+    xmp = "xmp"
+    txt = "txt"
+
+
+class SidecarNaming(str, Enum):
+    auto = "auto"
+    full = "full"
+    stem = "stem"
+
+
 @app.command()
 def tag(
-    folder: Annotated[Path, typer.Argument(help="folder of photos, searched recursively", readable=False)],
+    sources: Annotated[list[Path], typer.Argument(help="photo folders (searched recursively) and photo files", readable=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="results file: .csv, .jsonl or .parquet")],
     model: ModelOpt = None,
     top_k: TopKOpt = None,
@@ -209,15 +228,22 @@ def tag(
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
     method: MethodOpt = None,
-    sidecar: Annotated[Optional[str], typer.Option(help="also write photo.jpg.xmp (dc:subject keywords, for digiKam, darktable, Lightroom) or photo.jpg.txt (one tag a line)")] = None,
+    sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (keywords in dc:subject and lr:hierarchicalSubject, for digiKam, Lightroom, darktable) or txt (one tag a line)")] = None,
+    sidecar_name: Annotated[SidecarNaming, typer.Option(help="XMP sidecar name: full (IMG_1.jpg.xmp), stem (IMG_1.xmp), or auto (stem where the library already has one, else full)")] = SidecarNaming.auto,
+    keyword_root: Annotated[str, typer.Option(help="machine tags go under this root of the keyword tree (tagger|beach), so re-tagging replaces only them")] = DEFAULT_ROOT,
+    exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
+    skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be tagged and written, and change nothing")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
 ):
-    """Tag every photo under FOLDER into one results file (one row per photo).
+    """Tag every photo of SOURCES into one results file (one row per photo), and keep their sidecars in step.
 
-    Run again on the same folder, it keeps what is done and tags only new or changed photos; an
-    interrupted run resumes the same way. Photos that cannot be read get a row with the error and
-    are listed in OUT.failed.tsv.
+    Run again, it keeps what is done and tags only new or changed photos, or all of them when the
+    model or the options changed; an interrupted run resumes the same way. Every run makes each
+    sidecar match the results: a missing one is written, a stale one updated, the owner's own
+    keywords are never touched. Photos that cannot be read get a row with the error and are listed
+    in OUT.failed.tsv; the exit code is 1 when a photo or a sidecar failed.
 
     Example:  tagger tag ~/Pictures/2024 --out tags.csv --sidecar xmp
     """
@@ -226,27 +252,48 @@ def tag(
         from tqdm import tqdm
 
         from pipelines.images import printable_path
-        from tagger.batch import tag_folder
+        from tagger.batch import output_format, tag_folder
+        from tagger.sidecar import SidecarConfig
 
-        if sidecar not in (None, "xmp", "txt"):
-            raise UserError(f"--sidecar must be xmp or txt, not {sidecar!r}")
+        output_format(out)
+        try:
+            side = SidecarConfig(sidecar.value, sidecar_name.value, keyword_root) if sidecar else None
+        except ValueError as e:
+            raise UserError(str(e)) from None
         tagger = load_tagger(model, device)
+        tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
-        bar = tqdm(unit="photo", desc="tagging", disable=None)
+        bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
 
-        def plan(total, todo):
-            typer.echo(f"{folder}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
-            bar.reset(total=todo)
+        def plan(p):
+            retag = f" ({p.retag} tagged with another model or options)" if p.retag else ""
+            typer.echo(f"{', '.join(map(str, sources))}: {p.photos} photos, {p.photos - p.todo} already tagged, "
+                       f"{p.todo} to tag{retag}; {p.skipped} other files skipped", err=True)
+            bar.reset(total=p.todo)
 
-        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
-                             sidecar=sidecar, progress=bar.update, on_plan=plan)
+        summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
+                             settings=tagger.settings(method, **opts), sidecar=side,
+                             exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
+                             dry_run=dry_run, progress=bar.update, on_plan=plan)
         bar.close()
+        for reason, n in summary.skipped.most_common():
+            typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)
+        if dry_run:
+            for path in summary.to_tag[:20]:
+                typer.echo(f"would tag: {path}")
+            more = f" (first 20 listed)" if len(summary.to_tag) > 20 else ""
+            sidecars = f", write {summary.sidecars_written} sidecars" if side else ""
+            typer.echo(f"dry run: would tag {len(summary.to_tag)} photos{more}{sidecars}; nothing was changed")
+            return
         for line in summary.failures:
             typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
         for line in summary.sidecar_errors:
-            typer.echo(f"tagger: warning: {printable_path(line)}", err=True)
+            typer.echo(f"tagger: sidecar failed: {printable_path(line)}", err=True)
         listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
-        typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}")
+        sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
+        typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
+        if not summary.ok:
+            raise typer.Exit(1)
 
     run(go)
 
@@ -334,7 +381,7 @@ def features(
 
         from pipelines.datasets import DatasetError, read_dataset
         from pipelines.features import FeatureConfig, extract_features
-        from pipelines.images import list_images
+        from pipelines.scan import list_images
         from tagger.fit import default_cache_dir
 
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +23,7 @@ from embeddings.index import TagIndex
 from embeddings.tags import TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig, WordVectors
 from pipelines.backbones import DEFAULT_BACKBONE
-from pipelines.datasets import check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
+from pipelines.datasets import DatasetError, check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
 from pipelines.features import FeatureConfig, extract_features
 from pipelines.images import is_colour
@@ -35,6 +36,8 @@ from tagger.presets import default_preset_name, get_preset
 from tagger.scorers import word_prior
 from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -106,6 +109,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
     vocab = Vocabulary.build(train_rows["tags"], TagConfig(min_count=config.min_count))
     # Vocabulary words only: rare one-off tags slow training sixfold and crowd the neighbour lists.
     sentences = [s for s in (vocab.normalize(tags) for tags in train_rows["tags"]) if s]
+    check_vocabulary(vocab, sentences, train_rows["tags"], config.min_count, data)
     extra = extra_tag_lists(config.corpus, frame, vocab, progress) if config.corpus is not None else []
     sentences += extra
     wv = _cached_word2vec(sentences, replace(config.word2vec, seed=config.seed), config.cache_dir / "word2vec")
@@ -113,6 +117,26 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
     stages.word2vec = time.perf_counter() - t
     return {"frame": frame, "features": feats.features, "vocabulary": vocab, "word_vectors": wv, "stages": stages,
             "corpus_lists": len(extra)}
+
+
+MIN_WORDS = 5  # fewer words than tags shown per photo: every photo would get them all
+FEW_WORDS = 30  # below this a model can say little; said loudly, not refused
+
+
+def check_vocabulary(vocab: Vocabulary, sentences: list[list[str]], tag_lists, min_count: int, data) -> None:
+    """Refuse a vocabulary too small to tag with, naming --min-count and the value that would work."""
+    if len(vocab) >= MIN_WORDS and any(len(s) >= 2 for s in sentences):
+        if len(vocab) < FEW_WORDS:
+            log.warning("only %d tags occur on %d or more training photos: the model can only ever give these; "
+                        "lower --min-count or add photos with keywords for more", len(vocab), min_count)
+        return
+    suggestion = next((m for m in range(min_count - 1, 1, -1)
+                       if len(Vocabulary.build(tag_lists, TagConfig(min_count=m))) >= FEW_WORDS), 2)
+    raise DatasetError(
+        f"{data}: only {len(vocab)} tags occur on {min_count} or more of the {len(tag_lists)} training photos (--min-count {min_count}); "
+        f"a model needs at least {MIN_WORDS}, and tag lists of two or more of them: lower --min-count "
+        f"(e.g. --min-count {suggestion}) or add photos with keywords"
+    )
 
 
 def extra_tag_lists(corpus: str | Path, frame: pd.DataFrame, vocab: Vocabulary, progress: bool = True) -> list[list[str]]:
@@ -222,7 +246,12 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     }
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary,
                     backbone_weights=config.weights, knn=knn, condition=preset.condition)
-    if val_rows:
+    summary["warnings"] = []
+    if 0 < len(val_rows) < MIN_CALIBRATION_PHOTOS:
+        summary["warnings"].append(
+            f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "
+            f"a larger --split validation share (or more photos) fixes it")
+    if len(val_rows) >= MIN_CALIBRATION_PHOTOS:
         colour = np.array([is_colour(frame["path"][i]) for i in val_rows], dtype=bool)
         tagger.calibration = calibrate(tagger, features[val_rows], val_truth, colour)
         # The default method: the generator alone or with kNN, whichever tags the validation photos better.
@@ -231,6 +260,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
                                     for m in choices}
         tagger.method = max(choices, key=summary["method_val_p5"].get)
         summary["method"] = tagger.method
+    summary["warnings"] += collapse_warnings(tagger, features[train_rows], state.best_p5 if val_rows else None, preset_name)
     stages.calibration = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -241,6 +271,24 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     stages.save = time.perf_counter() - t
     summary["stage_seconds"] = {k: round(v, 1) for k, v in asdict(stages).items()}
     return tagger, summary
+
+
+MIN_CALIBRATION_PHOTOS = 20  # fewer validation photos than this give a calibration map of noise
+
+
+def collapse_warnings(tagger: Tagger, features: np.ndarray, val_p5: float | None, preset: str, photos: int = 200) -> list[str]:
+    """What says a model learnt nothing: a validation P@5 of 0, or the same top tags for every photo."""
+    warnings = []
+    if val_p5 is not None and val_p5 == 0:
+        warnings.append(f"validation P@5 is 0: the model tags no validation photo correctly; try another --preset "
+                        f"(this run: {preset}), more --epochs, or more photos with keywords")
+    sample = features[:photos]
+    if len(sample) >= 5:
+        tops = {tuple(t for t, _ in tags) for tags in tagger.predict_features(sample, top_k=5)}
+        if len(tops) == 1:
+            warnings.append(f"the model gives all {len(sample)} training photos checked the same tags ({', '.join(next(iter(tops)))}): "
+                            f"it has collapsed; try another --preset (this run: {preset}) or more --epochs")
+    return warnings
 
 
 def calibrate(tagger: Tagger, features: np.ndarray, truth: list[set[int]], colour: np.ndarray | None = None) -> dict[str, Calibration]:

@@ -75,6 +75,7 @@ class Tagger:
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
         self._backbone = None
+        self.fingerprint = ""  # content hash of the bundle it was loaded from ("" when built in memory)
 
     @property
     def scorers(self) -> dict[str, Scorer]:
@@ -148,6 +149,12 @@ class Tagger:
             changes["exclude"] = tuple(exclude)
         return replace(self.sampling, **changes)
 
+    def settings(self, method: str | None = None, **options) -> str:
+        """Everything a photo's tags depend on besides the photo, in one line: batch runs re-tag a photo when it changes."""
+        config = self.options(**options)
+        return (f"model={self.fingerprint[:16] or 'unsaved'} method={method or self.default_method} top_k={config.top_k} "
+                f"min_score={config.min_score:g} seed={config.seed} exclude={','.join(sorted(config.exclude))}")
+
     def excluded_ids(self, tags: Sequence[str]) -> np.ndarray:
         """Vocabulary ids of tags to leave out, given as users type them (normalized like training tags)."""
         pos = {w: i for i, w in enumerate(self.words)}
@@ -212,11 +219,11 @@ class Tagger:
                   method: str | None = None, **options):
         """Yield (path, tags, error) for photo files, decoding in worker processes while the network runs.
 
-        Work goes in chunks of `chunk` photos (default 8 batches), so a caller that records each result loses at most
-        one chunk when killed. A photo that cannot be read gets tags None and the reason.
+        Work goes in chunks of `chunk` photos (default 2 batches, a few seconds of work on a CPU), so a caller that
+        records each result loses at most one chunk when killed, and its progress moves every few seconds. A photo that cannot be read gets tags None and the reason.
         """
         self.scorer(method)  # an unknown method fails before the first photo
-        chunk = chunk or 8 * batch_size
+        chunk = chunk or 2 * batch_size
         fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
                              device=str(self.device), **({"num_workers": num_workers} if num_workers is not None else {}))
         for start in range(0, len(paths), chunk):

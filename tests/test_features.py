@@ -9,7 +9,8 @@ from PIL import Image
 
 from pipelines.backbones import create_backbone
 from pipelines.features import FeatureCache, FeatureConfig, extract_features, extract_images
-from pipelines.images import list_images, load_image
+from pipelines.images import load_image
+from pipelines.scan import list_images
 
 TINY = dict(backbone="tiny", num_workers=0, device="cpu")
 

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.images import MAX_PIXELS, ImageError, list_images, load_image
+from pipelines.images import MAX_PIXELS, ImageError, load_image
+from pipelines.scan import list_images
 from tagger.cli import app
 
 runner = CliRunner()
@@ -206,7 +207,7 @@ def test_tag_hostile_folder(hostile, tiny_bundle, tmp_path):
     out = tmp_path / "out.csv"
     result = runner.invoke(app, ["tag", str(hostile.root), "--out", str(out), "--model", str(tiny_bundle)])
     _no_traceback(result)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # photos failed in this run: listed, and the exit code says so
     n_good, n_bad = len(hostile.good), len(hostile.bad)
     assert f"{n_good} tagged, 0 unchanged (kept), {n_bad} failed" in result.stdout, result.output
     failed_lines = [l for l in result.stderr.splitlines() if l.startswith("tagger: failed: ")]
@@ -419,7 +420,7 @@ def test_unreadable_file_is_one_line_in_predict_and_tag(tmp_path):
         assert predict["stderr"].splitlines() == [f"tagger: error: {locked}: {reason}"], predict
 
         failed = base / "tags.csv.failed.tsv"
-        assert tag["code"] == 0 and tag["stdout"].strip() == f"{out}: 1 tagged, 0 unchanged (kept), 1 failed (listed in {failed})", tag
+        assert tag["code"] == 1 and tag["stdout"].strip() == f"{out}: 1 tagged, 0 unchanged (kept), 1 failed (listed in {failed})", tag
         errors = tag["stderr"].splitlines()
         assert [l for l in errors if l.startswith("tagger: failed: ")] == [f"tagger: failed: {locked}: {reason}"], errors
         assert f"WARNING: {private}: cannot read folder (Permission denied); its photos are left out" in errors

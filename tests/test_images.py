@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import MAX_PIXELS, ImageError, decode_image, list_images, load_image
+from pipelines.images import MAX_PIXELS, ImageError, decode_image, load_image
+from pipelines.scan import list_images
 
 
 def gradient(w=40, h=30) -> np.ndarray:

@@ -1,0 +1,156 @@
+"""A photo's keywords as photo managers keep them: XMP in the file or in a sidecar, and IPTC.
+
+digiKam, Lightroom, darktable and Immich keep keywords in XMP (`dc:subject`, flat, and
+`lr:hierarchicalSubject`, as `People|Anna`), embedded in the photo or in a sidecar beside it
+(`IMG_1.jpg.xmp`, or `IMG_1.xmp` where that is the library's convention), and older tools in
+IPTC (`Keywords`, 2:25). Pillow reads the embedded XMP packet and the IPTC block without decoding
+a pixel; the XMP is parsed with defusedxml, which refuses entity bombs and external entities.
+
+Keywords that `tagger tag` wrote are recorded in the sidecar itself (`tagger:Keywords`, and the
+hierarchical ones sit under a root, `tagger|beach`), so the owner's keywords are told apart from
+the machine's: `owner_keywords` is what a person gave the photo, and that is what training learns
+from and what re-tagging never removes.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from defusedxml import ElementTree as SafeET
+
+NS = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "lr": "http://ns.adobe.com/lightroom/1.0/",
+    "tagger": "urn:tagger:xmp:1.0/",
+}
+DEFAULT_ROOT = "tagger"  # machine keywords sit under this root of the keyword tree: tagger|beach
+SIDECAR_NAMINGS = ("auto", "full", "stem")  # auto: stem where the library already uses it; full: IMG_1.jpg.xmp; stem: IMG_1.xmp
+
+
+class KeywordError(ValueError):
+    """Metadata that cannot be read (a sidecar that is not XMP); the message names the file."""
+
+
+@dataclass
+class Keywords:
+    """The keyword fields of one XMP packet (or of IPTC, where only `subject` is filled)."""
+
+    subject: list[str] = field(default_factory=list)  # dc:subject
+    hierarchical: list[str] = field(default_factory=list)  # lr:hierarchicalSubject, "People|Anna"
+    machine: list[str] = field(default_factory=list)  # tagger:Keywords: the dc:subject entries tagger added
+
+    def owner(self, root: str = DEFAULT_ROOT) -> list[str]:
+        """The flat keywords a person gave: dc:subject without tagger's, and the leaves of their hierarchy."""
+        owner_tree = [h for h in self.hierarchical if not _under(h, root)]
+        leaves = {h.rsplit("|", 1)[-1] for h in owner_tree}
+        # A machine keyword the owner filed in their own tree (moved out of the root) is theirs now.
+        machine = set(self.machine) - leaves
+        return _unique([k for k in self.subject if k not in machine] + [h.rsplit("|", 1)[-1] for h in owner_tree])
+
+
+def parse_xmp(data: bytes | str, name: str | Path = "<xmp>") -> Keywords:
+    """Keywords from an XMP packet (a sidecar's text or the packet embedded in a photo)."""
+    try:
+        root = SafeET.fromstring(data)
+    except Exception as e:  # noqa: BLE001 - ParseError, and defusedxml's refusals (entities, DTDs)
+        raise KeywordError(f"{name}: not valid XMP ({type(e).__name__}: {e})") from None
+    return Keywords(_bag(root, "dc", "subject"), _bag(root, "lr", "hierarchicalSubject"), _bag(root, "tagger", "Keywords"))
+
+
+def read_sidecar(path: str | Path) -> Keywords:
+    """Keywords of an XMP sidecar file; an empty Keywords when there is none."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Keywords()
+    except OSError as e:
+        raise KeywordError(f"{path}: cannot read ({e.strerror or e})") from None
+    return parse_xmp(data, path)
+
+
+def embedded_keywords(photo: str | Path) -> Keywords:
+    """Keywords inside the photo file: its XMP packet and its IPTC keywords. Nothing is decoded."""
+    from PIL import Image, IptcImagePlugin
+
+    from pipelines.images import is_heif, register_heif
+
+    try:
+        with open(photo, "rb") as f:
+            if is_heif(f.read(12)):
+                register_heif()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(photo) as im:
+                xmp = im.info.get("xmp")
+                iptc = IptcImagePlugin.getiptcinfo(im) if im.format in ("JPEG", "TIFF") else None
+    except Exception:  # noqa: BLE001 - a photo Pillow cannot open has no keywords we can read; decoding reports it
+        return Keywords()
+    found = Keywords()
+    if xmp:
+        try:
+            found = parse_xmp(xmp, photo)
+        except KeywordError:
+            pass  # a broken embedded packet: the photo is still a photo
+    raw = (iptc or {}).get((2, 25))
+    for value in raw if isinstance(raw, list) else [raw] if raw else []:
+        found.subject.append(_iptc_text(value))
+    found.subject = _unique(found.subject)
+    return found
+
+
+def sidecar_path(photo: str | Path, naming: str = "auto") -> Path:
+    """The XMP sidecar of a photo: `IMG_1.jpg.xmp` (full), `IMG_1.xmp` (stem), or for auto the one that exists.
+
+    auto takes `IMG_1.xmp` only when it exists and `IMG_1.jpg.xmp` does not (Lightroom's and
+    Capture One's convention), so a library keeps one sidecar per photo.
+    """
+    photo = Path(photo)
+    if naming not in SIDECAR_NAMINGS:
+        raise ValueError(f"unknown sidecar naming {naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
+    full, stem = photo.with_name(photo.name + ".xmp"), photo.with_suffix(".xmp")
+    if naming == "full":
+        return full
+    if naming == "stem":
+        return stem
+    return stem if stem.is_file() and not full.is_file() else full
+
+
+def owner_keywords(photo: str | Path, naming: str = "auto", root: str = DEFAULT_ROOT) -> list[str]:
+    """The keywords a person gave the photo: embedded XMP and IPTC, and its sidecar, without tagger's own."""
+    embedded = embedded_keywords(photo).owner(root)
+    return _unique(embedded + read_sidecar(sidecar_path(photo, naming)).owner(root))
+
+
+def _bag(root, prefix: str, name: str) -> list[str]:
+    """The items of every rdf:Bag/Seq under prefix:name, in order; attribute form for a single value too."""
+    tag = "{%s}%s" % (NS[prefix], name)
+    rdf = "{%s}" % NS["rdf"]
+    out = []
+    for el in root.iter(tag):
+        items = [li.text.strip() for li in el.iter(rdf + "li") if li.text and li.text.strip()]
+        if not items and el.text and el.text.strip():
+            items = [el.text.strip()]
+        out += items
+    for desc in root.iter(rdf + "Description"):
+        if tag in desc.attrib and desc.attrib[tag].strip():
+            out.append(desc.attrib[tag].strip())
+    return _unique(out)
+
+
+def _under(keyword: str, root: str) -> bool:
+    return keyword == root or keyword.startswith(root + "|")
+
+
+def _iptc_text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return value.decode("latin-1").strip()  # IPTC without a declared character set is usually Latin-1
+
+
+def _unique(items) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))

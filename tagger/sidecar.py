@@ -1,0 +1,145 @@
+"""Sidecars: make a photo's XMP (or .txt) sidecar hold its current machine tags, and nothing else of ours.
+
+`sync` is idempotent: it reads the sidecar, replaces the keywords tagger wrote last time with the
+current ones, keeps every keyword and field the owner or a photo manager put there, and writes
+only when something changed. Tags go to both fields photo managers read: `dc:subject` (flat)
+and `lr:hierarchicalSubject` under a root (`tagger|beach`), which digiKam, Lightroom and darktable
+show as a branch of the keyword tree. The flat ones tagger added are listed in `tagger:Keywords`,
+so a later run knows them; a keyword the owner already had is theirs and is never listed.
+A new sidecar of a photo with embedded keywords starts with those keywords, so a manager that
+prefers the sidecar still shows them.
+"""
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from defusedxml import ElementTree as SafeET
+
+from embeddings.files import atomic_write
+from pipelines.keywords import DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, embedded_keywords, parse_xmp, sidecar_path
+
+KINDS = ("xmp", "txt")
+PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+PACKET_END = '\n<?xpacket end="w"?>\n'
+RDF = "{%s}" % NS["rdf"]
+FIELDS = {"subject": ("dc", "subject"), "hierarchical": ("lr", "hierarchicalSubject"), "machine": ("tagger", "Keywords")}
+
+for _prefix, _uri in NS.items():
+    ET.register_namespace(_prefix, _uri)
+
+
+class SidecarError(OSError):
+    """A sidecar that could not be read or written; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    kind: str = "xmp"  # xmp, or txt (one tag a line, all ours)
+    naming: str = "auto"  # auto, full (IMG_1.jpg.xmp) or stem (IMG_1.xmp); see pipelines.keywords.sidecar_path
+    root: str = DEFAULT_ROOT  # machine tags' branch of the keyword tree
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown sidecar kind {self.kind!r}; choose from {', '.join(KINDS)}")
+        if self.naming not in SIDECAR_NAMINGS:
+            raise ValueError(f"unknown sidecar naming {self.naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
+        if not self.root or "|" in self.root or self.root != self.root.strip():
+            raise ValueError(f"keyword root must be one non-empty word without '|', not {self.root!r}")
+
+
+def path_for(photo: Path, config: SidecarConfig) -> Path:
+    if config.kind == "txt":
+        return photo.with_name(photo.name + ".txt")
+    return sidecar_path(photo, config.naming)
+
+
+def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConfig(), dry_run: bool = False) -> bool:
+    """Make the photo's sidecar carry `tags` as its machine tags; True if it was (or, dry, would be) written."""
+    photo = Path(photo)
+    target = path_for(photo, config)
+    # Write through a symlinked sidecar to the file it names, rather than replacing the link with a copy.
+    real = target.resolve() if target.is_symlink() else target
+    try:
+        old = real.read_bytes() if real.exists() else None
+    except OSError as e:
+        raise SidecarError(f"{target}: cannot read ({e.strerror or e})") from None
+    new = _txt(tags) if config.kind == "txt" else _xmp(photo, old, tags, config.root, target)
+    if new == old:
+        return False
+    if not dry_run:
+        try:
+            atomic_write(real, new)
+        except OSError as e:
+            raise SidecarError(f"{target}: cannot write ({e.strerror or e})") from None
+    return True
+
+
+def _txt(tags: list[str]) -> bytes:
+    return "".join(t + "\n" for t in tags).encode("utf-8")
+
+
+def _xmp(photo: Path, old: bytes | None, tags: list[str], root: str, target: Path) -> bytes:
+    if old is None:
+        embedded = embedded_keywords(photo)
+        have = Keywords(embedded.owner(root), [h for h in embedded.hierarchical if not _under(h, root)])
+        tree = ET.Element("{%s}xmpmeta" % NS["x"])
+        ET.SubElement(ET.SubElement(tree, RDF + "RDF"), RDF + "Description", {RDF + "about": ""})
+    else:
+        try:
+            have = parse_xmp(old, target)
+            _register_prefixes(old)
+            tree = SafeET.fromstring(old)
+        except Exception as e:  # noqa: BLE001 - KeywordError, or a packet our checks let through and ET does not
+            raise SidecarError(f"{target}: existing sidecar is not valid XMP, left untouched ({e})") from None
+    owner = set(have.owner(root))
+    kept = [k for k in have.subject if k in owner or k not in set(have.machine)]
+    added = [t for t in tags if t not in kept]
+    want = Keywords(
+        subject=kept + added,
+        hierarchical=[h for h in have.hierarchical if not _under(h, root)] + [f"{root}|{t}" for t in tags],
+        machine=added,
+    )
+    if old is not None and want == have:
+        return old
+    _set_fields(tree, want)
+    ET.indent(tree)
+    return (PACKET_BEGIN + ET.tostring(tree, encoding="unicode") + PACKET_END).encode("utf-8")
+
+
+def _under(keyword: str, root: str) -> bool:
+    return keyword == root or keyword.startswith(root + "|")
+
+
+def _set_fields(tree: ET.Element, want: Keywords) -> None:
+    """Replace the three keyword fields wherever they are (element or attribute form) with `want`'s, in one Description."""
+    names = {"{%s}%s" % (NS[p], n) for p, n in FIELDS.values()}
+    descriptions = list(tree.iter(RDF + "Description"))
+    if not descriptions:
+        rdf = tree.find(f".//{RDF}RDF")
+        if rdf is None:
+            rdf = ET.SubElement(tree, RDF + "RDF")
+        descriptions = [ET.SubElement(rdf, RDF + "Description", {RDF + "about": ""})]
+    for desc in descriptions:
+        for child in [c for c in desc if c.tag in names]:
+            desc.remove(child)
+        for name in names & set(desc.attrib):
+            del desc.attrib[name]
+    for attr, (prefix, name) in FIELDS.items():
+        values = getattr(want, attr)
+        if values:
+            bag = ET.SubElement(ET.SubElement(descriptions[0], "{%s}%s" % (NS[prefix], name)), RDF + "Bag")
+            for v in values:
+                ET.SubElement(bag, RDF + "li").text = v
+
+
+def _register_prefixes(data: bytes) -> None:
+    """Keep the prefixes the sidecar used (exif:, digiKam:, ...) instead of ElementTree's ns0:, ns1:."""
+    for _, (prefix, uri) in SafeET.iterparse(io.BytesIO(data), events=("start-ns",)):
+        if prefix and uri not in NS.values():
+            try:
+                ET.register_namespace(prefix, uri)
+            except ValueError:
+                pass  # a reserved prefix (ns0-style): ElementTree names it itself
