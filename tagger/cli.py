@@ -267,7 +267,8 @@ def tag(
 
         def plan(p):
             retag = f" ({p.retag} tagged with another model or options)" if p.retag else ""
-            typer.echo(f"{', '.join(map(str, sources))}: {p.photos} photos, {p.photos - p.todo} already tagged, "
+            where = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files and folders"
+            typer.echo(f"{where}: {p.photos} photos, {p.photos - p.todo} already tagged, "
                        f"{p.todo} to tag{retag}; {p.skipped} other files skipped", err=True)
             bar.reset(total=p.todo)
 

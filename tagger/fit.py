@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +36,6 @@ from tagger.scorers import word_prior
 from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
 
-log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -109,27 +107,27 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
     vocab = Vocabulary.build(train_rows["tags"], TagConfig(min_count=config.min_count))
     # Vocabulary words only: rare one-off tags slow training sixfold and crowd the neighbour lists.
     sentences = [s for s in (vocab.normalize(tags) for tags in train_rows["tags"]) if s]
-    check_vocabulary(vocab, sentences, train_rows["tags"], config.min_count, data)
+    warnings = check_vocabulary(vocab, sentences, train_rows["tags"], config.min_count, data)
     extra = extra_tag_lists(config.corpus, frame, vocab, progress) if config.corpus is not None else []
     sentences += extra
     wv = _cached_word2vec(sentences, replace(config.word2vec, seed=config.seed), config.cache_dir / "word2vec")
     wv = wv.subset([w for w in vocab.words if w in wv])
     stages.word2vec = time.perf_counter() - t
     return {"frame": frame, "features": feats.features, "vocabulary": vocab, "word_vectors": wv, "stages": stages,
-            "corpus_lists": len(extra)}
+            "corpus_lists": len(extra), "warnings": warnings}
 
 
 MIN_WORDS = 5  # fewer words than tags shown per photo: every photo would get them all
 FEW_WORDS = 30  # below this a model can say little; said loudly, not refused
 
 
-def check_vocabulary(vocab: Vocabulary, sentences: list[list[str]], tag_lists, min_count: int, data) -> None:
-    """Refuse a vocabulary too small to tag with, naming --min-count and the value that would work."""
+def check_vocabulary(vocab: Vocabulary, sentences: list[list[str]], tag_lists, min_count: int, data) -> list[str]:
+    """Refuse a vocabulary too small to tag with, naming --min-count and the value that would work; warn of a small one."""
     if len(vocab) >= MIN_WORDS and any(len(s) >= 2 for s in sentences):
         if len(vocab) < FEW_WORDS:
-            log.warning("only %d tags occur on %d or more training photos: the model can only ever give these; "
-                        "lower --min-count or add photos with keywords for more", len(vocab), min_count)
-        return
+            return [f"only {len(vocab)} tags occur on {min_count} or more training photos: the model can only ever give these; "
+                    "lower --min-count or add photos with keywords for more"]
+        return []
     suggestion = next((m for m in range(min_count - 1, 1, -1)
                        if len(Vocabulary.build(tag_lists, TagConfig(min_count=m))) >= FEW_WORDS), 2)
     raise DatasetError(
@@ -246,7 +244,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     }
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary,
                     backbone_weights=config.weights, knn=knn, condition=preset.condition)
-    summary["warnings"] = []
+    summary["warnings"] = list(prep["warnings"])
     if 0 < len(val_rows) < MIN_CALIBRATION_PHOTOS:
         summary["warnings"].append(
             f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "

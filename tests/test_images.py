@@ -231,3 +231,13 @@ def test_list_images(tmp_path):
     os.symlink(tmp_path, tmp_path / "a" / "loop")  # a link back to the top must not recurse forever
     found = list_images(tmp_path)
     assert found == sorted([tmp_path / "a" / "b" / "y.jpeg", tmp_path / "a" / "x.png", tmp_path / "z.JPG"])
+
+
+def test_heic_photos_decode(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    path = tmp_path / "IMG_0001.HEIC"
+    Image.new("RGB", (64, 48), (250, 120, 10)).save(path)
+    im = load_image(path)
+    assert im.size == (64, 48) and im.mode == "RGB"
+    assert abs(int(np.asarray(im)[24, 32, 0]) - 250) < 12  # lossy, but the colour survives

@@ -1,0 +1,232 @@
+"""`tagger tag` on a photo library as people keep one: nested folders, sidecars of both namings, owner keywords, NAS clutter."""
+import json
+import os
+import shlex
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_TAGS, make_photo_files
+from pipelines.keywords import read_sidecar
+from tagger.cli import app
+
+runner = CliRunner()
+OWNER = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+         '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+         'xmlns:lr="http://ns.adobe.com/lightroom/1.0/" xmp:Rating="5"><dc:subject><rdf:Bag>{}</rdf:Bag></dc:subject>'
+         '<lr:hierarchicalSubject><rdf:Bag><rdf:li>People|Anna</rdf:li></rdf:Bag></lr:hierarchicalSubject>'
+         '</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def owner_xmp(keywords) -> str:
+    return OWNER.format("".join(f"<rdf:li>{k}</rdf:li>" for k in keywords))
+
+
+def save(path, colour=(180, 40, 40), **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (48, 32), colour).save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def library(tmp_path):
+    """A small library: what a new user's Pictures folder holds."""
+    lib = tmp_path / "Pictures"
+    cafe = lib / "2019" / "Café de Flore"
+    save(cafe / "IMG_0001.jpg", xmp=owner_xmp(["Paris"]).encode())  # keywords embedded by the camera app
+    save(cafe / "IMG_0002.jpg", (20, 90, 200))
+    (cafe / "IMG_0002.xmp").write_text(owner_xmp(["holiday", "Anna"]))  # Lightroom's sidecar naming
+    save(lib / "2020" / "été.png", (30, 160, 60))
+    save(lib / "2020" / "w.webp", (200, 200, 30))
+    save(lib / "2020" / "t.tif", (90, 90, 90))
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    save(lib / "2020" / "IMG_4242.HEIC", (250, 120, 10))  # an iPhone photo
+    save(lib / "2020" / "@eaDir" / "IMG_4242.HEIC" / "SYNOPHOTO_THUMB_XL.jpg")  # Synology's thumbnails
+    save(lib / "2020" / ".thumbnails" / "normal" / "abc.png")
+    (lib / "2020" / "IMG_5000.CR2").write_bytes(b"II*\x00 raw data")
+    (lib / "2020" / "notes.txt").write_text("trip notes")
+    save(lib / "shared" / "IMG_7000.jpg", (120, 20, 160))
+    return lib
+
+
+def tag(*args):
+    return runner.invoke(app, ["tag", *map(str, args)])
+
+
+def sidecars(lib):
+    return sorted(str(p.relative_to(lib)) for p in lib.rglob("*.xmp") if p.is_file())
+
+
+def test_a_library_run_end_to_end(library, tmp_path, tiny_bundle):
+    out = tmp_path / "tags.csv"
+    shared = library / "shared"
+    # The sidecar of a photo in a folder we cannot write to (a read-only share; root ignores modes, so a folder takes the place).
+    blocker = shared / "IMG_7000.jpg.xmp"
+    if os.geteuid() == 0:
+        blocker.mkdir()
+    else:
+        shared.chmod(0o555)
+    args = [library, "--out", out, "--model", tiny_bundle, "--sidecar", "xmp"]
+
+    # A dry run first: it says what it would do and changes nothing.
+    before = sorted(library.rglob("*"))
+    r = tag(*args, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "dry run: would tag 7 photos, write 7 sidecars; nothing was changed" in r.output
+    assert sorted(library.rglob("*")) == before and not out.exists() and not list(tmp_path.glob("tags.csv*"))
+
+    r = tag(*args)
+    assert r.exit_code == 1, r.output  # a sidecar could not be written: said, counted, and the exit code says so
+    assert "7 photos, 0 already tagged, 7 to tag" in r.output
+    assert "7 tagged, 0 unchanged (kept), 0 failed; sidecars: 6 written, 1 failed" in r.output
+    assert "tagger: sidecar failed: " in r.output and "IMG_7000.jpg.xmp" in r.output
+    # Every file that was not tagged is counted, by reason.
+    assert "skipped 2: excluded folder" in r.output  # @eaDir and .thumbnails
+    assert "skipped 2: sidecar or metadata file" in r.output  # IMG_0002.xmp, notes.txt
+    assert "skipped 1: RAW photo" in r.output
+    rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert len(rows) == 7 and (rows["error"] == "").all()
+    assert str(library / "2020" / "IMG_4242.HEIC") in rows.index  # HEIC decoded, not skipped
+    assert not any("@eaDir" in p or ".thumbnails" in p for p in rows.index)
+    assert sidecars(library) == sorted([
+        "2019/Café de Flore/IMG_0001.jpg.xmp", "2019/Café de Flore/IMG_0002.xmp", "2020/IMG_4242.HEIC.xmp",
+        "2020/t.tif.xmp", "2020/w.webp.xmp", "2020/été.png.xmp"])
+
+    # The owner's keywords stay; the tool's are recorded as its own, in both fields photo managers read.
+    lr = read_sidecar(library / "2019" / "Café de Flore" / "IMG_0002.xmp")
+    tags = rows.loc[str(library / "2019" / "Café de Flore" / "IMG_0002.jpg"), "tags"].split(";")
+    assert lr.subject[:2] == ["holiday", "Anna"] and lr.machine == [t for t in tags if t not in ("holiday", "Anna")]
+    assert lr.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    assert 'xmp:Rating="5"' in (library / "2019" / "Café de Flore" / "IMG_0002.xmp").read_text()
+    embedded = read_sidecar(library / "2019" / "Café de Flore" / "IMG_0001.jpg.xmp")
+    assert embedded.subject[0] == "Paris" and "Paris" not in embedded.machine
+
+    # The folder becomes writable; a sidecar is deleted: the next run, with nothing to tag, puts both right.
+    if os.geteuid() == 0:
+        blocker.rmdir()
+    else:
+        shared.chmod(0o755)
+    (library / "2020" / "w.webp.xmp").unlink()
+    r = tag(*args)
+    assert r.exit_code == 0, r.output
+    assert "0 tagged, 7 unchanged (kept), 0 failed; sidecars: 2 written, 0 failed" in r.output
+    assert (library / "2020" / "w.webp.xmp").is_file() and (shared / "IMG_7000.jpg.xmp").is_file()
+    r = tag(*args)
+    assert "sidecars: 0 written" in r.output  # in step: nothing rewritten
+
+    # Other options re-tag every photo, and the machine tags are replaced, not piled up.
+    r = tag(*args, "--top-k", "2")
+    assert r.exit_code == 0, r.output
+    assert "7 to tag (7 tagged with another model or options)" in r.output
+    rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert (rows["tags"].str.count(";") == 1).all()
+    lr = read_sidecar(library / "2019" / "Café de Flore" / "IMG_0002.xmp")
+    tags = rows.loc[str(library / "2019" / "Café de Flore" / "IMG_0002.jpg"), "tags"].split(";")
+    assert lr.subject == ["holiday", "Anna"] + [t for t in tags if t not in ("holiday", "Anna")]
+    assert lr.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    for side in library.rglob("*.jpg.xmp"):
+        kw = read_sidecar(side)
+        assert len([h for h in kw.hierarchical if h.startswith("tagger|")]) == 2
+
+    # --exclude-dir adds to the defaults.
+    r = tag(*args, "--top-k", "2", "--exclude-dir", "shar*", "--dry-run")
+    assert "skipped 3: excluded folder" in r.output and "would tag 0 photos" in r.output
+
+
+def test_options_are_checked_before_any_scan_or_file(library, tmp_path, tiny_bundle):
+    out = tmp_path / "tags.csv"
+    r = tag(library, "--out", out, "--model", tiny_bundle, "--method", "clip")
+    assert r.exit_code == 1 and "unknown tagging method 'clip'" in r.output and "photos" not in r.output
+    assert not list(tmp_path.glob("tags.csv*"))
+    r = tag(library, "--out", tmp_path / "tags.xlsx", "--model", tiny_bundle)
+    assert r.exit_code == 1 and "unknown output type" in r.output
+    r = tag(library, "--out", out, "--model", tiny_bundle, "--sidecar", "json")
+    assert r.exit_code == 2  # Typer's own choice check
+    r = tag(library, "--out", out, "--model", tiny_bundle, "--sidecar", "xmp", "--keyword-root", "a|b")
+    assert r.exit_code == 1 and "keyword root" in r.output
+    assert not list(tmp_path.glob("tags.csv*"))
+
+
+def test_tag_photo_files_named_directly(library, tmp_path, tiny_bundle):
+    out = tmp_path / "some.jsonl"
+    photos = [library / "2020" / "été.png", library / "2020" / "IMG_4242.HEIC", library / "2020" / "notes.txt"]
+    r = tag(*photos, "--out", out, "--model", tiny_bundle)
+    assert r.exit_code == 0, r.output
+    assert "2 tagged" in r.output and "skipped 1: sidecar or metadata file" in r.output
+    assert {json.loads(line)["path"] for line in out.read_text().splitlines()} == {str(p) for p in photos[:2]}
+    r = tag(library / "nope.jpg", "--out", out, "--model", tiny_bundle)
+    assert r.exit_code == 1 and "nope.jpg: no such file or folder" in r.output
+
+
+def test_skip_owner_tagged_and_predict_shows_existing(library, tmp_path, tiny_bundle):
+    r = tag(library, "--out", tmp_path / "t.csv", "--model", tiny_bundle, "--skip-owner-tagged")
+    assert r.exit_code == 0, r.output
+    assert "5 tagged" in r.output and "skipped 2: has its owner's keywords" in r.output
+    r = runner.invoke(app, ["predict", str(library / "2019" / "Café de Flore" / "IMG_0002.jpg"), "--model", str(tiny_bundle), "--json"])
+    assert json.loads(r.output)["existing"] == ["holiday", "Anna"]
+
+
+def test_help_examples_run_as_written():
+    """Every "Example:" line in the help parses against its command (arguments, options, values)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    examples = [group.help] + [cmd.help for cmd in group.commands.values()]
+    lines = [line.split("Example:", 1)[1].strip() for text in examples for line in (text or "").splitlines() if "Example:" in line]
+    assert len(lines) >= len(group.commands)
+    for line in lines:
+        words = shlex.split(line)
+        assert words[0] == "tagger", line
+        command = group.commands[words[1]]
+        command.make_context(words[1], words[2:])  # raises on an unknown option or a missing argument
+        assert "models/mirflickr" not in line or words[1] in ("train", "serve", "evaluate"), line
+
+
+def write_owner_library(folder, n):
+    """n photos whose keywords live in Lightroom-style sidecars (IMG.xmp) or embedded XMP."""
+    photos = make_photo_files(folder, n)
+    for i, p in enumerate(photos):
+        xmp = owner_xmp(TINY_TAGS[i % len(TINY_TAGS)]).replace("<rdf:li>People|Anna</rdf:li>", "")
+        if i % 2:
+            p.with_suffix(".xmp").write_text(xmp)
+        else:
+            Image.open(p).save(p, xmp=xmp.encode())
+    return photos
+
+
+@pytest.mark.slow
+def test_train_on_your_own_library(tmp_path):
+    lib = tmp_path / "lib"
+    photos = write_owner_library(lib, 50)
+    out = tmp_path / "model"
+    base = ["train", str(lib), "--out", str(out), "--backbone", "tiny", "--cache-dir", str(tmp_path / "cache"), "--epochs", "2"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 1 and "--min-count 10" in r.output and "lower --min-count (e.g. --min-count 2)" in r.output
+    r = runner.invoke(app, base + ["--min-count", "2", "--split", "0.6,0.4,0"])
+    assert r.exit_code == 0, r.output
+    assert "WARNING: only 19 tags occur on 2 or more training photos" in r.output  # a small vocabulary, said loudly
+    info = json.loads((out / "config.json").read_text())["info"]
+    assert info["preset"] == "votes" and info["photos"] == 50 and info["photos_untagged"] == 0
+    r = runner.invoke(app, ["predict", str(photos[0]), "--model", str(out), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["existing"] == TINY_TAGS[0]
+
+
+def test_a_collapsed_model_is_said_loudly():
+    import numpy as np
+    import torch
+
+    from conftest import build_tiny_tagger
+    from tagger.fit import collapse_warnings
+
+    tagger = build_tiny_tagger()
+    features = np.random.default_rng(0).normal(size=(20, tagger.feature_dim)).astype(np.float32)
+    assert collapse_warnings(tagger, features, 0.3, "votes") == []
+    with torch.no_grad():
+        for p in tagger.generator.parameters():
+            p.zero_()  # a generator that ignores its input: the same tags for every photo
+    warnings = collapse_warnings(tagger, features, 0.0, "paper")
+    assert len(warnings) == 2 and "validation P@5 is 0" in warnings[0] and "--preset (this run: paper)" in warnings[0]
+    assert "the same tags" in warnings[1] and "collapsed" in warnings[1]

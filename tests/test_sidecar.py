@@ -1,0 +1,149 @@
+"""Sidecars and keywords: machine tags replaced, never piled up; the owner's keywords and fields never touched."""
+import json
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from pipelines.keywords import KeywordError, embedded_keywords, owner_keywords, read_sidecar, sidecar_path
+from tagger.sidecar import SidecarConfig, SidecarError, sync
+
+XMP = SidecarConfig("xmp")
+RDF_HEAD = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+            'xmlns:lr="http://ns.adobe.com/lightroom/1.0/" xmlns:digiKam="http://www.digikam.org/ns/1.0/" xmp:Rating="4">')
+RDF_TAIL = "</rdf:Description></rdf:RDF></x:xmpmeta>"
+
+
+def owner_sidecar(subject, hierarchical=()):
+    """An XMP sidecar as a photo manager writes it: keywords, a rating, and a field of its own."""
+    bag = lambda items: "<rdf:Bag>" + "".join(f"<rdf:li>{i}</rdf:li>" for i in items) + "</rdf:Bag>"  # noqa: E731
+    hier = f"<lr:hierarchicalSubject>{bag(hierarchical)}</lr:hierarchicalSubject>" if hierarchical else ""
+    return (RDF_HEAD + f"<dc:subject>{bag(subject)}</dc:subject>{hier}"
+            "<digiKam:ColorLabel>3</digiKam:ColorLabel>" + RDF_TAIL)
+
+
+def xmp_packet(subject):
+    return (RDF_HEAD + "<dc:subject><rdf:Bag>" + "".join(f"<rdf:li>{s}</rdf:li>" for s in subject)
+            + "</rdf:Bag></dc:subject>" + RDF_TAIL).encode()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    p = tmp_path / "IMG_1005.jpg"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(p)
+    return p
+
+
+def test_a_new_sidecar_holds_the_tags_in_both_fields_and_records_them(photo):
+    assert sync(photo, ["beach", "sea"], XMP)
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    kw = read_sidecar(side)
+    assert kw.subject == ["beach", "sea"] and kw.hierarchical == ["tagger|beach", "tagger|sea"] and kw.machine == ["beach", "sea"]
+    assert kw.owner() == []
+    before = side.read_bytes()
+    assert not sync(photo, ["beach", "sea"], XMP)  # already in step: not rewritten
+    assert side.read_bytes() == before and before.startswith(b"<?xpacket")
+
+
+def test_retagging_replaces_machine_tags_and_keeps_the_owners(photo):
+    side = photo.with_suffix(".xmp")  # Lightroom's naming: IMG_1005.xmp
+    side.write_text(owner_sidecar(["holiday", "sea"], ["People|Anna"]))
+    assert sidecar_path(photo) == side
+    sync(photo, ["beach", "sea", "sand"], XMP)
+    assert not photo.with_name("IMG_1005.jpg.xmp").exists()  # no second sidecar beside the library's own
+    kw = read_sidecar(side)
+    # "sea" was already the owner's: it is not recorded as ours, so it can never be taken away.
+    assert kw.subject == ["holiday", "sea", "beach", "sand"] and kw.machine == ["beach", "sand"]
+    assert kw.hierarchical == ["People|Anna", "tagger|beach", "tagger|sea", "tagger|sand"]
+    text = side.read_text()
+    assert 'xmp:Rating="4"' in text and "<digiKam:ColorLabel>3</digiKam:ColorLabel>" in text  # its prefixes kept, too
+    for tags in (["dog", "grass"], ["cat"], ["dog", "grass"]):  # the photo changed, and changed back
+        sync(photo, tags, XMP)
+        kw = read_sidecar(side)
+        assert kw.subject == ["holiday", "sea"] + tags and kw.machine == tags
+        assert kw.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    assert kw.owner() == ["holiday", "sea", "Anna"]
+
+
+def test_a_machine_tag_the_owner_filed_is_theirs(photo):
+    sync(photo, ["beach", "dog"], XMP)
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    # In digiKam the owner drags tagger|beach into their own tree: Places|beach.
+    side.write_text(side.read_text().replace("tagger|beach", "Places|beach"))
+    assert "beach" in read_sidecar(side).owner()
+    sync(photo, ["cat"], XMP)
+    kw = read_sidecar(side)
+    assert "beach" in kw.subject and "dog" not in kw.subject and "Places|beach" in kw.hierarchical
+    assert kw.machine == ["cat"]
+
+
+def test_a_new_sidecar_starts_with_the_photos_embedded_keywords(tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (16, 16)).save(photo, xmp=xmp_packet(["Anna", "wedding"]))
+    assert embedded_keywords(photo).subject == ["Anna", "wedding"]
+    sync(photo, ["wedding", "dress"], XMP)
+    kw = read_sidecar(photo.with_name("p.jpg.xmp"))
+    assert kw.subject == ["Anna", "wedding", "dress"] and kw.machine == ["dress"]
+    assert owner_keywords(photo) == ["Anna", "wedding"]
+
+
+def test_a_broken_sidecar_is_left_untouched_and_named(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text("<x:xmpmeta><unclosed>")
+    with pytest.raises(SidecarError, match="IMG_1005.jpg.xmp: existing sidecar is not valid XMP"):
+        sync(photo, ["beach"], XMP)
+    assert side.read_text() == "<x:xmpmeta><unclosed>"
+
+
+def test_entity_tricks_are_refused(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>'
+                    '<x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>')
+    with pytest.raises(KeywordError, match="not valid XMP"):
+        read_sidecar(side)
+    with pytest.raises(SidecarError):
+        sync(photo, ["beach"], XMP)
+
+
+def test_a_symlinked_sidecar_is_written_through(photo, tmp_path):
+    real = tmp_path / "elsewhere.xmp"
+    real.write_text(owner_sidecar(["holiday"]))
+    link = photo.with_name("IMG_1005.jpg.xmp")
+    link.symlink_to(real)
+    sync(photo, ["beach"], XMP)
+    assert link.is_symlink() and read_sidecar(real).subject == ["holiday", "beach"]
+
+
+def test_txt_sidecar_is_just_the_tags(photo):
+    cfg = SidecarConfig("txt")
+    assert sync(photo, ["beach", "sea"], cfg)
+    assert photo.with_name("IMG_1005.jpg.txt").read_text() == "beach\nsea\n"
+    assert not sync(photo, ["beach", "sea"], cfg)
+    assert sync(photo, ["beach"], cfg, dry_run=True) and photo.with_name("IMG_1005.jpg.txt").read_text() == "beach\nsea\n"
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="sidecar kind"):
+        SidecarConfig("json")
+    with pytest.raises(ValueError, match="naming"):
+        SidecarConfig("xmp", naming="lightroom")
+    with pytest.raises(ValueError, match="keyword root"):
+        SidecarConfig("xmp", root="auto|tags")
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_exiftool_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(photo)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-IPTC:Keywords=holiday", "-IPTC:Keywords=Zürich",
+                    "-XMP-dc:Subject=Anna", "-XMP-lr:HierarchicalSubject=People|Anna", str(photo)], check=True)
+    assert set(embedded_keywords(photo).subject) == {"Anna", "holiday", "Zürich"}
+    sync(photo, ["lake", "boat"], XMP)
+    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-validate", "-warning",
+                          str(photo.with_name("p.jpg.xmp"))], check=True, capture_output=True, text=True).stdout
+    rec = json.loads(out)[0]
+    assert set(rec["Subject"]) == {"Anna", "holiday", "Zürich", "lake", "boat"}
+    assert rec["HierarchicalSubject"] == ["People|Anna", "tagger|lake", "tagger|boat"]
+    assert rec["Validate"] == "OK", rec
