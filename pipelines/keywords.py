@@ -1,7 +1,8 @@
 """A photo's keywords as photo managers keep them: XMP in the file or in a sidecar, and IPTC.
 
-digiKam, Lightroom, darktable and Immich keep keywords in XMP (`dc:subject`, flat, and
-`lr:hierarchicalSubject`, as `People|Anna`), embedded in the photo or in a sidecar beside it
+digiKam, Lightroom, darktable and Immich keep keywords in XMP (`dc:subject`, flat;
+`lr:hierarchicalSubject`, as `People|Anna`; digiKam's `digiKam:TagsList`, as `People/Anna`, which
+digiKam and Immich read first), embedded in the photo or in a sidecar beside it
 (`IMG_1.jpg.xmp`, or `IMG_1.xmp` where that is the library's convention), and older tools in
 IPTC (`Keywords`, 2:25). Pillow reads the embedded XMP packet and the IPTC block without decoding
 a pixel; the XMP is parsed with defusedxml, which refuses entity bombs and external entities.
@@ -24,6 +25,7 @@ NS = {
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
     "dc": "http://purl.org/dc/elements/1.1/",
     "lr": "http://ns.adobe.com/lightroom/1.0/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
     "tagger": "urn:tagger:xmp:1.0/",
 }
 DEFAULT_ROOT = "tagger"  # machine keywords sit under this root of the keyword tree: tagger|beach
@@ -40,15 +42,16 @@ class Keywords:
 
     subject: list[str] = field(default_factory=list)  # dc:subject
     hierarchical: list[str] = field(default_factory=list)  # lr:hierarchicalSubject, "People|Anna"
+    tags_list: list[str] = field(default_factory=list)  # digiKam:TagsList, "People/Anna"
     machine: list[str] = field(default_factory=list)  # tagger:Keywords: the dc:subject entries tagger added
 
     def owner(self, root: str = DEFAULT_ROOT) -> list[str]:
         """The flat keywords a person gave: dc:subject without tagger's, and the leaves of their hierarchy."""
-        owner_tree = [h for h in self.hierarchical if not _under(h, root)]
-        leaves = {h.rsplit("|", 1)[-1] for h in owner_tree}
+        leaves = [h.rsplit("|", 1)[-1] for h in self.hierarchical if not under_root(h, root)]
+        leaves += [t.rsplit("/", 1)[-1] for t in self.tags_list if not under_root(t, root, "/")]
         # A machine keyword the owner filed in their own tree (moved out of the root) is theirs now.
-        machine = set(self.machine) - leaves
-        return _unique([k for k in self.subject if k not in machine] + [h.rsplit("|", 1)[-1] for h in owner_tree])
+        machine = set(self.machine) - set(leaves)
+        return _unique([k for k in self.subject if k not in machine] + leaves)
 
 
 def parse_xmp(data: bytes | str, name: str | Path = "<xmp>") -> Keywords:
@@ -57,7 +60,8 @@ def parse_xmp(data: bytes | str, name: str | Path = "<xmp>") -> Keywords:
         root = SafeET.fromstring(data)
     except Exception as e:  # noqa: BLE001 - ParseError, and defusedxml's refusals (entities, DTDs)
         raise KeywordError(f"{name}: not valid XMP ({type(e).__name__}: {e})") from None
-    return Keywords(_bag(root, "dc", "subject"), _bag(root, "lr", "hierarchicalSubject"), _bag(root, "tagger", "Keywords"))
+    return Keywords(_bag(root, "dc", "subject"), _bag(root, "lr", "hierarchicalSubject"), _bag(root, "digiKam", "TagsList"),
+                    _bag(root, "tagger", "Keywords"))
 
 
 def read_sidecar(path: str | Path) -> Keywords:
@@ -141,8 +145,9 @@ def _bag(root, prefix: str, name: str) -> list[str]:
     return _unique(out)
 
 
-def _under(keyword: str, root: str) -> bool:
-    return keyword == root or keyword.startswith(root + "|")
+def under_root(keyword: str, root: str, sep: str = "|") -> bool:
+    """Whether a hierarchical keyword is the root or in its branch."""
+    return keyword == root or keyword.startswith(root + sep)
 
 
 def _iptc_text(value: bytes) -> str:

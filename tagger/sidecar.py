@@ -2,9 +2,10 @@
 
 `sync` is idempotent: it reads the sidecar, replaces the keywords tagger wrote last time with the
 current ones, keeps every keyword and field the owner or a photo manager put there, and writes
-only when something changed. Tags go to both fields photo managers read: `dc:subject` (flat)
-and `lr:hierarchicalSubject` under a root (`tagger|beach`), which digiKam, Lightroom and darktable
-show as a branch of the keyword tree. The flat ones tagger added are listed in `tagger:Keywords`,
+only when something changed. Tags go to the fields photo managers read: `dc:subject` (flat),
+`lr:hierarchicalSubject` under a root (`tagger|beach`), which digiKam, Lightroom and darktable
+show as a branch of the keyword tree, and digiKam's own `digiKam:TagsList` (`tagger/beach`), which
+digiKam and Immich read before the others. The flat ones tagger added are listed in `tagger:Keywords`,
 so a later run knows them; a keyword the owner already had is theirs and is never listed.
 A new sidecar of a photo with embedded keywords starts with those keywords, so a manager that
 prefers the sidecar still shows them.
@@ -19,13 +20,15 @@ from pathlib import Path
 from defusedxml import ElementTree as SafeET
 
 from embeddings.files import atomic_write
-from pipelines.keywords import DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, embedded_keywords, parse_xmp, sidecar_path
+from pipelines.keywords import DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, under_root, embedded_keywords, parse_xmp, sidecar_path
 
 KINDS = ("xmp", "txt")
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 PACKET_END = '\n<?xpacket end="w"?>\n'
 RDF = "{%s}" % NS["rdf"]
-FIELDS = {"subject": ("dc", "subject"), "hierarchical": ("lr", "hierarchicalSubject"), "machine": ("tagger", "Keywords")}
+# Keywords attribute -> (prefix, XMP property, RDF container).
+FIELDS = {"subject": ("dc", "subject", "Bag"), "hierarchical": ("lr", "hierarchicalSubject", "Bag"),
+          "tags_list": ("digiKam", "TagsList", "Seq"), "machine": ("tagger", "Keywords", "Bag")}
 
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
@@ -84,7 +87,8 @@ def _txt(tags: list[str]) -> bytes:
 def _xmp(photo: Path, old: bytes | None, tags: list[str], root: str, target: Path) -> bytes:
     if old is None:
         embedded = embedded_keywords(photo)
-        have = Keywords(embedded.owner(root), [h for h in embedded.hierarchical if not _under(h, root)])
+        have = Keywords(embedded.owner(root), [h for h in embedded.hierarchical if not under_root(h, root)],
+                        [t for t in embedded.tags_list if not under_root(t, root, "/")])
         tree = ET.Element("{%s}xmpmeta" % NS["x"])
         ET.SubElement(ET.SubElement(tree, RDF + "RDF"), RDF + "Description", {RDF + "about": ""})
     else:
@@ -99,7 +103,8 @@ def _xmp(photo: Path, old: bytes | None, tags: list[str], root: str, target: Pat
     added = [t for t in tags if t not in kept]
     want = Keywords(
         subject=kept + added,
-        hierarchical=[h for h in have.hierarchical if not _under(h, root)] + [f"{root}|{t}" for t in tags],
+        hierarchical=[h for h in have.hierarchical if not under_root(h, root)] + [f"{root}|{t}" for t in tags],
+        tags_list=[h for h in have.tags_list if not under_root(h, root, "/")] + [f"{root}/{t}" for t in tags],
         machine=added,
     )
     if old is not None and want == have:
@@ -109,13 +114,9 @@ def _xmp(photo: Path, old: bytes | None, tags: list[str], root: str, target: Pat
     return (PACKET_BEGIN + ET.tostring(tree, encoding="unicode") + PACKET_END).encode("utf-8")
 
 
-def _under(keyword: str, root: str) -> bool:
-    return keyword == root or keyword.startswith(root + "|")
-
-
 def _set_fields(tree: ET.Element, want: Keywords) -> None:
     """Replace the three keyword fields wherever they are (element or attribute form) with `want`'s, in one Description."""
-    names = {"{%s}%s" % (NS[p], n) for p, n in FIELDS.values()}
+    names = {"{%s}%s" % (NS[p], n) for p, n, _ in FIELDS.values()}
     descriptions = list(tree.iter(RDF + "Description"))
     if not descriptions:
         rdf = tree.find(f".//{RDF}RDF")
@@ -127,10 +128,10 @@ def _set_fields(tree: ET.Element, want: Keywords) -> None:
             desc.remove(child)
         for name in names & set(desc.attrib):
             del desc.attrib[name]
-    for attr, (prefix, name) in FIELDS.items():
+    for attr, (prefix, name, container) in FIELDS.items():
         values = getattr(want, attr)
         if values:
-            bag = ET.SubElement(ET.SubElement(descriptions[0], "{%s}%s" % (NS[prefix], name)), RDF + "Bag")
+            bag = ET.SubElement(ET.SubElement(descriptions[0], "{%s}%s" % (NS[prefix], name)), RDF + container)
             for v in values:
                 ET.SubElement(bag, RDF + "li").text = v
 

@@ -41,6 +41,7 @@ def test_a_new_sidecar_holds_the_tags_in_both_fields_and_records_them(photo):
     side = photo.with_name("IMG_1005.jpg.xmp")
     kw = read_sidecar(side)
     assert kw.subject == ["beach", "sea"] and kw.hierarchical == ["tagger|beach", "tagger|sea"] and kw.machine == ["beach", "sea"]
+    assert kw.tags_list == ["tagger/beach", "tagger/sea"]
     assert kw.owner() == []
     before = side.read_bytes()
     assert not sync(photo, ["beach", "sea"], XMP)  # already in step: not rewritten
@@ -65,6 +66,17 @@ def test_retagging_replaces_machine_tags_and_keeps_the_owners(photo):
         assert kw.subject == ["holiday", "sea"] + tags and kw.machine == tags
         assert kw.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
     assert kw.owner() == ["holiday", "sea", "Anna"]
+
+
+def test_digikam_tags_list_is_kept_in_step(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text(RDF_HEAD + "<digiKam:TagsList><rdf:Seq><rdf:li>People/Anna</rdf:li></rdf:Seq></digiKam:TagsList>"
+                    "<dc:subject><rdf:Bag><rdf:li>Anna</rdf:li></rdf:Bag></dc:subject>" + RDF_TAIL)
+    sync(photo, ["beach"], XMP)
+    sync(photo, ["dog"], XMP)
+    kw = read_sidecar(side)
+    assert kw.tags_list == ["People/Anna", "tagger/dog"] and kw.subject == ["Anna", "dog"] and kw.owner() == ["Anna"]
+    assert "<rdf:Seq>" in side.read_text()
 
 
 def test_a_machine_tag_the_owner_filed_is_theirs(photo):
@@ -141,9 +153,10 @@ def test_exiftool_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
                     "-XMP-dc:Subject=Anna", "-XMP-lr:HierarchicalSubject=People|Anna", str(photo)], check=True)
     assert set(embedded_keywords(photo).subject) == {"Anna", "holiday", "Zürich"}
     sync(photo, ["lake", "boat"], XMP)
-    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-validate", "-warning",
+    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-XMP-digiKam:TagsList", "-validate", "-warning",
                           str(photo.with_name("p.jpg.xmp"))], check=True, capture_output=True, text=True).stdout
     rec = json.loads(out)[0]
     assert set(rec["Subject"]) == {"Anna", "holiday", "Zürich", "lake", "boat"}
     assert rec["HierarchicalSubject"] == ["People|Anna", "tagger|lake", "tagger|boat"]
+    assert rec["TagsList"] == ["tagger/lake", "tagger/boat"]
     assert rec["Validate"] == "OK", rec
