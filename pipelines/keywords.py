@@ -76,8 +76,28 @@ def read_sidecar(path: str | Path) -> Keywords:
     return parse_xmp(data, path)
 
 
+def embedded_xmp(photo: str | Path) -> bytes | None:
+    """The XMP packet inside a photo file (None when it has none, or Pillow cannot open it). Nothing is decoded."""
+    return _embedded(photo)[0]
+
+
 def embedded_keywords(photo: str | Path) -> Keywords:
     """Keywords inside the photo file: its XMP packet and its IPTC keywords. Nothing is decoded."""
+    xmp, iptc = _embedded(photo)
+    found = Keywords()
+    if xmp:
+        try:
+            found = parse_xmp(xmp, photo)
+        except KeywordError:
+            pass  # a broken embedded packet: the photo is still a photo
+    raw = (iptc or {}).get((2, 25))
+    for value in raw if isinstance(raw, list) else [raw] if raw else []:
+        found.subject.append(_iptc_text(value))
+    found.subject = _unique(found.subject)
+    return found
+
+
+def _embedded(photo: str | Path) -> tuple[bytes | None, dict | None]:
     from PIL import Image, IptcImagePlugin
 
     from pipelines.images import is_heif, register_heif
@@ -92,18 +112,8 @@ def embedded_keywords(photo: str | Path) -> Keywords:
                 xmp = im.info.get("xmp")
                 iptc = IptcImagePlugin.getiptcinfo(im) if im.format in ("JPEG", "TIFF") else None
     except Exception:  # noqa: BLE001 - a photo Pillow cannot open has no keywords we can read; decoding reports it
-        return Keywords()
-    found = Keywords()
-    if xmp:
-        try:
-            found = parse_xmp(xmp, photo)
-        except KeywordError:
-            pass  # a broken embedded packet: the photo is still a photo
-    raw = (iptc or {}).get((2, 25))
-    for value in raw if isinstance(raw, list) else [raw] if raw else []:
-        found.subject.append(_iptc_text(value))
-    found.subject = _unique(found.subject)
-    return found
+        return None, None
+    return (bytes(xmp) if xmp else None), iptc
 
 
 def sidecar_path(photo: str | Path, naming: str = "auto") -> Path:

@@ -31,7 +31,7 @@ from embeddings.files import atomic_write, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
 from pipelines.keywords import DEFAULT_ROOT, owner_keywords
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
-from tagger.sidecar import SidecarConfig, SidecarError, sync
+from tagger.sidecar import SidecarConfig, SidecarError, embed, sync
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
@@ -63,6 +63,7 @@ class Summary:
     skipped: Counter = field(default_factory=Counter)  # reason -> files not taken (pipelines.scan reasons, OWNER_TAGGED)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> the first file skipped for it
     sidecars_written: int = 0
+    embedded: int = 0  # photos whose own XMP was rewritten (--embed)
     sidecar_errors: list[str] = field(default_factory=list)
     dry_run: bool = False
     to_tag: list[str] = field(default_factory=list)  # dry run: the photos a run would tag
@@ -218,6 +219,7 @@ def tag_folder(
     *,
     settings: str = "",
     sidecar: SidecarConfig | None = None,
+    embed: bool = False,
     exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
     skip_owner_tagged: bool = False,
     dry_run: bool = False,
@@ -229,6 +231,8 @@ def tag_folder(
     `tag_batch(paths)` yields (path, tags or None, error) per photo in batches of its choosing; the
     journal is flushed after every photo it yields, so a kill loses at most the photos in flight.
     settings: the model and options the tags come from; rows made with other settings are tagged again.
+    embed: also write the tags into each photo's own XMP (`tagger.sidecar.embed`, with a backup); the
+    row then holds the rewritten file's hash, so the next run does not take it for a changed photo.
     dry_run: scan, hash and plan, but tag nothing and write nothing (no lock, journal or output).
     """
     sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
@@ -245,16 +249,16 @@ def tag_folder(
     if out.is_dir():
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
     if dry_run:
-        return _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_tagged, True, progress, on_plan)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, True, progress, on_plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     with Lock(out):
         # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
         for name in (out.name, failures_path(out).name):
             remove_stale(out.parent, stale_pattern(name))
-        return _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_tagged, False, progress, on_plan)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, False, progress, on_plan)
 
 
-def _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_tagged, dry_run, progress, on_plan) -> Summary:
+def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, dry_run, progress, on_plan) -> Summary:
     previous = read_results(out)
     found = scan(sources, exclude_dirs)
     photos = {path_key(p): p for p in found.photos}
@@ -291,9 +295,11 @@ def _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_ta
         on_plan(Plan(photos=len(photos), todo=len(todo), retag=retag, skipped=sum(found.skipped.values())))
     if dry_run:
         summary.to_tag = [path_key(p) for p in todo]
+        rows = previous[previous["path"].isin(unchanged) & (previous["error"] == "")]
         if sidecar:
-            rows = previous[previous["path"].isin(unchanged) & (previous["error"] == "")]
             summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, dry_run=True)
+        if embed:
+            summary.embedded = len(todo) + len(_embed_all(rows, photos, sidecar, summary, dry_run=True))
         return summary
     journal = journal_path(out)
     if todo:
@@ -328,9 +334,15 @@ def _run(sources, out, tag_batch, settings, sidecar, exclude_dirs, skip_owner_ta
     write_results(rows, out)
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
+    # After the output is safe: a sidecar that cannot be written costs the run nothing, and the next run retries it.
     if sidecar:
-        # After the output is safe: a sidecar that cannot be written costs the run nothing, and the next run retries it.
         summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary)
+    if embed:
+        rewritten = _embed_all(rows[rows["error"] == ""], photos, sidecar, summary)
+        summary.embedded = len(rewritten)
+        if rewritten:
+            rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
+            write_results(rows, out)
     return summary
 
 
@@ -343,6 +355,19 @@ def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarC
         except SidecarError as e:
             summary.sidecar_errors.append(str(e))
     return written
+
+
+def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig | None, summary: Summary,
+               dry_run: bool = False) -> dict[str, str]:
+    """Write every tagged photo's tags into the photo itself; {path: its new content hash} of those rewritten."""
+    rewritten = {}
+    for key, tags in zip(rows["path"], rows["tags"]):
+        try:
+            if embed(photos[key], list(tags), config.root if config else DEFAULT_ROOT, dry_run=dry_run):
+                rewritten[key] = "" if dry_run else file_hash(photos[key])
+        except (SidecarError, OSError) as e:
+            summary.sidecar_errors.append(str(e))
+    return rewritten
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from enum import Enum
 from typing import Annotated, Optional
@@ -231,6 +232,7 @@ def tag(
     sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (keywords in dc:subject and lr:hierarchicalSubject, for digiKam, Lightroom, darktable) or txt (one tag a line)")] = None,
     sidecar_name: Annotated[SidecarNaming, typer.Option(help="XMP sidecar name: full (IMG_1.jpg.xmp), stem (IMG_1.xmp), or auto (stem where the library already has one, else full)")] = SidecarNaming.auto,
     keyword_root: Annotated[str, typer.Option(help="machine tags go under this root of the keyword tree (tagger|beach), so re-tagging replaces only them")] = DEFAULT_ROOT,
+    embed: Annotated[bool, typer.Option("--embed", help="also write the tags into each photo's own XMP with exiftool (for Lightroom, which ignores sidecars of JPEGs); the first original is kept as PHOTO_original")] = False,
     exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
     skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be tagged and written, and change nothing")] = False,
@@ -260,6 +262,9 @@ def tag(
             side = SidecarConfig(sidecar.value, sidecar_name.value, keyword_root) if sidecar else None
         except ValueError as e:
             raise UserError(str(e)) from None
+        if embed and shutil.which("exiftool") is None:
+            raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
+                            "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
         tagger = load_tagger(model, device)
         tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
@@ -273,7 +278,7 @@ def tag(
             bar.reset(total=p.todo)
 
         summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
-                             settings=tagger.settings(method, **opts), sidecar=side,
+                             settings=tagger.settings(method, **opts), sidecar=side, embed=embed,
                              exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
                              dry_run=dry_run, progress=bar.update, on_plan=plan)
         bar.close()
@@ -284,6 +289,7 @@ def tag(
                 typer.echo(f"would tag: {path}")
             more = f" (first 20 listed)" if len(summary.to_tag) > 20 else ""
             sidecars = f", write {summary.sidecars_written} sidecars" if side else ""
+            sidecars += f", write keywords into {summary.embedded} photos" if embed else ""
             typer.echo(f"dry run: would tag {len(summary.to_tag)} photos{more}{sidecars}; nothing was changed")
             return
         for line in summary.failures:
@@ -292,6 +298,7 @@ def tag(
             typer.echo(f"tagger: sidecar failed: {printable_path(line)}", err=True)
         listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
         sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
+        sidecars += f"; keywords written into {summary.embedded} photos" if embed else ""
         typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
         if not summary.ok:
             raise typer.Exit(1)

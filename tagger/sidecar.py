@@ -13,6 +13,10 @@ prefers the sidecar still shows them.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,8 @@ from pathlib import Path
 from defusedxml import ElementTree as SafeET
 
 from embeddings.files import atomic_write
-from pipelines.keywords import DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, under_root, embedded_keywords, parse_xmp, sidecar_path
+from pipelines.keywords import (DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, embedded_keywords, embedded_xmp, parse_xmp, sidecar_path,
+                                under_root)
 
 KINDS = ("xmp", "txt")
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -77,6 +82,37 @@ def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConf
             atomic_write(real, new)
         except OSError as e:
             raise SidecarError(f"{target}: cannot write ({e.strerror or e})") from None
+    return True
+
+
+def embed(photo: str | Path, tags: list[str], root: str = DEFAULT_ROOT, dry_run: bool = False) -> bool:
+    """Write the machine tags into the photo's own XMP (for managers that ignore sidecars of JPEGs, like Lightroom).
+
+    The same reconciliation as a sidecar, on the packet inside the photo; exiftool writes it, every
+    other field and the pixels untouched, and keeps the first original as `PHOTO_original` (never
+    overwritten by later runs). True if the photo was (or, dry, would be) rewritten.
+    """
+    photo = Path(photo)
+    exiftool = shutil.which("exiftool")
+    if exiftool is None:
+        raise SidecarError(f"{photo}: writing keywords into photos needs exiftool (Debian/Ubuntu: apt install libimage-exiftool-perl; "
+                           "macOS: brew install exiftool; Windows: exiftool.org)")
+    old = embedded_xmp(photo)
+    new = _xmp(photo, old, tags, root, photo)
+    if new == old:
+        return False
+    if dry_run:
+        return True
+    fd, packet = tempfile.mkstemp(suffix=".xmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(new)
+        done = subprocess.run([exiftool, "-q", "-q", "-P", "-m", f"-xmp<={packet}", "--", str(photo)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        os.unlink(packet)
+    if done.returncode != 0:
+        raise SidecarError(f"{photo}: exiftool could not write the keywords into it ({done.stderr.strip() or done.returncode})")
     return True
 
 

@@ -1,7 +1,12 @@
 """`tagger tag` on a photo library as people keep one: nested folders, sidecars of both namings, owner keywords, NAS clutter."""
+import io
 import json
 import os
 import shlex
+import shutil
+import subprocess
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -230,3 +235,34 @@ def test_a_collapsed_model_is_said_loudly():
     warnings = collapse_warnings(tagger, features, 0.0, "paper")
     assert len(warnings) == 2 and "validation P@5 is 0" in warnings[0] and "--preset (this run: paper)" in warnings[0]
     assert "the same tags" in warnings[1] and "collapsed" in warnings[1]
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_writes_into_the_photo_with_a_backup(tmp_path, tiny_bundle):
+    lib = tmp_path / "lib"
+    photo = save(lib / "IMG_1.jpg", xmp=owner_xmp(["Paris"]).encode())
+    plain = save(lib / "IMG_2.png", (20, 200, 90))
+    originals = {p: p.read_bytes() for p in (photo, plain)}
+    out = tmp_path / "tags.csv"
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "3")
+    assert r.exit_code == 0, r.output
+    assert "keywords written into 2 photos" in r.output
+    for p, data in originals.items():
+        assert p.with_name(p.name + "_original").read_bytes() == data  # the untouched original, kept
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(io.BytesIO(data))))  # pixels untouched
+    rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+    tags = rows.loc[str(photo), "tags"].split(";")
+    rec = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-XMP-xmp:Rating", str(photo)],
+                                    capture_output=True, text=True, check=True).stdout)[0]
+    assert rec["Subject"] == ["Paris"] + [t for t in tags if t != "Paris"] and rec["Rating"] == 5
+    assert rec["HierarchicalSubject"] == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    # The rewritten photo is not taken for a changed one, and nothing is written again.
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "3")
+    assert "0 tagged, 2 unchanged (kept)" in r.output and "keywords written into 0 photos" in r.output
+    # New options replace the machine tags inside the photo too; the backup stays the first original.
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "1")
+    assert "keywords written into 2 photos" in r.output
+    rec = json.loads(subprocess.run(["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(photo)],
+                                    capture_output=True, text=True, check=True).stdout)[0]
+    assert len([h for h in rec["HierarchicalSubject"] if h.startswith("tagger|")]) == 1
+    assert photo.with_name("IMG_1.jpg_original").read_bytes() == originals[photo]
