@@ -161,19 +161,22 @@ def load_onnx_backbone(spec: BackboneSpec, weights_path: Path | None, runtime: s
     path = onnx_file(Path(cache_dir), spec, wid, runtime)
     expect = expected_metadata(spec, wid, runtime)
     session = _open_cached(path, expect)
-    if session is None:
+    if session is not None:
+        return OnnxBackbone(spec, session, path, weights_path, runtime, build_torch)
+    torch_backbone = None
+    if runtime == "onnx":
         torch_backbone = build_torch()
-        if runtime == "onnx":
-            export_onnx(torch_backbone, path)
-        else:
-            raise ValueError(f"runtime {runtime!r}: no quantized backbone at {path}")
-        session = _open_cached(path, expect)
-        if session is None:
-            raise OnnxExportError(f"{path}: exported, but does not load")
-        backbone = OnnxBackbone(spec, session, path, weights_path, runtime, build_torch)
-        backbone._torch = torch_backbone  # built anyway: `classify` need not build it again
-        return backbone
-    return OnnxBackbone(spec, session, path, weights_path, runtime, build_torch)
+        export_onnx(torch_backbone, path)
+    else:  # onnx-int8: quantized from the float file (exported first where there is none)
+        float_backbone = load_onnx_backbone(spec, weights_path, "onnx", cache_dir, build_torch)
+        torch_backbone = float_backbone._torch
+        quantize_onnx(float_backbone, path)
+    session = _open_cached(path, expect)
+    if session is None:
+        raise OnnxExportError(f"{path}: exported, but does not load")
+    backbone = OnnxBackbone(spec, session, path, weights_path, runtime, build_torch)
+    backbone._torch = torch_backbone  # where it was built anyway, `classify` need not build it again
+    return backbone
 
 
 def _open_cached(path: Path, expect: dict[str, str]):
@@ -280,3 +283,66 @@ def describe(spec: BackboneSpec) -> dict[str, str]:
                                        f"({p.interpolation}); centre crop {p.crop}x{p.crop}; channels first; the graph "
                                        f"itself normalizes (x - [{mean}]) / [{std}]"),
     }
+
+
+CALIBRATION_PHOTOS = 256  # check_batch images the int8 activation ranges are measured on
+MIN_INT8_COSINE = 0.95  # mean cosine similarity of int8 to float features on the check batch, below which int8 is refused
+
+
+def quantize_onnx(float_backbone: OnnxBackbone, out: str | Path) -> dict[str, str]:
+    """Quantize a float ONNX backbone to int8 at `out` (atomically): ONNX Runtime's static quantization.
+
+    QDQ format, int8 weights per output channel, uint8 activations whose ranges are calibrated (min/max,
+    moving average) on `check_batch` images. Synthetic images keep the file the same on every machine,
+    for any photos; calibrating on 256 MIRFLICKR training photos instead measured no better beyond noise
+    (README "Performance"). Refused (OnnxExportError) if int8 features drift from float ones on the
+    check batch (mean cosine under MIN_INT8_COSINE).
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    p = float_backbone.preprocessing
+    photos = check_batch(p, n=CALIBRATION_PHOTOS, seed=1).astype(np.float32)
+
+    class Photos(CalibrationDataReader):
+        def __init__(self):
+            self.chunks = iter(range(0, len(photos), CHUNK))
+
+        def get_next(self):
+            i = next(self.chunks, None)
+            return None if i is None else {INPUT: photos[i : i + CHUNK]}
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(float_backbone.path), str(prepared))  # shape inference and graph clean-up, as the docs advise
+        quantize_static(str(prepared), str(quantized), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibMovingAverage": True})
+        session = ort.InferenceSession(str(quantized), sess_options=session_options(), providers=["CPUExecutionProvider"])
+        check = check_batch(p).astype(np.float32)
+        want = float_backbone.session.run([OUTPUT], {INPUT: check})[0]
+        got = session.run([OUTPUT], {INPUT: check})[0]
+        cosine = float(np.mean((got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-12)))
+        if not cosine >= MIN_INT8_COSINE:
+            raise OnnxExportError(f"{float_backbone.name}: int8 features match float ones with mean cosine {cosine:.3f} on the "
+                                  f"check batch (at least {MIN_INT8_COSINE} needed); not used: run with --runtime onnx")
+        model = onnx.load(str(quantized))
+    float_meta = {m.key: m.value for m in onnx.load(str(float_backbone.path)).metadata_props}
+    meta = {**float_meta, **expected_metadata(float_backbone.spec, float_backbone.weights_id, "onnx-int8"),
+            "tagger.int8": (f"ONNX Runtime static quantization (QDQ): int8 weights per channel, uint8 activations calibrated "
+                            f"(min/max) on {CALIBRATION_PHOTOS} synthetic images"),
+            "tagger.int8_cosine_vs_float": f"{cosine:.4f}"}
+    meta.pop("tagger.max_abs_diff_vs_torch", None)  # of the float graph, not this one
+    model.doc_string = f"{float_backbone.name} image features for tagger, int8: {meta['tagger.input']} -> {meta['tagger.output']}"
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    atomic_write(out, model.SerializeToString())
+    log.info("%s: quantized %s to int8 (mean cosine to float features %.4f)", out, float_backbone.name, cosine)
+    return meta

@@ -167,3 +167,20 @@ def test_torch_and_onnx_tag_200_subset_photos_alike(subset_dir, tmp_path):
     assert [[w for w, _ in t] for t in t_torch] == [[w for w, _ in t] for t in t_onnx]
     scores = np.array([[s for _, s in t] for t in t_torch]) - np.array([[s for _, s in t] for t in t_onnx])
     assert np.abs(scores).max() < 1e-3
+
+
+def test_int8_is_quantized_once_and_keeps_its_own_feature_cache(tmp_path):
+    int8 = create_backbone("tiny", device="cpu", runtime="onnx-int8", cache_dir=tmp_path)
+    float32 = create_backbone("tiny", device="cpu", runtime="onnx", cache_dir=tmp_path)
+    assert int8.path.name.endswith("-int8.onnx") and int8.path.with_name(int8.path.name.replace("-int8", "")) == float32.path
+    meta = {p.key: p.value for p in onnx.load(str(int8.path)).metadata_props}
+    assert meta["tagger.runtime"] == "onnx-int8" and "static quantization" in meta["tagger.int8"]
+    assert float(meta["tagger.int8_cosine_vs_float"]) >= 0.95
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8.path)).graph.node)
+    # Not the float features: int8 rows never land in (or come from) the float features' cache.
+    assert int8.weights_id != float32.weights_id and int8.weights_id.startswith(float32.weights_id)
+    x = torch.from_numpy(check_batch(int8.preprocessing))
+    a, b = int8.forward_features(x), float32.forward_features(x)
+    assert torch.nn.functional.cosine_similarity(a, b).mean() > 0.95
+    again = create_backbone("tiny", device="cpu", runtime="onnx-int8", cache_dir=tmp_path)
+    assert again._torch is None  # loaded, not quantized again
