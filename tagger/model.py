@@ -251,7 +251,7 @@ class Tagger:
     def load(cls, path: str | Path, device: str | torch.device | None = None, runtime: str | None = None) -> "Tagger":
         """Load a bundle (`tagger.bundle.load`); anything damaged is a BundleError naming the file.
 
-        runtime: what runs the backbone (not part of the bundle: any runtime gives the same tags within 1e-4).
+        runtime: what runs the backbone (not part of the bundle: torch and onnx give the same features within 1e-4).
         """
         from pipelines.device import choose_runtime
         from tagger.bundle import load
