@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: FeatureConfig's)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--runtime", default=None, help="torch, onnx or onnx-int8 (default: onnx on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both measurements (default: torch's, one per core)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures and table rows to this file")
     args = parser.parse_args(argv)
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     paths = subset_photos(args.n, args.data)
     if not paths:
         parser.error(f"no photos under {rel(args.data)}")
-    backbone = create_backbone(args.backbone, device=args.device)
-    config = FeatureConfig(backbone=args.backbone, batch_size=args.batch_size, device=args.device, cache_dir=None)
+    backbone = create_backbone(args.backbone, device=args.device, runtime=args.runtime)
+    config = FeatureConfig(backbone=args.backbone, batch_size=args.batch_size, device=args.device, runtime=backbone.runtime, cache_dir=None)
     if args.workers is not None:
         config = FeatureConfig(**{**config.__dict__, "num_workers": args.workers})
 
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "photos": rel(args.data),
         "backbone": args.backbone,
         "device": str(backbone.device),
+        "runtime": backbone.runtime,
         "n": n,
         "batch_size": args.batch_size,
         "num_workers": config.num_workers,
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_runs_s": [round(t, 2) for t in bare_times],
         "pipeline_runs_s": [round(t, 2) for t in pipe_times],
     }
-    print(f"{args.backbone} on {backbone.device}, {n} photos, batch {args.batch_size}, {config.num_workers} workers, "
+    print(f"{args.backbone} on {backbone.device} ({backbone.runtime}), {n} photos, batch {args.batch_size}, {config.num_workers} workers, "
           f"{torch.get_num_threads()} torch threads, median of {args.repeats}")
     print(f"  bare forward pass : {bare:8.1f} photos/s")
     print(f"  whole pipeline    : {pipe:8.1f} photos/s")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  ratio, per pair   : {pair_ratio:8.3f}  (median over repeats of bare time / pipeline time)")
     figures["rows"] = [row("features: whole pipeline", f"{pipe:.1f} photos/s", f"{bare:.1f} photos/s bare forward pass",
                            pipe / bare, "ratio >= 0.9",
-                           f"{n} shared photos, {args.backbone}, batch {args.batch_size}, {config.num_workers} decoding workers, "
+                           f"{n} shared photos, {args.backbone} ({backbone.runtime}), batch {args.batch_size}, {config.num_workers} decoding workers, "
                            f"{torch.get_num_threads()} torch threads, median of {args.repeats}; per-pair ratio {pair_ratio:.3f}")]
     print_rows(figures["rows"])
     return emit(figures, args.json)

@@ -8,6 +8,7 @@ generator, look up and vote the nearest tags, journal every result and write the
 reference is `extract_features` on the same photos with the same backbone object, batch size and
 workers, and no feature cache. Both are run alternately (median of --repeats), after one warm-up
 of each. Interpreter start and model loading are left out here; the cold-start row measures them.
+The backbone runs on the default runtime (ONNX Runtime on a CPU; --runtime torch for the other).
 The target is a ratio >= 0.9.
 """
 from __future__ import annotations
@@ -56,13 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64, help="as `tagger tag --batch-size` (its default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, as the CLI)")
+    parser.add_argument("--runtime", default=None, help="the backbone's runtime: torch, onnx, onnx-int8 (default: as the CLI's)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures and table rows to this file")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = subset_photos(args.n, args.photos)
-    tagger = Tagger.load(args.model or default_model_path())
+    tagger = Tagger.load(args.model or default_model_path(), runtime=args.runtime)
     with tempfile.TemporaryDirectory(prefix="bench-tagging-") as tmp:
         tmp = Path(tmp)
         os.environ["TAGGER_CACHE"] = str(tmp / "cache")  # neither side may find cached features
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     threads = torch.get_num_threads()
     rows = [row("tagging: tagger tag", f"{tag_rate:.1f} photos/s", f"{feat_rate:.1f} photos/s feature extraction alone",
                 tag_rate / feat_rate, "ratio >= 0.9",
-                f"{n} shared photos, batch {args.batch_size}, {threads} torch threads, in process (model loaded), median of {args.repeats}; "
+                f"{n} shared photos, batch {args.batch_size}, runtime {tagger.backbone.runtime}, {threads} threads, in process (model loaded), median of {args.repeats}; "
                 f"per-pair ratio {pair:.3f}; GAN sampling + look-up + votes alone {n / score_s:.0f} photos/s")]
-    result = {"bench": "tagging", "n": n, "photos": rel(args.photos), "batch_size": args.batch_size, "torch_threads": threads,
+    result = {"bench": "tagging", "runtime": tagger.backbone.runtime, "n": n, "photos": rel(args.photos), "batch_size": args.batch_size, "torch_threads": threads,
               "repeats": args.repeats, "tag_photos_per_s": round(tag_rate, 2), "features_photos_per_s": round(feat_rate, 2),
               "ratio": round(tag_rate / feat_rate, 3), "ratio_median_of_pairs": round(pair, 3),
               "sampling_votes_photos_per_s": round(n / score_s, 1),

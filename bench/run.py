@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 # name -> (script, arguments for `make bench`, arguments for --quick)
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "features": ("bench_features.py", ["--n", "256", "--repeats", "5"], ["--n", "32", "--repeats", "1"]),
+    "runtime": ("bench_runtime.py", ["--n", "256", "--repeats", "3"], ["--n", "16", "--repeats", "1"]),
     "tagging": ("bench_tagging.py", ["--n", "256", "--repeats", "3"], ["--n", "16", "--repeats", "1"]),
     "lookup": ("bench_lookup.py", ["--vocab", "250000", "--queries", "1000"],
                ["--photos", "4", "--samples", "10", "--repeats", "2", "--vocab", "2000", "--queries", "50", "--big-repeats", "1"]),

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 import torch
@@ -31,7 +31,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from pipelines import efficientnet_lite
-from pipelines.device import choose_device
+from pipelines.device import choose_device, choose_runtime
+
+if TYPE_CHECKING:
+    from pipelines.onnx_backbone import OnnxBackbone
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 CPU_CHUNK = 16  # photos per forward call on CPU; see Backbone._run
@@ -121,6 +124,7 @@ class Backbone(nn.Module):
         self.pixels_transform = make_pixels_transform(spec.preprocessing)
         self.device = device
         self.weights_path = weights_path
+        self.runtime = "torch"
         # channels_last: cuDNN tensor cores want it, and oneDNN on CPU skips a layout reorder per
         # conv (Lite0 measured ~1.6x faster on a 2-core CPU).
         self.model = model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
@@ -131,13 +135,7 @@ class Backbone(nn.Module):
     @cached_property
     def weights_id(self) -> str:
         """Names the exact weights, for cache keys: a hash of the weights file (or 'random')."""
-        if self.weights_path is None:
-            return "random"
-        h = hashlib.blake2b(digest_size=8)
-        with open(self.weights_path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        return h.hexdigest()
+        return weights_id(self.weights_path)
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True)
@@ -172,20 +170,51 @@ class Backbone(nn.Module):
         return self._run(self.model, batch)
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, device: str | torch.device | None = None) -> Backbone:
-    """Build `name` with its weights on `device` (None: `choose_device`).
+@functools.lru_cache(maxsize=16)
+def _hash_file(path: Path, size: int, mtime_ns: int) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_id(path: Path | None) -> str:
+    """Names the exact weights, for cache keys: a hash of the weights file (or 'random' without one)."""
+    if path is None:
+        return "random"
+    st = Path(path).stat()  # size and mtime in the memo's key: a file replaced in place is hashed again
+    return _hash_file(Path(path), st.st_size, st.st_mtime_ns)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, device: str | torch.device | None = None,
+                    runtime: str | None = None, cache_dir: str | Path | None = None) -> Backbone | OnnxBackbone:
+    """Build `name` with its weights on `device` (None: `choose_device`), run by `runtime` (None: `choose_runtime`).
 
     weights: a state dict file to load instead of the default weights (e.g. copied from a machine
     with a network). The load is strict: a file for another network is an error, not a partial load.
+    runtime: "torch" gives a `Backbone`; "onnx" (the default on a CPU with onnxruntime installed) an
+    `OnnxBackbone` with the same attributes and features (pipelines/onnx_backbone.py), its ONNX file
+    kept in `cache_dir` (None: the feature cache's default folder) and exported there on first use.
     """
     spec = get_spec(name)
     path = resolve_weights(spec, weights)
+    device = choose_device(device)
+    runtime = choose_runtime(runtime, device)
+    if runtime == "torch":
+        return _torch_backbone(spec, path, device)
+    from pipelines.onnx_backbone import load_onnx_backbone  # onnxruntime loads only when asked for
+
+    return load_onnx_backbone(spec, path, runtime, cache_dir, functools.partial(_torch_backbone, spec, path, device))
+
+
+def _torch_backbone(spec: BackboneSpec, path: Path | None, device: torch.device) -> Backbone:
     state = None if path is None else read_state_dict(path, spec.name)
     try:
         model = spec.build(state)
     except RuntimeError as e:  # load_state_dict(strict=True) names missing and unexpected keys
         raise BackboneWeightsError(f"{path}: not weights for {spec.name}: {str(e)[:500]}") from None
-    return Backbone(spec, model, choose_device(device), path)
+    return Backbone(spec, model, device, path)
 
 
 def hub_cache_path(url: str) -> Path:

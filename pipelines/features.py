@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when decoding or the cache layout changes, so old entries are not reused
 
 
+def default_cache_dir() -> Path:
+    """The tool's cache folder: $TAGGER_CACHE, else ~/.cache/tagger. Features live in its `features/`."""
+    return Path(os.environ.get("TAGGER_CACHE", Path.home() / ".cache" / "tagger"))
+
+
 def _default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
@@ -50,6 +55,7 @@ class FeatureConfig:
     batch_size: int = 64  # photos per forward pass
     num_workers: int = field(default_factory=_default_workers)  # decoding processes; 0 decodes in this process
     device: str | None = None  # "cpu", "cuda", "cuda:N", "mps"; None lets choose_device pick
+    runtime: str | None = None  # "torch", "onnx" or "onnx-int8"; None lets choose_runtime pick (onnx on a CPU)
     cache_dir: str | Path | None = None  # folder of the feature cache; None: no cache
 
 
@@ -196,7 +202,7 @@ def extract_features(
     """
     paths = [Path(p) for p in paths]
     if backbone is None:
-        backbone = create_backbone(config.backbone, config.weights, config.device)
+        backbone = create_backbone(config.backbone, config.weights, config.device, config.runtime, config.cache_dir)
     n = len(paths)
     features = np.full((n, backbone.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)

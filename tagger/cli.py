@@ -30,6 +30,7 @@ state = {"debug": False}
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="model bundle folder (default: $TAGGER_MODEL, else the model shipped with tagger)")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: the best available)")]
+RuntimeOpt = Annotated[Optional[str], typer.Option(help="what runs the image backbone: torch, onnx (ONNX Runtime, CPU only, same tags) or onnx-int8 (default: onnx on a CPU where onnxruntime is installed, else torch)")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="tags per photo (default: the model's, 10)")]
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
@@ -80,7 +81,7 @@ def run(fn):
         fail(str(e))
 
 
-def load_tagger(model: Path | None, device: str | None):
+def load_tagger(model: Path | None, device: str | None, runtime: str | None = None):
     from tagger.model import Tagger
     from tagger.shipped import default_model_path
 
@@ -89,7 +90,7 @@ def load_tagger(model: Path | None, device: str | None):
         raise UserError("no model: pass --model DIR (a bundle made by `tagger train`) or set TAGGER_MODEL")
     if not Path(path).exists():
         raise UserError(f"{path}: no such model folder")
-    return Tagger.load(path, device=device)
+    return Tagger.load(path, device=device, runtime=runtime)
 
 
 @app.command()
@@ -109,6 +110,7 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="photos per feature-extraction batch")] = 64,
     corpus: Annotated[Optional[Path], typer.Option(help="more tag lists for word2vec, of photos not in DATA (a .tsv/.csv with id and tags columns, e.g. the subset's tags_corpus.tsv)")] = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
 ):
     """Train a model bundle: image features, word2vec, tag index, kNN, the generator and its calibration, in one command.
@@ -141,6 +143,7 @@ def train(
             feature_batch_size=batch_size,
             corpus=corpus,
             device=device,
+            runtime=runtime,
             cache_dir=cache_dir or default_cache_dir(),
         )
         _, summary = fit(data, out, config)
@@ -171,6 +174,7 @@ def predict(
     method: MethodOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error, and existing (the keywords the photo already carries from its owner)")] = False,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
 ):
     """Print tags with scores for each photo, best first.
 
@@ -184,7 +188,7 @@ def predict(
         from pipelines.images import ImageError, printable_path
         from pipelines.keywords import owner_keywords
 
-        tagger = load_tagger(model, device)
+        tagger = load_tagger(model, device, runtime)
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
         failed = 0
         for path in images:
@@ -238,6 +242,7 @@ def tag(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be tagged and written, and change nothing")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
 ):
     """Tag every photo of SOURCES into one results file (one row per photo), and keep their sidecars in step.
 
@@ -265,7 +270,7 @@ def tag(
         if embed and shutil.which("exiftool") is None:
             raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
                             "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
-        tagger = load_tagger(model, device)
+        tagger = load_tagger(model, device, runtime)
         tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
         bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
@@ -315,6 +320,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.json and report.html")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per feature batch")] = 64,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
 ):
     """Compare tagging methods and bundles on held-out photos: P@k, R@k, F1@k, MiAP, MAP, N+, coverage, ECE.
@@ -340,7 +346,7 @@ def evaluate(
         names = [p.name if p is not None else "model" for p in paths]
         if len(set(names)) < len(names):
             names = [str(p) for p in paths]
-        taggers = {n: load_tagger(p, device) for n, p in zip(names, paths)}
+        taggers = {n: load_tagger(p, device, runtime) for n, p in zip(names, paths)}
         start = time.perf_counter()
         ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split,
                             tuple(method) if method else None,
@@ -373,6 +379,7 @@ def features(
     weights: Annotated[Optional[Path], typer.Option(help="backbone weights file")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
 ):
     """Extract image features to OUT/features.npy (float32, one row per photo of OUT/photos.csv).
@@ -402,7 +409,7 @@ def features(
                 raise UserError(f"{data}: no dataset and no photos found")
             frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
         config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
-                               device=device, cache_dir=cache_dir or default_cache_dir() / "features")
+                               device=device, runtime=runtime, cache_dir=cache_dir or default_cache_dir() / "features")
         result = extract_features(list(frame["path"]), config)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "features.npy", result.features)
@@ -424,6 +431,7 @@ def serve(
     max_photos: Annotated[int, typer.Option(min=1, help="most photos in one request")] = 32,
     max_photo_mb: Annotated[float, typer.Option(min=0.001, help="largest photo upload, in MB")] = 20.0,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
 ):
     """Serve tagging over HTTP: POST /v1/tag, a web page at /, the API docs at /docs.
 
@@ -437,9 +445,40 @@ def serve(
         from tagger.service import serve as serve_http
 
         limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))
-        tagger = load_tagger(model, device)
-        typer.echo(f"tagger: serving {tagger.backbone_name} ({len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)
+        tagger = load_tagger(model, device, runtime)
+        typer.echo(f"tagger: serving {tagger.backbone_name} ({tagger.backbone.runtime}, {len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)
         serve_http(tagger, host=host, port=port, token=token, limits=limits)
+
+    run(go)
+
+
+@app.command("export-onnx")
+def export_onnx(
+    out: Annotated[Path, typer.Argument(help="the ONNX file to write (e.g. backbone.onnx)")],
+    model: ModelOpt = None,
+):
+    """Write the model's image backbone as an ONNX file, for running it elsewhere (its inputs and outputs are in its metadata).
+
+    The file takes float32 pixels (N, 3, 224, 224), RGB 0..255 after resizing the shorter side to 256
+    (bicubic) and a centre crop of 224 (for the default backbone), and gives the features (N, 1280) the
+    model tags from; it was checked against torch when exported.
+
+    Example:  tagger export-onnx backbone.onnx
+    """
+
+    def go():
+        import onnx
+
+        from embeddings.files import atomic_write
+        from pipelines.backbones import create_backbone
+
+        tagger = load_tagger(model, "cpu")
+        backbone = create_backbone(tagger.backbone_name, weights=tagger.backbone_weights, device="cpu", runtime="onnx")
+        atomic_write(out, backbone.path.read_bytes())  # the cached file, already checked against torch
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        typer.echo(f"{out}: {tagger.backbone_name} (largest difference from torch {meta['tagger.max_abs_diff_vs_torch']})")
+        for key in ("input", "output", "preprocessing_steps"):
+            typer.echo(f"  {key.replace('_steps', '')}: {meta['tagger.' + key]}")
 
     run(go)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from embeddings.word2vec import Word2VecConfig, WordVectors
 from pipelines.backbones import DEFAULT_BACKBONE
 from pipelines.datasets import DatasetError, check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
-from pipelines.features import FeatureConfig, extract_features
+from pipelines.features import FeatureConfig, default_cache_dir, extract_features
 from pipelines.images import is_colour
 from tagger.baselines import KNNTagger
 from tagger.calibration import Calibration
@@ -35,11 +34,6 @@ from tagger.presets import default_preset_name, get_preset
 from tagger.scorers import word_prior
 from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
-
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TAGGER_CACHE", Path.home() / ".cache" / "tagger"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +52,7 @@ class FitConfig:
     feature_batch_size: int = 64
     num_workers: int | None = None  # feature decoding workers (None: the feature config's default)
     device: str | None = None
+    runtime: str | None = None  # what runs the backbone for the features: torch, onnx, onnx-int8 (None: choose_runtime)
     cache_dir: Path = field(default_factory=default_cache_dir)
     word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
     # Tag lists of photos not in the dataset (e.g. MIRFLICKR's tags_corpus.tsv), added to word2vec's
@@ -95,6 +90,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
         weights=config.weights,
         batch_size=config.feature_batch_size,
         device=config.device,
+        runtime=config.runtime,
         cache_dir=config.cache_dir / "features",
         **({"num_workers": config.num_workers} if config.num_workers is not None else {}),
     )

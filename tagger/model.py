@@ -54,6 +54,7 @@ class Tagger:
         condition: ConditionConfig = ConditionConfig(),
         calibration: dict[str, Calibration] | None = None,
         method: str | None = None,
+        runtime: str | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise ValueError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -72,6 +73,7 @@ class Tagger:
         self.condition = condition
         self.calibration = dict(calibration or {})
         self.method = method  # the method it tags with by default (None: the generator's)
+        self.runtime = runtime  # the backbone's runtime: torch, onnx, onnx-int8 (None: choose_runtime's pick for the device)
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
         self._backbone = None
@@ -113,7 +115,8 @@ class Tagger:
     @property
     def backbone(self):
         if self._backbone is None:
-            self._backbone = create_backbone(self.backbone_name, weights=self.backbone_weights, device=self.device)
+            self._backbone = create_backbone(self.backbone_name, weights=self.backbone_weights, device=self.device,
+                                             runtime=self.runtime)
             if self._backbone.dim != self.feature_dim:
                 raise ValueError(
                     f"backbone {self.backbone_name} gives {self._backbone.dim}-d features but this model "
@@ -225,7 +228,7 @@ class Tagger:
         self.scorer(method)  # an unknown method fails before the first photo
         chunk = chunk or 2 * batch_size
         fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
-                             device=str(self.device), **({"num_workers": num_workers} if num_workers is not None else {}))
+                             device=str(self.device), runtime=self.backbone.runtime, **({"num_workers": num_workers} if num_workers is not None else {}))
         for start in range(0, len(paths), chunk):
             part = list(paths[start : start + chunk])
             # The caller gets every failure with its photo and reports it; the extractor need not say it too.
@@ -252,11 +255,18 @@ class Tagger:
         return save(self, path, half=half, extras=extras)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "Tagger":
-        """Load a bundle (`tagger.bundle.load`); anything damaged is a BundleError naming the file."""
+    def load(cls, path: str | Path, device: str | torch.device | None = None, runtime: str | None = None) -> "Tagger":
+        """Load a bundle (`tagger.bundle.load`); anything damaged is a BundleError naming the file.
+
+        runtime: what runs the backbone (not part of the bundle: torch and onnx give the same features within 1e-4).
+        """
+        from pipelines.device import choose_runtime
         from tagger.bundle import load
 
-        return load(path, device=device)
+        tagger = load(path, device=device)
+        choose_runtime(runtime, tagger.device)  # an impossible choice fails here, not at the first photo
+        tagger.runtime = runtime
+        return tagger
 
 
 def _reason(error: str, path: Path) -> str:

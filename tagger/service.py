@@ -227,6 +227,7 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
         config = config_dict(tagger)
         return {
             "backbone": tagger.backbone_name,
+            "runtime": tagger.backbone.runtime,
             "feature_dim": config["backbone"]["feature_dim"],
             "generator": tagger.family,
             "calibrated": tagger.default_method in tagger.calibration,
@@ -252,11 +253,15 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
 
 
 def serve(model: Tagger | str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          device: str | None = None, limits: ServiceLimits = ServiceLimits(), log_level: str = "info") -> None:
-    """Load the model once and serve it until interrupted; `token` defaults to $TAGGER_TOKEN."""
+          device: str | None = None, limits: ServiceLimits = ServiceLimits(), log_level: str = "info",
+          runtime: str | None = None) -> None:
+    """Load the model once and serve it until interrupted; `token` defaults to $TAGGER_TOKEN.
+
+    runtime: what runs the backbone (torch, onnx, onnx-int8; None: onnx on a CPU where onnxruntime is installed).
+    """
     import uvicorn
 
-    tagger = model if isinstance(model, Tagger) else Tagger.load(model, device=device)
+    tagger = model if isinstance(model, Tagger) else Tagger.load(model, device=device, runtime=runtime)
     token = token or os.environ.get("TAGGER_TOKEN") or None
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a token: anyone who can reach the port can use it", host)

@@ -9,6 +9,17 @@ REPO = Path(__file__).resolve().parents[1]
 SUBSET = Path(os.environ.get("TAGGER_SUBSET", REPO.parent / "shared" / "datasets" / "mirflickr25k_subset"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """The tests' caches (ONNX exports of the backbones among them) go to a folder of their own, not the user's."""
+    if "TAGGER_CACHE" not in os.environ:
+        os.environ["TAGGER_CACHE"] = str(tmp_path_factory.mktemp("tagger-cache"))
+        yield
+        del os.environ["TAGGER_CACHE"]
+    else:
+        yield
+
+
 @pytest.fixture(scope="session")
 def subset_dir() -> Path:
     if not (SUBSET / "annotations.jsonl").is_file():

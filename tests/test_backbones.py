@@ -170,7 +170,7 @@ def resnet18_file(tmp_path_factory):
 
 def test_weights_file_is_loaded_exactly(resnet18_file):
     state = torch.load(resnet18_file, weights_only=True)
-    bb = create_backbone("resnet18", weights=resnet18_file, device="cpu")
+    bb = create_backbone("resnet18", weights=resnet18_file, device="cpu", runtime="torch")
     loaded = dict(bb.model.named_parameters())
     # _Split(body=Sequential(conv1, bn1, ...), head=fc): body.0 is conv1.
     assert torch.equal(loaded["body.0.weight"], state["conv1.weight"])
@@ -214,13 +214,13 @@ def test_download_lands_in_hub_cache_then_is_reused(tmp_path, monkeypatch, http_
     cached = hub_cache_path(url)
     assert cached == tmp_path / "torch_home" / "hub" / "checkpoints" / resnet18_file.name
     assert not cached.exists()
-    bb = create_backbone("resnet18", device="cpu")  # the real torch.hub download code runs
+    bb = create_backbone("resnet18", device="cpu", runtime="torch")  # the real torch.hub download code runs
     assert cached.read_bytes() == resnet18_file.read_bytes()
     assert bb.weights_path == cached
 
     # Second time: served from the cache, even with the server's copy gone.
     (root / resnet18_file.name).unlink()
-    again = create_backbone("resnet18", device="cpu")
+    again = create_backbone("resnet18", device="cpu", runtime="torch")
     assert torch.equal(again.model.head.weight, bb.model.head.weight)
 
 

@@ -141,7 +141,7 @@ def test_interrupted_run_resumes(photos, tmp_path, monkeypatch):
     assert (resumed.n_cached, resumed.n_extracted) == (4, 8)
     assert np.allclose(resumed.features, clean.features, atol=1e-6)
     # The completed run merged its batch shards (the interrupted run's one shard stays).
-    (cache_dir,) = (tmp_path / "cache").iterdir()
+    (cache_dir,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: the backbone's ONNX file
     names = sorted(p.name for p in cache_dir.iterdir())
     assert len(names) == 4 and sum(n.endswith("-all.hashes.npy") for n in names) == 1
     assert not any(n.startswith("tmp-") for n in names)
