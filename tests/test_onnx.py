@@ -11,7 +11,7 @@ from conftest import make_photo_files
 from pipelines.backbones import create_backbone
 from pipelines.device import choose_runtime
 from pipelines.features import FeatureConfig, extract_features
-from pipelines.images import list_images
+from pipelines.scan import list_images
 from pipelines.onnx_backbone import INPUT, OUTPUT, OnnxBackbone, OnnxExportError, check_batch, export_onnx
 from tagger.cli import app
 
