@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import stat
 import re
 import struct
 import warnings
@@ -24,6 +26,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below what would exhaust memory
+MAX_FILE_BYTES = 1 << 30  # 1 GB: above any photo file (a 100 MP 16-bit TIFF is 600 MB)
+MAX_ASPECT = 4.0  # longer side over shorter side kept for the backbone (see cap_aspect)
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
 
 
@@ -53,16 +57,41 @@ def load_image(source: str | Path | bytes, *, min_side: int | None = None) -> Im
     return decode_image(read_bytes(source), source, min_side=min_side)
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The file's bytes; an unreadable file is an ImageError like any other bad photo."""
+def read_bytes(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes; an unreadable file is an ImageError like any other bad photo.
+
+    Only regular files are read: a FIFO named like a photo would block forever and a link to
+    /dev/zero would never end. The file is opened without blocking and checked on the open
+    descriptor, so nothing can be swapped in between the check and the read.
+    """
     try:
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise ImageError(path, "no such file") from None
     except IsADirectoryError:
         raise ImageError(path, "is a directory") from None
     except OSError as e:
         raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageError(path, "is a directory" if stat.S_ISDIR(mode) else f"not a regular file (a {_file_kind(mode)})")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise ImageError(path, f"file is over the {limit // 2**20} MB limit for a photo")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | None = None) -> Image.Image:
@@ -86,6 +115,8 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
                 im.draft(None, (min_side, min_side))  # keeps both sides >= min_side
             im.load()  # decodes the first frame of an animation, and only that
         im = _upright(im)
+        if min_side:
+            im = cap_aspect(im)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -118,6 +149,23 @@ def register_heif() -> None:
     from pillow_heif import register_heif_opener
 
     register_heif_opener()
+
+
+def cap_aspect(im: Image.Image, most: float = MAX_ASPECT) -> Image.Image:
+    """The centre of a very long or very tall photo, at most `most` times as long as it is wide.
+
+    Resizing the shorter side to a backbone's 256 px would otherwise blow a thin strip up without
+    bound (an 8000x1 PNG of 86 bytes becomes 2,048,000x256 pixels, 1.5 GB). Every backbone then
+    centre-crops a square, which lies inside what is kept here, so the features do not change.
+    """
+    w, h = im.size
+    if w > most * h:
+        keep = max(1, round(most * h))
+        return im.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+    if h > most * w:
+        keep = max(1, round(most * w))
+        return im.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+    return im
 
 
 def too_many_pixels(pixels: int, size: str = "") -> str:

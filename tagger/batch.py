@@ -222,6 +222,7 @@ def tag_folder(
     embed: bool = False,
     exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
     skip_owner_tagged: bool = False,
+    retry_failed: bool = True,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
@@ -233,6 +234,7 @@ def tag_folder(
     settings: the model and options the tags come from; rows made with other settings are tagged again.
     embed: also write the tags into each photo's own XMP (`tagger.sidecar.embed`, with a backup); the
     row then holds the rewritten file's hash, so the next run does not take it for a changed photo.
+    retry_failed: try photos that failed in an earlier run again, changed or not (False: only if changed).
     dry_run: scan, hash and plan, but tag nothing and write nothing (no lock, journal or output).
     """
     sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
@@ -249,16 +251,17 @@ def tag_folder(
     if out.is_dir():
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
     if dry_run:
-        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, True, progress, on_plan)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, True, progress, on_plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     with Lock(out):
         # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
         for name in (out.name, failures_path(out).name):
             remove_stale(out.parent, stale_pattern(name))
-        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, False, progress, on_plan)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, False, progress, on_plan)
 
 
-def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, dry_run, progress, on_plan) -> Summary:
+def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
+         on_plan) -> Summary:
     previous = read_results(out)
     found = scan(sources, exclude_dirs)
     photos = {path_key(p): p for p in found.photos}
@@ -271,6 +274,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
                 del photos[key]
                 summary.skip(OWNER_TAGGED, p)
     done = {path: (h, s) for path, h, s in zip(previous["path"], previous["hash"], previous["settings"])}
+    failed_before = set(previous.loc[previous["error"] != "", "path"])
     hashes, todo, retag = {}, [], 0
     for key, p in photos.items():
         try:
@@ -280,12 +284,14 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
             todo.append(p)
             continue
         old = done.get(key)
-        if old is None or old[0] != hashes[key]:
+        if old is None or old[0] != hashes[key] or (retry_failed and key in failed_before):
+            # A failure is retried even when the hash is the same: the photo may have been read while
+            # being copied or rewritten (its hash taken before), or from a share that was briefly away.
             todo.append(p)
         elif old[1] != settings:
             todo.append(p)
             retag += 1
-    # Unchanged photos keep their rows; earlier failures on unchanged files are not retried.
+    # Unchanged photos keep their rows; with retry_failed False, so do earlier failures on unchanged files.
     unchanged = set(photos) - {path_key(p) for p in todo}
     old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
     summary.kept = len(unchanged) - len(old_failed)

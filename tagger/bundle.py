@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from embeddings.files import atomic_dir
@@ -115,17 +116,21 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
         words = WordSpaceConfig(**cfg["words"])
         sampling = SamplingConfig(**{**cfg["sampling"], "exclude": tuple(cfg["sampling"].get("exclude", ()))})
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise BundleError(f"{cfg_file}: missing or unknown setting ({_one_line(e)})") from e
+        raise BundleError(f"{cfg_file}: missing, unknown or out-of-range setting ({_one_line(e)})") from e
     vocab_size = cfg.get("vocabulary_size")
     image_dim = gen_config.feature_dim - (vocab_size if condition.neighbour_votes and isinstance(vocab_size, int) else 0)
     _check_backbone(cfg_file, backbone, image_dim)
     device = choose_device(device) if not isinstance(device, torch.device) else device
+    _check_weight_shapes(path / WEIGHTS, family, gen_config)  # before anything the size of the config is allocated
     generator = create_generator(family, gen_config)
     try:
         state = load_file(str(path / WEIGHTS))
         generator.load_state_dict({k: v.float() for k, v in state.items()})
     except Exception as e:  # safetensors raises several types for a damaged file
         raise BundleError(f"{path / WEIGHTS}: cannot load generator weights ({_one_line(e)})") from e
+    broken = [k for k, v in generator.state_dict().items() if not torch.isfinite(v).all()]
+    if broken:
+        raise BundleError(f"{path / WEIGHTS}: {len(broken)} tensors hold NaN or infinite values (e.g. {broken[0]}); the bundle is damaged")
     vocabulary = _load_part(path / VOCABULARY, "the vocabulary", Vocabulary.load)
     wv = _load_part(path / VECTORS, "the word vectors", WordVectors.load)
     if len(wv.words) != cfg.get("vocabulary_size", len(wv.words)):
@@ -156,6 +161,25 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
     if unknown:
         raise BundleError(f"{path / CALIBRATION}: calibrates {', '.join(unknown)}, which this bundle does not have")
     return tagger
+
+
+def _check_weight_shapes(file: Path, family: str, config) -> None:
+    """The weights file holds exactly the tensors, of exactly the shapes, that the config describes.
+
+    The expected shapes come from the network built on the meta device, which allocates nothing;
+    the file's from its header. A tampered size is refused here, in one line.
+    """
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in create_generator(family, config).state_dict().items()}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a damaged header
+        raise BundleError(f"{file}: cannot load generator weights ({_one_line(e)})") from e
+    for key in sorted(set(expected) | set(found)):
+        if expected.get(key) != found.get(key):
+            raise BundleError(f"{file}: tensor {key} is {found.get(key, 'missing')} but config.json describes "
+                              f"{expected.get(key, 'no such tensor')}; the weights and the config do not belong together")
 
 
 def _fingerprint(path: Path) -> str:

@@ -239,6 +239,7 @@ def tag(
     embed: Annotated[bool, typer.Option("--embed", help="also write the tags into each photo's own XMP with exiftool (for Lightroom, which ignores sidecars of JPEGs); the first original is kept as PHOTO_original")] = False,
     exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
     skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="try photos that failed before again, even if unchanged (a photo read while being copied fails once)")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be tagged and written, and change nothing")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
@@ -285,7 +286,7 @@ def tag(
         summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
                              settings=tagger.settings(method, **opts), sidecar=side, embed=embed,
                              exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
-                             dry_run=dry_run, progress=bar.update, on_plan=plan)
+                             retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
         bar.close()
         for reason, n in summary.skipped.most_common():
             typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)

@@ -188,3 +188,25 @@ def test_bad_output_name(tmp_path):
         tag_folder(tmp_path / "nope", tmp_path / "tags.csv", fake_tagger([]))
 
 
+
+
+def test_a_photo_read_while_rewritten_is_retried_when_whole_again(tmp_path):
+    """Its failure is stored under the hash taken before it was read; the file ends up with those same bytes."""
+    make_photos(tmp_path / "photos", 2)
+    out = tmp_path / "tags.csv"
+    flaky = {"first": True}
+
+    def rewritten_once(paths):
+        for p in paths:
+            if p.name == "p001.jpg" and flaky.pop("first", False):
+                yield p, None, "corrupt or truncated: image file is truncated"  # caught mid-copy
+            else:
+                yield p, [("t", 0.5)], ""
+
+    assert tag_folder(tmp_path / "photos", out, rewritten_once).failed_now == 1
+    calls = []
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger(calls), retry_failed=False)
+    assert calls == [] and summary.failed == 1  # not retried: still listed as failed
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger(calls))
+    assert [os.path.basename(c) for c in calls] == ["p001.jpg"] and (summary.tagged, summary.failed) == (1, 0)
+    assert (read_results(out)["error"] == "").all()

@@ -73,7 +73,7 @@ def test_the_condition_carries_the_neighbours_votes(photos):
      "calibration.json: calibrates cvae, which this bundle does not have"),
     (lambda p: (p / "calibration.json").write_text("{"), "calibration.json: cannot load the calibration"),
     (lambda p: _edit(p, lambda c: {**c, "condition": {"neighbour_votes": -1}}),
-     "config.json: missing or unknown setting (neighbour_votes must be 0 or more, got -1)"),
+     "config.json: missing, unknown or out-of-range setting (neighbour_votes must be 0 or more, got -1)"),
     (lambda p: _edit(p, lambda c: {**c, "method": "clip"}),
      "config.json: default method 'clip' is not one of the bundle's (cgan, knn, cgan+knn, prior)"),
 ])

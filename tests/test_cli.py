@@ -56,6 +56,9 @@ def test_tag_a_folder_then_again(tmp_path, tiny_bundle):
     assert len(list((tmp_path / "photos" / "sub").glob("*.jpg.xmp"))) == 5
     result = runner.invoke(app, args)
     assert "0 tagged, 5 unchanged (kept), 1 failed" in result.output
+    assert result.exit_code == 1, result.output  # the broken file was tried again, and failed again
+    result = runner.invoke(app, args + ["--no-retry-failed"])
+    assert "0 tagged, 5 unchanged (kept), 1 failed" in result.output
     assert result.exit_code == 0, result.output  # the same broken file, already reported: listed, not failed again
 
 

@@ -229,9 +229,13 @@ def test_tag_hostile_folder(hostile, tiny_bundle, tmp_path):
     assert all(errors[shown(p)] != "" for p in hostile.bad.values())
     assert errors[shown(hostile.bad["bomb"])] == "decompression bomb: 400 MP image is over the 128 MP limit"
 
-    # A second run keeps everything and re-reports the failures without retrying them.
+    # A second run keeps everything and tries the failures again (they fail again: exit code 1); with
+    # --no-retry-failed it re-reports them without trying.
     result = runner.invoke(app, ["tag", str(hostile.root), "--out", str(out), "--model", str(tiny_bundle)])
     _no_traceback(result)
+    assert result.exit_code == 1, result.output
+    assert f"0 tagged, {n_good} unchanged (kept), {n_bad} failed" in result.stdout
+    result = runner.invoke(app, ["tag", str(hostile.root), "--out", str(out), "--model", str(tiny_bundle), "--no-retry-failed"])
     assert result.exit_code == 0, result.output
     assert f"0 tagged, {n_good} unchanged (kept), {n_bad} failed" in result.stdout
 

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -142,6 +143,15 @@ def _damage(path, name, change):
             np.savez(f, **arrays)
 
 
+def _nan_weights(b: bytes) -> bytes:
+    from safetensors.torch import load, save
+
+    state = load(b)
+    key = sorted(state)[0]
+    state[key] = torch.full_like(state[key], float("nan"))
+    return save(state)
+
+
 def _half(b: bytes) -> bytes:
     return b[: len(b) // 2]
 
@@ -149,13 +159,28 @@ def _half(b: bytes) -> bytes:
 @pytest.mark.parametrize("name, change, message", [
     ("config.json!", lambda c: {**c, "backbone": {**c["backbone"], "name": "vit_huge"}},
      "config.json: made for backbone 'vit_huge', which this tagger does not have"),
-    ("config.json!", lambda c: {k: v for k, v in c.items() if k != "generator"}, "config.json: missing or unknown setting ('generator')"),
+    ("config.json!", lambda c: {k: v for k, v in c.items() if k != "generator"}, "config.json: missing, unknown or out-of-range setting ('generator')"),
     ("config.json!", lambda c: {**c, "generator": {**c["generator"], "family": "vqvae"}},
-     "config.json: missing or unknown setting (unknown generator family 'vqvae'; known: cgan, cvae, caae)"),
+     "config.json: missing, unknown or out-of-range setting (unknown generator family 'vqvae'; known: cgan, cvae, caae)"),
     ("config.json!", lambda c: {**c, "generator": {**c["generator"], "config": {**c["generator"]["config"], "heads": 0}}},
-     "config.json: missing or unknown setting (heads must be at least 1, got 0)"),
+     "config.json: missing, unknown or out-of-range setting (heads must be a whole number from 1 to 65536, got 0)"),
     ("config.json!", lambda c: {**c, "generator": {**c["generator"], "config": {**c["generator"]["config"], "g_image_hidden": 32}}},
-     "generator.safetensors: cannot load generator weights (Error(s) in loading state_dict for WordGenerator: size mismatch"),
+     "generator.safetensors: tensor image_branch.0.bias is (16,) but config.json describes (32,)"),
+    # Tampered values: refused in one line before anything is allocated, not NaN tags or a 20 GB allocation.
+    *[("config.json!", (lambda k, v: lambda c: {**c, "generator": {**c["generator"], "config": {**c["generator"]["config"], k: v}}})(k, v),
+       f"config.json: missing, unknown or out-of-range setting ({k} must be a whole number from 1 to 65536, got {v!r})")
+      for k, v in [("g_image_hidden", 10**9), ("word_dim", -8), ("g_noise_hidden", 2.5)]],
+    ("config.json!", lambda c: {**c, "generator": {**c["generator"], "config": {**c["generator"]["config"], "dropout": float("nan")}}},
+     "config.json: missing, unknown or out-of-range setting (dropout must be a finite number, 0 or more, got nan)"),
+    ("config.json!", lambda c: {**c, "sampling": {**c["sampling"], "temperature": float("nan")}},
+     "config.json: missing, unknown or out-of-range setting (temperature must be a finite number above 0, got nan)"),
+    ("config.json!", lambda c: {**c, "sampling": {**c["sampling"], "temperature": 0}},
+     "config.json: missing, unknown or out-of-range setting (temperature must be a finite number above 0, got 0)"),
+    ("config.json!", lambda c: {**c, "sampling": {**c["sampling"], "min_score": float("nan")}},
+     "config.json: missing, unknown or out-of-range setting (min_score must be within 0..1, got nan)"),
+    ("config.json!", lambda c: {**c, "sampling": {**c["sampling"], "samples": 10**8}},
+     "config.json: missing, unknown or out-of-range setting (samples must be a whole number from 1 to 10000, got 100000000)"),
+    ("generator.safetensors", _nan_weights, "generator.safetensors: 1 tensors hold NaN or infinite values (e.g. "),
     ("generator.safetensors", _half, "generator.safetensors: cannot load generator weights"),
     ("word_vectors.npz", _half, "word_vectors.npz: cannot load the word vectors"),
     ("word_vectors.npz", lambda b: b"", "word_vectors.npz: cannot load the word vectors"),

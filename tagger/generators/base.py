@@ -10,7 +10,7 @@ averaging, validation, checkpoints.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,10 @@ from torch import nn
 
 # Reconstruction terms a family may offer beside its adversarial or KL terms (TrainConfig.recon).
 RECONS = ("pair", "l1", "set", "softmax")
+
+
+MAX_WIDTH = 1 << 16  # widest layer or vector any config may ask for
+OPTIONAL_WIDTHS = {"g_joint_hidden"}  # 0 turns the layer off
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,23 @@ class GeneratorConfig:
     heads: int = 1
 
     def __post_init__(self):
+        # Every family's config comes through here, its own fields too: a bundle's config.json is checked
+        # before a network is built from it, so a tampered size fails in one line, not in a 20 GB allocation.
         if self.noise not in ("uniform", "normal"):
             raise ValueError(f"noise must be 'uniform' or 'normal', got {self.noise!r}")
-        for name in ("feature_dim", "word_dim", "noise_dim", "g_noise_hidden", "g_image_hidden", "heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int):
+                least = 0 if f.name in OPTIONAL_WIDTHS else 1
+                if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_WIDTH:
+                    raise ValueError(f"{f.name} must be a whole number from {least} to {MAX_WIDTH}, got {value!r}")
+            elif f.type in ("float", float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{f.name} must be a finite number, 0 or more, got {value!r}")
+        if not self.dropout < 1:
+            raise ValueError(f"dropout must be below 1, got {self.dropout}")
+        if self.heads > 256:
+            raise ValueError(f"heads must be at most 256, got {self.heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
