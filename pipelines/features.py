@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pipelines.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from pipelines.images import ImageError, chroma, decode_image, read_bytes, to_rgb
+from pipelines.images import ImageError, cap_aspect, chroma, decode_image, read_bytes, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,6 @@ def extract_images(images: Sequence[Image.Image], backbone: Backbone, device: to
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            x = torch.stack([backbone.pixels_transform(to_rgb(im)) for im in chunk])
+            x = torch.stack([backbone.pixels_transform(to_rgb(cap_aspect(im))) for im in chunk])
             out[start : start + len(chunk)] = backbone.forward_features(x).cpu().numpy()
     return out

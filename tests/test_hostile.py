@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 from PIL import Image
@@ -458,3 +459,53 @@ def test_tag_non_utf8_name_every_output_format(tmp_path, tiny_bundle, suffix):
         result = runner.invoke(app, args)
         _no_traceback(result)
         assert result.exit_code == 0 and expect in result.stdout, result.output
+
+
+# -- issue: bounded memory per photo, only regular files ------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(8000, 1), (100_000, 1), (1, 30_000), (5000, 3)])
+def test_a_thin_image_is_cropped_before_the_resize(tmp_path, size):
+    """An 86-byte 8000x1 PNG once became a 2,048,000x256 image (1.5 GB) in the resize to the backbone's 256 px."""
+    path = tmp_path / "thin.png"
+    Image.new("L", size, 128).save(path)
+    assert path.stat().st_size < 2000
+    im = load_image(path, min_side=256)
+    w, h = im.size
+    assert max(w, h) <= 4 * min(w, h)
+    # What the backbone then makes of it is at most 256 x 1024 pixels.
+    from pipelines.backbones import create_backbone
+
+    backbone = create_backbone("tiny")
+    assert backbone.pixels_transform(im).numel() <= 3 * 256 * 256
+
+
+def test_cropping_a_panorama_does_not_change_its_features():
+    from pipelines.backbones import create_backbone
+    from pipelines.features import extract_images
+    from pipelines.images import cap_aspect
+
+    backbone = create_backbone("tiny")
+    pano = _rgb(1500, 200, seed=3)  # 7.5:1, beyond the 4:1 kept
+    assert cap_aspect(pano).size == (800, 200)
+    full = backbone.forward_features(torch.stack([backbone.pixels_transform(pano)])).detach().numpy()
+    assert np.allclose(extract_images([pano], backbone), full, atol=1e-6)
+
+
+def test_fifos_and_devices_named_like_photos_are_refused_not_read(tmp_path, tiny_bundle):
+    fifo, zero, good = tmp_path / "fifo.jpg", tmp_path / "zero.jpg", tmp_path / "good.jpg"
+    os.mkfifo(fifo)  # reading it would block forever
+    os.symlink("/dev/zero", zero)  # reading it would never end
+    good.write_bytes(_jpeg_bytes(_rgb(32, 32)))
+    for path, kind in ((fifo, "FIFO"), (zero, "character device")):
+        with pytest.raises(ImageError, match=f"not a regular file \\(a {kind}\\)"):
+            load_image(path)
+    result = runner.invoke(app, ["predict", str(fifo), str(zero), str(good), "--model", str(tiny_bundle)])
+    _no_traceback(result)
+    assert result.exit_code == 1 and result.output.count("not a regular file") == 2 and f"{good}: " in result.output
+    # A folder run does not even take them: they are counted as skipped.
+    out = tmp_path / "out" / "tags.csv"
+    result = runner.invoke(app, ["tag", str(tmp_path), "--out", str(out), "--model", str(tiny_bundle)])
+    _no_traceback(result)
+    assert result.exit_code == 0 and "1 tagged" in result.output
+    assert "skipped 2: not a regular file (device, FIFO or socket)" in result.output
