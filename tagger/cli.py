@@ -445,6 +445,8 @@ def serve(
         from tagger.service import ServiceLimits
         from tagger.service import serve as serve_http
 
+        if token is not None and not token.strip():
+            raise UserError("--token (or $TAGGER_TOKEN) is empty: give a token, or leave it out to serve without one")
         limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))
         tagger = load_tagger(model, device, runtime)
         typer.echo(f"tagger: serving {tagger.backbone_name} ({tagger.backbone.runtime}, {len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)

@@ -36,13 +36,17 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel
 
-from pipelines.images import ImageError, decode_image, is_colour
+from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image, is_colour
+from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict
 from tagger.model import Tagger
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")  # Host header values of a loopback service
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +56,16 @@ class ServiceLimits:
     max_photos: int = 32  # photos in one request; more are refused with 413
     max_batch: int = 32  # photos per forward pass; a batch closes once it holds this many
     batch_wait: float = 0.005  # seconds a lone request waits for others to share its forward pass
+    # Decoded pixels one request may ask for (the sizes its photos declare); photos past it get an error
+    # and are not decoded. One 128 MP photo (MAX_PIXELS) always fits.
+    max_request_pixels: int = 150_000_000
+    decode_workers: int = 2  # photos decoded at once, over all requests: bounds the memory of decoding
+    read_timeout: float = 30.0  # seconds a client may take to send the next part of its upload (slow clients: 408)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The most a request body may hold: its photos plus room for the multipart headers around each."""
+        return self.max_photos * (self.max_photo_bytes + 64 * 1024)
 
 
 class PhotoTags(BaseModel):
@@ -151,8 +165,16 @@ class Batcher:
         return out
 
 
-def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits = ServiceLimits()) -> FastAPI:
-    """The service app for a loaded tagger; `token`, when given, is required on every /v1 request."""
+def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits = ServiceLimits(),
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The service app for a loaded tagger; `token`, when given, is required on every /v1 request.
+
+    allowed_hosts: the Host header values accepted (None: any); `serve` sets the loopback names when it
+    listens on loopback.
+    """
+    if token is not None and not token.strip():
+        raise ValueError("the API token is empty: give a token, or none to serve without one")
+    decoder = ThreadPoolExecutor(max_workers=limits.decode_workers, thread_name_prefix="tagger-decode")
     # Build the backbone now: the first request should not pay for it, and a bundle whose backbone
     # does not match fails at start, not on a user's photo.
     min_side = tagger.backbone.preprocessing.resize
@@ -163,6 +185,7 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
         app.state.batcher.start()
         yield
         await app.state.batcher.stop()
+        decoder.shutdown(wait=False)
 
     app = FastAPI(
         title="tagger",
@@ -172,21 +195,10 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     )
     app.state.limits = limits
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        # Checked here rather than in a dependency: FastAPI reads the whole upload before it runs
-        # dependencies, and a refused client should not get to send 640 MB first.
-        if request.url.path.startswith("/v1/"):
-            if token is not None and not _token_ok(request.headers.get("authorization", ""), token):
-                return JSONResponse({"detail": "missing or wrong API token (send Authorization: Bearer TOKEN)"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-            declared = request.headers.get("content-length", "")
-            # Room for the multipart headers around each photo; each photo is checked on its own later.
-            most = limits.max_photos * (limits.max_photo_bytes + 64 * 1024)
-            if declared.isdigit() and int(declared) > most:
-                return JSONResponse({"detail": f"request of {_mb(int(declared))} is over the limit of {limits.max_photos} "
-                                               f"photos of {_mb(limits.max_photo_bytes)} each"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(Guard, token=token, limits=limits)
+    if allowed_hosts:
+        # A page on another site cannot reach a loopback service through a DNS name it controls (DNS rebinding).
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     # The token is checked by the middleware above; this dependency only shows it in /docs (the Authorize button).
     v1 = [Depends(HTTPBearer(auto_error=False))] if token is not None else []
@@ -207,7 +219,9 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
             if f.size is not None and f.size > limits.max_photo_bytes:
                 raise HTTPException(413, f"{name}: {_mb(f.size)} is over the limit of {_mb(limits.max_photo_bytes)} per photo")
         blobs = [await f.read() for f in files]
-        decoded = await asyncio.to_thread(_decode_all, blobs, names, min_side)
+        decoded = await asyncio.get_running_loop().run_in_executor(decoder, _decode_all, blobs, names, min_side,
+                                                                   limits.max_request_pixels)
+        del blobs
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
         tags = {}
         if ok:
@@ -233,7 +247,7 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
             "calibrated": tagger.default_method in tagger.calibration,
             "vocabulary_size": len(tagger.words),
             "sampling": config["sampling"],
-            "limits": asdict(limits),
+            "limits": {**asdict(limits), "max_request_bytes": limits.max_request_bytes},
             "info": config["info"],
         }
 
@@ -262,22 +276,83 @@ def serve(model: Tagger | str | Path, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     tagger = model if isinstance(model, Tagger) else Tagger.load(model, device=device, runtime=runtime)
-    token = token or os.environ.get("TAGGER_TOKEN") or None
-    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if token is None:
+        token = os.environ.get("TAGGER_TOKEN")
+    if token is not None and not token.strip():
+        raise ValueError("the API token is empty ($TAGGER_TOKEN or --token ''): give a token, or unset it to serve without one")
+    loopback = host in LOOPBACK
+    if token is None and not loopback:
         log.warning("serving on %s without a token: anyone who can reach the port can use it", host)
-    uvicorn.run(create_app(tagger, token=token, limits=limits), host=host, port=port, log_level=log_level)
+    app = create_app(tagger, token=token, limits=limits, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+    # timeout_keep_alive: an idle connection is closed after this long, so idle clients cannot hold sockets.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
 
 
-def _decode_all(blobs: list[bytes], names: list[str], min_side: int) -> list:
-    """Decoded images, or the ImageError of each photo that does not decode."""
-    out = []
+def _decode_all(blobs: list[bytes], names: list[str], min_side: int, max_pixels: int) -> list:
+    """Decoded images, or the ImageError of each photo that does not decode or is past the request's pixel budget."""
+    out, budget = [], max_pixels
     for data, name in zip(blobs, names):
+        pixels = declared_pixels(data, min_side)
+        if pixels > budget and pixels <= MAX_PIXELS:
+            out.append(ImageError(name, f"{pixels / 1e6:.0f} MP is past this request's budget of {max_pixels / 1e6:.0f} MP "
+                                        "of decoded pixels; send it in a request of its own"))
+            continue
         try:
             # min_side lets big JPEGs decode at a reduced scale, as batch tagging does.
             out.append(decode_image(data, name, min_side=min_side))
+            budget -= pixels
         except ImageError as e:
             out.append(e)
+    release_free_memory()  # a large decode's buffers go back to the system, not to the heap's high-water mark
     return out
+
+
+class Guard:
+    """ASGI middleware in front of every /v1 request: the token, then the body as it streams in.
+
+    Checked here rather than in a dependency: FastAPI reads the whole upload before it runs
+    dependencies, and a refused client should not get to send 640 MB first. A declared
+    Content-Length over the limit is refused at once; otherwise the body is counted as it arrives,
+    chunked or not, and refused (413) at the limit, before the multipart parser has spooled more
+    than that to temporary files; a client that sends nothing for `read_timeout` seconds gets a 408.
+    The errors are raised from `receive`, inside FastAPI's form parsing, which passes HTTPExceptions on.
+    (FastAPI's own `max_body_size` answers a declared size in plain text, which the page cannot show.)
+    """
+
+    def __init__(self, app, token: str | None, limits: ServiceLimits):
+        self.app, self.token, self.limits = app, token, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is not None and not _token_ok(headers.get("authorization", ""), self.token):
+            response = JSONResponse({"detail": "missing or wrong API token (send Authorization: Bearer TOKEN)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limits.max_request_bytes:
+            return await JSONResponse({"detail": _too_large(int(declared), self.limits)}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), self.limits.read_timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"no data from the client for {self.limits.read_timeout:g} s") from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limits.max_request_bytes:
+                    raise HTTPException(413, _too_large(seen, self.limits, so_far=True))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large(size: int, limits: ServiceLimits, so_far: bool = False) -> str:
+    return (f"request of {'over ' if so_far else ''}{_mb(size)} is over the limit of {limits.max_photos} photos of "
+            f"{_mb(limits.max_photo_bytes)} each")
 
 
 def _token_ok(header: str, token: str) -> bool:

@@ -242,3 +242,132 @@ def test_a_failing_batch_fails_its_requests_and_the_service_goes_on(tagger, monk
     assert first.status_code == 500
     assert second.status_code == 200 and second.json()["results"][0]["tags"]
     assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+# -- hardening: memory per photo and per request, uploads limited while they stream, hosts, tokens ----
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_thin_image_fails_nobody(tagger):
+    """A 100000x1 PNG (a few hundred bytes) once gave a MemoryError and a 500 to every photo batched with it."""
+    thin = png(Image.new("L", (100_000, 1), 128))
+    with serve(tagger) as client:
+        r = client.post("/v1/tag", files=upload(("thin.png", thin), ("ok.jpg", jpeg(3))))
+    assert r.status_code == 200, r.text
+    assert [bool(p["tags"]) for p in r.json()["results"]] == [True, True]
+
+
+def test_decoded_pixels_per_request_are_bounded(tagger):
+    """Six 11000x11000 1-bit PNGs (87 KB in all) once took the server to 5.4 GB."""
+    big = png(Image.new("1", (11000, 11000), 1))
+    assert len(big) < 100_000
+    limits = ServiceLimits(max_request_pixels=150_000_000)
+    with serve(tagger, limits=limits) as client:
+        r = client.post("/v1/tag", files=upload(*[(f"big{i}.png", big) for i in range(3)], ("ok.jpg", jpeg(3))))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0]["tags"] and results[3]["tags"]  # the first big one fits, and so does the small photo after it
+    for res in results[1:3]:
+        assert not res["tags"] and "past this request's budget of 150 MP" in res["error"]
+
+
+@contextmanager
+def real_server(tagger, **kwargs):
+    """The app under uvicorn on a free loopback port, in a thread: what a client on a socket meets."""
+    import socket
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(tagger, **kwargs), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_an_upload_is_cut_off_at_the_limit_while_it_streams(tagger):
+    """A chunked 1 GB upload once put 943 MB in the server's temporary files before the 413."""
+    import select
+    import socket
+
+    limits = ServiceLimits(max_photos=2, max_photo_bytes=1024 * 1024)
+    with real_server(tagger, limits=limits) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        sock.sendall(b"%x\r\n" % len(head) + head + b"\r\n")
+        chunk = b"%x\r\n" % (256 * 1024) + b"x" * (256 * 1024) + b"\r\n"
+        sent = 0
+        while sent < 1 << 30:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break  # the server closed the connection
+            sent += 256 * 1024
+        sock.settimeout(10)
+        answer = b""
+        while b"}" not in answer:  # the status line and headers, then the JSON body
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"over the limit of 2 photos of 1.0 MB each" in answer
+    # The server stopped reading at its 2.1 MB limit; the rest is what socket buffers took in meanwhile.
+    assert sent < limits.max_request_bytes + 16 * 2**20, sent
+
+
+def test_a_client_that_stops_sending_is_timed_out(tagger):
+    """300 clients trickling their uploads once kept their connections for good."""
+    import socket
+
+    limits = ServiceLimits(read_timeout=0.5)
+    with real_server(tagger, limits=limits) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")  # then nothing more
+        sock.settimeout(10)
+        answer = b""
+        while b"}" not in answer:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 408") and b"no data from the client for 0.5 s" in answer, answer
+
+
+def test_loopback_service_checks_the_host_header(tagger):
+    from tagger.service import LOOPBACK_HOSTS
+
+    with serve(tagger, allowed_hosts=LOOPBACK_HOSTS) as client:
+        assert client.get("/v1/health", headers={"host": "localhost:8000"}).status_code == 200
+        assert client.get("/v1/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
+        # DNS rebinding: a page of evil.example, its name now resolving to 127.0.0.1, calls the service.
+        assert client.get("/v1/health", headers={"host": "evil.example:8000"}).status_code == 400
+
+
+def test_an_empty_token_is_refused(tagger):
+    with pytest.raises(ValueError, match="token is empty"):
+        create_app(tagger, token="")
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--token", ""])
+    assert result.exit_code == 1 and "--token (or $TAGGER_TOKEN) is empty" in result.output
