@@ -15,6 +15,7 @@ keeps everything it finished; a run that completes merges its batch shards into 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from embeddings.files import atomic_write, remove_stale
 from pipelines.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from pipelines.images import ImageError, cap_aspect, chroma, decode_image, read_bytes, to_rgb
 
@@ -118,10 +120,13 @@ def _collate(items):
 
 
 class FeatureCache:
-    """A folder of shards per backbone; a shard is `NAME.features.npy` (n, D) + `NAME.hashes.npy` (n,).
+    """A folder of shards per backbone; a shard is `NAME.features.npy` (n, D) + `NAME.hashes.npy` (n,) + `NAME.sum`.
 
-    The hashes file is written last and is what makes a shard visible, so a crash mid-write leaves
-    nothing half-read. Features are memory-mapped: a lookup reads only the rows it needs.
+    `NAME.sum` holds a checksum of the other two and is written last: it is what makes a shard
+    visible, so a crash mid-write leaves nothing half-read, and a shard whose files were damaged or
+    edited since (random bytes, plausible floats, two rows swapped) no longer matches its sum and is
+    ignored: its photos are extracted again. A shard is checked once per process (by size and time).
+    Shards written before sums existed are trusted once and given one.
     """
 
     def __init__(self, root: str | Path, backbone: Backbone):
@@ -130,6 +135,9 @@ class FeatureCache:
         self.dir = Path(root).expanduser() / f"{backbone.name}-{key}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dim = backbone.dim
+        self.read_only = False
+        # Writers killed mid-save left their temporary files (this writer's pid is alive: its own are kept).
+        remove_stale(self.dir, r"\..+\.(?P<pid>\d+)\.\w+\.tmp")
 
     def shards(self) -> list[Path]:
         return sorted(self.dir.glob("*.hashes.npy"))
@@ -139,36 +147,70 @@ class FeatureCache:
         for hashes_file in self.shards():
             name = hashes_file.name.removesuffix(".hashes.npy")
             try:
-                hashes = np.load(hashes_file)
+                hashes, feats = self._open(name)
                 idx = [i for i, h in enumerate(hashes.tolist()) if h in wanted and h not in found]
                 if not idx:
                     continue
-                feats = np.load(self.dir / f"{name}.features.npy", mmap_mode="r")
-                if feats.shape != (len(hashes), self.dim):
-                    raise ValueError(f"shape {feats.shape} does not match {len(hashes)} hashes")
                 rows = np.asarray(feats[idx], dtype=np.float32)
-            except (OSError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 - a damaged shard fails in numpy's many ways (EOFError for an empty one)
                 # A damaged shard costs a re-extraction, never a wrong feature.
-                log.warning("feature cache: ignoring shard %s (%s)", hashes_file, e)
+                log.warning("feature cache: ignoring shard %s (%s); its photos are extracted again", hashes_file, e)
                 continue
             for i, r in zip(idx, rows):
                 found[hashes[i]] = r
         return found
 
     def write(self, name: str, hashes: Sequence[str], features: np.ndarray) -> None:
+        """Save a shard; a cache that cannot be written (disk full, read-only) is said once and then left alone."""
         assert features.shape == (len(hashes), self.dim)
-        self._save(f"{name}.features.npy", np.ascontiguousarray(features, dtype=np.float32))
-        self._save(f"{name}.hashes.npy", np.asarray(hashes, dtype="U32"))  # last: this commits the shard
+        if self.read_only:
+            return
+        feats = _npy(np.ascontiguousarray(features, dtype=np.float32))
+        keys = _npy(np.asarray(hashes, dtype="U32"))
+        try:
+            atomic_write(self.dir / f"{name}.features.npy", feats)
+            atomic_write(self.dir / f"{name}.hashes.npy", keys)
+            atomic_write(self.dir / f"{name}.sum", _checksum(feats, keys).encode())  # last: this commits the shard
+        except OSError as e:
+            self.read_only = True
+            log.warning("feature cache %s cannot be written (%s); features of this run are not cached", self.dir, e.strerror or e)
 
     def remove(self, name: str) -> None:
-        for suffix in (".hashes.npy", ".features.npy"):  # hashes first: the shard disappears whole
+        for suffix in (".sum", ".hashes.npy", ".features.npy"):  # the sum first: the shard disappears whole
             (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
 
-    def _save(self, filename: str, array: np.ndarray) -> None:
-        tmp = self.dir / f"tmp-{os.getpid()}-{filename}"
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, self.dir / filename)
+    def _open(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A shard's hashes and (memory-mapped) features, once its files are checked against its sum."""
+        feats_file, hashes_file, sum_file = (self.dir / f"{name}{s}" for s in (".features.npy", ".hashes.npy", ".sum"))
+        stamp = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, (feats_file, hashes_file)))
+        if _VERIFIED.get(str(hashes_file)) != stamp:
+            feats, keys = feats_file.read_bytes(), hashes_file.read_bytes()
+            if sum_file.is_file():
+                if sum_file.read_text().strip() != _checksum(feats, keys):
+                    raise ValueError("its files do not match their checksum (damaged or edited)")
+            else:
+                atomic_write(sum_file, _checksum(feats, keys).encode())  # a shard from before the sums
+            _VERIFIED[str(hashes_file)] = stamp
+        hashes = np.load(hashes_file, allow_pickle=False)
+        feats = np.load(feats_file, mmap_mode="r", allow_pickle=False)
+        if hashes.ndim != 1 or feats.shape != (len(hashes), self.dim):
+            raise ValueError(f"shape {feats.shape} does not match {len(hashes)} hashes of {self.dim}-d features")
+        return hashes, feats
+
+
+_VERIFIED: dict[str, tuple] = {}  # shard -> (size, mtime) of its files when they last matched their sum
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _checksum(features: bytes, hashes: bytes) -> str:
+    h = hashlib.blake2b(features, digest_size=16)
+    h.update(b"\0" + hashes)
+    return h.hexdigest()
 
 
 def _hash_files(paths: Sequence[Path], threads: int = 8) -> list[str | ImageError]:
@@ -209,7 +251,12 @@ def extract_features(
     reasons: dict[int, str] = {}
     result = FeatureResult(features, ok, {}, chroma=np.full(n, np.nan, dtype=np.float32))
 
-    cache = FeatureCache(config.cache_dir, backbone) if config.cache_dir is not None else None
+    cache = None
+    if config.cache_dir is not None:
+        try:
+            cache = FeatureCache(config.cache_dir, backbone)
+        except OSError as e:
+            log.warning("feature cache %s cannot be used (%s); extracting without it", config.cache_dir, e.strerror or e)
     duplicates: dict[int, int] = {}  # row -> the row with the same content that is extracted for it
     if cache is None:
         todo = list(range(n))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -166,7 +167,13 @@ def load_onnx_backbone(spec: BackboneSpec, weights_path: Path | None, runtime: s
     torch_backbone = None
     if runtime == "onnx":
         torch_backbone = build_torch()
-        export_onnx(torch_backbone, path)
+        try:
+            export_onnx(torch_backbone, path)
+        except OSError as e:
+            # An unwritable cache costs this process an export of its own, not the run.
+            log.warning("%s: cannot be written (%s); exporting to a temporary folder for this run", path, e.strerror or e)
+            path = Path(tempfile.mkdtemp(prefix="tagger-onnx-")) / path.name
+            export_onnx(torch_backbone, path)
     else:  # onnx-int8: quantized from the float file (exported first where there is none)
         float_backbone = load_onnx_backbone(spec, weights_path, "onnx", cache_dir, build_torch)
         torch_backbone = float_backbone._torch

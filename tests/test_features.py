@@ -143,8 +143,8 @@ def test_interrupted_run_resumes(photos, tmp_path, monkeypatch):
     # The completed run merged its batch shards (the interrupted run's one shard stays).
     (cache_dir,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: the backbone's ONNX file
     names = sorted(p.name for p in cache_dir.iterdir())
-    assert len(names) == 4 and sum(n.endswith("-all.hashes.npy") for n in names) == 1
-    assert not any(n.startswith("tmp-") for n in names)
+    assert len(names) == 6 and sum(n.endswith("-all.sum") for n in names) == 1  # two shards of 3 files
+    assert not any(n.endswith(".tmp") for n in names)
 
 
 def test_damaged_shard_costs_a_reextraction_not_an_error(photos, tmp_path, caplog):
@@ -156,6 +156,51 @@ def test_damaged_shard_costs_a_reextraction_not_an_error(photos, tmp_path, caplo
         again = extract_features(photos[:3], config, progress=False)
     assert again.n_extracted == 3 and "ignoring shard" in caplog.text
     assert np.allclose(again.features, first.features)
+
+
+def _shard(tmp_path):
+    (hashes_file,) = (tmp_path / "cache").glob("*/*.hashes.npy")
+    return hashes_file, hashes_file.with_name(hashes_file.name.replace(".hashes.npy", ".features.npy"))
+
+
+@pytest.mark.parametrize("damage", ["plausible floats", "rows swapped", "random bytes", "empty"])
+def test_a_shard_that_does_not_match_its_checksum_is_reextracted(photos, tmp_path, caplog, damage):
+    """Damage once gave silently wrong features (plausible floats, swapped rows), lasting failures, or `Aborted.`."""
+    config = FeatureConfig(**TINY, cache_dir=tmp_path / "cache")
+    first = extract_features(photos[:3], config, progress=False)
+    hashes_file, feats_file = _shard(tmp_path)
+    feats = np.load(feats_file)
+    if damage == "plausible floats":
+        np.save(feats_file, feats + np.float32(0.01))
+    elif damage == "rows swapped":
+        np.save(feats_file, feats[[1, 0, 2]])
+    elif damage == "random bytes":
+        feats_file.write_bytes(np.random.default_rng(0).bytes(feats_file.stat().st_size))
+    else:
+        feats_file.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+        again = extract_features(photos[:3], config, progress=False)
+    assert again.ok.all() and again.n_extracted == 3 and "ignoring shard" in caplog.text
+    assert np.allclose(again.features, first.features, atol=1e-6)
+
+
+def test_temporaries_of_killed_cache_writers_are_removed(photos, tmp_path):
+    config = FeatureConfig(**TINY, cache_dir=tmp_path / "cache")
+    extract_features(photos[:2], config, progress=False)
+    folder = _shard(tmp_path)[0].parent
+    dead, alive = folder / ".x.features.npy.99999999.abcd.tmp", folder / f".y.features.npy.{os.getppid()}.abcd.tmp"
+    for f in (dead, alive):
+        f.write_bytes(b"half")
+    extract_features(photos[:2], config, progress=False)
+    assert not dead.exists() and alive.exists()
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(photos, tmp_path, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+        result = extract_features(photos[:2], FeatureConfig(**TINY, cache_dir=blocked / "cache"), progress=False)
+    assert result.ok.all() and "cannot be used" in caplog.text
 
 
 def test_cache_is_per_backbone_and_weights(photos, tmp_path):
