@@ -100,18 +100,27 @@ def file_hash(path: Path) -> str:
 def read_results(out: Path) -> pd.DataFrame:
     """Rows of an earlier run: its output file, then its journal (later lines win)."""
     frames = []
-    if out.is_file():
+    if out.is_file() and out.stat().st_size > 0:
         fmt = output_format(out)
-        if fmt == "csv":
-            prev = pd.read_csv(out, dtype=str, keep_default_na=False)
-            prev["tags"] = prev["tags"].map(lambda s: s.split(";") if s else [])
-            prev["scores"] = prev["scores"].map(lambda s: [float(x) for x in s.split(";")] if s else [])
-        elif fmt == "jsonl":
-            prev = pd.DataFrame(_read_jsonl(out))
-        else:
-            prev = pd.read_parquet(out)
-            prev["tags"] = prev["tags"].map(list)
-            prev["scores"] = prev["scores"].map(list)
+        try:
+            if fmt == "csv":
+                prev = pd.read_csv(out, dtype=str, keep_default_na=False)
+            elif fmt == "jsonl":
+                prev = pd.DataFrame(_read_jsonl(out))
+            else:
+                prev = pd.read_parquet(out)
+        except Exception as e:  # noqa: BLE001 - pandas and pyarrow raise many kinds for a file that is not theirs
+            raise BatchError(f"{out}: cannot read it as earlier results ({type(e).__name__}); choose another --out") from None
+        missing = [c for c in ("path", "tags", "scores") if c not in prev.columns]
+        if len(prev) and missing:
+            raise BatchError(f"{out}: not a results file of `tagger tag` (no {', '.join(missing)} column; it has "
+                             f"{', '.join(map(str, prev.columns[:8]))}); choose another --out, this one is left as it is")
+        if len(prev):
+            try:
+                prev["tags"] = prev["tags"].map(_as_list)
+                prev["scores"] = prev["scores"].map(lambda v: [float(x) for x in _as_list(v)])
+            except (TypeError, ValueError) as e:
+                raise BatchError(f"{out}: its tags or scores column cannot be read ({e}); choose another --out") from None
         frames.append(prev)
     journal = journal_path(out)
     if journal.is_file():
@@ -126,6 +135,13 @@ def read_results(out: Path) -> pd.DataFrame:
     for col in ("error", "hash", "settings"):
         rows[col] = rows[col].fillna("").astype(str)
     return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
+
+
+def _as_list(value) -> list:
+    """A tags or scores cell as a list: CSV joins with ';', JSONL and Parquet keep lists."""
+    if isinstance(value, str):
+        return value.split(";") if value else []
+    return list(value)
 
 
 def journal_path(out: Path) -> Path:
@@ -252,12 +268,19 @@ def tag_folder(
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
     if dry_run:
         return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, True, progress, on_plan)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with Lock(out):
-        # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
-        for name in (out.name, failures_path(out).name):
-            remove_stale(out.parent, stale_pattern(name))
-        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, False, progress, on_plan)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Lock(out):
+            # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
+            for name in (out.name, failures_path(out).name):
+                remove_stale(out.parent, stale_pattern(name))
+            return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, False,
+                        progress, on_plan)
+    except OSError as e:
+        # Disk full, a read-only or missing folder: what was tagged is in the journal, and the next run goes on from it.
+        where = e.filename or out
+        raise BatchError(f"{where}: cannot write ({e.strerror or e}); photos tagged so far are kept in "
+                         f"{journal_path(out).name} for the next run") from None
 
 
 def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,

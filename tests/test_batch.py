@@ -210,3 +210,42 @@ def test_a_photo_read_while_rewritten_is_retried_when_whole_again(tmp_path):
     summary = tag_folder(tmp_path / "photos", out, fake_tagger(calls))
     assert [os.path.basename(c) for c in calls] == ["p001.jpg"] and (summary.tagged, summary.failed) == (1, 0)
     assert (read_results(out)["error"] == "").all()
+
+
+def test_write_errors_are_one_line_and_lose_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import tagger.batch as batch
+
+    make_photos(tmp_path / "photos", 4)
+    out = tmp_path / "tags.csv"
+    real = batch.atomic_write
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(batch, "atomic_write", disk_full)
+    with pytest.raises(BatchError, match=r"tags.csv: cannot write \(No space left on device\); photos tagged so far are kept"):
+        tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert len(read_results(out)) == 4  # in the journal
+    monkeypatch.setattr(batch, "atomic_write", real)
+    calls = []
+    summary = tag_folder(tmp_path / "photos", out, fake_tagger(calls))
+    assert calls == [] and summary.kept == 4 and out.is_file()
+
+
+def test_an_output_that_is_not_ours_is_refused_and_left_alone(tmp_path):
+    make_photos(tmp_path / "photos", 2)
+    out = tmp_path / "people.csv"
+    out.write_text("name,email\nanna,anna@example.org\n")
+    with pytest.raises(BatchError, match="people.csv: not a results file of `tagger tag` \\(no path, tags, scores column"):
+        tag_folder(tmp_path / "photos", out, fake_tagger([]))
+    assert out.read_text() == "name,email\nanna,anna@example.org\n"
+    bad = tmp_path / "t.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(BatchError, match="t.parquet: cannot read it as earlier results"):
+        tag_folder(tmp_path / "photos", bad, fake_tagger([]))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    with pytest.raises(BatchError, match="a-file.*cannot write"):
+        tag_folder(tmp_path / "photos", blocked / "tags.csv", fake_tagger([]))
