@@ -93,3 +93,71 @@ def test_predict_mutated_bytes(fmt, mutations):
         return
     assert 1 <= len(tags) <= 3
     assert all(isinstance(t, str) and np.isfinite(s) for t, s in tags)
+
+
+# -- the sidecar reader and the bundle loader -------------------------------------------------------
+
+SIDECAR = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+           b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+           b'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:lr="http://ns.adobe.com/lightroom/1.0/">'
+           b"<dc:subject><rdf:Bag><rdf:li>beach</rdf:li><rdf:li>Anna</rdf:li></rdf:Bag></dc:subject>"
+           b"<lr:hierarchicalSubject><rdf:Bag><rdf:li>People|Anna</rdf:li></rdf:Bag></lr:hierarchicalSubject>"
+           b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=6))
+def test_sidecar_reader_and_writer_on_mutated_xmp(tmp_path_factory, mutations):
+    """A mutated sidecar reads as keywords or a KeywordError, and sync writes it or leaves it untouched with a SidecarError."""
+    from pipelines.keywords import KeywordError, parse_xmp
+    from tagger.sidecar import SidecarConfig, SidecarError, sync
+
+    data = mutate(SIDECAR, mutations)
+    try:
+        kw = parse_xmp(data)
+        assert all(isinstance(k, str) for k in kw.subject + kw.hierarchical + kw.owner())
+    except KeywordError:
+        pass
+    folder = tmp_path_factory.mktemp("side")
+    photo = folder / "p.jpg"
+    photo.write_bytes(SEEDS["jpeg"])
+    side = folder / "p.jpg.xmp"
+    side.write_bytes(data)
+    try:
+        sync(photo, ["dog", "grass"], SidecarConfig("xmp"))
+    except SidecarError:
+        assert side.read_bytes() == data  # left untouched
+    else:
+        from pipelines.keywords import read_sidecar
+
+        assert read_sidecar(side).machine[-1:] in (["grass"], [])  # ours recorded (or already the owner's)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(["g_image_hidden", "g_noise_hidden", "word_dim", "noise_dim", "heads", "dropout", "d_maxout_units"]),
+       value=st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                       st.none(), st.booleans()),
+       where=st.sampled_from(["generator", "sampling"]))
+def test_bundle_loader_on_tampered_config(tmp_path_factory, key, value, where):
+    """Any value in config.json loads (and then tags) or is a one-line BundleError: never a traceback or a huge allocation."""
+    import json
+
+    from conftest import build_tiny_tagger
+    from tagger.bundle import BundleError
+    from tagger.model import Tagger
+
+    path = build_tiny_tagger().save(tmp_path_factory.mktemp("b") / "m")
+    cfg = json.loads((path / "config.json").read_text())
+    if where == "generator":
+        cfg["generator"]["config"][key] = value
+    else:
+        cfg["sampling"][{"g_image_hidden": "samples", "g_noise_hidden": "neighbours", "word_dim": "top_k", "noise_dim": "seed",
+                         "heads": "temperature", "dropout": "min_score", "d_maxout_units": "prior_power"}[key]] = value
+    (path / "config.json").write_text(json.dumps(cfg))
+    try:
+        tagger = Tagger.load(path)
+    except BundleError as e:
+        assert "\n" not in str(e) and str(e).startswith(str(path))
+        return
+    tags = tagger.predict_features(np.zeros((1, tagger.feature_dim), dtype=np.float32))
+    assert all(np.isfinite(s) for _, s in tags[0])
