@@ -40,6 +40,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "threads": ("bench_threads.py", ["--n-predict", "16", "--n-tag", "64", "--train-steps", "5", "--repeats", "3"],
                 ["--n-predict", "2", "--n-tag", "8", "--train-steps", "1", "--repeats", "1"]),
     "memory": ("bench_memory.py", ["--sizes", "1000,all"], ["--sizes", "8,16"]),
+    "hostile": ("bench_hostile.py", [], ["--clients", "20", "--upload-mb", "64"]),
 }
 BUDGET = 20 * 60  # seconds `make bench` may take on the 2-core development machine
 

@@ -116,7 +116,7 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
             im.load()  # decodes the first frame of an animation, and only that
         im = _upright(im)
         if min_side:
-            im = cap_aspect(im)
+            im = _shrink_huge(cap_aspect(im), min_side)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -171,6 +171,29 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
         while scale < 8 and min(w, h) >= 2 * scale * min_side:
             scale *= 2
     return -(-w // scale) * -(-h // scale)
+
+
+HUGE_PIXELS = 32_000_000  # decoded images above this are shrunk before any conversion (see _shrink_huge)
+
+
+def _shrink_huge(im: Image.Image, min_side: int) -> Image.Image:
+    """A huge decoded image (not a JPEG, which `draft` already decodes small) box-reduced in its own mode.
+
+    Converting an 11000x11000 1-bit PNG to RGB makes 363 MB; reduced first, a few MB. The reduction
+    keeps the shorter side at least twice `min_side`, so the backbone's own resize still decides the
+    pixels it sees; ordinary photos (up to 32 MP) are never touched.
+    """
+    w, h = im.size
+    factor = min(w, h) // (2 * min_side)
+    if w * h <= HUGE_PIXELS or factor < 2:
+        return im
+    if im.mode == "1":
+        im = im.convert("L")  # Pillow keeps 1-bit images a byte a pixel: no larger
+    elif im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")  # as to_rgb would
+    if im.mode not in ("L", "RGB", "RGBA", "LA", "CMYK", "I", "F"):
+        return im  # 16-bit gray: to_rgb scales it over its range, which a reduction in this mode cannot
+    return im.reduce(factor)
 
 
 def cap_aspect(im: Image.Image, most: float = MAX_ASPECT) -> Image.Image:

@@ -1,4 +1,5 @@
 """Decoding every kind of photo a folder can hold into upright RGB, and every bad file into ImageError."""
+import io
 import os
 import pickle
 import struct
@@ -241,3 +242,21 @@ def test_heic_photos_decode(tmp_path):
     im = load_image(path)
     assert im.size == (64, 48) and im.mode == "RGB"
     assert abs(int(np.asarray(im)[24, 32, 0]) - 250) < 12  # lossy, but the colour survives
+
+
+def test_huge_images_shrink_in_their_own_mode_and_ordinary_ones_do_not():
+    """An 11000x11000 1-bit PNG (30 KB) once became 363 MB of RGB before the backbone's resize."""
+    buf = io.BytesIO()
+    Image.new("1", (11000, 11000), 1).save(buf, "PNG")
+    im = decode_image(buf.getvalue(), min_side=256)
+    assert im.mode == "RGB" and min(im.size) >= 512 and im.size[0] * im.size[1] < 1_000_000
+    assert np.asarray(im).min() == 255  # white stays white
+    ordinary = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8)))
+    assert decode_image(ordinary, min_side=256).size == (4000, 3000)  # 12 MP: decoded as is
+    assert decode_image(buf.getvalue()).size == (11000, 11000)  # without min_side (no backbone to feed): whole
+
+
+def _png(im):
+    b = io.BytesIO()
+    im.save(b, "PNG")
+    return b.getvalue()
