@@ -245,6 +245,9 @@ def test_an_output_that_is_not_ours_is_refused_and_left_alone(tmp_path):
     bad.write_bytes(b"not parquet")
     with pytest.raises(BatchError, match="t.parquet: cannot read it as earlier results"):
         tag_folder(tmp_path / "photos", bad, fake_tagger([]))
+    (tmp_path / "results.csv").mkdir()
+    with pytest.raises(BatchError, match="results.csv: is a folder; --out names the results file"):
+        tag_folder(tmp_path / "photos", tmp_path / "results.csv", fake_tagger([]))
     blocked = tmp_path / "a-file"
     blocked.write_text("x")
     with pytest.raises(BatchError, match="a-file.*cannot write"):
