@@ -29,6 +29,9 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
+EngineOpt = Annotated[str, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine")]
+WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
 
 
@@ -87,6 +90,41 @@ def load_tagger(model: Path | None, device: str | None):
     return Tagger.load(path, device=device)
 
 
+def ray_options(engine: str, address: str | None, workers: int | None, device: str | None, batch_size: int):
+    """The Ray engine's options for --engine ray, None for --engine local; a clear error for anything else."""
+    if engine == "local":
+        if address or workers:
+            raise UserError("--address and --workers go with --engine ray")
+        return None
+    if engine != "ray":
+        raise UserError(f"--engine must be local or ray, not {engine!r}")
+    from tagger.ray_engine import RayOptions, import_ray
+
+    import_ray()  # without Ray, say how to install it before any work starts
+    return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size)
+
+
+def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str | None, sidecar: str | None, tag_options: dict):
+    """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.ray_engine)."""
+    from pipelines.images import printable_path
+    from tagger.ray_engine import tag_source
+    from tagger.shipped import default_model_path
+
+    if sidecar:
+        raise UserError("--sidecar is not supported with --engine ray (workers may not see the photos' folders)")
+    path = model or (Path(os.environ["TAGGER_MODEL"]) if os.environ.get("TAGGER_MODEL") else default_model_path())
+    load_tagger(path, "cpu").scorer(method)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
+
+    def plan(total, todo):
+        typer.echo(f"{source}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
+
+    summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan)
+    for line in summary.failures:
+        typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
+    listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
+    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}")
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="photos with tags: a MIRFLICKR folder, the shared subset, or a CSV/Parquet manifest")],
@@ -105,6 +143,9 @@ def train(
     corpus: Annotated[Optional[Path], typer.Option(help="more tag lists for word2vec, of photos not in DATA (a .tsv/.csv with id and tags columns, e.g. the subset's tags_corpus.tsv)")] = None,
     device: DeviceOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Train a model bundle: image features, word2vec, tag index, kNN, the generator and its calibration, in one command.
 
@@ -137,6 +178,7 @@ def train(
             corpus=corpus,
             device=device,
             cache_dir=cache_dir or default_cache_dir(),
+            ray=ray_options(engine, address, workers, device, batch_size),
         )
         _, summary = fit(data, out, config)
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
@@ -212,6 +254,9 @@ def tag(
     sidecar: Annotated[Optional[str], typer.Option(help="also write photo.jpg.xmp (dc:subject keywords, for digiKam, darktable, Lightroom) or photo.jpg.txt (one tag a line)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Tag every photo under FOLDER into one results file (one row per photo).
 
@@ -230,6 +275,9 @@ def tag(
 
         if sidecar not in (None, "xmp", "txt"):
             raise UserError(f"--sidecar must be xmp or txt, not {sidecar!r}")
+        if ray_options(engine, address, workers, device, batch_size):
+            return tag_on_ray(folder, out, model, ray_options(engine, address, workers, device, batch_size), method, sidecar,
+                              dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
         tagger = load_tagger(model, device)
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
         bar = tqdm(unit="photo", desc="tagging", disable=None)
@@ -319,6 +367,9 @@ def features(
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Extract image features to OUT/features.npy (float32, one row per photo of OUT/photos.csv).
 
@@ -348,6 +399,11 @@ def features(
             frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
         config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
                                device=device, cache_dir=cache_dir or default_cache_dir() / "features")
+        if ray_options(engine, address, workers, device, batch_size):
+            from tagger.ray_engine import warm_feature_cache
+
+            # Ray fills the cache; the local pass below then reads every photo from it and writes the same files.
+            warm_feature_cache(list(frame["path"]), config, ray_options(engine, address, workers, device, batch_size))
         result = extract_features(list(frame["path"]), config)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "features.npy", result.features)
