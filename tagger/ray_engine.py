@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import shutil
@@ -40,7 +41,9 @@ import pandas as pd
 
 from pipelines.datasets import PATH_COLUMNS
 from pipelines.images import IMAGE_EXTENSIONS, list_images, printable_path
-from tagger.batch import COLUMNS, BatchError, Lock, Summary, failures_path, output_format, write_failures
+from tagger.batch import COLUMNS, BatchError, Lock, Summary, output_format, write_failures
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the ray engine needs Ray: pip install "tagger[ray]" (or pip install "ray[data]")'
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
@@ -60,7 +63,7 @@ class RayOptions:
     progress: bool = False  # Ray Data's progress bars
 
 
-@dataclass
+@dataclass(slots=True)
 class Photo:
     key: str  # what the output's path column says: the path as listed (printable), or the URI
     location: bytes  # what a worker opens: a local path (os.fsencode) or a URI (UTF-8)
@@ -387,9 +390,7 @@ class Output:
                 table = pq.read_table(path, columns=list(columns) if columns else None, filesystem=self.fs)
             except (OSError, ValueError) as e:
                 # A file torn by a killed run: its photos are tagged again and it goes.
-                import logging
-
-                logging.getLogger(__name__).warning("%s: unreadable part of the output, removed (%s)", path, e)
+                log.warning("%s: unreadable part of the output, removed (%s)", path, e)
                 self.fs.delete_file(path)
                 continue
             frames.append(table.to_pandas().assign(file=path))
@@ -512,8 +513,9 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
             units = _units(todo, unit)
             ds = ray.data.from_items(units, override_num_blocks=len(units))
             ds = ds.map_batches(TagWorker, batch_size=1,
-                                # One unit queued behind the one running: enough to hide the hand-over, and no actor hoards.
-                                compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=2),
+                                # A unit takes seconds to minutes, the hand-over milliseconds: one at a time per actor, so
+                                # that the first actor up does not queue the units the others are starting for.
+                                compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
                                 fn_constructor_kwargs=dict(bundle=[bundle], device=device, method=method, options=tag_options or {},
                                                            batch_size=options.batch_size, read_threads=options.read_threads,
                                                            threads=options.cpus_per_worker),
@@ -584,7 +586,7 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
         units = _units(todo, CHUNK_BATCHES * options.batch_size)
         ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
             FeatureWorker, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=2),
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(backbone=config.backbone, weights=str(config.weights) if config.weights else None, device=device,
                                        batch_size=options.batch_size, read_threads=options.read_threads, threads=options.cpus_per_worker),
             **resources)

@@ -172,6 +172,33 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
     np.testing.assert_array_equal(cached.features, fresh.features)
 
 
+@pytest.mark.slow
+def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_photo_files
+    from tagger.cli import app
+
+    if cluster != "local":
+        pytest.skip("the command line is the same on any cluster: checked once, on the local Ray")
+    make_photo_files(tmp_path / "photos", 6)
+    (tmp_path / "photos" / "notes.jpg").write_text("not a photo")
+    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    args = ["tag", str(tmp_path / "photos"), "--out", str(tmp_path / "t.parquet"), "--model", str(bundle), "--engine", "ray", "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 't.parquet'}: 6 tagged, 0 unchanged (kept), 1 failed" in result.output
+    assert "notes.jpg: not an image (unknown format)" in result.output
+    assert "1 failed" in CliRunner().invoke(app, args).output  # again: nothing to do
+    result = CliRunner().invoke(app, args[:-4] + ["--engine", "ray", "--sidecar", "xmp"])
+    assert result.exit_code == 1 and "--sidecar is not supported with --engine ray" in result.output
+
+    result = CliRunner().invoke(app, ["features", str(tmp_path / "photos"), "--out", str(tmp_path / "feats"), "--backbone", "tiny",
+                                      "--cache-dir", str(tmp_path / "cache"), "--engine", "ray", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "7 x 32 (1 failed)" in result.output, result.output
+
+
 def test_the_cli_names_the_engines(tmp_path):
     from typer.testing import CliRunner
 
