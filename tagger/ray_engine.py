@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -445,17 +445,15 @@ class Output:
         return target
 
 
-class _Names:
-    """Ray Data's file names for one run: `part-RUN-WRITE-TASK-I.parquet`, RUN the run's start (UTC), so names sort by run."""
+def _file_names(run: str):
+    """Ray Data's file names for one run, `part-RUN-WRITE-TASK-I.parquet`: RUN is the run's start (UTC), so names sort by run."""
+    from ray.data.datasource import FilenameProvider
 
-    def __init__(self, run: str):
-        from ray.data.datasource import FilenameProvider
+    class Names(FilenameProvider):
+        def get_filename_for_task(self, write_uuid, task_index):
+            return f"part-{run}-{write_uuid}-{task_index:06d}.parquet"  # Ray insists on its write id in the name
 
-        class Provider(FilenameProvider):
-            def get_filename_for_task(self, write_uuid, task_index):
-                return f"part-{run}-{write_uuid}-{task_index:06d}.parquet"  # Ray wants its write id in the name
-
-        self.provider = Provider()
+    return Names()
 
 
 # -- the runs ----------------------------------------------------------------------------------
@@ -490,7 +488,7 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
     lock = Lock(Path(output.root)) if output.local else None
     if output.local:
         Path(output.root).parent.mkdir(parents=True, exist_ok=True)
-    with (lock or _nothing()), ray_session(options.address) as ray:
+    with (lock or nullcontext()), ray_session(options.address) as ray:
         previous = output.read(["path", "error", "hash"])
         done = dict(zip(previous["path"], previous["hash"]))
         unit = CHUNK_BATCHES * options.batch_size
@@ -521,7 +519,7 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
                                                            threads=options.cpus_per_worker),
                                 **resources)
             # Writing a file is IO, not compute: it must not wait for a CPU that the model actors hold.
-            ds.write_parquet(output.root if output.local else output.name, filename_provider=_Names(run).provider,
+            ds.write_parquet(output.root if output.local else output.name, filename_provider=_file_names(run),
                              ray_remote_args={"num_cpus": 0})
         rows = output.read(["path", "error", "hash"])
         ours = rows[rows["file"].map(lambda f: Path(f).name.startswith(f"part-{run}-"))]
@@ -534,11 +532,6 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
         failures = output.write_failures(rows)
         summary.failures_file = Path(failures) if failures else None
     return summary
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def read_output(out: str | Path) -> pd.DataFrame:

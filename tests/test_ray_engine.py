@@ -173,6 +173,30 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_rerun_tags_new_and_changed_photos_and_drops_the_rows_of_removed_ones(cluster, tmp_path):
+    from conftest import make_photo_files
+
+    if cluster != "local":
+        pytest.skip("resume is the driver's work, the same on any cluster: checked once, on the local Ray")
+    paths = make_photo_files(tmp_path / "photos", 5)
+    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    out = tmp_path / "tags.parquet"
+    options = RayOptions(workers=1, batch_size=2)
+    assert tag_source(tmp_path / "photos", out, bundle, options).tagged == 5
+    make_photo_files(tmp_path / "photos", 1, seed=7)  # photo000.jpg changes
+    make_photo_files(tmp_path / "more", 1, seed=8)[0].rename(tmp_path / "photos" / "new.jpg")
+    paths[4].unlink()
+    summary = tag_source(tmp_path / "photos", out, bundle, options)
+    assert (summary.tagged, summary.kept, summary.failed) == (2, 3, 0)
+    rows = read_output(out)
+    assert sorted(Path(p).name for p in rows["path"]) == ["new.jpg", "photo000.jpg", "photo001.jpg", "photo002.jpg", "photo003.jpg"]
+    from tagger.batch import file_hash
+
+    assert dict(zip(rows["path"], rows["hash"]))[str(paths[0])] == file_hash(paths[0])
+    assert rows_per_path(out).max() == 1 and len(rows_per_path(out)) == 5  # the superseded and removed rows are gone
+
+
+@pytest.mark.slow
 def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
     from typer.testing import CliRunner
 
