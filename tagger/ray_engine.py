@@ -91,7 +91,10 @@ def ray_session(address: str | None = None):
         return
     kwargs = {"include_dashboard": False, "log_to_driver": False}
     if address:
-        ray.init(address=address, **({} if address.startswith("ray://") else kwargs))
+        try:
+            ray.init(address=address, **({} if address.startswith("ray://") else kwargs))
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise BatchError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0]}); start one with `ray start --head`") from None
     else:
         ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
     try:
