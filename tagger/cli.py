@@ -275,9 +275,9 @@ def tag(
 
         if sidecar not in (None, "xmp", "txt"):
             raise UserError(f"--sidecar must be xmp or txt, not {sidecar!r}")
-        if ray_options(engine, address, workers, device, batch_size):
-            return tag_on_ray(folder, out, model, ray_options(engine, address, workers, device, batch_size), method, sidecar,
-                              dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
+        on_ray = ray_options(engine, address, workers, device, batch_size)
+        if on_ray:
+            return tag_on_ray(folder, out, model, on_ray, method, sidecar, dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
         tagger = load_tagger(model, device)
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
         bar = tqdm(unit="photo", desc="tagging", disable=None)
@@ -399,11 +399,12 @@ def features(
             frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
         config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
                                device=device, cache_dir=cache_dir or default_cache_dir() / "features")
-        if ray_options(engine, address, workers, device, batch_size):
+        on_ray = ray_options(engine, address, workers, device, batch_size)
+        if on_ray:
             from tagger.ray_engine import warm_feature_cache
 
             # Ray fills the cache; the local pass below then reads every photo from it and writes the same files.
-            warm_feature_cache(list(frame["path"]), config, ray_options(engine, address, workers, device, batch_size))
+            warm_feature_cache(list(frame["path"]), config, on_ray)
         result = extract_features(list(frame["path"]), config)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "features.npy", result.features)
