@@ -107,7 +107,7 @@ def ray_options(engine: str, address: str | None, workers: int | None, device: s
 def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str | None, sidecar: str | None, tag_options: dict):
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.ray_engine)."""
     from pipelines.images import printable_path
-    from tagger.ray_engine import tag_source
+    from tagger.ray_engine import as_source, is_uri, tag_source
     from tagger.shipped import default_model_path
 
     if sidecar:
@@ -118,6 +118,9 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
     def plan(total, todo):
         typer.echo(f"{source}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
 
+    if options.address and not all(is_uri(as_source(p)) for p in (source, out)):
+        typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
+                   "(object storage, or a file system mounted on every node at the same path)", err=True)
     summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan)
     for line in summary.failures:
         typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
