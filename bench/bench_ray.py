@@ -25,7 +25,7 @@ import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
 from tagger.batch import read_results, tag_folder  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
-from tagger.ray_engine import RayOptions, read_output, tag_source  # noqa: E402
+from tagger.ray_engine import Output, RayOptions, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
 
@@ -33,6 +33,17 @@ def same_rows(a, b) -> bool:
     a, b = a.sort_values("path").reset_index(drop=True), b.sort_values("path").reset_index(drop=True)
     return (list(a["path"]) == list(b["path"]) and [list(t) for t in a["tags"]] == [list(t) for t in b["tags"]]
             and [list(s) for s in a["scores"]] == [list(s) for s in b["scores"]])
+
+
+def steady_rate(out: Path) -> float | None:
+    """Photos/s of one worker past its start: the last unit's photos over the time since the unit before it was written
+    (with one worker, units run one after another; None with fewer than two units)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Output(out).files(), key=os.path.getmtime)
+    if len(files) < 2:
+        return None
+    return pq.read_metadata(files[-1]).num_rows / (os.path.getmtime(files[-1]) - os.path.getmtime(files[-2]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         init_s = time.perf_counter() - start
-        ray_s, same = {}, {}
+        ray_s, same, steady = {}, {}, {}
         try:
             for w in counts:
                 out = tmp / f"ray{w}.parquet"
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ray_s[w] = time.perf_counter() - start
                 assert summary.tagged == len(paths), summary.failures[:3]
                 same[w] = same_rows(read_output(out), local)
+                steady[w] = steady_rate(out) if w == 1 else None
         finally:
             ray.shutdown()
 
@@ -82,17 +94,20 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{local_rate:.1f} photos/s --engine local", (n / ray_s[w]) / local_rate, None,
                 f"{n} shared photos, batch {args.batch_size}, shipped model, on this {os.cpu_count()}-CPU machine; {w} actor(s) of 1 CPU; "
                 f"actor start-up (torch, model) included, Ray's own start ({init_s:.0f} s) not; "
-                f"tags and scores {'identical to' if same[w] else 'DIFFERENT from'} --engine local on all {n} photos")
+                f"tags and scores {'identical to' if same[w] else 'DIFFERENT from'} --engine local on all {n} photos"
+                + (f"; past its start the worker ran {steady[w]:.1f} photos/s (its last unit)" if steady.get(w) else ""))
             for w in counts]
     result = {"bench": "ray", "n": n, "photos": rel(args.photos), "batch_size": args.batch_size, "torch_threads": threads,
               "local_photos_per_s": round(local_rate, 2), "local_s": round(local_s, 2), "ray_init_s": round(init_s, 2),
-              "ray": {str(w): {"seconds": round(ray_s[w], 2), "photos_per_s": round(n / ray_s[w], 2), "identical_to_local": same[w]}
+              "ray": {str(w): {"seconds": round(ray_s[w], 2), "photos_per_s": round(n / ray_s[w], 2), "identical_to_local": same[w],
+                               "steady_photos_per_s": None if steady[w] is None else round(steady[w], 2)}
                       for w in counts},
               "machine": machine(), "rows": rows}
     print(f"tagging {n} photos, batch {args.batch_size}; local engine {threads} torch threads")
     print(f"  --engine local            : {local_rate:8.1f} photos/s  ({local_s:.1f} s)")
     for w in counts:
-        print(f"  --engine ray, {w} worker(s) : {n / ray_s[w]:8.1f} photos/s  ({ray_s[w]:.1f} s; identical tags: {same[w]})")
+        print(f"  --engine ray, {w} worker(s) : {n / ray_s[w]:8.1f} photos/s  ({ray_s[w]:.1f} s; identical tags: {same[w]})"
+              + (f"; {steady[w]:.1f} photos/s past its start" if steady[w] else ""))
     print(f"  (Ray's own start: {init_s:.1f} s)")
     print_rows(rows)
     if not all(same.values()):
