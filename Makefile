@@ -15,8 +15,8 @@ CORPUS ?= $(wildcard $(DATA)/tags_corpus.tsv)
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: ## install tagger and its test tools (pip install -e ".[dev]")
-	$(PYTHON) -m pip install -e ".[dev]"
+install: ## install tagger, its test tools and the Ray engine (pip install -e ".[dev,ray]")
+	$(PYTHON) -m pip install -e ".[dev,ray]"
 
 test: ## run every test, slow ones included (what CI runs)
 	$(PYTHON) -m pytest -q

@@ -35,6 +35,9 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
+EngineOpt = Annotated[str, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine")]
+WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
 
 
@@ -93,6 +96,44 @@ def load_tagger(model: Path | None, device: str | None, runtime: str | None = No
     return Tagger.load(path, device=device, runtime=runtime)
 
 
+def ray_options(engine: str, address: str | None, workers: int | None, device: str | None, batch_size: int):
+    """The Ray engine's options for --engine ray, None for --engine local; a clear error for anything else."""
+    if engine == "local":
+        if address or workers:
+            raise UserError("--address and --workers go with --engine ray")
+        return None
+    if engine != "ray":
+        raise UserError(f"--engine must be local or ray, not {engine!r}")
+    from tagger.ray_engine import RayOptions, import_ray
+
+    import_ray()  # without Ray, say how to install it before any work starts
+    return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size)
+
+
+def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str | None, sidecar: str | None, tag_options: dict):
+    """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.ray_engine)."""
+    from pipelines.images import printable_path
+    from tagger.ray_engine import as_source, is_uri, tag_source
+    from tagger.shipped import default_model_path
+
+    if sidecar:
+        raise UserError("--sidecar is not supported with --engine ray (workers may not see the photos' folders)")
+    path = model or (Path(os.environ["TAGGER_MODEL"]) if os.environ.get("TAGGER_MODEL") else default_model_path())
+    load_tagger(path, "cpu").scorer(method)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
+
+    def plan(total, todo):
+        typer.echo(f"{source}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
+
+    if options.address and not all(is_uri(as_source(p)) for p in (source, out)):
+        typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
+                   "(object storage, or a file system mounted on every node at the same path)", err=True)
+    summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan)
+    for line in summary.failures:
+        typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
+    listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
+    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}")
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="photos with tags: a MIRFLICKR folder, the shared subset, or a CSV/Parquet manifest")],
@@ -112,6 +153,9 @@ def train(
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Train a model bundle: image features, word2vec, tag index, kNN, the generator and its calibration, in one command.
 
@@ -145,6 +189,7 @@ def train(
             device=device,
             runtime=runtime,
             cache_dir=cache_dir or default_cache_dir(),
+            ray=ray_options(engine, address, workers, device, batch_size),
         )
         _, summary = fit(data, out, config)
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
@@ -244,6 +289,9 @@ def tag(
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Tag every photo of SOURCES into one results file (one row per photo), and keep their sidecars in step.
 
@@ -271,6 +319,11 @@ def tag(
         if embed and shutil.which("exiftool") is None:
             raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
                             "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
+        on_ray = ray_options(engine, address, workers, device, batch_size)
+        if on_ray:
+            if len(sources) != 1 or embed or dry_run:
+                raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
+            return tag_on_ray(sources[0], out, model, on_ray, method, side, dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
         tagger = load_tagger(model, device, runtime)
         tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
         opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
@@ -382,6 +435,9 @@ def features(
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Extract image features to OUT/features.npy (float32, one row per photo of OUT/photos.csv).
 
@@ -411,6 +467,12 @@ def features(
             frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
         config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
                                device=device, runtime=runtime, cache_dir=cache_dir or default_cache_dir() / "features")
+        on_ray = ray_options(engine, address, workers, device, batch_size)
+        if on_ray:
+            from tagger.ray_engine import warm_feature_cache
+
+            # Ray fills the cache; the local pass below then reads every photo from it and writes the same files.
+            warm_feature_cache(list(frame["path"]), config, on_ray)
         result = extract_features(list(frame["path"]), config)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "features.npy", result.features)

@@ -31,6 +31,7 @@ from tagger.condition import build_condition
 from tagger.metrics import precision_at_k, top_ids
 from tagger.model import Tagger
 from tagger.presets import default_preset_name, get_preset
+from tagger.ray_engine import RayOptions
 from tagger.scorers import word_prior
 from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
@@ -59,6 +60,7 @@ class FitConfig:
     # training lists; lists of the dataset's own photos in it are left out, so held-out tags never leak.
     corpus: Path | None = None
     sampling: SamplingConfig | None = None  # None: the preset's
+    ray: RayOptions | None = None  # extract the features on Ray (tagger.ray_engine) with these options; None: in this process
 
 
 @dataclass
@@ -94,6 +96,10 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
         cache_dir=config.cache_dir / "features",
         **({"num_workers": config.num_workers} if config.num_workers is not None else {}),
     )
+    if config.ray is not None:
+        from tagger.ray_engine import warm_feature_cache
+
+        warm_feature_cache(list(frame["path"]), fcfg, config.ray)  # then the line below reads every photo from the cache
     feats = extract_features(list(frame["path"]), fcfg, progress=progress)  # logs each photo it skips
     frame["ok"] = feats.ok
     stages.features = time.perf_counter() - t

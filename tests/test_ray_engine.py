@@ -1,0 +1,245 @@
+"""The Ray engine on a real Ray: a local one started here, and a two-node cluster simulated on this machine.
+
+Each run is checked against the local engine on the same photos: the same rows, tags and scores.
+"""
+import os
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import build_tiny_tagger
+
+ray = pytest.importorskip("ray", reason='the Ray engine needs the ray extra: pip install "tagger[ray]"')
+
+from tagger.batch import read_results, tag_folder  # noqa: E402
+from tagger.model import Tagger  # noqa: E402
+from tagger.ray_engine import Output, RayOptions, as_source, list_photos, read_output, tag_source  # noqa: E402
+from tagger.shipped import default_model_path  # noqa: E402
+
+BATCH = 16  # units of 8 x 16 = 128 photos: 200 photos make two, one per worker
+
+
+@pytest.fixture(scope="module", params=["local", "two_nodes"])
+def cluster(request):
+    """A Ray for this module's tests: started here with 2 CPUs, or a head and a worker node of 1 CPU each."""
+    if request.param == "local":
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield "local"
+        ray.shutdown()
+        return
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, log_to_driver=False)
+    try:
+        yield "two_nodes"
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(subset_dir, tmp_path_factory) -> Path:
+    """200 subset photos (symlinks, nothing copied) and one corrupt file."""
+    folder = tmp_path_factory.mktemp("photos")
+    for p in sorted((subset_dir / "images").glob("*.jpg"))[:200]:
+        (folder / p.name).symlink_to(p)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_rows(photos, tmp_path_factory) -> pd.DataFrame:
+    """The local engine's output on the same photos, model and batch size."""
+    out = tmp_path_factory.mktemp("local") / "tags.parquet"
+    tagger = Tagger.load(default_model_path())
+    tag_folder(photos, out, lambda paths: tagger.tag_paths(paths, batch_size=BATCH))
+    return read_results(out).sort_values("path").reset_index(drop=True)
+
+
+def rows_per_path(out: Path) -> pd.Series:
+    """How many rows each photo has over every file of the output (1 each: nothing lost, nothing twice)."""
+    return pd.concat([pd.read_parquet(f) for f in Output(out).files()])["path"].value_counts()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_tags_equal_the_local_engine_a_bad_photo_is_reported_and_a_rerun_tags_nothing(cluster, photos, local_rows, tmp_path):
+    out = tmp_path / "tags.parquet"
+    options = RayOptions(workers=2, batch_size=BATCH)
+    summary = tag_source(photos, out, default_model_path(), options)
+    assert (summary.tagged, summary.failed) == (200, 1)
+    reason = local_rows.set_index("path").loc[str(photos / "broken.jpg"), "error"]
+    assert reason.startswith("corrupt or truncated")
+    assert summary.failures == [f"{photos / 'broken.jpg'}: {reason}"]
+    assert summary.failures_file.read_text().splitlines() == ["path\terror", f"{photos / 'broken.jpg'}\t{reason}"]
+    rows = read_output(out)
+    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash"]
+    assert list(rows["path"]) == list(local_rows["path"])
+    assert [list(t) for t in rows["tags"]] == [list(t) for t in local_rows["tags"]]
+    assert [list(s) for s in rows["scores"]] == [list(s) for s in local_rows["scores"]]
+    assert list(rows["error"]) == list(local_rows["error"]) and list(rows["hash"]) == list(local_rows["hash"])
+    assert len(Output(out).files()) == 2  # one file per unit of 128 photos
+
+    again = tag_source(photos, out, default_model_path(), options)
+    assert (again.tagged, again.kept, again.failed) == (0, 200, 1)
+    assert rows_per_path(out).max() == 1
+
+
+def _tag_worker_actors() -> list[dict]:
+    # The state API (ray.util.state) needs the dashboard, which ray[data] does not install; the GCS's actor table is the same data.
+    return [a for a in ray._private.state.actors().values() if "TagWorker" in a["ActorClassName"] and a["State"] == "ALIVE"]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_a_worker_killed_mid_run_loses_nothing_and_repeats_nothing(cluster, photos, local_rows, tmp_path):
+    out = tmp_path / "tags.parquet"
+    killed = []
+
+    def kill_one_worker_once_a_unit_is_written():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            busy = _tag_worker_actors()
+            if Output(out).files() and busy:
+                from ray._raylet import ActorID
+
+                # ray.kill wants a handle; an actor's handle from its id (the actors are Ray Data's, unnamed).
+                handle = ray._private.worker.global_worker.core_worker.get_actor_handle(ActorID.from_hex(busy[0]["ActorID"]))
+                ray.kill(handle, no_restart=False)
+                killed.append(busy[0]["ActorID"])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker_once_a_unit_is_written)
+    killer.start()
+    # Units of 8 x 4 = 32 photos: 7 units, so the workers are mid-way through the run when the first file appears.
+    summary = tag_source(photos, out, default_model_path(), RayOptions(workers=2, batch_size=4))
+    killer.join()
+    assert killed, "no worker was killed: the run ended first"
+    assert [a["NumRestarts"] for a in ray._private.state.actors().values() if a["ActorID"] == killed[0]] == [1]
+    assert summary.tagged + summary.failed == 201
+    counts = rows_per_path(out)
+    assert len(counts) == 201 and counts.max() == 1  # every photo exactly once
+    rows = read_output(out)
+    assert set(rows.loc[rows["error"] == "", "path"]) == set(local_rows.loc[local_rows["error"] == "", "path"])
+
+
+@pytest.mark.slow
+def test_a_manifest_and_a_file_uri_give_the_folders_photos(tmp_path):
+    from conftest import make_photo_files
+
+    paths = make_photo_files(tmp_path / "photos" / "sub", 3)
+    (tmp_path / "photos" / ".hidden.jpg").write_bytes(b"x")
+    manifest = tmp_path / "list.csv"
+    pd.DataFrame({"path": ["photos/sub/" + p.name for p in paths]}).to_csv(manifest, index=False)
+    from_folder = [p.key for p in list_photos(tmp_path / "photos")]
+    assert from_folder == [str(p) for p in paths]
+    assert [p.key for p in list_photos(manifest)] == [str(p) for p in paths]
+    uri = (tmp_path / "photos").as_uri()
+    assert [p.key for p in list_photos(uri)] == [f"file://{p}" for p in paths]
+    assert as_source(Path(uri)) == uri  # as the CLI's Path type hands it over
+    assert as_source(Path("s3://bucket/photos")) == "s3://bucket/photos"
+
+
+@pytest.mark.slow
+def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
+    """A file:// URI tagged as its folder is, and `warm_feature_cache` gives extract_features' features."""
+    import numpy as np
+
+    from pipelines.features import FeatureConfig, extract_features
+    from tagger.ray_engine import warm_feature_cache
+    from conftest import make_photo_files
+
+    paths = make_photo_files(tmp_path / "photos", 12)
+    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    summary = tag_source((tmp_path / "photos").as_uri(), (tmp_path / "tags.parquet").as_uri(), bundle, RayOptions(workers=1, batch_size=4))
+    assert summary.tagged == 12
+    rows = read_output(tmp_path / "tags.parquet")
+    tagger = Tagger.load(bundle)
+    local = {str(p): [t for t, _ in tags] for p, tags, _ in tagger.tag_paths(paths, batch_size=4)}
+    assert {Path(p.removeprefix("file://")).as_posix(): list(t) for p, t in zip(rows["path"], rows["tags"])} == local
+
+    config = FeatureConfig(backbone="tiny", batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
+    assert warm_feature_cache(paths, config, RayOptions(workers=2, batch_size=4)) == 12
+    assert warm_feature_cache(paths, config, RayOptions(workers=2, batch_size=4)) == 0  # all cached now
+    cached = extract_features(paths, config, progress=False)
+    assert cached.n_cached == 12 and cached.n_extracted == 0
+    fresh = extract_features(paths, FeatureConfig(backbone="tiny", batch_size=4, num_workers=0), progress=False)
+    np.testing.assert_array_equal(cached.features, fresh.features)
+
+
+@pytest.mark.slow
+def test_a_rerun_tags_new_and_changed_photos_and_drops_the_rows_of_removed_ones(cluster, tmp_path):
+    from conftest import make_photo_files
+
+    if cluster != "local":
+        pytest.skip("resume is the driver's work, the same on any cluster: checked once, on the local Ray")
+    paths = make_photo_files(tmp_path / "photos", 5)
+    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    out = tmp_path / "tags.parquet"
+    options = RayOptions(workers=1, batch_size=2)
+    assert tag_source(tmp_path / "photos", out, bundle, options).tagged == 5
+    make_photo_files(tmp_path / "photos", 1, seed=7)  # photo000.jpg changes
+    make_photo_files(tmp_path / "more", 1, seed=8)[0].rename(tmp_path / "photos" / "new.jpg")
+    paths[4].unlink()
+    summary = tag_source(tmp_path / "photos", out, bundle, options)
+    assert (summary.tagged, summary.kept, summary.failed) == (2, 3, 0)
+    rows = read_output(out)
+    assert sorted(Path(p).name for p in rows["path"]) == ["new.jpg", "photo000.jpg", "photo001.jpg", "photo002.jpg", "photo003.jpg"]
+    from tagger.batch import file_hash
+
+    assert dict(zip(rows["path"], rows["hash"]))[str(paths[0])] == file_hash(paths[0])
+    assert rows_per_path(out).max() == 1 and len(rows_per_path(out)) == 5  # the superseded and removed rows are gone
+
+
+@pytest.mark.slow
+def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_photo_files
+    from tagger.cli import app
+
+    if cluster != "local":
+        pytest.skip("the command line is the same on any cluster: checked once, on the local Ray")
+    make_photo_files(tmp_path / "photos", 6)
+    (tmp_path / "photos" / "notes.jpg").write_text("not a photo")
+    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    args = ["tag", str(tmp_path / "photos"), "--out", str(tmp_path / "t.parquet"), "--model", str(bundle), "--engine", "ray", "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 't.parquet'}: 6 tagged, 0 unchanged (kept), 1 failed" in result.output
+    assert "notes.jpg: not an image (unknown format)" in result.output
+    assert "1 failed" in CliRunner().invoke(app, args).output  # again: nothing to do
+    result = CliRunner().invoke(app, args[:-4] + ["--engine", "ray", "--sidecar", "xmp"])
+    assert result.exit_code == 1 and "--sidecar is not supported with --engine ray" in result.output
+
+    result = CliRunner().invoke(app, ["features", str(tmp_path / "photos"), "--out", str(tmp_path / "feats"), "--backbone", "tiny",
+                                      "--cache-dir", str(tmp_path / "cache"), "--engine", "ray", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "7 x 32 (1 failed)" in result.output, result.output
+
+
+def test_the_cli_names_the_engines(tmp_path):
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+
+    result = CliRunner().invoke(app, ["tag", str(tmp_path), "--out", str(tmp_path / "t.parquet"), "--engine", "spark"])
+    assert result.exit_code == 1 and "--engine must be local or ray" in result.output
+    result = CliRunner().invoke(app, ["tag", str(tmp_path), "--out", str(tmp_path / "t.csv"), "--workers", "2"])
+    assert result.exit_code == 1 and "--address and --workers go with --engine ray" in result.output
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from tagger.batch import BatchError
+    from tagger.ray_engine import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(BatchError, match=r'pip install "tagger\[ray\]"'):
+        import_ray()
