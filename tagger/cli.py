@@ -119,7 +119,8 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
     if sidecar:
         raise UserError("--sidecar is not supported with --engine ray (workers may not see the photos' folders)")
     path = model or (Path(os.environ["TAGGER_MODEL"]) if os.environ.get("TAGGER_MODEL") else default_model_path())
-    load_tagger(path, "cpu").scorer(method)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
+    tagger = load_tagger(path, "cpu")
+    tagger.scorer(method)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
 
     def plan(total, todo):
         typer.echo(f"{source}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
@@ -127,7 +128,8 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
     if options.address and not all(is_uri(as_source(p)) for p in (source, out)):
         typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
                    "(object storage, or a file system mounted on every node at the same path)", err=True)
-    summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan)
+    summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan,
+                         settings=tagger.settings(method, **tag_options))
     for line in summary.failures:
         typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""

@@ -39,6 +39,9 @@ from tagger.voting import SamplingConfig, rank
 BW_WORDS = ("blackandwhite",)
 
 
+CHUNK_BATCHES = 2  # tag_paths works in chunks of this many batches (the ray engine's units are the same chunks)
+
+
 class Tagger:
     def __init__(
         self,
@@ -226,7 +229,7 @@ class Tagger:
         records each result loses at most one chunk when killed, and its progress moves every few seconds. A photo that cannot be read gets tags None and the reason.
         """
         self.scorer(method)  # an unknown method fails before the first photo
-        chunk = chunk or 2 * batch_size
+        chunk = chunk or CHUNK_BATCHES * batch_size
         fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
                              device=str(self.device), runtime=self.backbone.runtime, **({"num_workers": num_workers} if num_workers is not None else {}))
         for start in range(0, len(paths), chunk):

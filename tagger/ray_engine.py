@@ -13,7 +13,7 @@ with `--engine local` (CPU convolutions give results that differ in the last bit
 around a photo differs).
 
 The output is a Parquet dataset, a folder with one file per unit (`part-RUN-...parquet`), with
-the local engine's columns (path, tags, scores, error, hash); photos that could not be tagged get
+the local engine's columns (path, tags, scores, error, hash, settings); photos that could not be tagged get
 a row with the reason and are listed in `OUT.failed.tsv`. A run reads what earlier runs wrote
 (later runs win), hashes the photos it already has rows for, and tags only new or changed ones.
 A worker killed mid-run is restarted by Ray and its unit tried again; a file is written only
@@ -40,14 +40,15 @@ import numpy as np
 import pandas as pd
 
 from pipelines.datasets import PATH_COLUMNS
-from pipelines.images import IMAGE_EXTENSIONS, list_images, printable_path
+from pipelines.images import printable_path
+from pipelines.scan import PHOTO_EXTENSIONS, list_images
 from tagger.batch import COLUMNS, BatchError, Lock, Summary, output_format, write_failures
+from tagger.model import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of Tagger.tag_paths, so the batches match
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the ray engine needs Ray: pip install "tagger[ray]" (or pip install "ray[data]")'
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
-CHUNK_BATCHES = 8  # photos per unit = this x batch_size: the chunk of Tagger.tag_paths, so batches match the local engine's
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _list_uri(uri: str) -> list[Photo]:
     for entry in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
         rel = entry.path[len(root.rstrip("/")) + 1 :]
         if entry.type == pafs.FileType.File and not any(part.startswith(".") for part in rel.split("/")) \
-                and os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS:
+                and os.path.splitext(entry.path)[1].lower() in PHOTO_EXTENSIONS:
             found.append(f"{scheme}://{entry.path}")
     return [Photo(u, u.encode()) for u in sorted(found)]
 
@@ -316,7 +317,7 @@ class TagWorker(FeatureWorker):
     """Ray actor: one model, tagging one unit of photos per call, exactly as `Tagger.tag_paths` tags one chunk."""
 
     def __init__(self, bundle: list, device: str, method: str | None, options: dict, batch_size: int, read_threads: int = 4,
-                 threads: int = 1):
+                 threads: int = 1, settings: str = ""):
         import ray
 
         from tagger.model import Tagger
@@ -330,7 +331,7 @@ class TagWorker(FeatureWorker):
         self.tagger = Tagger.load(self.dir, device=device)
         self.tagger.scorer(method)  # an unknown method fails here, before the first photo
         self.backbone = self.tagger.backbone
-        self.method, self.options = method, options
+        self.method, self.options, self.settings = method, options, settings
 
     def __del__(self):
         shutil.rmtree(getattr(self, "dir", ""), ignore_errors=True)
@@ -351,6 +352,7 @@ class TagWorker(FeatureWorker):
             "scores": pa.array([[round(float(s), 4) for _, s in by_row.get(i, [])] for i in range(len(keys))], pa.list_(pa.float64())),
             "error": pa.array(errors, pa.string()),
             "hash": pa.array(hashes, pa.string()),
+            "settings": pa.array([self.settings] * len(keys), pa.string()),
         })
 
 
@@ -401,8 +403,9 @@ class Output:
         if not frames:
             return pd.DataFrame(columns=[*(columns or COLUMNS), "file"])
         rows = pd.concat(frames, ignore_index=True)
-        rows["error"] = rows["error"].fillna("").astype(str)
-        rows["hash"] = rows["hash"].fillna("").astype(str)
+        for col in ("error", "hash", "settings"):
+            if col in rows or columns is None:
+                rows[col] = rows[col].fillna("").astype(str) if col in rows else ""  # settings: files from before the column
         return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
 
     def prune(self, keep: set[str]) -> None:
@@ -481,8 +484,12 @@ def _current_hashes(ray, photos: list[Photo], unit: int) -> dict[str, str]:
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
-               method: str | None = None, tag_options: dict | None = None, on_plan=None) -> Summary:
-    """Tag the photos of `source` that `out` does not already hold, on Ray; returns what happened."""
+               method: str | None = None, tag_options: dict | None = None, on_plan=None, settings: str = "") -> Summary:
+    """Tag the photos of `source` that `out` does not already hold, on Ray; returns what happened.
+
+    settings: what the tags depend on besides the photo (`Tagger.settings`): rows made with other
+    settings are tagged again, and rows that failed are tried again, as the local engine does.
+    """
     source, out = as_source(source), as_source(out)
     if output_format(Path(str(out))) != "parquet":
         raise BatchError(f"{out}: the ray engine writes a Parquet dataset (a folder): use --out NAME.parquet")
@@ -492,12 +499,13 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
     if output.local:
         Path(output.root).parent.mkdir(parents=True, exist_ok=True)
     with (lock or nullcontext()), ray_session(options.address) as ray:
-        previous = output.read(["path", "error", "hash"])
+        previous = output.read()
         done = dict(zip(previous["path"], previous["hash"]))
+        stale = set(previous.loc[(previous["settings"].fillna("") != settings) | (previous["error"] != ""), "path"])
         unit = CHUNK_BATCHES * options.batch_size
         current = _current_hashes(ray, [p for p in photos if p.key in done], unit)
         # As the local engine: new photos, changed ones and unreadable ones are tagged; unchanged rows are kept.
-        todo = [p for p in photos if p.key not in done or not current.get(p.key) or current[p.key] != done[p.key]]
+        todo = [p for p in photos if p.key not in done or not current.get(p.key) or current[p.key] != done[p.key] or p.key in stale]
         keys = {p.key for p in photos}
         unchanged = keys - {p.key for p in todo}
         old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
@@ -519,7 +527,7 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
                                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
                                 fn_constructor_kwargs=dict(bundle=[bundle], device=device, method=method, options=tag_options or {},
                                                            batch_size=options.batch_size, read_threads=options.read_threads,
-                                                           threads=options.cpus_per_worker),
+                                                           threads=options.cpus_per_worker, settings=settings),
                                 **resources)
             # Writing a file is IO, not compute: it must not wait for a CPU that the model actors hold.
             ds.write_parquet(output.root if output.local else output.name, filename_provider=_file_names(run),
@@ -528,6 +536,7 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
         ours = rows[rows["file"].map(lambda f: Path(f).name.startswith(f"part-{run}-"))]
         summary.tagged = int((ours["error"] == "").sum())
         summary.failed += int((ours["error"] != "").sum())
+        summary.failed_now = int((ours["error"] != "").sum())
         summary.failures += [f"{p}: {e}" for p, e in zip(ours.loc[ours["error"] != "", "path"], ours.loc[ours["error"] != "", "error"])]
         rows = rows[rows["path"].isin(keys)]
         if output.rows_in_files > len(rows):  # rows superseded by a later run, or of photos that left the source
