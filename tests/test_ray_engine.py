@@ -19,7 +19,7 @@ from tagger.model import Tagger  # noqa: E402
 from tagger.ray_engine import Output, RayOptions, as_source, list_photos, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
-BATCH = 16  # units of 8 x 16 = 128 photos: 200 photos make two, one per worker
+BATCH = 64  # units of CHUNK_BATCHES (2) x 64 = 128 photos: 200 photos make two, one per worker
 
 
 @pytest.fixture(scope="module", params=["local", "two_nodes"])
@@ -78,7 +78,7 @@ def test_tags_equal_the_local_engine_a_bad_photo_is_reported_and_a_rerun_tags_no
     assert summary.failures == [f"{photos / 'broken.jpg'}: {reason}"]
     assert summary.failures_file.read_text().splitlines() == ["path\terror", f"{photos / 'broken.jpg'}\t{reason}"]
     rows = read_output(out)
-    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash"]
+    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash", "settings"]
     assert list(rows["path"]) == list(local_rows["path"])
     assert [list(t) for t in rows["tags"]] == [list(t) for t in local_rows["tags"]]
     assert [list(s) for s in rows["scores"]] == [list(s) for s in local_rows["scores"]]
