@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(os.path.abspath(__file__)).parents[1]  # not resolve(): see rel()
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
@@ -37,7 +37,8 @@ IMAGES = SUBSET / "images"
 def rel(path: str | Path) -> str:
     """A path for printing and JSON: relative to the repository (../shared/... for the subset)."""
     try:
-        return os.path.relpath(Path(path).resolve(), REPO)
+        # abspath, not resolve: a symlinked shared folder stays ../shared/..., not wherever the link points.
+        return os.path.relpath(os.path.abspath(path), REPO)
     except ValueError:
         return Path(path).name
 
