@@ -32,6 +32,7 @@ from torchvision import transforms as T
 
 from pipelines import efficientnet_lite
 from pipelines.device import choose_device, choose_runtime
+from pipelines.errors import OptionError, TaggerError
 
 if TYPE_CHECKING:
     from pipelines.onnx_backbone import OnnxBackbone
@@ -40,7 +41,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 CPU_CHUNK = 16  # photos per forward call on CPU; see Backbone._run
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(TaggerError):
     """The weights for a backbone cannot be found or loaded; the message says how to get them."""
 
 
@@ -108,7 +109,7 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
+        raise OptionError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
 
 
 class Backbone(nn.Module):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.errors import OptionError, TaggerError
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ["id", "path", "tags", "labels"]
@@ -30,7 +32,7 @@ ID_COLUMNS = ("id", "photo_id")
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(TaggerError, ValueError):
     """A dataset that cannot be read; the message names the file or folder and the problem."""
 
 
@@ -204,7 +206,7 @@ def split_ids(ids, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed
     read in another order, and never splits one photo's (image, tag) pairs across splits.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise OptionError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     edges = (fractions[0], fractions[0] + fractions[1])
 
     def bucket(photo_id) -> str:

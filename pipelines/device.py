@@ -6,6 +6,8 @@ import re
 
 import torch
 
+from pipelines.errors import OptionError
+
 _NAME = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -26,15 +28,15 @@ def choose_device(name: str | torch.device | None = None) -> torch.device:
 
     name = name.strip().lower()
     if not _NAME.match(name):
-        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps")
+        raise OptionError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use cpu)")
+            raise OptionError(f"device {name!r} asked for, but CUDA is not available here (use cpu)")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise OptionError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if name == "mps" and not _mps_available():
-        raise ValueError("device 'mps' asked for, but Apple MPS is not available here (use cpu)")
+        raise OptionError("device 'mps' asked for, but Apple MPS is not available here (use cpu)")
     return torch.device(name)
 
 
@@ -57,12 +59,12 @@ def choose_runtime(name: str | None, device: torch.device) -> str:
         return "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
     name = name.strip().lower()
     if name not in RUNTIMES:
-        raise ValueError(f"unknown runtime {name!r}: use {', '.join(RUNTIMES)}")
+        raise OptionError(f"unknown runtime {name!r}: use {', '.join(RUNTIMES)}")
     if name != "torch":
         if device.type != "cpu":
-            raise ValueError(f"runtime {name!r} runs on the CPU, not on {device}: use --runtime torch there, or --device cpu")
+            raise OptionError(f"runtime {name!r} runs on the CPU, not on {device}: use --runtime torch there, or --device cpu")
         if not onnxruntime_available():
-            raise ValueError(f"runtime {name!r} asked for, but onnxruntime is not installed (pip install onnxruntime), or use --runtime torch")
+            raise OptionError(f"runtime {name!r} asked for, but onnxruntime is not installed (pip install onnxruntime), or use --runtime torch")
     return name
 
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from pipelines.errors import OptionError
+
 FEATURE_DIM = 1280  # the head: not scaled in any Lite variant
 STEM_CHANNELS = 32  # the stem: not scaled either
 NUM_CLASSES = 1000
@@ -95,7 +97,7 @@ def get_variant(variant: str | LiteVariant) -> LiteVariant:
     try:
         return VARIANTS[variant]
     except KeyError:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}") from None
+        raise OptionError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}") from None
 
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipelines.errors import TaggerError
+
 MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below what would exhaust memory
 MAX_FILE_BYTES = 1 << 30  # 1 GB: above any photo file (a 100 MP 16-bit TIFF is 600 MB)
 MAX_ASPECT = 4.0  # longer side over shorter side kept for the backbone (see cap_aspect)
@@ -32,7 +34,7 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a view
 
 
 
-class ImageError(Exception):
+class ImageError(TaggerError):
     """A photo that cannot be decoded; `path` names the file and `reason` says why in a few words."""
 
     def __init__(self, path: str | Path, reason: str):

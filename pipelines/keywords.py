@@ -20,6 +20,8 @@ from pathlib import Path
 
 from defusedxml import ElementTree as SafeET
 
+from pipelines.errors import OptionError, TaggerError
+
 NS = {
     "x": "adobe:ns:meta/",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -32,7 +34,7 @@ DEFAULT_ROOT = "tagger"  # machine keywords sit under this root of the keyword t
 SIDECAR_NAMINGS = ("auto", "full", "stem")  # auto: stem where the library already uses it; full: IMG_1.jpg.xmp; stem: IMG_1.xmp
 
 
-class KeywordError(ValueError):
+class KeywordError(TaggerError, ValueError):
     """Metadata that cannot be read (a sidecar that is not XMP); the message names the file."""
 
 
@@ -124,7 +126,7 @@ def sidecar_path(photo: str | Path, naming: str = "auto") -> Path:
     """
     photo = Path(photo)
     if naming not in SIDECAR_NAMINGS:
-        raise ValueError(f"unknown sidecar naming {naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
+        raise OptionError(f"unknown sidecar naming {naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
     full, stem = photo.with_name(photo.name + ".xmp"), photo.with_suffix(".xmp")
     if naming == "full":
         return full

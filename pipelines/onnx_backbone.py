@@ -41,6 +41,7 @@ from torch import nn
 
 from embeddings.files import atomic_write
 from pipelines.backbones import Backbone, BackboneSpec, Preprocessing, make_pixels_transform, make_transform, weights_id
+from pipelines.errors import TaggerError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ CHUNK = 16  # photos per session.run; like torch's CPU chunks, activations of 16
 INPUT, OUTPUT = "pixels", "features"
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(TaggerError):
     """The exported graph does not give the torch backbone's features; the message has the figure."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from embeddings.files import atomic_write, remove_stale, stale_pattern
+from pipelines.errors import TaggerError
 from pipelines.images import printable_path as path_key
 from pipelines.keywords import DEFAULT_ROOT, owner_keywords
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
@@ -38,7 +39,7 @@ COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
 OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
 
 
-class BatchError(RuntimeError):
+class BatchError(TaggerError):
     """A batch run that cannot start (bad output name, another run holds the lock)."""
 
 

@@ -33,6 +33,7 @@ from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import get_spec
 from pipelines.device import choose_device
+from pipelines.errors import TaggerError
 from tagger.baselines import KNNTagger
 from tagger.calibration import Calibration
 from tagger.condition import ConditionConfig
@@ -47,7 +48,7 @@ CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION = (
     "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json")
 
 
-class BundleError(ValueError):
+class BundleError(TaggerError, ValueError):
     """A model bundle that cannot be loaded; the message names the file and what is wrong."""
 
 

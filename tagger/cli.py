@@ -5,10 +5,10 @@ file and the problem and exit non-zero; `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 from enum import Enum
@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipelines.errors import TaggerError
 from pipelines.keywords import DEFAULT_ROOT
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS
 
@@ -41,8 +42,8 @@ WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ra
 MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
 
 
-class UserError(Exception):
-    """An error to show as one line, without a traceback."""
+class UserError(TaggerError):
+    """A bad option, found by the command line itself."""
 
 
 @app.callback()
@@ -59,41 +60,31 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
-def _user_errors():
-    """The exception types that are the user's input, not our bug."""
-    from pipelines.backbones import BackboneWeightsError
-    from pipelines.datasets import DatasetError
-    from pipelines.images import ImageError
-    from tagger.batch import BatchError
-    from tagger.bundle import BundleError
+def command(fn):
+    """A command: an error the user caused (a TaggerError) is one line and exit code 1, Ctrl-C exit code 130.
 
-    return (UserError, DatasetError, ImageError, BundleError, BatchError, BackboneWeightsError, FileNotFoundError, ValueError)
+    Anything else is a bug and shows its traceback; --debug shows the traceback of user errors too.
+    """
 
+    @functools.wraps(fn)  # Typer reads the options from the wrapped function's signature
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except TaggerError as e:
+            if state["debug"]:
+                raise
+            fail(str(e))
 
-def run(fn):
-    """Call fn, turning user errors into one line (unless --debug)."""
-    try:
-        return fn()
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except Exception as e:
-        if state["debug"] or not isinstance(e, _user_errors()):
-            raise
-        fail(str(e))
+    return wrapper
 
 
 def load_tagger(model: Path | None, device: str | None, runtime: str | None = None):
     from tagger.model import Tagger
-    from tagger.shipped import default_model_path
+    from tagger.shipped import resolve_model
 
-    path = model or (Path(os.environ["TAGGER_MODEL"]) if os.environ.get("TAGGER_MODEL") else default_model_path())
-    if path is None:
-        raise UserError("no model: pass --model DIR (a bundle made by `tagger train`) or set TAGGER_MODEL")
-    if not Path(path).exists():
-        raise UserError(f"{path}: no such model folder")
-    return Tagger.load(path, device=device, runtime=runtime)
+    return Tagger.load(resolve_model(model), device=device, runtime=runtime)
 
 
 def ray_options(engine: str, address: str | None, workers: int | None, device: str | None, batch_size: int):
@@ -114,11 +105,11 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.ray_engine)."""
     from pipelines.images import printable_path
     from tagger.ray_engine import as_source, is_uri, tag_source
-    from tagger.shipped import default_model_path
+    from tagger.shipped import resolve_model
 
     if sidecar:
         raise UserError("--sidecar is not supported with --engine ray (workers may not see the photos' folders)")
-    path = model or (Path(os.environ["TAGGER_MODEL"]) if os.environ.get("TAGGER_MODEL") else default_model_path())
+    path = resolve_model(model)
     tagger = load_tagger(path, "cpu")
     tagger.scorer(method)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
 
@@ -137,6 +128,7 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
 
 
 @app.command()
+@command
 def train(
     data: Annotated[Path, typer.Argument(help="photos with tags: a MIRFLICKR folder, the shared subset, or a CSV/Parquet manifest")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where the model bundle goes")],
@@ -166,49 +158,47 @@ def train(
     Example:  tagger train ../shared/datasets/mirflickr25k_subset --out models/mirflickr
     """
 
-    def go():
-        from tagger.fit import FitConfig, default_cache_dir, fit
+    from tagger.fit import FitConfig, default_cache_dir, fit
 
-        try:
-            fractions = tuple(float(x) for x in split.split(","))
-        except ValueError:
-            raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}") from None
-        if len(fractions) != 3:
-            raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}")
-        config = FitConfig(
-            generator=generator,
-            preset=preset,
-            split=fractions,
-            half=half,
-            backbone=backbone,
-            weights=str(weights) if weights else None,
-            min_count=min_count,
-            epochs=epochs,
-            max_steps=max_steps,
-            seed=seed,
-            feature_batch_size=batch_size,
-            corpus=corpus,
-            device=device,
-            runtime=runtime,
-            cache_dir=cache_dir or default_cache_dir(),
-            ray=ray_options(engine, address, workers, device, batch_size),
-        )
-        _, summary = fit(data, out, config)
-        stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
-        typer.echo(f"model bundle: {out}")
-        if not math.isnan(summary["val_p5"]):  # nan when there were no validation photos
-            typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
-        if "method" in summary:
-            scores = ", ".join(f"{m} {p:.4f}" for m, p in summary["method_val_p5"].items())
-            typer.echo(f"default method: {summary['method']} (validation P@5 {scores})")
-        typer.echo(f"stages: {stages}")
-        for warning in summary["warnings"]:
-            typer.echo(f"tagger: WARNING: {warning}", err=True)
-
-    run(go)
+    try:
+        fractions = tuple(float(x) for x in split.split(","))
+    except ValueError:
+        raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}") from None
+    if len(fractions) != 3:
+        raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}")
+    config = FitConfig(
+        generator=generator,
+        preset=preset,
+        split=fractions,
+        half=half,
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        min_count=min_count,
+        epochs=epochs,
+        max_steps=max_steps,
+        seed=seed,
+        feature_batch_size=batch_size,
+        corpus=corpus,
+        device=device,
+        runtime=runtime,
+        cache_dir=cache_dir or default_cache_dir(),
+        ray=ray_options(engine, address, workers, device, batch_size),
+    )
+    _, summary = fit(data, out, config)
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
+    typer.echo(f"model bundle: {out}")
+    if not math.isnan(summary["val_p5"]):  # nan when there were no validation photos
+        typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
+    if "method" in summary:
+        scores = ", ".join(f"{m} {p:.4f}" for m, p in summary["method_val_p5"].items())
+        typer.echo(f"default method: {summary['method']} (validation P@5 {scores})")
+    typer.echo(f"stages: {stages}")
+    for warning in summary["warnings"]:
+        typer.echo(f"tagger: WARNING: {warning}", err=True)
 
 
 @app.command()
+@command
 def predict(
     # readable=False: click's own check would end the command (exit 2, a boxed usage error) at the first photo it
     # cannot read; the loader reports that photo in one line and tags the rest.
@@ -231,32 +221,29 @@ def predict(
     Example:  tagger predict beach.jpg dog.png --top-k 5
     """
 
-    def go():
-        from pipelines.images import ImageError, printable_path
-        from pipelines.keywords import owner_keywords
+    from pipelines.images import ImageError, printable_path
+    from pipelines.keywords import owner_keywords
 
-        tagger = load_tagger(model, device, runtime)
-        opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
-        failed = 0
-        for path in images:
-            try:
-                tags = tagger.predict([path], method=method, **opts)[0]
-                error = ""
-            except ImageError as e:
-                tags, error = [], e.reason
-                failed += 1
-            if as_json:
-                rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error,
-                       "existing": [] if error else owner_keywords(path)}
-                typer.echo(json.dumps(rec, ensure_ascii=False))
-            elif error:
-                typer.echo(f"tagger: error: {printable_path(path)}: {error}", err=True)
-            else:
-                typer.echo(f"{printable_path(path)}: " + ", ".join(f"{t} {s:.2f}" for t, s in tags))
-        if failed:
-            raise typer.Exit(1)
-
-    run(go)
+    tagger = load_tagger(model, device, runtime)
+    opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
+    failed = 0
+    for path in images:
+        try:
+            tags = tagger.predict([path], method=method, **opts)[0]
+            error = ""
+        except ImageError as e:
+            tags, error = [], e.reason
+            failed += 1
+        if as_json:
+            rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error,
+                   "existing": [] if error else owner_keywords(path)}
+            typer.echo(json.dumps(rec, ensure_ascii=False))
+        elif error:
+            typer.echo(f"tagger: error: {printable_path(path)}: {error}", err=True)
+        else:
+            typer.echo(f"{printable_path(path)}: " + ", ".join(f"{t} {s:.2f}" for t, s in tags))
+    if failed:
+        raise typer.Exit(1)
 
 
 class SidecarKind(str, Enum):
@@ -271,6 +258,7 @@ class SidecarNaming(str, Enum):
 
 
 @app.command()
+@command
 def tag(
     sources: Annotated[list[Path], typer.Argument(help="photo folders (searched recursively) and photo files", readable=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="results file: .csv, .jsonl or .parquet")],
@@ -306,68 +294,66 @@ def tag(
     Example:  tagger tag ~/Pictures/2024 --out tags.csv --sidecar xmp
     """
 
-    def go():
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        from pipelines.images import printable_path
-        from tagger.batch import output_format, tag_folder
-        from tagger.sidecar import SidecarConfig
+    from pipelines.images import printable_path
+    from tagger.batch import output_format, tag_folder
+    from tagger.sidecar import SidecarConfig
 
-        output_format(out)
-        try:
-            side = SidecarConfig(sidecar.value, sidecar_name.value, keyword_root) if sidecar else None
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if embed and shutil.which("exiftool") is None:
-            raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
-                            "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
-        on_ray = ray_options(engine, address, workers, device, batch_size)
-        if on_ray:
-            if len(sources) != 1 or embed or dry_run:
-                raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
-            return tag_on_ray(sources[0], out, model, on_ray, method, side, dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
-        tagger = load_tagger(model, device, runtime)
-        tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
-        opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
-        bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
+    output_format(out)
+    try:
+        side = SidecarConfig(sidecar.value, sidecar_name.value, keyword_root) if sidecar else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if embed and shutil.which("exiftool") is None:
+        raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
+                        "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
+    on_ray = ray_options(engine, address, workers, device, batch_size)
+    if on_ray:
+        if len(sources) != 1 or embed or dry_run:
+            raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
+        return tag_on_ray(sources[0], out, model, on_ray, method, side, dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
+    tagger = load_tagger(model, device, runtime)
+    tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
+    opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
+    bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
 
-        def plan(p):
-            retag = f" ({p.retag} tagged with another model or options)" if p.retag else ""
-            where = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files and folders"
-            typer.echo(f"{where}: {p.photos} photos, {p.photos - p.todo} already tagged, "
-                       f"{p.todo} to tag{retag}; {p.skipped} other files skipped", err=True)
-            bar.reset(total=p.todo)
+    def plan(p):
+        retag = f" ({p.retag} tagged with another model or options)" if p.retag else ""
+        where = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files and folders"
+        typer.echo(f"{where}: {p.photos} photos, {p.photos - p.todo} already tagged, "
+                   f"{p.todo} to tag{retag}; {p.skipped} other files skipped", err=True)
+        bar.reset(total=p.todo)
 
-        summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
-                             settings=tagger.settings(method, **opts), sidecar=side, embed=embed,
-                             exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
-                             retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
-        bar.close()
-        for reason, n in summary.skipped.most_common():
-            typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)
-        if dry_run:
-            for path in summary.to_tag[:20]:
-                typer.echo(f"would tag: {path}")
-            more = f" (first 20 listed)" if len(summary.to_tag) > 20 else ""
-            sidecars = f", write {summary.sidecars_written} sidecars" if side else ""
-            sidecars += f", write keywords into {summary.embedded} photos" if embed else ""
-            typer.echo(f"dry run: would tag {len(summary.to_tag)} photos{more}{sidecars}; nothing was changed")
-            return
-        for line in summary.failures:
-            typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
-        for line in summary.sidecar_errors:
-            typer.echo(f"tagger: sidecar failed: {printable_path(line)}", err=True)
-        listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
-        sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
-        sidecars += f"; keywords written into {summary.embedded} photos" if embed else ""
-        typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
-        if not summary.ok:
-            raise typer.Exit(1)
-
-    run(go)
+    summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
+                         settings=tagger.settings(method, **opts), sidecar=side, embed=embed,
+                         exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
+                         retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
+    bar.close()
+    for reason, n in summary.skipped.most_common():
+        typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)
+    if dry_run:
+        for path in summary.to_tag[:20]:
+            typer.echo(f"would tag: {path}")
+        more = f" (first 20 listed)" if len(summary.to_tag) > 20 else ""
+        sidecars = f", write {summary.sidecars_written} sidecars" if side else ""
+        sidecars += f", write keywords into {summary.embedded} photos" if embed else ""
+        typer.echo(f"dry run: would tag {len(summary.to_tag)} photos{more}{sidecars}; nothing was changed")
+        return
+    for line in summary.failures:
+        typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
+    for line in summary.sidecar_errors:
+        typer.echo(f"tagger: sidecar failed: {printable_path(line)}", err=True)
+    listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
+    sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
+    sidecars += f"; keywords written into {summary.embedded} photos" if embed else ""
+    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
+@command
 def evaluate(
     data: Annotated[Path, typer.Argument(help="the dataset the models were trained on (their split settings are in the bundles)")],
     model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="model bundle folder (repeatable: bundles side by side; default: $TAGGER_MODEL, else the shipped model)")] = None,
@@ -389,45 +375,43 @@ def evaluate(
     Example:  tagger evaluate ../shared/datasets/mirflickr25k_subset --model models/cgan --model models/cvae --out reports/
     """
 
-    def go():
-        import time
+    import time
 
-        from tagger.evaluate import evaluate as run_evaluation
-        from tagger.evaluate import format_audit, format_table, format_versus_knn
-        from tagger.fit import default_cache_dir
+    from tagger.evaluate import evaluate as run_evaluation
+    from tagger.evaluate import format_audit, format_table, format_versus_knn
+    from tagger.fit import default_cache_dir
 
-        if split not in ("test", "val", "train", "all"):
-            raise UserError(f"--split must be test, val, train or all, not {split!r}")
-        paths = model or [None]
-        names = [p.name if p is not None else "model" for p in paths]
-        if len(set(names)) < len(names):
-            names = [str(p) for p in paths]
-        taggers = {n: load_tagger(p, device, runtime) for n, p in zip(names, paths)}
-        start = time.perf_counter()
-        ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split,
-                            tuple(method) if method else None,
-                            cache_dir=cache_dir or default_cache_dir() / "features", batch_size=batch_size)
-        typer.echo(f"{data} [{split}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
-        typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
-        if ev.labels:
-            typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
-        if ev.versus_knn:
-            typer.echo("\nP@5 minus kNN's, photo by photo (user tags):\n" + format_versus_knn(ev))
-        typer.echo("\nphotos given a place name, me/self, or blackandwhite on a colour photo in their top 5:\n" + format_audit(ev))
-        typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
-                   + f" (total with features {time.perf_counter() - start:.0f} s)")
-        if out:
-            from tagger.report import write_html
+    if split not in ("test", "val", "train", "all"):
+        raise UserError(f"--split must be test, val, train or all, not {split!r}")
+    paths = model or [None]
+    names = [p.name if p is not None else "model" for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    taggers = {n: load_tagger(p, device, runtime) for n, p in zip(names, paths)}
+    start = time.perf_counter()
+    ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split,
+                        tuple(method) if method else None,
+                        cache_dir=cache_dir or default_cache_dir() / "features", batch_size=batch_size)
+    typer.echo(f"{data} [{split}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
+    typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
+    if ev.labels:
+        typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
+    if ev.versus_knn:
+        typer.echo("\nP@5 minus kNN's, photo by photo (user tags):\n" + format_versus_knn(ev))
+    typer.echo("\nphotos given a place name, me/self, or blackandwhite on a colour photo in their top 5:\n" + format_audit(ev))
+    typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
+               + f" (total with features {time.perf_counter() - start:.0f} s)")
+    if out:
+        from tagger.report import write_html
 
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "report.json").write_text(json.dumps(ev.to_dict(), indent=2, ensure_ascii=False))
-            write_html(ev, out / "report.html", models=[p for p in paths if p is not None])
-            typer.echo(f"report: {out / 'report.html'}")
-
-    run(go)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(ev.to_dict(), indent=2, ensure_ascii=False))
+        write_html(ev, out / "report.html", models=[p for p in paths if p is not None])
+        typer.echo(f"report: {out / 'report.html'}")
 
 
 @app.command()
+@command
 def features(
     data: Annotated[Path, typer.Argument(help="a dataset (as for train) or a folder of photos")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for features.npy and photos.csv")],
@@ -449,50 +433,47 @@ def features(
     Example:  tagger features ../shared/datasets/mirflickr25k_subset --out /tmp/feats
     """
 
-    def go():
-        import numpy as np
-        import pandas as pd
+    import numpy as np
+    import pandas as pd
 
-        from pipelines.datasets import DatasetError, read_dataset
-        from pipelines.features import FeatureConfig, extract_features
-        from pipelines.scan import list_images
-        from tagger.fit import default_cache_dir
+    from pipelines.datasets import DatasetError, read_dataset
+    from pipelines.features import FeatureConfig, extract_features
+    from pipelines.scan import list_images
+    from tagger.fit import default_cache_dir
 
-        try:
-            frame = read_dataset(data)
-        except DatasetError:
-            if not data.is_dir():
-                raise
-            paths = list_images(data)
-            if not paths:
-                raise UserError(f"{data}: no dataset and no photos found")
-            frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
-        config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
-                               device=device, runtime=runtime, cache_dir=cache_dir or default_cache_dir() / "features")
-        on_ray = ray_options(engine, address, workers, device, batch_size)
-        if on_ray:
-            from tagger.ray_engine import warm_feature_cache
+    try:
+        frame = read_dataset(data)
+    except DatasetError:
+        if not data.is_dir():
+            raise
+        paths = list_images(data)
+        if not paths:
+            raise UserError(f"{data}: no dataset and no photos found")
+        frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
+    config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
+                           device=device, runtime=runtime, cache_dir=cache_dir or default_cache_dir() / "features")
+    on_ray = ray_options(engine, address, workers, device, batch_size)
+    if on_ray:
+        from tagger.ray_engine import warm_feature_cache
 
-            # Ray fills the cache; the local pass below then reads every photo from it and writes the same files.
-            warm_feature_cache(list(frame["path"]), config, on_ray)
-        result = extract_features(list(frame["path"]), config)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "features.npy", result.features)
-        frame.assign(ok=result.ok)[["id", "path", "ok"]].to_csv(out / "photos.csv", index=False)
-        for err in result.errors.values():
-            typer.echo(f"tagger: failed: {err}", err=True)
-        typer.echo(f"{out / 'features.npy'}: {result.features.shape[0]} x {result.features.shape[1]} ({len(result.errors)} failed)")
-
-    run(go)
+        # Ray fills the cache; the local pass below then reads every photo from it and writes the same files.
+        warm_feature_cache(list(frame["path"]), config, on_ray)
+    result = extract_features(list(frame["path"]), config)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "features.npy", result.features)
+    frame.assign(ok=result.ok)[["id", "path", "ok"]].to_csv(out / "photos.csv", index=False)
+    for err in result.errors.values():
+        typer.echo(f"tagger: failed: {err}", err=True)
+    typer.echo(f"{out / 'features.npy'}: {result.features.shape[0]} x {result.features.shape[1]} ({len(result.errors)} failed)")
 
 
 @app.command()
+@command
 def serve(
     model: ModelOpt = None,
     host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 opens the service to the network (set a --token then)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000,
-    token: Annotated[Optional[str], typer.Option(envvar="TAGGER_TOKEN", show_envvar=False,
-                                                 help="API token every /v1 request must send as 'Authorization: Bearer TOKEN' (default: $TAGGER_TOKEN)")] = None,
+    token: Annotated[Optional[str], typer.Option(help="API token every /v1 request must send as 'Authorization: Bearer TOKEN' (default: $TAGGER_TOKEN)")] = None,
     max_photos: Annotated[int, typer.Option(min=1, help="most photos in one request")] = 32,
     max_photo_mb: Annotated[float, typer.Option(min=0.001, help="largest photo upload, in MB")] = 20.0,
     device: DeviceOpt = None,
@@ -505,21 +486,18 @@ def serve(
     Example:  tagger serve --model models/mirflickr --port 8000
     """
 
-    def go():
-        from tagger.service import ServiceLimits
-        from tagger.service import serve as serve_http
+    from tagger.service import ServiceLimits, resolve_token
+    from tagger.service import serve as serve_http
 
-        if token is not None and not token.strip():
-            raise UserError("--token (or $TAGGER_TOKEN) is empty: give a token, or leave it out to serve without one")
-        limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))
-        tagger = load_tagger(model, device, runtime)
-        typer.echo(f"tagger: serving {tagger.backbone_name} ({tagger.backbone.runtime}, {len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)
-        serve_http(tagger, host=host, port=port, token=token, limits=limits)
-
-    run(go)
+    token = resolve_token(token)  # before the model loads: an empty token is refused at once
+    limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))
+    tagger = load_tagger(model, device, runtime)
+    typer.echo(f"tagger: serving {tagger.backbone_name} ({tagger.backbone.runtime}, {len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)
+    serve_http(tagger, host=host, port=port, token=token, limits=limits)
 
 
 @app.command("export-onnx")
+@command
 def export_onnx(
     out: Annotated[Path, typer.Argument(help="the ONNX file to write (e.g. backbone.onnx)")],
     model: ModelOpt = None,
@@ -533,24 +511,22 @@ def export_onnx(
     Example:  tagger export-onnx backbone.onnx
     """
 
-    def go():
-        import onnx
+    import onnx
 
-        from embeddings.files import atomic_write
-        from pipelines.backbones import create_backbone
+    from embeddings.files import atomic_write
+    from pipelines.backbones import create_backbone
 
-        tagger = load_tagger(model, "cpu")
-        backbone = create_backbone(tagger.backbone_name, weights=tagger.backbone_weights, device="cpu", runtime="onnx")
-        atomic_write(out, backbone.path.read_bytes())  # the cached file, already checked against torch
-        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-        typer.echo(f"{out}: {tagger.backbone_name} (largest difference from torch {meta['tagger.max_abs_diff_vs_torch']})")
-        for key in ("input", "output", "preprocessing_steps"):
-            typer.echo(f"  {key.replace('_steps', '')}: {meta['tagger.' + key]}")
-
-    run(go)
+    tagger = load_tagger(model, "cpu")
+    backbone = create_backbone(tagger.backbone_name, weights=tagger.backbone_weights, device="cpu", runtime="onnx")
+    atomic_write(out, backbone.path.read_bytes())  # the cached file, already checked against torch
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    typer.echo(f"{out}: {tagger.backbone_name} (largest difference from torch {meta['tagger.max_abs_diff_vs_torch']})")
+    for key in ("input", "output", "preprocessing_steps"):
+        typer.echo(f"  {key.replace('_steps', '')}: {meta['tagger.' + key]}")
 
 
 @app.command()
+@command
 def backbones():
     """List the image backbones and their feature sizes.
 

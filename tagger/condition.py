@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipelines.errors import OptionError
 from tagger.baselines import KNNTagger
 
 
@@ -24,7 +25,7 @@ class ConditionConfig:
 
     def __post_init__(self):
         if self.neighbour_votes < 0:
-            raise ValueError(f"neighbour_votes must be 0 or more, got {self.neighbour_votes}")
+            raise OptionError(f"neighbour_votes must be 0 or more, got {self.neighbour_votes}")
 
     def to_dict(self) -> dict:
         return asdict(self)

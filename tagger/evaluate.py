@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.datasets import check_photos, read_dataset, split_ids
+from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
 from pipelines.images import is_colour
 from tagger.audit import audit
@@ -106,17 +107,17 @@ def evaluate(
     """
     taggers = {"": models} if isinstance(models, Tagger) else dict(models)
     if not taggers:
-        raise ValueError("no model to evaluate")
+        raise OptionError("no model to evaluate")
     splits = {(tuple(t.info.get("split_fractions", (0.8, 0.1, 0.1))), t.info.get("split_seed", 0)) for t in taggers.values()}
     if split != "all" and len(splits) > 1:
-        raise ValueError(f"the models were trained on different splits ({sorted(splits)}): their {split} photos differ")
+        raise OptionError(f"the models were trained on different splits ({sorted(splits)}): their {split} photos differ")
     frame = read_dataset(data)
     if split != "all":
         fractions, seed = next(iter(splits))
         frame["split"] = split_ids(frame["id"], fractions, seed)
         frame = frame[frame["split"] == split].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"{data}: no photos in split {split!r}")
+        raise OptionError(f"{data}: no photos in split {split!r}")
     check_photos(frame, data)
 
     # Features once per backbone; photos any backbone fails on are left out for all.

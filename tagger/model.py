@@ -22,6 +22,7 @@ from embeddings.index import TagIndex
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
+from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features, extract_images
 from pipelines.images import COLOUR_CHROMA, is_colour, load_image
 from pipelines.memory import release_free_memory
@@ -139,7 +140,7 @@ class Tagger:
     def scorer(self, method: str | None = None) -> Scorer:
         method = method or self.default_method
         if method not in self.scorers:
-            raise ValueError(f"unknown tagging method {method!r} for this model (choose from {', '.join(self.methods)})")
+            raise OptionError(f"unknown tagging method {method!r} for this model (choose from {', '.join(self.methods)})")
         return self.scorers[method]
 
     def options(self, top_k: int | None = None, min_score: float | None = None, exclude: Sequence[str] = (), seed: int | None = None) -> SamplingConfig:

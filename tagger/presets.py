@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from pipelines.errors import OptionError
 from tagger.condition import ConditionConfig
 from tagger.generators import GeneratorConfig, TrainConfig
 from tagger.generators.caae import CAAEConfig
@@ -110,12 +111,12 @@ DEFAULTS = {"cgan": "votes", "cvae": "votes", "caae": "default"}
 def get_preset(family: str, name: str | None = None) -> Preset:
     """A family's preset by name; None: the family's default (DEFAULTS)."""
     if family not in PRESETS:
-        raise ValueError(f"unknown generator family {family!r}; choose from {', '.join(PRESETS)}")
+        raise OptionError(f"unknown generator family {family!r}; choose from {', '.join(PRESETS)}")
     presets = PRESETS[family]
     if name is None:
         return presets[default_preset_name(family)]
     if name not in presets:
-        raise ValueError(f"generator {family} has no preset {name!r}; choose from {', '.join(presets)}")
+        raise OptionError(f"generator {family} has no preset {name!r}; choose from {', '.join(presets)}")
     return presets[name]
 
 

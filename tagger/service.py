@@ -39,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel
 
+from pipelines.errors import OptionError
 from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image, is_colour
 from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict
@@ -173,7 +174,7 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     listens on loopback.
     """
     if token is not None and not token.strip():
-        raise ValueError("the API token is empty: give a token, or none to serve without one")
+        raise OptionError("the API token is empty: give a token, or none to serve without one")
     decoder = ThreadPoolExecutor(max_workers=limits.decode_workers, thread_name_prefix="tagger-decode")
     # Build the backbone now: the first request should not pay for it, and a bundle whose backbone
     # does not match fails at start, not on a user's photo.
@@ -266,20 +267,29 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     return app
 
 
-def serve(model: Tagger | str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+def resolve_token(token: str | None) -> str | None:
+    """The API token: `token`, else $TAGGER_TOKEN, else None (no token); an empty one is refused, never taken as none."""
+    if token is None:
+        token = os.environ.get("TAGGER_TOKEN")
+    if token is not None and not token.strip():
+        raise OptionError("the API token is empty (--token or $TAGGER_TOKEN): give a token, or leave both unset to serve without one")
+    return token
+
+
+def serve(model: Tagger | str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           device: str | None = None, limits: ServiceLimits = ServiceLimits(), log_level: str = "info",
           runtime: str | None = None) -> None:
-    """Load the model once and serve it until interrupted; `token` defaults to $TAGGER_TOKEN.
+    """Load the model once and serve it until interrupted; `model` and `token` as the CLI resolves them
+    (`tagger.shipped.resolve_model`: $TAGGER_MODEL, else the shipped model; `resolve_token`: $TAGGER_TOKEN).
 
     runtime: what runs the backbone (torch, onnx, onnx-int8; None: onnx on a CPU where onnxruntime is installed).
     """
     import uvicorn
 
-    tagger = model if isinstance(model, Tagger) else Tagger.load(model, device=device, runtime=runtime)
-    if token is None:
-        token = os.environ.get("TAGGER_TOKEN")
-    if token is not None and not token.strip():
-        raise ValueError("the API token is empty ($TAGGER_TOKEN or --token ''): give a token, or unset it to serve without one")
+    from tagger.shipped import resolve_model
+
+    token = resolve_token(token)
+    tagger = model if isinstance(model, Tagger) else Tagger.load(resolve_model(model), device=device, runtime=runtime)
     loopback = host in LOOPBACK
     if token is None and not loopback:
         log.warning("serving on %s without a token: anyone who can reach the port can use it", host)

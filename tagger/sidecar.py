@@ -24,6 +24,7 @@ from pathlib import Path
 from defusedxml import ElementTree as SafeET
 
 from embeddings.files import atomic_write
+from pipelines.errors import OptionError, TaggerError
 from pipelines.keywords import (DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, embedded_keywords, embedded_xmp, parse_xmp, sidecar_path,
                                 under_root)
 
@@ -39,7 +40,7 @@ for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
 
 
-class SidecarError(OSError):
+class SidecarError(TaggerError):
     """A sidecar that could not be read or written; the message names the file and the reason."""
 
 
@@ -51,11 +52,11 @@ class SidecarConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown sidecar kind {self.kind!r}; choose from {', '.join(KINDS)}")
+            raise OptionError(f"unknown sidecar kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.naming not in SIDECAR_NAMINGS:
-            raise ValueError(f"unknown sidecar naming {self.naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
+            raise OptionError(f"unknown sidecar naming {self.naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
         if not self.root or "|" in self.root or self.root != self.root.strip():
-            raise ValueError(f"keyword root must be one non-empty word without '|', not {self.root!r}")
+            raise OptionError(f"keyword root must be one non-empty word without '|', not {self.root!r}")
 
 
 def path_for(photo: Path, config: SidecarConfig) -> Path:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from pipelines.errors import OptionError
+
 
 SCORINGS = ("votes", "similarity", "density", "softmax")
 
@@ -45,20 +47,20 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {', '.join(map(repr, SCORINGS))}, got {self.scoring!r}")
+            raise OptionError(f"scoring must be one of {', '.join(map(repr, SCORINGS))}, got {self.scoring!r}")
         for name in ("samples", "neighbours", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-                raise ValueError(f"{name} must be a whole number from 1 to {MAX_COUNT}, got {value!r}")
+                raise OptionError(f"{name} must be a whole number from 1 to {MAX_COUNT}, got {value!r}")
         # NaN compares false with everything: these checks are written so that NaN fails them.
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
-            raise ValueError(f"temperature must be a finite number above 0, got {self.temperature!r}")
+            raise OptionError(f"temperature must be a finite number above 0, got {self.temperature!r}")
         if not (isinstance(self.min_score, (int, float)) and 0 <= self.min_score <= 1):
-            raise ValueError(f"min_score must be within 0..1, got {self.min_score!r}")
+            raise OptionError(f"min_score must be within 0..1, got {self.min_score!r}")
         if not (isinstance(self.prior_power, (int, float)) and 0 <= self.prior_power < math.inf):
-            raise ValueError(f"prior_power must be a finite number, 0 or more, got {self.prior_power!r}")
+            raise OptionError(f"prior_power must be a finite number, 0 or more, got {self.prior_power!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+            raise OptionError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 
 
 def vote(scores: np.ndarray, ids: np.ndarray, n_photos: int, vocab_size: int, config: SamplingConfig,

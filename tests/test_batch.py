@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tagger.batch import BatchError, Lock, failures_path, journal_path, read_results, tag_folder
+from tagger.batch import BatchError, failures_path, journal_path, read_results, tag_folder
 
 
 def make_photos(folder, n):

@@ -2,7 +2,6 @@
 resuming from its checkpoint, and its own losses."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 

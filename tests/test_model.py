@@ -5,7 +5,6 @@ import os
 import numpy as np
 import torch
 import pytest
-from PIL import Image
 
 from conftest import build_tiny_tagger, make_photo_files
 from tagger.bundle import BundleError, config_dict

@@ -2,7 +2,6 @@
 
 Each run is checked against the local engine on the same photos: the same rows, tags and scores.
 """
-import os
 import threading
 import time
 from pathlib import Path

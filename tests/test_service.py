@@ -370,4 +370,6 @@ def test_an_empty_token_is_refused(tagger):
     from tagger.cli import app
 
     result = CliRunner().invoke(app, ["serve", "--token", ""])
-    assert result.exit_code == 1 and "--token (or $TAGGER_TOKEN) is empty" in result.output
+    assert result.exit_code == 1 and "the API token is empty (--token or $TAGGER_TOKEN)" in result.output
+    result = CliRunner().invoke(app, ["serve"], env={"TAGGER_TOKEN": " "})
+    assert result.exit_code == 1 and "the API token is empty" in result.output

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from pipelines.errors import OptionError
 from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator
 
 
@@ -45,7 +46,7 @@ def get_family(name: str) -> Family:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown generator family {name!r}; known: {', '.join(list_families())}") from None
+        raise OptionError(f"unknown generator family {name!r}; known: {', '.join(list_families())}") from None
 
 
 def make_config(name: str, values: dict) -> GeneratorConfig:
@@ -54,7 +55,7 @@ def make_config(name: str, values: dict) -> GeneratorConfig:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{name} generator has no setting {', '.join(map(repr, unknown))}")
+        raise OptionError(f"{name} generator has no setting {', '.join(map(repr, unknown))}")
     return cls(**values)
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.errors import OptionError
+
 # Reconstruction terms a family may offer beside its adversarial or KL terms (TrainConfig.recon).
 RECONS = ("pair", "l1", "set", "softmax")
 
@@ -47,20 +49,20 @@ class GeneratorConfig:
         # Every family's config comes through here, its own fields too: a bundle's config.json is checked
         # before a network is built from it, so a tampered size fails in one line, not in a 20 GB allocation.
         if self.noise not in ("uniform", "normal"):
-            raise ValueError(f"noise must be 'uniform' or 'normal', got {self.noise!r}")
+            raise OptionError(f"noise must be 'uniform' or 'normal', got {self.noise!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", int):
                 least = 0 if f.name in OPTIONAL_WIDTHS else 1
                 if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_WIDTH:
-                    raise ValueError(f"{f.name} must be a whole number from {least} to {MAX_WIDTH}, got {value!r}")
+                    raise OptionError(f"{f.name} must be a whole number from {least} to {MAX_WIDTH}, got {value!r}")
             elif f.type in ("float", float):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                    raise ValueError(f"{f.name} must be a finite number, 0 or more, got {value!r}")
+                    raise OptionError(f"{f.name} must be a finite number, 0 or more, got {value!r}")
         if not self.dropout < 1:
-            raise ValueError(f"dropout must be below 1, got {self.dropout}")
+            raise OptionError(f"dropout must be below 1, got {self.dropout}")
         if self.heads > 256:
-            raise ValueError(f"heads must be at most 256, got {self.heads}")
+            raise OptionError(f"heads must be at most 256, got {self.heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,11 +212,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r} (use 'sgd' or 'adam')")
+            raise OptionError(f"unknown optimizer {self.optimizer!r} (use 'sgd' or 'adam')")
         if self.recon not in RECONS:
-            raise ValueError(f"recon must be one of {', '.join(map(repr, RECONS))}, got {self.recon!r}")
+            raise OptionError(f"recon must be one of {', '.join(map(repr, RECONS))}, got {self.recon!r}")
         if self.diversity and not (self.recon == "set" and self.recon_weight):
-            raise ValueError("diversity needs recon 'set' and a recon_weight: it compares a photo's set of samples")
+            raise OptionError("diversity needs recon 'set' and a recon_weight: it compares a photo's set of samples")
 
     def to_dict(self) -> dict:
         return asdict(self)

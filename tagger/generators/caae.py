@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipelines.errors import OptionError
 from tagger.generators import Family, register_family
 from tagger.generators.base import TrainConfig, TrainContext, Trainer, WordGenerator, make_optimizer
 from tagger.generators.cgan import CGANConfig, Discriminator
@@ -77,9 +78,9 @@ class CAAETrainer(Trainer):
     def __init__(self, generator: WordGenerator, config: TrainConfig, context: TrainContext):
         super().__init__(generator, config, context)
         if generator.config.noise != "uniform":
-            raise ValueError("the caae family's prior is U[-1, 1] (E ends in tanh): its config needs noise 'uniform'")
+            raise OptionError("the caae family's prior is U[-1, 1] (E ends in tanh): its config needs noise 'uniform'")
         if config.recon == "set":
-            raise ValueError("the caae family reconstructs one word from its code: recon 'pair', 'l1' or 'softmax'")
+            raise OptionError("the caae family reconstructs one word from its code: recon 'pair', 'l1' or 'softmax'")
         dev = generator.device
         self.E, self.D_z, self.D_img = Encoder(generator.config).to(dev), CodeDiscriminator(generator.config).to(dev), Discriminator(generator.config).to(dev)
         self.opt_eg = make_optimizer([*generator.parameters(), *self.E.parameters()], config)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipelines.errors import OptionError
 from tagger.generators import Family, register_family
 from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, branch, make_optimizer
 from tagger.generators.losses import reconstruction
@@ -53,9 +54,9 @@ class CVAETrainer(Trainer):
     def __init__(self, generator: WordGenerator, config: TrainConfig, context: TrainContext):
         super().__init__(generator, config, context)
         if not config.recon_weight or config.recon == "set":
-            raise ValueError("the cvae family needs a reconstruction term: recon 'pair', 'l1' or 'softmax' with recon_weight > 0")
+            raise OptionError("the cvae family needs a reconstruction term: recon 'pair', 'l1' or 'softmax' with recon_weight > 0")
         if generator.config.noise != "normal":
-            raise ValueError("the cvae family's prior is N(0, I): its config needs noise 'normal'")
+            raise OptionError("the cvae family's prior is N(0, I): its config needs noise 'normal'")
         self.E = Encoder(generator.config).to(generator.device)
         self.opt = make_optimizer([*generator.parameters(), *self.E.parameters()], config)
         self.optimizers = [self.opt]

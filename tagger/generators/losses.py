@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pipelines.errors import OptionError
 from tagger.generators.base import TrainConfig, TrainContext
 
 
@@ -31,7 +32,7 @@ def reconstruction(heads: torch.Tensor, words: torch.Tensor, config: TrainConfig
         return (heads[:, 0] - target).abs().mean()
     if config.recon == "pair":
         return (1 - F.cosine_similarity(heads[:, 0], target, dim=1)).mean()
-    raise ValueError(f"reconstruction {config.recon!r} needs a photo's samples together (only the cgan family has it)")
+    raise OptionError(f"reconstruction {config.recon!r} needs a photo's samples together (only the cgan family has it)")
 
 
 def set_loss(samples: torch.Tensor, tags: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
