@@ -1,4 +1,4 @@
-"""Atomic writes: a crash while saving leaves the old file or folder (or none), never half of one.
+"""Files: atomic writes (a crash while saving leaves the old file or folder, or none, never half of one) and content hashes.
 
 Temporary files and folders get the permissions a plain open() or mkdir() would give (mkstemp and
 mkdtemp make them private to the owner), so a saved model can be shared like any other file.
@@ -7,6 +7,7 @@ by the writer's process id, which their names carry.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -20,6 +21,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def content_hash(source: bytes | str | Path, digest_size: int = 16) -> str:
+    """The BLAKE2b hash (hex) of bytes, or of a file's contents read in chunks: the one content hash of the project
+    (photos in results and the feature cache, weights and bundles in cache keys)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return hashlib.blake2b(source, digest_size=digest_size).hexdigest()
+    with open(source, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=digest_size)).hexdigest()
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None] | bytes) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from embeddings.files import content_hash
 from pipelines import efficientnet_lite
 from pipelines.device import choose_device, choose_runtime
 from pipelines.errors import OptionError, TaggerError
@@ -173,11 +173,7 @@ class Backbone(nn.Module):
 
 @functools.lru_cache(maxsize=16)
 def _hash_file(path: Path, size: int, mtime_ns: int) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+    return content_hash(path, digest_size=8)  # 8 bytes: the names of feature caches and ONNX files carry it
 
 
 def weights_id(path: Path | None) -> str:

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from embeddings.files import atomic_write, remove_stale
+from embeddings.files import atomic_write, content_hash, remove_stale
 from pipelines.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from pipelines.images import ImageError, cap_aspect, chroma, decode_image, read_bytes, to_rgb
 
@@ -75,8 +75,7 @@ class FeatureResult:
     chroma: np.ndarray | None = None
 
 
-def hash_bytes(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+hash_bytes = content_hash  # a photo's bytes -> its cache key
 
 
 # --- decoding in DataLoader workers -----------------------------------------------------------------
@@ -85,8 +84,8 @@ def hash_bytes(data: bytes) -> str:
 class _PhotoDataset(Dataset):
     """Item i: (row, content hash, uint8 CHW tensor or None, failure reason or None, chroma). Never raises for a bad photo."""
 
-    def __init__(self, paths: Sequence[Path], rows: Sequence[int], transform, min_side: int):
-        self.paths, self.rows, self.transform, self.min_side = paths, rows, transform, min_side
+    def __init__(self, paths: Sequence[Path], rows: Sequence[int], transform, min_side: int, hash: bool = True):
+        self.paths, self.rows, self.transform, self.min_side, self.hash = paths, rows, transform, min_side, hash
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -96,8 +95,9 @@ class _PhotoDataset(Dataset):
         path = self.paths[row]
         try:
             data = read_bytes(path)
-            # Hashing the bytes actually decoded keeps cache keys right even if the file changes mid-run.
-            digest = hash_bytes(data)
+            # Hashing the bytes actually decoded keeps cache keys right even if the file changes mid-run;
+            # without a cache there is nothing to key (a batch run has hashed the file already).
+            digest = hash_bytes(data) if self.hash else None
             image = decode_image(data, path, min_side=self.min_side)
             return row, digest, self.transform(image), None, chroma(image)
         except ImageError as e:
@@ -308,7 +308,7 @@ def extract_features(
 
 def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True, chroma_out=None):
     """Decode and forward the `todo` rows, filling `features`, `reasons` (and `chroma`) in place; a cache shard per batch."""
-    dataset = _PhotoDataset(paths, todo, backbone.pixels_transform, min_side=backbone.preprocessing.resize)
+    dataset = _PhotoDataset(paths, todo, backbone.pixels_transform, min_side=backbone.preprocessing.resize, hash=cache is not None)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

@@ -16,7 +16,6 @@ stale or earlier-failed sidecar is written whether or not its photo needed taggi
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from embeddings.files import atomic_write, remove_stale, stale_pattern
+from embeddings.files import atomic_write, content_hash, remove_stale, stale_pattern
 from pipelines.errors import TaggerError
 from pipelines.images import printable_path as path_key
 from pipelines.keywords import DEFAULT_ROOT, owner_keywords
@@ -94,8 +93,8 @@ def output_format(out: Path) -> str:
 
 
 def file_hash(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    """A photo's content hash, as the feature cache keys it (`embeddings.files.content_hash`)."""
+    return content_hash(path)
 
 
 def read_results(out: Path) -> pd.DataFrame:

@@ -18,7 +18,6 @@ still loads, as a cgan bundle.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from embeddings.files import atomic_dir
+from embeddings.files import atomic_dir, content_hash
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import get_spec
@@ -185,12 +184,8 @@ def _check_weight_shapes(file: Path, family: str, config) -> None:
 
 def _fingerprint(path: Path) -> str:
     """A hash of every file of the bundle: two bundles tag alike exactly when it is equal."""
-    h = hashlib.blake2b(digest_size=16)
-    for file in sorted(p for p in path.iterdir() if p.is_file()):
-        h.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return content_hash("".join(f"{f.name}\0{content_hash(f)}\n" for f in files).encode())
 
 
 def _one_line(error: Exception) -> str:

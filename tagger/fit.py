@@ -7,7 +7,6 @@ running the same command again (or after an interruption) redoes only what is mi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings.files import remove_stale
+from embeddings.files import content_hash, remove_stale, stale_pattern
 from embeddings.index import TagIndex
 from embeddings.tags import TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig, WordVectors
@@ -203,12 +202,12 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     gen_cfg = replace(preset.generator, feature_dim=cond.shape[1], word_dim=targets.shape[1])
     # The word vectors themselves, not their settings, key the run: another corpus gives another space.
     run_key = _key(str(Path(data).resolve()), config.generator, preset_name, asdict(tcfg), asdict(gen_cfg),
-                   hashlib.sha1(targets.tobytes()).hexdigest(), hashlib.sha1(cond[:, features.shape[1]:].tobytes()).hexdigest(),
+                   content_hash(targets.tobytes()), content_hash(cond[:, features.shape[1]:].tobytes()),
                    config.min_count, config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
-    # A run killed while writing its checkpoint left checkpoint.pt.tmpPID behind, as big as a checkpoint.
-    remove_stale(work_dir, r"checkpoint\.pt\.tmp(?P<pid>\d+)")
+    # A run killed while writing its checkpoint left its temporary file behind, as big as a checkpoint.
+    remove_stale(work_dir, stale_pattern("checkpoint.pt"))
     if progress:
         print(f"{config.generator}: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
               f"{len(val_rows):,} validation photos, preset {preset_name!r}, device {device}")
@@ -325,4 +324,4 @@ def _cached_word2vec(sentences: list[list[str]], config: Word2VecConfig, cache: 
 
 
 def _key(*parts) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=10).hexdigest()
+    return content_hash(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=10)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from embeddings.files import atomic_write
 from embeddings.index import TagIndex
 from tagger.generators import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, family_for, get_family
 from tagger.generators.base import learning_rate, momentum
@@ -211,11 +211,9 @@ def train(
             losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in _BOOKKEEPING)
             print(f"epoch {state.epoch}: {losses}{p5} ({row['seconds']:.0f} s)")
         if ckpt_path:
-            _atomic_save(
-                {"trainer": trainer.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None,
-                 "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "state": asdict(state), "best_G": best_g},
-                ckpt_path,
-            )
+            checkpoint = {"trainer": trainer.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None,
+                          "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "state": asdict(state), "best_G": best_g}
+            atomic_write(ckpt_path, lambda f: torch.save(checkpoint, f))
     G.load_state_dict(best_g)
     G.eval()
     if val is None:
@@ -264,9 +262,3 @@ def write_log(log: list[dict], csv_path: Path, png_path: Path | None = None) -> 
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -251,7 +251,7 @@ def test_train_sigkill_at_random_points_then_resume(tmp_path):
     resumed = Tagger.load(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model", "photos"]  # no temporary bundle beside it
     [run_dir] = (cache / "runs").iterdir()  # and no checkpoint a kill cut short (the run removes those)
-    assert not list(run_dir.glob("checkpoint.pt.tmp*")), list(run_dir.iterdir())
+    assert not list(run_dir.glob(".checkpoint.pt.*.tmp")), list(run_dir.iterdir())
     log = pd.read_csv(out / "train_log.csv")
     assert log["epoch"].tolist() == list(range(1, TRAIN_EPOCHS + 1))  # each epoch once
     assert resumed.info["epochs"] == TRAIN_EPOCHS
