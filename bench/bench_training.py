@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         # In process: train() against the bare updates, on the slice's features from the cache.
         preset = get_preset("cgan", args.preset)
         prep = prepare(manifest, FitConfig(preset=args.preset, cache_dir=cache), progress=False)
-    frame, features, vocab, wv = prep["frame"], prep["features"], prep["vocabulary"], prep["word_vectors"]
+    frame, features, vocab, wv = prep.frame, prep.features, prep.vocabulary, prep.word_vectors
     targets = prepare_word_vectors(wv.vectors, preset.words)
     index = TagIndex(list(wv.words), targets)
     ids = word_ids(frame, vocab, list(wv.words))

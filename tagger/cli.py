@@ -185,15 +185,15 @@ def train(
         ray=ray_options(engine, address, workers, device, batch_size),
     )
     _, summary = fit(data, out, config)
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary.stage_seconds.items())
     typer.echo(f"model bundle: {out}")
-    if not math.isnan(summary["val_p5"]):  # nan when there were no validation photos
-        typer.echo(f"validation P@5: {summary['val_p5']:.4f} (best epoch {summary['best_epoch']} of {summary['epochs']})")
-    if "method" in summary:
-        scores = ", ".join(f"{m} {p:.4f}" for m, p in summary["method_val_p5"].items())
-        typer.echo(f"default method: {summary['method']} (validation P@5 {scores})")
+    if not math.isnan(summary.val_p5):  # nan when there were no validation photos
+        typer.echo(f"validation P@5: {summary.val_p5:.4f} (best epoch {summary.best_epoch} of {summary.epochs})")
+    if summary.method:
+        scores = ", ".join(f"{m} {p:.4f}" for m, p in summary.method_val_p5.items())
+        typer.echo(f"default method: {summary.method} (validation P@5 {scores})")
     typer.echo(f"stages: {stages}")
-    for warning in summary["warnings"]:
+    for warning in summary.warnings:
         typer.echo(f"tagger: WARNING: {warning}", err=True)
 
 

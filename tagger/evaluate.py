@@ -108,7 +108,7 @@ def evaluate(
     taggers = {"": models} if isinstance(models, Tagger) else dict(models)
     if not taggers:
         raise OptionError("no model to evaluate")
-    splits = {(tuple(t.info.get("split_fractions", (0.8, 0.1, 0.1))), t.info.get("split_seed", 0)) for t in taggers.values()}
+    splits = {(tuple(t.summary.split_fractions), t.summary.split_seed) for t in taggers.values()}
     if split != "all" and len(splits) > 1:
         raise OptionError(f"the models were trained on different splits ({sorted(splits)}): their {split} photos differ")
     frame = read_dataset(data)

@@ -32,6 +32,7 @@ from tagger.model import Tagger
 from tagger.presets import default_preset_name, get_preset
 from tagger.ray_engine import RayOptions
 from tagger.scorers import word_prior
+from tagger.summary import TrainingSummary
 from tagger.train import make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
 
@@ -76,7 +77,20 @@ class Stages:
     save: float = 0.0
 
 
-def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
+@dataclass
+class Prepared:
+    """Everything before the generator, as `prepare` leaves it."""
+
+    frame: pd.DataFrame  # one row per photo: id, path, tags, labels, split, ok
+    features: np.ndarray  # (photos, D), NaN rows where ok is False
+    vocabulary: Vocabulary
+    word_vectors: WordVectors  # of the vocabulary's words that word2vec kept
+    stages: Stages
+    corpus_lists: int = 0  # tag lists word2vec took from --corpus
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> Prepared:
     """Everything before the generator: frame with splits, features, vocabulary, word vectors."""
     stages = Stages()
     t = time.perf_counter()
@@ -114,8 +128,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> dict:
     wv = _cached_word2vec(sentences, replace(config.word2vec, seed=config.seed), config.cache_dir / "word2vec")
     wv = wv.subset([w for w in vocab.words if w in wv])
     stages.word2vec = time.perf_counter() - t
-    return {"frame": frame, "features": feats.features, "vocabulary": vocab, "word_vectors": wv, "stages": stages,
-            "corpus_lists": len(extra), "warnings": warnings}
+    return Prepared(frame, feats.features, vocab, wv, stages, corpus_lists=len(extra), warnings=warnings)
 
 
 MIN_WORDS = 5  # fewer words than tags shown per photo: every photo would get them all
@@ -159,7 +172,7 @@ def word_ids(frame: pd.DataFrame, vocab: Vocabulary, words: list[str]) -> list[l
     return [[pos[w] for w in vocab.normalize(tags) if w in pos] for tags in frame["tags"]]
 
 
-def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), progress: bool = True) -> tuple[Tagger, dict]:
+def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), progress: bool = True) -> tuple[Tagger, TrainingSummary]:
     """Train a bundle on `data` and save it to `out`; returns the tagger and a run summary."""
     preset = get_preset(config.generator, config.preset)
     preset_name = config.preset or default_preset_name(config.generator)
@@ -172,7 +185,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     device = choose_device(config.device)
     sampling = config.sampling or preset.sampling
     prep = prepare(data, config, progress)
-    frame, features, vocab, wv, stages = prep["frame"], prep["features"], prep["vocabulary"], prep["word_vectors"], prep["stages"]
+    frame, features, vocab, wv, stages = prep.frame, prep.features, prep.vocabulary, prep.word_vectors, prep.stages
 
     t = time.perf_counter()
     targets = prepare_word_vectors(wv.vectors, preset.words)
@@ -212,42 +225,42 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         print(f"{config.generator}: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
               f"{len(val_rows):,} validation photos, preset {preset_name!r}, device {device}")
     G, state = train(
-        cond, pairs, targets, index, gen_cfg, tcfg, sampling, val, preset.standardize_features, work_dir, device, progress,
-        prior=word_prior(vocab, list(wv.words), int(is_train.sum())),
+        cond, pairs, targets, index, gen_cfg, tcfg, sampling=sampling, val=val, standardize_features=preset.standardize_features,
+        work_dir=work_dir, device=device, progress=progress, prior=word_prior(vocab, list(wv.words), int(is_train.sum())),
     )
     stages.generator = time.perf_counter() - t
 
     t = time.perf_counter()
     write_log(state.log, work_dir / "train_log.csv", work_dir / "train_curves.png")
-    summary = {
-        "data": Path(data).name,  # the folder or file name only: a bundle may travel
-        "generator": config.generator,
-        "preset": preset_name,
-        "preset_description": preset.description,
-        "photos": int(len(frame)),
-        "photos_failed": int((~frame["ok"]).sum()),
-        "photos_untagged": count_untagged(frame),
-        "split": {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")},
-        "split_fractions": list(config.split),
-        "split_seed": config.split_seed,
-        "min_count": config.min_count,
-        "corpus": Path(config.corpus).name if config.corpus is not None else None,
-        "corpus_lists": prep["corpus_lists"],
-        "train_photos": int(is_train.sum()),
-        "pairs": int(len(pairs)),
-        "epochs": state.epoch,
-        "steps": state.step,
-        "best_epoch": state.best_epoch,
-        "val_p5": state.best_p5,
-        "knn_k": knn.config.k,
-        "knn_val_p5": knn_val,
-        "train": tcfg.to_dict(),
-    }
-    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary,
+    summary = TrainingSummary(
+        data=Path(data).name,
+        generator=config.generator,
+        preset=preset_name,
+        preset_description=preset.description,
+        photos=int(len(frame)),
+        photos_failed=int((~frame["ok"]).sum()),
+        photos_untagged=count_untagged(frame),
+        split={s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")},
+        split_fractions=list(config.split),
+        split_seed=config.split_seed,
+        min_count=config.min_count,
+        corpus=Path(config.corpus).name if config.corpus is not None else None,
+        corpus_lists=prep.corpus_lists,
+        train_photos=int(is_train.sum()),
+        pairs=int(len(pairs)),
+        epochs=state.epoch,
+        steps=state.step,
+        best_epoch=state.best_epoch,
+        val_p5=state.best_p5,
+        knn_k=knn.config.k,
+        knn_val_p5=knn_val,
+        train=tcfg.to_dict(),
+        warnings=list(prep.warnings),
+    )
+    tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary.to_dict(),
                     backbone_weights=config.weights, knn=knn, condition=preset.condition)
-    summary["warnings"] = list(prep["warnings"])
     if 0 < len(val_rows) < MIN_CALIBRATION_PHOTOS:
-        summary["warnings"].append(
+        summary.warnings.append(
             f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "
             f"a larger --split validation share (or more photos) fixes it")
     if len(val_rows) >= MIN_CALIBRATION_PHOTOS:
@@ -255,20 +268,20 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         tagger.calibration = calibrate(tagger, features[val_rows], val_truth, colour)
         # The default method: the generator alone or with kNN, whichever tags the validation photos better.
         choices = [m for m in (tagger.family, f"{tagger.family}+knn") if m in tagger.methods]
-        summary["method_val_p5"] = {m: precision_at_k(top_ids(tagger.table(features[val_rows], m, colour), 5), val_truth, 5)
-                                    for m in choices}
-        tagger.method = max(choices, key=summary["method_val_p5"].get)
-        summary["method"] = tagger.method
-    summary["warnings"] += collapse_warnings(tagger, features[train_rows], state.best_p5 if val_rows else None, preset_name)
+        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.table(features[val_rows], m, colour), 5), val_truth, 5)
+                                 for m in choices}
+        tagger.method = summary.method = max(choices, key=summary.method_val_p5.get)
+    summary.warnings += collapse_warnings(tagger, features[train_rows], state.best_p5 if val_rows else None, preset_name)
     stages.calibration = time.perf_counter() - t
 
     t = time.perf_counter()
     extras = {"train_log.csv": work_dir / "train_log.csv"}
     if (work_dir / "train_curves.png").is_file():
         extras["train_curves.png"] = work_dir / "train_curves.png"
+    tagger.info = summary.to_dict()
     tagger.save(out, half=config.half, extras=extras)
     stages.save = time.perf_counter() - t
-    summary["stage_seconds"] = {k: round(v, 1) for k, v in asdict(stages).items()}
+    summary.stage_seconds = {k: round(v, 1) for k, v in asdict(stages).items()}
     return tagger, summary
 
 

@@ -31,6 +31,7 @@ from tagger.calibration import Calibration
 from tagger.condition import ConditionConfig, build_condition
 from tagger.generators import WordGenerator, family_for
 from tagger.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
+from tagger.summary import TrainingSummary
 from tagger.train import WordSpaceConfig, prepare_word_vectors
 from tagger.voting import SamplingConfig, rank
 
@@ -95,6 +96,11 @@ class Tagger:
         return {s.name: s for s in found}
 
     @property
+    def summary(self) -> TrainingSummary:
+        """What the training run did (the bundle's info), typed."""
+        return TrainingSummary.from_dict(self.info)
+
+    @property
     def words(self) -> list[str]:
         return self.index.words
 
@@ -113,7 +119,7 @@ class Tagger:
     @cached_property
     def prior(self) -> np.ndarray:
         """Share of training photos carrying each word."""
-        n = self.info.get("train_photos") or int(self.vocabulary.counts.max(initial=1))
+        n = self.summary.train_photos or int(self.vocabulary.counts.max(initial=1))
         return word_prior(self.vocabulary, self.words, n)
 
     @property

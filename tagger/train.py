@@ -77,7 +77,7 @@ def tag_table(pairs: np.ndarray, n_photos: int) -> np.ndarray:
     return table
 
 
-def train_one_epoch(trainer: Trainer, features: torch.Tensor, pairs: torch.Tensor, config: TrainConfig, state: TrainState,
+def train_one_epoch(trainer: Trainer, features: torch.Tensor, pairs: torch.Tensor, config: TrainConfig, state: TrainState, *,
                     progress: bool = True, G_ema: WordGenerator | None = None) -> dict:
     """One pass over the shuffled pairs; returns the epoch's mean of every loss the family's step reports."""
     trainer.train()
@@ -128,6 +128,7 @@ def train(
     index: TagIndex,
     generator_config: GeneratorConfig,
     config: TrainConfig,
+    *,
     sampling: SamplingConfig = SamplingConfig(),
     val: tuple[np.ndarray, list[set[int]]] | None = None,
     standardize_features: bool = False,
@@ -197,7 +198,7 @@ def train(
     while state.epoch < config.epochs and not (config.max_steps and state.step >= config.max_steps):
         start = time.perf_counter()
         row = {"epoch": state.epoch + 1}
-        row.update(train_one_epoch(trainer, x, p, config, state, progress, G_ema))
+        row.update(train_one_epoch(trainer, x, p, config, state, progress=progress, G_ema=G_ema))
         row["val_p5"] = validate(kept, val[0], val[1], index, val_sampling, prior=prior) if val is not None else float("nan")
         row["seconds"] = time.perf_counter() - start
         state.epoch += 1

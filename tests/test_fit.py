@@ -50,17 +50,17 @@ def test_corpus_lists_join_word2vec_but_the_datasets_own_photos_do_not(tmp_path)
 
     plain = prepare(manifest, base, progress=False)
     mixed = run(extra + ours, "mixed.tsv")
-    assert plain["corpus_lists"] == 0 and mixed["corpus_lists"] == 300
-    lists = extra_tag_lists(tmp_path / "mixed.tsv", mixed["frame"], mixed["vocabulary"], progress=False)
+    assert plain.corpus_lists == 0 and mixed.corpus_lists == 300
+    lists = extra_tag_lists(tmp_path / "mixed.tsv", mixed.frame, mixed.vocabulary, progress=False)
     assert sorted(map(sorted, lists)) == [["cat", "sky", "winter"]] * 300
-    wv0, wv1 = plain["word_vectors"], mixed["word_vectors"]
+    wv0, wv1 = plain.word_vectors, mixed.word_vectors
     assert "zebra" not in wv1 and list(wv0.words) == list(wv1.words)
     assert not np.allclose(wv0.vectors, wv1.vectors)  # the corpus reached word2vec
     # Rows of the dataset's own photos alone change nothing: word2vec sees the same lists as without them.
-    assert run(ours, "ours.tsv")["corpus_lists"] == 0
-    assert np.array_equal(run(ours, "ours.tsv")["word_vectors"].vectors, wv0.vectors)
+    assert run(ours, "ours.tsv").corpus_lists == 0
+    assert np.array_equal(run(ours, "ours.tsv").word_vectors.vectors, wv0.vectors)
     # The same rows under ids that are not the dataset's do count.
-    assert run([(f"other{i}", t) for i, (_, t) in enumerate(ours)], "others.tsv")["corpus_lists"] == 300
+    assert run([(f"other{i}", t) for i, (_, t) in enumerate(ours)], "others.tsv").corpus_lists == 300
 
 
 def test_train_refuses_a_bad_corpus_in_one_line(tmp_path):

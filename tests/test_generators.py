@@ -54,15 +54,15 @@ def test_registry_names_every_family_and_builds_from_saved_values():
 def test_each_family_learns_the_tags_of_a_synthetic_task_and_resumes(tmp_path, family):
     features, targets, index, pairs, val = setup()
     cfg = replace(get_preset(family).train if family != "cgan" else get_preset("cgan", "adam").train, epochs=4, lr=2e-3, batch_size=50)
-    whole, state = train(features, pairs, targets, index, SMALL[family], cfg, SAMPLING, val, True, progress=False)
+    whole, state = train(features, pairs, targets, index, SMALL[family], cfg, sampling=SAMPLING, val=val, standardize_features=True, progress=False)
     # Random tagging would score 3/20 = 0.15; the 5 words of the photo's cluster give at most 0.6.
     assert state.best_p5 > 0.4, state.log
     losses = set(state.log[0]) - {"epoch", "steps", "lr", "momentum", "val_p5", "seconds"}
     assert losses == {"cgan": {"loss_d", "loss_g", "d_real", "d_fake"}, "cvae": {"loss", "recon", "kl"},
                       "caae": {"loss_eg", "recon", "g_img", "e_z", "loss_dz", "loss_di", "d_real", "d_fake"}}[family]
     # Two epochs, then "killed": the family's networks and optimizers come back from the checkpoint.
-    train(features, pairs, targets, index, SMALL[family], replace(cfg, epochs=2), SAMPLING, val, True, tmp_path, progress=False)
-    resumed, _ = train(features, pairs, targets, index, SMALL[family], cfg, SAMPLING, val, True, tmp_path, progress=False)
+    train(features, pairs, targets, index, SMALL[family], replace(cfg, epochs=2), sampling=SAMPLING, val=val, standardize_features=True, work_dir=tmp_path, progress=False)
+    resumed, _ = train(features, pairs, targets, index, SMALL[family], cfg, sampling=SAMPLING, val=val, standardize_features=True, work_dir=tmp_path, progress=False)
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
 
@@ -79,19 +79,19 @@ def test_a_checkpoint_is_read_without_running_pickled_code(tmp_path):
 
     torch.save({"trainer": Planted()}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="checkpoint.pt: not a checkpoint this tagger wrote, not loaded") as info:
-        train(features, pairs, targets, index, SMALL["cvae"], cfg, SAMPLING, None, True, tmp_path, progress=False)
+        train(features, pairs, targets, index, SMALL["cvae"], cfg, sampling=SAMPLING, val=None, standardize_features=True, work_dir=tmp_path, progress=False)
     assert isinstance(info.value.__cause__, pickle.UnpicklingError) and not (tmp_path / "pwned").exists()
 
 
 def test_family_settings_are_checked_before_training():
     features, targets, index, pairs, val = setup()
     with pytest.raises(ValueError, match="cvae family needs a reconstruction term"):
-        train(features, pairs, targets, index, SMALL["cvae"], TrainConfig(optimizer="adam", epochs=1), SAMPLING, None, progress=False)
+        train(features, pairs, targets, index, SMALL["cvae"], TrainConfig(optimizer="adam", epochs=1), sampling=SAMPLING, val=None, progress=False)
     with pytest.raises(ValueError, match="cvae family's prior is N\\(0, I\\)"):
-        train(features, pairs, targets, index, replace(SMALL["cvae"], noise="uniform"), get_preset("cvae").train, SAMPLING, None,
+        train(features, pairs, targets, index, replace(SMALL["cvae"], noise="uniform"), get_preset("cvae").train, sampling=SAMPLING,
               progress=False)
     with pytest.raises(ValueError, match="caae family's prior is U\\[-1, 1\\]"):
-        train(features, pairs, targets, index, replace(SMALL["caae"], noise="normal"), get_preset("caae").train, SAMPLING, None,
+        train(features, pairs, targets, index, replace(SMALL["caae"], noise="normal"), get_preset("caae").train, sampling=SAMPLING,
               progress=False)
 
 

@@ -45,7 +45,7 @@ def test_the_gan_learns_tags_of_a_synthetic_task():
     features, targets, index, pairs, val, p = setup()
     cfg = replace(p.train, epochs=10, lr=5e-4, batch_size=50)
     sampling = SamplingConfig(samples=20, neighbours=3)
-    G, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, p.standardize_features, progress=False)
+    G, state = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=p.standardize_features, progress=False)
     # Random tagging would score 3/20 = 0.15; the 5 words of the photo's cluster give at most 0.6.
     assert state.best_p5 > 0.45, state.log[-1]
     assert len(state.log) == 10 and {"loss_d", "loss_g", "d_real", "d_fake", "val_p5"} <= set(state.log[0])
@@ -60,11 +60,11 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     features, targets, index, pairs, val, p = setup()
     cfg = replace(p.train, epochs=4, lr=2e-3, batch_size=50)
     sampling = SamplingConfig(samples=5, neighbours=3)
-    whole, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    whole, _ = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, progress=False)
     # Two epochs, then "killed"; a new call with the same work dir finishes the last two.
-    train(features, pairs, targets, index, SMALL, replace(cfg, epochs=2), sampling, val, True, tmp_path, progress=False)
+    train(features, pairs, targets, index, SMALL, replace(cfg, epochs=2), sampling=sampling, val=val, standardize_features=True, work_dir=tmp_path, progress=False)
     assert (tmp_path / "checkpoint.pt").is_file()
-    resumed, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, tmp_path, progress=False)
+    resumed, state = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, work_dir=tmp_path, progress=False)
     assert state.epoch == 4 and [r["epoch"] for r in state.log] == [1, 2, 3, 4]
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
@@ -73,7 +73,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
 def test_paper_preset_runs_and_max_steps_stops_it(tmp_path):
     features, targets, index, pairs, val, p = setup("paper")
     cfg = replace(p.train, epochs=50, max_steps=25, batch_size=50)  # 18 steps an epoch
-    _, state = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), val, False, progress=False)
+    _, state = train(features, pairs, targets, index, SMALL, cfg, sampling=SamplingConfig(samples=5), val=val, standardize_features=False, progress=False)
     assert state.step == 25 and state.epoch == 2 and state.log[-1]["steps"] == 7
     write_log(state.log, tmp_path / "log.csv", tmp_path / "curves.png")
     assert (tmp_path / "log.csv").read_text().startswith("epoch,loss_d,loss_g")
@@ -83,9 +83,9 @@ def test_paper_preset_runs_and_max_steps_stops_it(tmp_path):
 def test_training_is_seeded():
     features, targets, index, pairs, val, p = setup()
     cfg = replace(p.train, epochs=1, batch_size=50)
-    a, _ = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), None, True, progress=False)
-    b, _ = train(features, pairs, targets, index, SMALL, cfg, SamplingConfig(samples=5), None, True, progress=False)
-    c, _ = train(features, pairs, targets, index, SMALL, replace(cfg, seed=1), SamplingConfig(samples=5), None, True, progress=False)
+    a, _ = train(features, pairs, targets, index, SMALL, cfg, sampling=SamplingConfig(samples=5), val=None, standardize_features=True, progress=False)
+    b, _ = train(features, pairs, targets, index, SMALL, cfg, sampling=SamplingConfig(samples=5), val=None, standardize_features=True, progress=False)
+    c, _ = train(features, pairs, targets, index, SMALL, replace(cfg, seed=1), sampling=SamplingConfig(samples=5), val=None, standardize_features=True, progress=False)
     assert torch.equal(a.out.weight, b.out.weight) and not torch.equal(a.out.weight, c.out.weight)
 
 
@@ -93,16 +93,16 @@ def test_set_reconstruction_and_weight_averaging_learn_and_resume(tmp_path):
     features, targets, index, pairs, val, p = setup()
     cfg = replace(p.train, epochs=4, lr=1e-3, batch_size=50, recon="set", set_samples=4, ema=0.9)
     sampling = SamplingConfig(samples=20, neighbours=3)
-    whole, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    whole, state = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, progress=False)
     assert state.best_p5 > 0.4, state.log
-    train(features, pairs, targets, index, SMALL, replace(cfg, epochs=2), sampling, val, True, tmp_path, progress=False)
-    resumed, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, tmp_path, progress=False)
+    train(features, pairs, targets, index, SMALL, replace(cfg, epochs=2), sampling=sampling, val=val, standardize_features=True, work_dir=tmp_path, progress=False)
+    resumed, _ = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, work_dir=tmp_path, progress=False)
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     with pytest.raises(ValueError, match="recon"):
-        train(features, pairs, targets, index, SMALL, replace(cfg, recon="l2"), sampling, val, True, progress=False)
+        train(features, pairs, targets, index, SMALL, replace(cfg, recon="l2"), sampling=sampling, val=val, standardize_features=True, progress=False)
     with pytest.raises(ValueError, match="diversity"):
-        train(features, pairs, targets, index, SMALL, replace(cfg, recon="pair", diversity=0.1), sampling, val, True, progress=False)
+        train(features, pairs, targets, index, SMALL, replace(cfg, recon="pair", diversity=0.1), sampling=sampling, val=val, standardize_features=True, progress=False)
 
 
 def spread(G, features) -> float:
@@ -117,8 +117,8 @@ def test_mode_seeking_term_spreads_the_samples_of_a_photo():
     features, targets, index, pairs, val, p = setup()
     cfg = replace(p.train, epochs=3, lr=1e-3, batch_size=50, recon="set", set_samples=4)
     sampling = SamplingConfig(samples=20, neighbours=3)
-    plain, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
-    seeking, state = train(features, pairs, targets, index, SMALL, replace(cfg, diversity=1.0), sampling, val, True, progress=False)
+    plain, _ = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, progress=False)
+    seeking, state = train(features, pairs, targets, index, SMALL, replace(cfg, diversity=1.0), sampling=sampling, val=val, standardize_features=True, progress=False)
     assert spread(seeking, features[:50]) < spread(plain, features[:50]) - 0.05
     assert state.best_p5 > 0.3, state.log  # and it still learns the tags
 
@@ -128,7 +128,7 @@ def test_softmax_reconstruction_learns_the_photos_words():
     cfg = replace(p.train, epochs=6, lr=1e-3, batch_size=50, recon="softmax", recon_weight=1.0)
     sampling = SamplingConfig(samples=20, neighbours=3)
     prior = np.bincount(pairs[:, 1], minlength=len(targets)) / 300
-    G, state = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False, prior=prior)
+    G, state = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, progress=False, prior=prior)
     assert state.best_p5 > 0.4, state.log
     # The photo's own words outrank the other clusters' words by cosine to what G generates.
     G.eval()
@@ -141,7 +141,7 @@ def test_softmax_reconstruction_learns_the_photos_words():
         own[i, [w for w in range(len(targets)) if w // 5 in cluster]] = True
     assert cos[own].mean() > cos[~own].mean() + 0.3
     # Without a prior, train counts it from the pairs: the same one here, so the same generator.
-    again, _ = train(features, pairs, targets, index, SMALL, cfg, sampling, val, True, progress=False)
+    again, _ = train(features, pairs, targets, index, SMALL, cfg, sampling=sampling, val=val, standardize_features=True, progress=False)
     assert torch.equal(again.out.weight, G.out.weight)
 
 
