@@ -51,12 +51,12 @@ def read_dataset(source: str | Path, *, path_column: str | None = None, tags_col
     return read_library(source)
 
 
-def read_library(root: str | Path) -> pd.DataFrame:
-    """A photo library: every photo under `root` with the keywords its owner gave it.
+def read_folder(root: str | Path) -> pd.DataFrame:
+    """Every photo under `root` with the keywords its owner gave it (maybe none); the id is the path relative to `root`.
 
     Keywords come from the photo's XMP and IPTC and from its XMP sidecar (`pipelines.keywords`),
     the way digiKam, Lightroom and darktable keep them; keywords `tagger tag` wrote are left out, so
-    a model never learns from its own output. The id is the path relative to `root`.
+    a model never learns from its own output.
     """
     from pipelines.keywords import owner_keywords
     from pipelines.scan import scan
@@ -69,12 +69,18 @@ def read_library(root: str | Path) -> pd.DataFrame:
             "MIRFLICKR's meta/tags/, or pass a CSV/Parquet manifest with a path and a tags column)"
         )
     rows = [(p.relative_to(root).as_posix(), str(p.resolve()), owner_keywords(p), None) for p in photos]
-    if not any(tags for _, _, tags, _ in rows):
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def read_library(root: str | Path) -> pd.DataFrame:
+    """A photo library to train on: `read_folder`, where some photos must carry keywords."""
+    frame = read_folder(root)
+    if count_untagged(frame) == len(frame):
         raise DatasetError(
-            f"{root}: {len(rows)} photos, none with keywords (read from XMP dc:subject, IPTC Keywords and XMP sidecars); "
+            f"{root}: {len(frame)} photos, none with keywords (read from XMP dc:subject, IPTC Keywords and XMP sidecars); "
             "give some photos keywords in your photo manager, or pass a CSV/Parquet manifest with a path and a tags column"
         )
-    return _frame(rows, root)
+    return _frame(list(frame.itertuples(index=False, name=None)), Path(root))
 
 
 def read_subset(root: str | Path) -> pd.DataFrame:

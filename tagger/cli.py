@@ -31,12 +31,30 @@ state = {"debug": False}
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="model bundle folder (default: $TAGGER_MODEL, else the model shipped with tagger)")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: the best available)")]
-RuntimeOpt = Annotated[Optional[str], typer.Option(help="what runs the image backbone: torch, onnx (ONNX Runtime, CPU only, same tags) or onnx-int8 (default: onnx on a CPU where onnxruntime is installed, else torch)")]
+class Runtime(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+    all = "all"
+
+
+RuntimeOpt = Annotated[Optional[Runtime], typer.Option(help="what runs the image backbone: torch, onnx (ONNX Runtime, CPU only, same tags) or onnx-int8 (default: onnx on a CPU where onnxruntime is installed, else torch)")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="tags per photo (default: the model's, 10)")]
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
-EngineOpt = Annotated[str, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
+EngineOpt = Annotated[Engine, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
@@ -80,21 +98,24 @@ def command(fn):
     return wrapper
 
 
-def load_tagger(model: Path | None, device: str | None, runtime: str | None = None):
+def load_tagger(model: Path | None, device: str | None, runtime: Runtime | None = None):
     from tagger.model import Tagger
     from tagger.shipped import resolve_model
 
-    return Tagger.load(resolve_model(model), device=device, runtime=runtime)
+    return Tagger.load(resolve_model(model), device=device, runtime=_value(runtime))
 
 
-def ray_options(engine: str, address: str | None, workers: int | None, device: str | None, batch_size: int):
+def _value(choice: Enum | None) -> str | None:
+    """An Enum option's text (what the library takes), or None."""
+    return None if choice is None else choice.value
+
+
+def ray_options(engine: Engine, address: str | None, workers: int | None, device: str | None, batch_size: int):
     """The Ray engine's options for --engine ray, None for --engine local; a clear error for anything else."""
-    if engine == "local":
+    if engine == Engine.local:
         if address or workers:
             raise UserError("--address and --workers go with --engine ray")
         return None
-    if engine != "ray":
-        raise UserError(f"--engine must be local or ray, not {engine!r}")
     from tagger.ray_engine import RayOptions, import_ray
 
     import_ray()  # without Ray, say how to install it before any work starts
@@ -147,7 +168,7 @@ def train(
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
-    engine: EngineOpt = "local",
+    engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
 ):
@@ -180,7 +201,7 @@ def train(
         feature_batch_size=batch_size,
         corpus=corpus,
         device=device,
-        runtime=runtime,
+        runtime=_value(runtime),
         cache_dir=cache_dir or default_cache_dir(),
         ray=ray_options(engine, address, workers, device, batch_size),
     )
@@ -221,19 +242,16 @@ def predict(
     Example:  tagger predict beach.jpg dog.png --top-k 5
     """
 
-    from pipelines.images import ImageError, printable_path
+    from pipelines.images import printable_path
     from pipelines.keywords import owner_keywords
 
     tagger = load_tagger(model, device, runtime)
     opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
     failed = 0
-    for path in images:
-        try:
-            tags = tagger.predict([path], method=method, **opts)[0]
-            error = ""
-        except ImageError as e:
-            tags, error = [], e.reason
-            failed += 1
+    # The batched path of `tag`, decoding in this process: a few photos do not pay for worker processes.
+    for path, tags, error in tagger.tag_paths(images, num_workers=0, method=method, **opts):
+        tags = tags or []
+        failed += bool(error)
         if as_json:
             rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error,
                    "existing": [] if error else owner_keywords(path)}
@@ -279,7 +297,7 @@ def tag(
     batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
-    engine: EngineOpt = "local",
+    engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
 ):
@@ -357,7 +375,7 @@ def tag(
 def evaluate(
     data: Annotated[Path, typer.Argument(help="the dataset the models were trained on (their split settings are in the bundles)")],
     model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="model bundle folder (repeatable: bundles side by side; default: $TAGGER_MODEL, else the shipped model)")] = None,
-    split: Annotated[str, typer.Option(help="test, val, train or all")] = "test",
+    split: Annotated[Split, typer.Option(help="the photos to evaluate on")] = Split.test,
     method: Annotated[Optional[list[str]], typer.Option(help="methods to compare (repeatable; default: all each model has)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.json and report.html")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="photos per feature batch")] = 64,
@@ -381,18 +399,16 @@ def evaluate(
     from tagger.evaluate import format_audit, format_table, format_versus_knn
     from tagger.fit import default_cache_dir
 
-    if split not in ("test", "val", "train", "all"):
-        raise UserError(f"--split must be test, val, train or all, not {split!r}")
     paths = model or [None]
     names = [p.name if p is not None else "model" for p in paths]
     if len(set(names)) < len(names):
         names = [str(p) for p in paths]
     taggers = {n: load_tagger(p, device, runtime) for n, p in zip(names, paths)}
     start = time.perf_counter()
-    ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split,
+    ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split.value,
                         tuple(method) if method else None,
                         cache_dir=cache_dir or default_cache_dir() / "features", batch_size=batch_size)
-    typer.echo(f"{data} [{split}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
+    typer.echo(f"{data} [{split.value}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
     typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
     if ev.labels:
         typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
@@ -421,7 +437,7 @@ def features(
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
-    engine: EngineOpt = "local",
+    engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
 ):
@@ -434,24 +450,18 @@ def features(
     """
 
     import numpy as np
-    import pandas as pd
 
-    from pipelines.datasets import DatasetError, read_dataset
-    from pipelines.features import FeatureConfig, extract_features
-    from pipelines.scan import list_images
-    from tagger.fit import default_cache_dir
+    from pipelines.datasets import DatasetError, read_dataset, read_folder
+    from pipelines.features import FeatureConfig, default_cache_dir, extract_features
 
     try:
         frame = read_dataset(data)
     except DatasetError:
         if not data.is_dir():
             raise
-        paths = list_images(data)
-        if not paths:
-            raise UserError(f"{data}: no dataset and no photos found")
-        frame = pd.DataFrame({"id": [str(p.relative_to(data)) for p in paths], "path": [str(p) for p in paths]})
+        frame = read_folder(data)  # photos without keywords have features too
     config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
-                           device=device, runtime=runtime, cache_dir=cache_dir or default_cache_dir() / "features")
+                           device=device, runtime=_value(runtime), cache_dir=cache_dir or default_cache_dir() / "features")
     on_ray = ray_options(engine, address, workers, device, batch_size)
     if on_ray:
         from tagger.ray_engine import warm_feature_cache
