@@ -33,7 +33,7 @@ from tagger.presets import default_preset_name, get_preset
 from tagger.ray_engine import RayOptions
 from tagger.scorers import word_prior
 from tagger.summary import TrainingSummary
-from tagger.train import make_pairs, prepare_word_vectors, train, write_log
+from tagger.train import CHECKPOINT_FORMAT, make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
 
 
@@ -214,7 +214,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     val = (cond[val_rows], val_truth) if val_rows else None
     gen_cfg = replace(preset.generator, feature_dim=cond.shape[1], word_dim=targets.shape[1])
     # The word vectors themselves, not their settings, key the run: another corpus gives another space.
-    run_key = _key(str(Path(data).resolve()), config.generator, preset_name, asdict(tcfg), asdict(gen_cfg),
+    run_key = _key(CHECKPOINT_FORMAT, str(Path(data).resolve()), config.generator, preset_name, asdict(tcfg), asdict(gen_cfg),
                    content_hash(targets.tobytes()), content_hash(cond[:, features.shape[1]:].tobytes()),
                    config.min_count, config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key

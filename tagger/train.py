@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from embeddings.files import atomic_write
 from embeddings.index import TagIndex
+from pipelines.errors import TaggerError
 from tagger.generators import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, family_for, get_family
 from tagger.generators.base import learning_rate, momentum
 from tagger.metrics import precision_at_k, top_ids
@@ -38,6 +40,9 @@ class WordSpaceConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CHECKPOINT_FORMAT = 2  # 2: the EMA generator as torch's AveragedModel; part of a run's cache key
 
 
 @dataclass
@@ -78,7 +83,7 @@ def tag_table(pairs: np.ndarray, n_photos: int) -> np.ndarray:
 
 
 def train_one_epoch(trainer: Trainer, features: torch.Tensor, pairs: torch.Tensor, config: TrainConfig, state: TrainState, *,
-                    progress: bool = True, G_ema: WordGenerator | None = None) -> dict:
+                    progress: bool = True, G_ema: AveragedModel | None = None) -> dict:
     """One pass over the shuffled pairs; returns the epoch's mean of every loss the family's step reports."""
     trainer.train()
     order = pairs[torch.randperm(len(pairs), generator=trainer.context.rng, device=pairs.device)]
@@ -100,9 +105,7 @@ def train_one_epoch(trainer: Trainer, features: torch.Tensor, pairs: torch.Tenso
                     group["momentum"] = mom
         losses = trainer.step(features[batch[:, 0]], batch[:, 1], batch[:, 0])
         if G_ema is not None:
-            with torch.no_grad():
-                for avg, p in zip(G_ema.parameters(), trainer.generator.parameters()):
-                    avg.lerp_(p, 1 - config.ema)
+            G_ema.update_parameters(trainer.generator)
         state.step += 1
         n += 1
         for k, v in losses.items():
@@ -166,7 +169,8 @@ def train(
     )
     trainer = family.trainer(G, config, context)
     # The averaged generator is the one validated and kept; G itself keeps training.
-    G_ema = copy.deepcopy(G) if config.ema else None
+    # torch's EMA; use_buffers: the feature standardization (set before training) travels with it.
+    G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     state = TrainState()
     best_g = copy.deepcopy(G.state_dict())
 
@@ -174,12 +178,12 @@ def train(
     if ckpt_path and ckpt_path.is_file():
         try:
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+            trainer.load_state_dict(ckpt["trainer"])
+            if G_ema is not None:
+                G_ema.load_state_dict(ckpt["G_ema"])
         except Exception as e:  # a pickle with code in it, a truncated or foreign file: each fails its own way
             first = " ".join(str(e).split())[:200]
-            raise ValueError(f"{ckpt_path}: not a checkpoint this tagger wrote, not loaded ({first}); delete it to start over") from e
-        trainer.load_state_dict(ckpt["trainer"])
-        if G_ema is not None:
-            G_ema.load_state_dict(ckpt["G_ema"])
+            raise TaggerError(f"{ckpt_path}: not a checkpoint this tagger wrote, not loaded ({first}); delete it to start over") from e
         rng.set_state(ckpt["rng"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())  # dropout draws from the global generator
         state = TrainState(**ckpt["state"])
@@ -189,7 +193,7 @@ def train(
 
     x = torch.as_tensor(features, dtype=torch.float32, device=device)
     p = torch.as_tensor(pairs, dtype=torch.int64, device=device)
-    kept = G_ema if G_ema is not None else G
+    kept = G_ema.module if G_ema is not None else G
     val_sampling = replace(sampling, seed=config.seed)
     if val is not None and len(val[0]) > config.val_photos:
         pick = np.random.default_rng(config.seed).choice(len(val[0]), config.val_photos, replace=False)

@@ -7,6 +7,7 @@ import torch
 
 from test_train import synthetic
 from embeddings.index import TagIndex
+from pipelines.errors import TaggerError
 from tagger.generators import TrainConfig, WordGenerator, create_generator, family_for, get_family, list_families, make_config
 from tagger.generators.caae import CAAEConfig, Encoder
 from tagger.generators.cgan import CGANConfig
@@ -78,7 +79,7 @@ def test_a_checkpoint_is_read_without_running_pickled_code(tmp_path):
             return (open, (str(tmp_path / "pwned"), "w"))
 
     torch.save({"trainer": Planted()}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match="checkpoint.pt: not a checkpoint this tagger wrote, not loaded") as info:
+    with pytest.raises(TaggerError, match="checkpoint.pt: not a checkpoint this tagger wrote, not loaded") as info:
         train(features, pairs, targets, index, SMALL["cvae"], cfg, sampling=SAMPLING, val=None, standardize_features=True, work_dir=tmp_path, progress=False)
     assert isinstance(info.value.__cause__, pickle.UnpicklingError) and not (tmp_path / "pwned").exists()
 
