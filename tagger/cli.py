@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import math
+import sys
 import shutil
 from pathlib import Path
 from enum import Enum
@@ -70,7 +71,23 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log more")] = False,
 ):
     state["debug"] = debug
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # records of loggers a command turns up (see progress_log) still stop here
+
+
+def progress_log(*names: str) -> None:
+    """Show these loggers' INFO lines (a run's progress: epochs, stages) on stdout, as plain lines."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: record.levelno == logging.INFO)  # warnings go where every warning goes
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        if not any(getattr(h, "progress", False) for h in logger.handlers):
+            handler.progress = True
+            logger.addHandler(handler)
 
 
 def fail(message: str, code: int = 1):
@@ -181,6 +198,7 @@ def train(
 
     from tagger.fit import FitConfig, default_cache_dir, fit
 
+    progress_log("tagger.fit", "tagger.train")
     try:
         fractions = tuple(float(x) for x in split.split(","))
     except ValueError:

@@ -8,6 +8,7 @@ running the same command again (or after an interruption) redoes only what is mi
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,8 @@ from tagger.scorers import word_prior
 from tagger.summary import TrainingSummary
 from tagger.train import CHECKPOINT_FORMAT, make_pairs, prepare_word_vectors, train, write_log
 from tagger.voting import SamplingConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,8 @@ def extra_tag_lists(corpus: str | Path, frame: pd.DataFrame, vocab: Vocabulary, 
     table = read_tag_lists(corpus)
     ours = table["id"].isin(set(frame["id"].astype(str)))
     lists = [s for s in (vocab.normalize(tags) for tags in table.loc[~ours, "tags"]) if s]
-    if progress:
-        print(f"word2vec: {len(lists):,} more tag lists from {Path(corpus).name} "
-              f"({int(ours.sum()):,} rows of the dataset's own photos left out)")
+    log.info("word2vec: %s more tag lists from %s (%s rows of the dataset's own photos left out)",
+             f"{len(lists):,}", Path(corpus).name, f"{int(ours.sum()):,}")
     return lists
 
 
@@ -221,9 +223,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     work_dir.mkdir(parents=True, exist_ok=True)
     # A run killed while writing its checkpoint left its temporary file behind, as big as a checkpoint.
     remove_stale(work_dir, stale_pattern("checkpoint.pt"))
-    if progress:
-        print(f"{config.generator}: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
-              f"{len(val_rows):,} validation photos, preset {preset_name!r}, device {device}")
+    log.info(f"{config.generator}: {len(pairs):,} (photo, tag) pairs from {len(train_rows):,} photos, {len(wv.words):,} words, "
+             f"{len(val_rows):,} validation photos, preset {preset_name!r}, device {device}")
     G, state = train(
         cond, pairs, targets, index, gen_cfg, tcfg, sampling=sampling, val=val, standardize_features=preset.standardize_features,
         work_dir=work_dir, device=device, progress=progress, prior=word_prior(vocab, list(wv.words), int(is_train.sum())),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +42,8 @@ class WordSpaceConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2  # 2: the EMA generator as torch's AveragedModel; part of a run's cache key
 
@@ -188,8 +191,7 @@ def train(
         torch.set_rng_state(ckpt["torch_rng"].cpu())  # dropout draws from the global generator
         state = TrainState(**ckpt["state"])
         best_g = ckpt["best_G"]
-        if progress:
-            print(f"resuming from {ckpt_path} after epoch {state.epoch} (step {state.step})")
+        log.info("resuming from %s after epoch %d (step %d)", ckpt_path, state.epoch, state.step)
 
     x = torch.as_tensor(features, dtype=torch.float32, device=device)
     p = torch.as_tensor(pairs, dtype=torch.int64, device=device)
@@ -211,10 +213,9 @@ def train(
         if score > state.best_p5:
             state.best_p5, state.best_epoch = float(score), state.epoch
             best_g = copy.deepcopy(kept.state_dict())
-        if progress:
-            p5 = "" if math.isnan(row["val_p5"]) else f" val P@5 {row['val_p5']:.4f}"  # nan: no validation photos
-            losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in _BOOKKEEPING)
-            print(f"epoch {state.epoch}: {losses}{p5} ({row['seconds']:.0f} s)")
+        p5 = "" if math.isnan(row["val_p5"]) else f" val P@5 {row['val_p5']:.4f}"  # nan: no validation photos
+        losses = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in _BOOKKEEPING)
+        log.info("epoch %d: %s%s (%.0f s)", state.epoch, losses, p5, row["seconds"])
         if ckpt_path:
             checkpoint = {"trainer": trainer.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None,
                           "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "state": asdict(state), "best_G": best_g}
