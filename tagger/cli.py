@@ -43,6 +43,17 @@ class Engine(str, Enum):
     ray = "ray"
 
 
+class SidecarKind(str, Enum):
+    xmp = "xmp"
+    txt = "txt"
+
+
+class SidecarNaming(str, Enum):
+    auto = "auto"
+    full = "full"
+    stem = "stem"
+
+
 class Split(str, Enum):
     test = "test"
     val = "val"
@@ -50,6 +61,10 @@ class Split(str, Enum):
     all = "all"
 
 
+BackboneOpt = Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="backbone weights file, for backbones whose weights must be downloaded")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="photos per batch of the image backbone")]
+FeatureCacheOpt = Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")]
 RuntimeOpt = Annotated[Optional[Runtime], typer.Option(help="what runs the image backbone: torch, onnx (ONNX Runtime, CPU only, same tags) or onnx-int8 (default: onnx on a CPU where onnxruntime is installed, else torch)")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="tags per photo (default: the model's, 10)")]
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
@@ -174,13 +189,13 @@ def train(
     preset: Annotated[Optional[str], typer.Option(help="the generator's training preset (default: cgan votes, cvae votes, caae default; the paper's recipe: --preset paper; cgan: paper, adam or votes; cvae: default or votes)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs (default: the preset's)")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many generator updates")] = None,
-    backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="backbone weights file, for backbones whose weights must be downloaded")] = None,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
     min_count: Annotated[int, typer.Option(min=1, help="least number of training photos a tag needs to enter the vocabulary")] = 10,
     split: Annotated[str, typer.Option(help="train,val,test shares of the photos, split by photo id")] = "0.8,0.1,0.1",
     half: Annotated[bool, typer.Option("--half", help="store the generator in float16 (half the size)")] = False,
     seed: Annotated[int, typer.Option(help="seed of word2vec, the generator and sampling")] = 0,
-    batch_size: Annotated[int, typer.Option(min=1, help="photos per feature-extraction batch")] = 64,
+    batch_size: BatchOpt = 64,
     corpus: Annotated[Optional[Path], typer.Option(help="more tag lists for word2vec, of photos not in DATA (a .tsv/.csv with id and tags columns, e.g. the subset's tags_corpus.tsv)")] = None,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
@@ -282,17 +297,6 @@ def predict(
         raise typer.Exit(1)
 
 
-class SidecarKind(str, Enum):
-    xmp = "xmp"
-    txt = "txt"
-
-
-class SidecarNaming(str, Enum):
-    auto = "auto"
-    full = "full"
-    stem = "stem"
-
-
 @app.command()
 @command
 def tag(
@@ -312,7 +316,7 @@ def tag(
     skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="try photos that failed before again, even if unchanged (a photo read while being copied fails once)")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be tagged and written, and change nothing")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
+    batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
     engine: EngineOpt = Engine.local,
@@ -396,10 +400,10 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="the photos to evaluate on")] = Split.test,
     method: Annotated[Optional[list[str]], typer.Option(help="methods to compare (repeatable; default: all each model has)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for report.json and report.html")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="photos per feature batch")] = 64,
+    batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
+    cache_dir: FeatureCacheOpt = None,
 ):
     """Compare tagging methods and bundles on held-out photos: P@k, R@k, F1@k, MiAP, MAP, N+, coverage, ECE.
 
@@ -449,12 +453,12 @@ def evaluate(
 def features(
     data: Annotated[Path, typer.Argument(help="a dataset (as for train) or a folder of photos")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for features.npy and photos.csv")],
-    backbone: Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")] = "efficientnet_lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="backbone weights file")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="photos per batch")] = 64,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")] = None,
+    cache_dir: FeatureCacheOpt = None,
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
