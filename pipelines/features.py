@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -306,37 +306,56 @@ def extract_features(
     return result
 
 
+@dataclass
+class Batch:
+    """One batch of `iter_batches`: the photos that decoded, with their features, and the ones that did not."""
+
+    rows: list[int]  # positions in the paths given, ascending
+    features: np.ndarray  # (len(rows), D) float32
+    hashes: list[str | None]  # content hash of the bytes decoded (None unless hashing was asked for)
+    chroma: list[float]  # mean chroma of each decoded photo (pipelines.images.chroma)
+    failed: list[tuple[int, str]]  # (position, reason) of the photos that did not decode
+
+
+def iter_batches(paths: Sequence[Path], backbone: Backbone, batch_size: int = 64, num_workers: int | None = None,
+                 rows: Sequence[int] | None = None, hash: bool = False) -> Iterator[Batch]:
+    """Decode (in worker processes) and run the backbone over `paths` (or the `rows` of them), batch by batch, in order.
+
+    One stream for the whole list: the decoding workers start once, and a caller sees each batch as
+    soon as it is done (a batch run journals and shows progress per batch).
+    """
+    rows = list(range(len(paths))) if rows is None else list(rows)
+    dataset = _PhotoDataset(paths, rows, backbone.pixels_transform, min_side=backbone.preprocessing.resize, hash=hash)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=_default_workers() if num_workers is None else num_workers,
+                        collate_fn=_collate, pin_memory=backbone.device.type == "cuda")
+    with torch.inference_mode():
+        for good, hashes, x, failed, chromas in loader:
+            out = backbone.forward_features(x).cpu().numpy() if good else np.zeros((0, backbone.dim), dtype=np.float32)
+            yield Batch(good, out, hashes, chromas, failed)
+
+
 def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True, chroma_out=None):
     """Decode and forward the `todo` rows, filling `features`, `reasons` (and `chroma`) in place; a cache shard per batch."""
-    dataset = _PhotoDataset(paths, todo, backbone.pixels_transform, min_side=backbone.preprocessing.resize, hash=cache is not None)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda",
-    )
     new_rows: list[int] = []
     new_hashes: list[str] = []
     shards: list[str] = []
     bar = tqdm(total=len(todo), unit="photo", desc=f"features {backbone.name}", disable=not progress, smoothing=0.1)
-    with torch.inference_mode(), bar:
-        for batch, (rows, hashes, x, failed, chromas) in enumerate(loader):
-            for row, reason in failed:
+    with bar:
+        for i, batch in enumerate(iter_batches(paths, backbone, config.batch_size, config.num_workers, todo, hash=cache is not None)):
+            for row, reason in batch.failed:
                 reasons[row] = reason
                 if report:
                     log.warning("skipping %s: %s", paths[row], reason)
-            if rows:
-                out = backbone.forward_features(x).cpu().numpy()
-                features[rows] = out
+            if batch.rows:
+                features[batch.rows] = batch.features
                 if chroma_out is not None:
-                    chroma_out[rows] = chromas
-                new_rows += rows
-                new_hashes += hashes
+                    chroma_out[batch.rows] = batch.chroma
+                new_rows += batch.rows
+                new_hashes += batch.hashes
                 if cache is not None:
-                    shards.append(f"{run}-b{batch:06d}")
-                    cache.write(shards[-1], hashes, out)
-            bar.update(len(rows) + len(failed))
+                    shards.append(f"{run}-b{i:06d}")
+                    cache.write(shards[-1], batch.hashes, batch.features)
+            bar.update(len(batch.rows) + len(batch.failed))
     return new_rows, new_hashes, shards
 
 

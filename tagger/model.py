@@ -23,7 +23,7 @@ from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
 from pipelines.errors import OptionError
-from pipelines.features import FeatureConfig, extract_features, extract_images
+from pipelines.features import Batch, extract_images, iter_batches
 from pipelines.images import COLOUR_CHROMA, is_colour, load_image
 from pipelines.memory import release_free_memory
 from tagger.baselines import KNNTagger
@@ -230,33 +230,46 @@ class Tagger:
 
     def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int | None = None, num_workers: int | None = None,
                   method: str | None = None, **options):
-        """Yield (path, tags, error) for photo files, decoding in worker processes while the network runs.
+        """Yield (path, tags, error) for photo files, in order, decoding in worker processes while the network runs.
 
-        Work goes in chunks of `chunk` photos (default 2 batches, a few seconds of work on a CPU), so a caller that
-        records each result loses at most one chunk when killed, and its progress moves every few seconds. A photo that cannot be read gets tags None and the reason.
+        The photos go through one stream of batches (`pipelines.features.iter_batches`: the workers start
+        once); every `chunk` photos (default 2 batches, a few seconds of work on a CPU) are tagged and
+        yielded, so a caller that records each result loses at most one chunk when killed and shows
+        progress every few seconds. A photo that cannot be read gets tags None and the reason.
         """
         self.scorer(method)  # an unknown method fails before the first photo
         chunk = chunk or CHUNK_BATCHES * batch_size
-        fcfg = FeatureConfig(backbone=self.backbone_name, weights=self.backbone_weights, batch_size=batch_size,
-                             device=str(self.device), runtime=self.backbone.runtime, **({"num_workers": num_workers} if num_workers is not None else {}))
-        for start in range(0, len(paths), chunk):
-            part = list(paths[start : start + chunk])
-            # The caller gets every failure with its photo and reports it; the extractor need not say it too.
-            result = extract_features(part, fcfg, progress=False, backbone=self.backbone, report=False)
-            rows = np.flatnonzero(result.ok)
-            # The extractor measured the chroma of every photo it decoded; the file is opened again only for others.
-            colour = np.array([result.chroma[i] > COLOUR_CHROMA if np.isfinite(result.chroma[i]) else is_colour(part[i])
-                               for i in rows], dtype=bool)
-            tags = self.predict_features(result.features[rows], method, colour=colour, **options) if len(rows) else []
-            by_row = dict(zip(rows.tolist(), tags))
-            errors = result.errors
-            del result
-            release_free_memory()  # or the heap keeps every chunk's temporaries and grows with the photos
-            for i, path in enumerate(part):
-                if i in by_row:
-                    yield path, by_row[i], ""
-                else:
-                    yield path, None, _reason(errors.get(i, "not tagged"), path)
+        paths = list(paths)
+        pending: list[Batch] = []
+        done = 0  # photos yielded so far: the pending batches cover the next ones, in order
+        for batch in iter_batches(paths, self.backbone, batch_size, num_workers):
+            pending.append(batch)
+            covered = sum(len(b.rows) + len(b.failed) for b in pending)
+            if covered >= chunk or done + covered == len(paths):
+                yield from self._tag_batches(paths, done, covered, pending, method, options)
+                done, pending = done + covered, []
+                release_free_memory()  # or the heap keeps every chunk's temporaries and grows with the photos
+
+    def _tag_batches(self, paths: list[Path], start: int, count: int, batches: list[Batch], method: str | None, options: dict):
+        """(path, tags, error) for paths[start:start + count], the photos `batches` decoded or failed."""
+        rows = [r for b in batches for r in b.rows]
+        failed = {r: reason for b in batches for r, reason in b.failed}
+        by_row = {}
+        if rows:
+            features = np.concatenate([b.features for b in batches])
+            finite = np.isfinite(features).all(axis=1)
+            for r in np.asarray(rows)[~finite].tolist():
+                failed[r] = "no features (non-finite output)"
+            chroma = np.array([c for b in batches for c in b.chroma], dtype=np.float32)
+            kept = np.asarray(rows)[finite].tolist()
+            if kept:
+                tags = self.predict_features(features[finite], method, colour=chroma[finite] > COLOUR_CHROMA, **options)
+                by_row = dict(zip(kept, tags))
+        for i in range(start, start + count):
+            if i in by_row:
+                yield paths[i], by_row[i], ""
+            else:
+                yield paths[i], None, failed.get(i, "not tagged")
 
     def save(self, path: str | Path, half: bool = False, extras: dict[str, Path] | None = None) -> Path:
         """Write the bundle atomically (`tagger.bundle.save`)."""
@@ -277,9 +290,3 @@ class Tagger:
         choose_runtime(runtime, tagger.device)  # an impossible choice fails here, not at the first photo
         tagger.runtime = runtime
         return tagger
-
-
-def _reason(error: str, path: Path) -> str:
-    """The reason alone, without the "path: " that feature errors start with."""
-    prefix = f"{path}: "
-    return error[len(prefix):] if error.startswith(prefix) else error
