@@ -1,11 +1,13 @@
 """The Ray engine on a real Ray: a local one started here, and a two-node cluster simulated on this machine.
 
-Each run is checked against the local engine on the same photos: the same rows, tags and scores.
+Each run is checked against the local engine on the same photos: the same rows and tags, and the same scores
+to their fourth decimal.
 """
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,7 +82,9 @@ def test_tags_equal_the_local_engine_a_bad_photo_is_reported_and_a_rerun_tags_no
     assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash", "settings"]
     assert list(rows["path"]) == list(local_rows["path"])
     assert [list(t) for t in rows["tags"]] == [list(t) for t in local_rows["tags"]]
-    assert [list(s) for s in rows["scores"]] == [list(s) for s in local_rows["scores"]]
+    # Scores to their 4 decimals, give or take the last: ONNX Runtime's result moves in the last bits with its thread
+    # count (a Ray worker runs one thread, the local engine as many as the machine has), which can tip a rounding.
+    assert all(len(a) == len(b) and np.allclose(a, b, atol=1.01e-4) for a, b in zip(rows["scores"], local_rows["scores"]))
     assert list(rows["error"]) == list(local_rows["error"]) and list(rows["hash"]) == list(local_rows["hash"])
     assert len(Output(out).files()) == 2  # one file per unit of 128 photos
 
