@@ -75,9 +75,6 @@ class FeatureResult:
     chroma: np.ndarray | None = None
 
 
-hash_bytes = content_hash  # a photo's bytes -> its cache key
-
-
 # --- decoding in DataLoader workers -----------------------------------------------------------------
 
 
@@ -97,7 +94,7 @@ class _PhotoDataset(Dataset):
             data = read_bytes(path)
             # Hashing the bytes actually decoded keeps cache keys right even if the file changes mid-run;
             # without a cache there is nothing to key (a batch run has hashed the file already).
-            digest = hash_bytes(data) if self.hash else None
+            digest = content_hash(data) if self.hash else None
             image = decode_image(data, path, min_side=self.min_side)
             return row, digest, self.transform(image), None, chroma(image)
         except ImageError as e:
@@ -131,7 +128,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, backbone: Backbone):
         pre = backbone.preprocessing
-        key = hash_bytes(repr((CACHE_VERSION, backbone.name, backbone.weights_id, pre)).encode())[:12]
+        key = content_hash(repr((CACHE_VERSION, backbone.name, backbone.weights_id, pre)).encode())[:12]
         self.dir = Path(root).expanduser() / f"{backbone.name}-{key}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dim = backbone.dim
@@ -147,10 +144,12 @@ class FeatureCache:
         for hashes_file in self.shards():
             name = hashes_file.name.removesuffix(".hashes.npy")
             try:
-                hashes, feats = self._open(name)
+                # The hashes alone say whether a shard is wanted; only a wanted one is read whole and checked.
+                hashes = np.load(hashes_file, allow_pickle=False)
                 idx = [i for i, h in enumerate(hashes.tolist()) if h in wanted and h not in found]
                 if not idx:
                     continue
+                hashes, feats = self._open(name)
                 rows = np.asarray(feats[idx], dtype=np.float32)
             except Exception as e:  # noqa: BLE001 - a damaged shard fails in numpy's many ways (EOFError for an empty one)
                 # A damaged shard costs a re-extraction, never a wrong feature.
@@ -218,7 +217,7 @@ def _hash_files(paths: Sequence[Path], threads: int = 8) -> list[str | ImageErro
 
     def one(path: Path):
         try:
-            return hash_bytes(read_bytes(path))
+            return content_hash(read_bytes(path))
         except ImageError as e:
             return e
 

@@ -92,11 +92,6 @@ def output_format(out: Path) -> str:
     return fmt
 
 
-def file_hash(path: Path) -> str:
-    """A photo's content hash, as the feature cache keys it (`embeddings.files.content_hash`)."""
-    return content_hash(path)
-
-
 def read_results(out: Path) -> pd.DataFrame:
     """Rows of an earlier run: its output file, then its journal (later lines win)."""
     frames = []
@@ -301,7 +296,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
     hashes, todo, retag = {}, [], 0
     for key, p in photos.items():
         try:
-            hashes[key] = file_hash(p)
+            hashes[key] = content_hash(p)
         except OSError:
             hashes[key] = ""  # unreadable: the tagging step reports why
             todo.append(p)
@@ -393,7 +388,7 @@ def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfi
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
             if embed(photos[key], list(tags), config.root if config else DEFAULT_ROOT, dry_run=dry_run):
-                rewritten[key] = "" if dry_run else file_hash(photos[key])
+                rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(str(e))
     return rewritten

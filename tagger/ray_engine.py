@@ -236,7 +236,7 @@ def _unit_lists(batch) -> tuple[list[str], list[bytes]]:
 
 def hash_unit(batch) -> dict:
     """Ray task: the content hash of each photo of a unit ("" where it cannot be read)."""
-    from pipelines.features import hash_bytes
+    from embeddings.files import content_hash
     from pipelines.images import ImageError
 
     keys, locations = _unit_lists(batch)
@@ -244,7 +244,7 @@ def hash_unit(batch) -> dict:
 
     def one(key_location):
         try:
-            return hash_bytes(reader.read(key_location[1], key_location[0]))
+            return content_hash(reader.read(key_location[1], key_location[0]))
         except ImageError:
             return ""
 
@@ -269,14 +269,14 @@ class FeatureWorker:
 
     def decode(self, key_location: tuple[str, bytes]):
         """(hash, pixels, chroma, error) of one photo; never raises (the local engine's `_PhotoDataset` item)."""
-        from pipelines.features import hash_bytes
+        from embeddings.files import content_hash
         from pipelines.images import ImageError, chroma, decode_image
 
         key, location = key_location
         digest = ""
         try:
             data = self.reader.read(location, key)
-            digest = hash_bytes(data)
+            digest = content_hash(data)
             image = decode_image(data, key, min_side=self.backbone.preprocessing.resize)
             return digest, self.backbone.pixels_transform(image), chroma(image), ""
         except ImageError as e:
@@ -560,7 +560,7 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
     """
     from pipelines.backbones import create_backbone
     from pipelines.features import FeatureCache
-    from tagger.batch import file_hash
+    from embeddings.files import content_hash
 
     if config.cache_dir is None:
         raise BatchError("the ray engine extracts into the feature cache: give a cache folder")
@@ -569,7 +569,7 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
 
     def hashed(path):
         try:
-            return file_hash(Path(path))
+            return content_hash(Path(path))
         except OSError:
             return ""
 

@@ -193,9 +193,9 @@ def test_a_rerun_tags_new_and_changed_photos_and_drops_the_rows_of_removed_ones(
     assert (summary.tagged, summary.kept, summary.failed) == (2, 3, 0)
     rows = read_output(out)
     assert sorted(Path(p).name for p in rows["path"]) == ["new.jpg", "photo000.jpg", "photo001.jpg", "photo002.jpg", "photo003.jpg"]
-    from tagger.batch import file_hash
+    from embeddings.files import content_hash
 
-    assert dict(zip(rows["path"], rows["hash"]))[str(paths[0])] == file_hash(paths[0])
+    assert dict(zip(rows["path"], rows["hash"]))[str(paths[0])] == content_hash(paths[0])
     assert rows_per_path(out).max() == 1 and len(rows_per_path(out)) == 5  # the superseded and removed rows are gone
 
 
