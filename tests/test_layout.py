@@ -30,3 +30,30 @@ def test_checker_sees_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("import tagger.cli\nfrom pipelines.datasets import x\nfrom . import y\n")
     assert imported_packages(f) == {"tagger", "pipelines"}
+
+
+def _declared() -> set[str]:
+    """Distribution names pyproject.toml asks for: dependencies and every extra."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"]) + [r for extra in project.get("optional-dependencies", {}).values() for r in extra]
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+def test_every_third_party_import_is_declared():
+    """A package the code imports but pyproject.toml does not ask for works here by luck (scipy once did)."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    own = {"embeddings", "pipelines", "tagger"}
+    undeclared = {}
+    for package in sorted(own):
+        for f in sorted((REPO / package).rglob("*.py")):
+            for name in imported_packages(f) - own - set(sys.stdlib_module_names):
+                found = {d.lower().replace("_", "-") for d in dists.get(name, [])}
+                if not found & _declared():
+                    undeclared.setdefault(name, str(f.relative_to(REPO)))
+    assert undeclared == {}
