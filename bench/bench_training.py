@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def run_train() -> float:
         start = time.perf_counter()
-        _, state = train(features, pairs, targets, index, gan_cfg, tcfg, preset.sampling, None, preset.standardize_features,
-                         None, torch.device("cpu"), progress=False)
+        _, state = train(features, pairs, targets, index, gan_cfg, tcfg, sampling=preset.sampling,
+                         standardize_features=preset.standardize_features, device=torch.device("cpu"), progress=False)
         assert state.step == steps
         return time.perf_counter() - start
 

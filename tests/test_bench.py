@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import bench_lookup  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_scaling  # noqa: E402
 import bench_tagging  # noqa: E402
 import harness  # noqa: E402
@@ -93,3 +94,24 @@ def test_runner_writes_one_table_and_json(subset_dir, tmp_path):
     assert cold[0]["target"] == "ratio <= 2.5" and cold[0]["ratio"] > 0
     # No absolute paths outside the repository (but the --out given here, which the command line records).
     assert str(REPO.parent) not in out.read_text().replace(str(out), "OUT")
+
+
+@pytest.mark.slow
+def test_memory_row_measures_tagging_not_the_export(tiny_bundle, tmp_path):
+    photos = tmp_path / "photos"
+    make_photo_files(photos, 5)
+    result = bench_memory.main(["--photos", str(photos), "--model", str(tiny_bundle), "--sizes", "2,5"])
+    assert [r["photos"] for r in result["runs"]] == [2, 5]
+    assert all(r["peak_rss_mb"] > 0 for r in result["runs"])
+    assert result["rows"][0]["target"] == "ratio <= 1.1" and result["rows"][0]["met"] == (result["ratio"] <= 1.1)
+
+
+@pytest.mark.slow
+def test_training_bench_runs_on_a_slice(subset_dir, tmp_path):
+    """make bench once failed here: train() became keyword-only and this script still called it positionally."""
+    import bench_training
+
+    result = bench_training.main(["--data", str(subset_dir), "--n", "500", "--steps", "2", "--repeats", "1",
+                                  "--json", str(tmp_path / "t.json")])
+    assert result["steps"] == 2 and result["train_pairs_per_s"] > 0 and result["bare_pairs_per_s"] > 0
+    assert result["cli_wall_s"] > 0 and {r["name"] for r in result["rows"]} >= {"training: GAN pairs/s, train()"}
