@@ -64,7 +64,8 @@ class Split(str, Enum):
 BackboneOpt = Annotated[str, typer.Option(help="image backbone (tagger backbones lists them)")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="backbone weights file, for backbones whose weights must be downloaded")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="photos per batch of the image backbone")]
-FeatureCacheOpt = Annotated[Optional[Path], typer.Option(help="feature cache (default: $TAGGER_CACHE/features or ~/.cache/tagger/features)")]
+# One meaning on every command: the cache root, features in its features/ (so train and evaluate with one --cache-dir share them).
+CacheDirOpt = Annotated[Optional[Path], typer.Option(help="cache folder: features in its features/, word vectors, checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")]
 RuntimeOpt = Annotated[Optional[Runtime], typer.Option(help="what runs the image backbone: torch, onnx (ONNX Runtime, CPU only, same tags) or onnx-int8 (default: onnx on a CPU where onnxruntime is installed, else torch)")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="tags per photo (default: the model's, 10)")]
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
@@ -199,7 +200,7 @@ def train(
     corpus: Annotated[Optional[Path], typer.Option(help="more tag lists for word2vec, of photos not in DATA (a .tsv/.csv with id and tags columns, e.g. the subset's tags_corpus.tsv)")] = None,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="cache for features, word vectors and checkpoints (default: $TAGGER_CACHE or ~/.cache/tagger)")] = None,
+    cache_dir: CacheDirOpt = None,
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -403,7 +404,7 @@ def evaluate(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
-    cache_dir: FeatureCacheOpt = None,
+    cache_dir: CacheDirOpt = None,
 ):
     """Compare tagging methods and bundles on held-out photos: P@k, R@k, F1@k, MiAP, MAP, N+, coverage, ECE.
 
@@ -429,7 +430,7 @@ def evaluate(
     start = time.perf_counter()
     ev = run_evaluation(taggers if len(taggers) > 1 else next(iter(taggers.values())), data, split.value,
                         tuple(method) if method else None,
-                        cache_dir=cache_dir or default_cache_dir() / "features", batch_size=batch_size)
+                        cache_dir=(cache_dir or default_cache_dir()) / "features", batch_size=batch_size)
     typer.echo(f"{data} [{split.value}]: {ev.photos} photos, {ev.left_out} without an in-vocabulary user tag (left out)")
     typer.echo("\nuser tags:\n" + format_table(ev, "tags"))
     if ev.labels:
@@ -458,7 +459,7 @@ def features(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
-    cache_dir: FeatureCacheOpt = None,
+    cache_dir: CacheDirOpt = None,
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -483,7 +484,7 @@ def features(
             raise
         frame = read_folder(data)  # photos without keywords have features too
     config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
-                           device=device, runtime=_value(runtime), cache_dir=cache_dir or default_cache_dir() / "features")
+                           device=device, runtime=_value(runtime), cache_dir=(cache_dir or default_cache_dir()) / "features")
     on_ray = ray_options(engine, address, workers, device, batch_size)
     if on_ray:
         from tagger.ray_engine import warm_feature_cache

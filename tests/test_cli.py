@@ -112,3 +112,6 @@ def test_features_command(tmp_path):
 
     feats = np.load(tmp_path / "f" / "features.npy")
     assert feats.shape[0] == 3 and len(pd.read_csv(tmp_path / "f" / "photos.csv")) == 3
+    # --cache-dir is the cache root on every command (train keeps features in its features/ too), so
+    # `train --cache-dir C` then `evaluate --cache-dir C` do not extract everything twice.
+    assert list((tmp_path / "cache" / "features").iterdir()) and not list((tmp_path / "cache").glob("*.npy"))
