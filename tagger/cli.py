@@ -320,6 +320,8 @@ def tag(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
+    cache_dir: CacheDirOpt = None,
+    feature_cache: Annotated[bool, typer.Option("--feature-cache/--no-feature-cache", help="keep the photos' features in the cache, so tagging them again with other options or another model on the same backbone skips the image network")] = True,
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -366,7 +368,11 @@ def tag(
                    f"{p.todo} to tag{retag}; {p.skipped} other files skipped", err=True)
         bar.reset(total=p.todo)
 
-    summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method, **opts),
+    from tagger.fit import default_cache_dir
+
+    features_dir = (cache_dir or default_cache_dir()) / "features" if feature_cache else None
+    summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method,
+                                                                      cache_dir=features_dir, **opts),
                          settings=tagger.settings(method, **opts), sidecar=side, embed=embed,
                          exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
                          retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)

@@ -10,6 +10,8 @@ loading live in `tagger.bundle`.
 """
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -23,7 +25,7 @@ from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
 from pipelines.errors import OptionError
-from pipelines.features import Batch, extract_images, iter_batches
+from pipelines.features import Batch, FeatureCache, extract_images, hash_files, iter_batches
 from pipelines.images import COLOUR_CHROMA, is_colour, load_image
 from pipelines.memory import release_free_memory
 from tagger.baselines import KNNTagger
@@ -42,6 +44,7 @@ BW_WORDS = ("blackandwhite",)
 
 
 CHUNK_BATCHES = 2  # tag_paths works in chunks of this many batches (the ray engine's units are the same chunks)
+CACHE_SHARD = 4096  # photos per feature-cache shard tag_paths writes (20 MB at 1280-d): few shards, little lost to a kill
 
 
 class Tagger:
@@ -229,29 +232,64 @@ class Tagger:
         return self.predict_features(self.features(pil), method, colour=colour, **options)
 
     def tag_paths(self, paths: Sequence[Path], batch_size: int = 64, chunk: int | None = None, num_workers: int | None = None,
-                  method: str | None = None, **options):
-        """Yield (path, tags, error) for photo files, in order, decoding in worker processes while the network runs.
+                  method: str | None = None, cache_dir: str | Path | None = None, **options):
+        """Yield (path, tags, error) for photo files, decoding in worker processes while the network runs.
 
         The photos go through one stream of batches (`pipelines.features.iter_batches`: the workers start
         once); every `chunk` photos (default 2 batches, a few seconds of work on a CPU) are tagged and
         yielded, so a caller that records each result loses at most one chunk when killed and shows
         progress every few seconds. A photo that cannot be read gets tags None and the reason.
+
+        cache_dir: a feature cache (`pipelines.features.FeatureCache`, shared with `tagger train` and
+        `tagger features`): photos whose features and colour it holds are tagged first, without decoding,
+        and the others are added to it, so tagging the same photos again with other options or another
+        bundle on the same backbone does not run the network. Without it, photos are yielded in order.
         """
         self.scorer(method)  # an unknown method fails before the first photo
         chunk = chunk or CHUNK_BATCHES * batch_size
         paths = list(paths)
+        todo = list(range(len(paths)))
+        cache = FeatureCache(cache_dir, self.backbone) if cache_dir is not None else None
+        if cache is not None:
+            hashes = hash_files(paths)
+            known = cache.lookup_rows({h for h in hashes if isinstance(h, str)})
+            # A shard written without chroma cannot say the photo's colour: such photos are decoded again.
+            hit = [i for i, h in enumerate(hashes) if isinstance(h, str) and h in known and np.isfinite(known[h][1])]
+            for start in range(0, len(hit), chunk):
+                rows = hit[start:start + chunk]
+                cached = Batch(rows, np.stack([known[hashes[i]][0] for i in rows]), [hashes[i] for i in rows],
+                               [known[hashes[i]][1] for i in rows], [])
+                yield from self._tag_batches(paths, rows, [cached], method, options)
+            taken = set(hit)
+            todo = [i for i in todo if i not in taken]
         pending: list[Batch] = []
-        done = 0  # photos yielded so far: the pending batches cover the next ones, in order
-        for batch in iter_batches(paths, self.backbone, batch_size, num_workers):
+        unsaved: list[Batch] = []
+        done = 0  # photos of todo yielded so far: the pending batches cover the next ones, in order
+        for batch in iter_batches(paths, self.backbone, batch_size, num_workers, rows=todo, hash=cache is not None):
             pending.append(batch)
             covered = sum(len(b.rows) + len(b.failed) for b in pending)
-            if covered >= chunk or done + covered == len(paths):
-                yield from self._tag_batches(paths, done, covered, pending, method, options)
+            if covered >= chunk or done + covered == len(todo):
+                yield from self._tag_batches(paths, todo[done:done + covered], pending, method, options)
+                if cache is not None:
+                    unsaved += pending
+                    if sum(len(b.rows) for b in unsaved) >= CACHE_SHARD or done + covered == len(todo):
+                        self._cache_batches(cache, unsaved)
+                        unsaved = []
                 done, pending = done + covered, []
                 release_free_memory()  # or the heap keeps every chunk's temporaries and grows with the photos
+        if cache is not None:
+            cache.trim()
 
-    def _tag_batches(self, paths: list[Path], start: int, count: int, batches: list[Batch], method: str | None, options: dict):
-        """(path, tags, error) for paths[start:start + count], the photos `batches` decoded or failed."""
+    @staticmethod
+    def _cache_batches(cache: FeatureCache, batches: list[Batch]) -> None:
+        """One shard for the photos of `batches` that decoded to finite features."""
+        rows = [(h, f, c) for b in batches for h, f, c in zip(b.hashes, b.features, b.chroma) if h and np.isfinite(f).all()]
+        if rows:
+            cache.write(f"tag-{time.time_ns():x}-{os.getpid()}", [h for h, _, _ in rows], np.stack([f for _, f, _ in rows]),
+                        [c for _, _, c in rows])
+
+    def _tag_batches(self, paths: list[Path], positions: list[int], batches: list[Batch], method: str | None, options: dict):
+        """(path, tags, error) for paths[i], i in `positions`: the photos `batches` decoded or failed."""
         rows = [r for b in batches for r in b.rows]
         failed = {r: reason for b in batches for r, reason in b.failed}
         by_row = {}
@@ -265,7 +303,7 @@ class Tagger:
             if kept:
                 tags = self.predict_features(features[finite], method, colour=chroma[finite] > COLOUR_CHROMA, **options)
                 by_row = dict(zip(kept, tags))
-        for i in range(start, start + count):
+        for i in positions:
             if i in by_row:
                 yield paths[i], by_row[i], ""
             else:

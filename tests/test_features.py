@@ -143,7 +143,7 @@ def test_interrupted_run_resumes(photos, tmp_path, monkeypatch):
     # The completed run merged its batch shards (the interrupted run's one shard stays).
     (cache_dir,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: the backbone's ONNX file
     names = sorted(p.name for p in cache_dir.iterdir())
-    assert len(names) == 6 and sum(n.endswith("-all.sum") for n in names) == 1  # two shards of 3 files
+    assert len(names) == 8 and sum(n.endswith("-all.sum") for n in names) == 1  # two shards of 4 files (with chroma)
     assert not any(n.endswith(".tmp") for n in names)
 
 
@@ -163,7 +163,7 @@ def _shard(tmp_path):
     return hashes_file, hashes_file.with_name(hashes_file.name.replace(".hashes.npy", ".features.npy"))
 
 
-@pytest.mark.parametrize("damage", ["plausible floats", "rows swapped", "random bytes", "empty"])
+@pytest.mark.parametrize("damage", ["plausible floats", "rows swapped", "random bytes", "empty", "colour edited", "colour removed"])
 def test_a_shard_that_does_not_match_its_checksum_is_reextracted(photos, tmp_path, caplog, damage):
     """Damage once gave silently wrong features (plausible floats, swapped rows), lasting failures, or `Aborted.`."""
     config = FeatureConfig(**TINY, cache_dir=tmp_path / "cache")
@@ -176,6 +176,13 @@ def test_a_shard_that_does_not_match_its_checksum_is_reextracted(photos, tmp_pat
         np.save(feats_file, feats[[1, 0, 2]])
     elif damage == "random bytes":
         feats_file.write_bytes(np.random.default_rng(0).bytes(feats_file.stat().st_size))
+    elif damage.startswith("colour"):
+        # A grey photo made colourful would lose its blackandwhite tag: the chroma is under the checksum too.
+        chroma_file = hashes_file.with_name(hashes_file.name.replace(".hashes.npy", ".chroma.npy"))
+        if damage == "colour edited":
+            np.save(chroma_file, np.load(chroma_file) + np.float32(50))
+        else:
+            chroma_file.unlink()
     else:
         feats_file.write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="pipelines.features"):

@@ -74,6 +74,46 @@ def test_tag_paths_reports_bad_files_and_tags_the_rest(tmp_path, photos):
     assert rows[3][1] is None and rows[3][2] and str(bad) not in rows[3][2]
 
 
+def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_path, photos, monkeypatch):
+    """`tagger tag` again with other options: the same tags as without a cache, and no forward pass."""
+    from pipelines.features import FeatureCache
+
+    tagger = build_tiny_tagger()
+    cache = tmp_path / "cache"
+    bad = tmp_path / "photos" / "broken.jpg"
+    bad.write_bytes(b"not a photo")
+    files = photos + [bad]
+    plain = {p: (t, e) for p, t, e in tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=3)}
+    first = {p: (t, e) for p, t, e in tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=3, cache_dir=cache)}
+    assert first == plain and plain[bad][0] is None
+    calls = []
+    forward = tagger.backbone.forward_features
+    monkeypatch.setattr(tagger.backbone, "forward_features", lambda x: calls.append(len(x)) or forward(x))
+    again = list(tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=2, cache_dir=cache))
+    # The broken file is tried again (it is not cached), nothing else reaches the network.
+    assert calls == [] and {p for p, _, _ in again} == set(files)
+    assert {p: (t, e) for p, t, e in again} == {p: (t, e) for p, t, e in tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=2)}
+    # Colour evidence comes from the cache as measured on the decoded pixels.
+    [shard] = FeatureCache(cache, tagger.backbone).shards()
+    assert (shard.parent / shard.name.replace(".hashes.npy", ".chroma.npy")).is_file()
+
+
+def test_feature_cache_is_bounded(tmp_path, photos):
+    from pipelines.features import FeatureCache
+
+    tagger = build_tiny_tagger()
+    cache = FeatureCache(tmp_path / "cache", tagger.backbone, max_bytes=0)
+    for i, p in enumerate(photos[:3]):
+        cache.write(f"s{i}", [f"{i:032x}"], np.zeros((1, tagger.feature_dim), dtype=np.float32), [1.0])
+    for i, age in enumerate((5, 9, 1)):  # s2, written last, is the oldest by its times: the times count, not the order
+        for f in cache.dir.glob(f"s{i}.*"):
+            os.utime(f, ns=(age * 10**9, age * 10**9))
+    one = sum(f.stat().st_size for f in cache.dir.glob("s0.*.npy") if "chroma" not in f.name)
+    cache.max_bytes = 2 * one
+    assert cache.trim() == ["s2"]  # the oldest goes first, until the rest fits
+    assert sorted(p.name for p in cache.shards()) == ["s0.hashes.npy", "s1.hashes.npy"]
+
+
 def test_save_over_a_bundle_is_atomic(tmp_path, monkeypatch):
     tagger = build_tiny_tagger()
     path = tagger.save(tmp_path / "m")
