@@ -368,7 +368,7 @@ def tag(
                    f"{p.todo} to tag{retag}; {p.skipped} other files skipped", err=True)
         bar.reset(total=p.todo)
 
-    from tagger.fit import default_cache_dir
+    from pipelines.cache import default_cache_dir
 
     features_dir = (cache_dir or default_cache_dir()) / "features" if feature_cache else None
     summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method,
@@ -426,7 +426,7 @@ def evaluate(
 
     from tagger.evaluate import evaluate as run_evaluation
     from tagger.evaluate import format_audit, format_table, format_versus_knn
-    from tagger.fit import default_cache_dir
+    from pipelines.cache import default_cache_dir
 
     paths = model or [None]
     names = [p.name if p is not None else "model" for p in paths]
@@ -481,7 +481,8 @@ def features(
     import numpy as np
 
     from pipelines.datasets import DatasetError, read_dataset, read_folder
-    from pipelines.features import FeatureConfig, default_cache_dir, extract_features
+    from pipelines.cache import default_cache_dir
+    from pipelines.features import FeatureConfig, extract_features
 
     try:
         frame = read_dataset(data)

@@ -23,7 +23,8 @@ from embeddings.word2vec import Word2VecConfig, WordVectors
 from pipelines.backbones import DEFAULT_BACKBONE
 from pipelines.datasets import DatasetError, check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
-from pipelines.features import FeatureConfig, default_cache_dir, extract_features
+from pipelines.cache import default_cache_dir
+from pipelines.features import FeatureConfig, extract_features
 from pipelines.images import is_colour
 from tagger.baselines import KNNTagger
 from tagger.calibration import Calibration

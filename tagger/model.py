@@ -25,7 +25,8 @@ from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
 from pipelines.errors import OptionError
-from pipelines.features import Batch, FeatureCache, extract_images, hash_files, iter_batches
+from pipelines.cache import FeatureCache
+from pipelines.features import Batch, extract_images, hash_files, iter_batches
 from pipelines.images import COLOUR_CHROMA, is_colour, load_image
 from pipelines.memory import release_free_memory
 from tagger.baselines import KNNTagger
@@ -240,7 +241,7 @@ class Tagger:
         yielded, so a caller that records each result loses at most one chunk when killed and shows
         progress every few seconds. A photo that cannot be read gets tags None and the reason.
 
-        cache_dir: a feature cache (`pipelines.features.FeatureCache`, shared with `tagger train` and
+        cache_dir: a feature cache (`pipelines.cache.FeatureCache`, shared with `tagger train` and
         `tagger features`): photos whose features and colour it holds are tagged first, without decoding,
         and the others are added to it, so tagging the same photos again with other options or another
         bundle on the same backbone does not run the network. Without it, photos are yielded in order.

@@ -559,7 +559,7 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
     (the same batches, so the same features); photos that failed are not cached, and it reports them.
     """
     from pipelines.backbones import create_backbone
-    from pipelines.features import FeatureCache
+    from pipelines.cache import FeatureCache
     from embeddings.files import content_hash
 
     if config.cache_dir is None:

@@ -11,15 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.backbones import (
-    DEFAULT_BACKBONE,
-    BackboneWeightsError,
-    create_backbone,
-    get_spec,
-    hub_cache_path,
-    imagenet_categories,
-    list_backbones,
-)
+from pipelines.backbones import DEFAULT_BACKBONE, BackboneWeightsError, create_backbone, get_spec, imagenet_categories, list_backbones
+from pipelines.backbones.torch_backbone import hub_cache_path
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968}  # espresso, cup
@@ -82,7 +75,7 @@ def test_efficientnet_lite_features_and_preprocessing(lite):
 
 def test_the_lite_weights_are_distinct_files(lite0):
     """Each variant hashes to its own cache key, and Lite0's file does not fit Lite2's network."""
-    from pipelines.efficientnet_lite import weights_path
+    from pipelines.backbones.efficientnet_lite import weights_path
 
     ids = {create_backbone(name, device="cpu").weights_id for name in LITES}
     assert len(ids) == len(LITES)
@@ -99,7 +92,7 @@ def test_missing_weights_package_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
 def test_lite_module_loads_strictly_and_matches_timm(variant):
     """Same numbers as timm's tf_efficientnet_liteN (TF SAME padding) given the same weights, any input size."""
-    from pipelines.efficientnet_lite import EfficientNetLite, EfficientNetLite0, weights_path
+    from pipelines.backbones.efficientnet_lite import EfficientNetLite, EfficientNetLite0, weights_path
 
     state = torch.load(weights_path(variant), weights_only=True)
     ours = EfficientNetLite0() if variant == "lite0" else EfficientNetLite(variant)
@@ -121,7 +114,7 @@ def test_lite_module_loads_strictly_and_matches_timm(variant):
 
 def test_lite_scaling_rules():
     """EfficientNet's rounding: channels to multiples of 8 (never 10% down), repeats up; Lite's fixed ends."""
-    from pipelines.efficientnet_lite import EfficientNetLite, round_filters, round_repeats
+    from pipelines.backbones.efficientnet_lite import EfficientNetLite, round_filters, round_repeats
 
     assert [round_filters(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
     assert [round_repeats(r, 1.2) for r in (2, 2, 3, 3, 4)] == [3, 3, 4, 4, 5]

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from pipelines.backbones import create_backbone
-from pipelines.features import FeatureCache, FeatureConfig, extract_features, extract_images
+from pipelines.cache import FeatureCache
+from pipelines.features import FeatureConfig, extract_features, extract_images
 from pipelines.images import load_image
 from pipelines.scan import list_images
 
@@ -59,7 +60,7 @@ def test_bad_photos_are_reported_and_skipped(photos, tmp_path, caplog):
     text.write_text("not a photo")
     missing = tmp_path / "gone.jpg"
     paths = [photos[0], truncated, photos[1], text, missing, photos[2]]
-    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         result = extract_features(paths, FeatureConfig(**TINY, batch_size=4), progress=False)
     assert result.ok.tolist() == [True, False, True, False, False, True]
     assert sorted(result.errors) == [1, 3, 4]
@@ -70,7 +71,7 @@ def test_bad_photos_are_reported_and_skipped(photos, tmp_path, caplog):
     assert str(truncated) in caplog.text and str(text) in caplog.text
 
     caplog.clear()  # a caller that reports the errors itself asks for no warnings; the errors are the same
-    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         quiet = extract_features(paths, FeatureConfig(**TINY, batch_size=4), progress=False, report=False)
     assert quiet.errors == result.errors and caplog.text == ""
 
@@ -152,7 +153,7 @@ def test_damaged_shard_costs_a_reextraction_not_an_error(photos, tmp_path, caplo
     first = extract_features(photos[:3], config, progress=False)
     (hashes_file,) = (tmp_path / "cache").glob("*/*.hashes.npy")
     hashes_file.write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         again = extract_features(photos[:3], config, progress=False)
     assert again.n_extracted == 3 and "ignoring shard" in caplog.text
     assert np.allclose(again.features, first.features)
@@ -185,7 +186,7 @@ def test_a_shard_that_does_not_match_its_checksum_is_reextracted(photos, tmp_pat
             chroma_file.unlink()
     else:
         feats_file.write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         again = extract_features(photos[:3], config, progress=False)
     assert again.ok.all() and again.n_extracted == 3 and "ignoring shard" in caplog.text
     assert np.allclose(again.features, first.features, atol=1e-6)
@@ -205,7 +206,7 @@ def test_temporaries_of_killed_cache_writers_are_removed(photos, tmp_path):
 def test_a_cache_that_cannot_be_written_is_a_warning(photos, tmp_path, caplog):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    with caplog.at_level(logging.WARNING, logger="pipelines.features"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         result = extract_features(photos[:2], FeatureConfig(**TINY, cache_dir=blocked / "cache"), progress=False)
     assert result.ok.all() and "cannot be used" in caplog.text
 

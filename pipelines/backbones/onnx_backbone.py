@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from embeddings.files import atomic_write
-from pipelines.backbones import Backbone, BackboneSpec, Preprocessing, make_pixels_transform, make_transform, weights_id
+from pipelines.backbones.spec import BackboneSpec, Preprocessing, make_pixels_transform, make_transform, weights_id
+from pipelines.backbones.torch_backbone import Backbone
 from pipelines.errors import TaggerError
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def load_onnx_backbone(spec: BackboneSpec, weights_path: Path | None, runtime: s
     build_torch: makes the torch backbone, only needed to export (and for `classify`).
     """
     if cache_dir is None:
-        from pipelines.features import default_cache_dir
+        from pipelines.cache import default_cache_dir
 
         cache_dir = default_cache_dir() / "features"
     wid = weights_id(weights_path)
