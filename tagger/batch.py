@@ -94,6 +94,15 @@ def output_format(out: Path) -> str:
 
 def read_results(out: Path) -> pd.DataFrame:
     """Rows of an earlier run: its output file, then its journal (later lines win)."""
+    return _latest(_read_rows(out))
+
+
+def _latest(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
+
+
+def _read_rows(out: Path) -> pd.DataFrame:
+    """Every row of the output file and then of its journal; a photo tagged again has a row in each."""
     frames = []
     if out.is_file() and out.stat().st_size > 0:
         fmt = output_format(out)
@@ -129,7 +138,7 @@ def read_results(out: Path) -> pd.DataFrame:
             rows[col] = ""
     for col in ("error", "hash", "settings"):
         rows[col] = rows[col].fillna("").astype(str)
-    return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
+    return rows
 
 
 def _as_list(value) -> list:
@@ -280,8 +289,10 @@ def tag_folder(
 
 def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
          on_plan) -> Summary:
-    previous = read_results(out)
+    every = _read_rows(out)
+    previous = _latest(every)
     found = scan(sources, exclude_dirs)
+    library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
     photos = {path_key(p): p for p in found.photos}
     summary = Summary(skipped=found.skipped, examples=found.examples, dry_run=dry_run)
     if skip_owner_tagged:
@@ -321,7 +332,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
         summary.to_tag = [path_key(p) for p in todo]
         rows = previous[previous["path"].isin(unchanged) & (previous["error"] == "")]
         if sidecar:
-            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, dry_run=True)
+            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, library, every, dry_run=True)
         if embed:
             summary.embedded = len(todo) + len(_embed_all(rows, photos, sidecar, summary, dry_run=True))
         return summary
@@ -352,15 +363,17 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
                 if progress:
                     progress(1)
             os.fsync(jf.fileno())
-    rows = read_results(out)
+    every = _read_rows(out)
     # Photos that left the folder leave the results too.
+    rows = _latest(every)
     rows = rows[rows["path"].isin(set(photos))]
+    # The journal is safe on disk: a sidecar that cannot be written costs the run nothing, and the next run retries it.
+    # Synced before the journal goes, so a run killed among them still knows every tag list it gave a .txt sidecar.
+    if sidecar:
+        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary, library, every)
     write_results(rows, out)
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
-    # After the output is safe: a sidecar that cannot be written costs the run nothing, and the next run retries it.
-    if sidecar:
-        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary)
     if embed:
         rewritten = _embed_all(rows[rows["error"] == ""], photos, sidecar, summary)
         summary.embedded = len(rewritten)
@@ -370,14 +383,23 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
     return summary
 
 
-def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, summary: Summary, dry_run: bool = False) -> int:
-    """Make every tagged photo's sidecar match its row; the number written (or that would be)."""
+def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, summary: Summary, library: list[Path],
+                   every: pd.DataFrame, dry_run: bool = False) -> int:
+    """Make every tagged photo's sidecar match its row; the number written (or that would be).
+
+    every: all rows the output and journal hold, several for a photo tagged again: the tag lists a
+    .txt sidecar tagger wrote may hold (it has no room to say it is tagger's, as an XMP one does).
+    """
+    earlier = {}
+    if config.kind == "txt":
+        for key, tags in zip(every["path"], every["tags"]):
+            earlier.setdefault(key, []).append(list(tags))
     written = 0
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            written += sync(photos[key], list(tags), config, dry_run=dry_run)
+            written += sync(photos[key], list(tags), config, dry_run=dry_run, library=library, earlier=earlier.get(key, ()))
         except SidecarError as e:
-            summary.sidecar_errors.append(str(e))
+            summary.sidecar_errors.append(path_key(str(e)))  # names the sidecar as results name its photo
     return written
 
 
@@ -390,7 +412,7 @@ def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfi
             if embed(photos[key], list(tags), config.root if config else DEFAULT_ROOT, dry_run=dry_run):
                 rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
-            summary.sidecar_errors.append(str(e))
+            summary.sidecar_errors.append(path_key(str(e)))
     return rewritten
 
 

@@ -51,6 +51,70 @@ def tagger_of(tags=("beach", "sea"), calls=None):
 # -- 1. a sidecar link out of the library; keywords with control characters ------------------------
 
 
+def test_a_dangling_sidecar_link_out_of_the_library_is_refused(tmp_path):
+    lib = tmp_path / "lib"
+    beach = photo(lib / "beach.jpg", xmp=packet("holiday&#10;import os; os.system('touch pwned')").encode())
+    photo(lib / "dune.jpg", seed=1)
+    site = tmp_path / "home" / ".local" / "lib" / "python3.11" / "site-packages"
+    (lib / "beach.jpg.xmp").symlink_to(site / "zz.pth")  # dangling: the folders do not exist either
+    summary = tag_folder(lib, tmp_path / "o.csv", tagger_of(), sidecar=XMP)
+    assert not (tmp_path / "home").exists()  # nothing written, no folder made
+    assert (lib / "beach.jpg.xmp").is_symlink()  # the link is left as it was, too
+    assert summary.sidecars_written == 1 and len(summary.sidecar_errors) == 1 and not summary.ok
+    assert "beach.jpg.xmp" in summary.sidecar_errors[0] and "symlink" in summary.sidecar_errors[0]
+    assert read_sidecar(lib / "dune.jpg.xmp").subject == ["beach", "sea"]
+    assert embedded_keywords(beach).subject == ["holiday import os; os.system('touch pwned')"]
+
+
+def test_a_sidecar_link_is_followed_only_to_a_regular_file_inside_the_library(tmp_path):
+    lib = tmp_path / "lib"
+    inside, outside = photo(lib / "a" / "in.jpg"), photo(lib / "a" / "out.jpg", seed=1)
+    kept = lib / "b" / "in.xmp"
+    kept.parent.mkdir()
+    kept.write_text(packet("Anna"))
+    (lib / "a" / "in.jpg.xmp").symlink_to(kept)
+    stranger = tmp_path / "elsewhere.xmp"  # a valid XMP file, but not the library's
+    stranger.write_text(packet("secret"))
+    (lib / "a" / "out.jpg.xmp").symlink_to(stranger)
+    (lib / "a" / "dir.jpg.xmp").mkdir()
+    photo(lib / "a" / "dir.jpg", seed=2)
+    summary = tag_folder(lib, tmp_path / "o.csv", tagger_of(), sidecar=XMP)
+    assert read_sidecar(kept).subject == ["Anna", "beach", "sea"] and (lib / "a" / "in.jpg.xmp").is_symlink()
+    assert stranger.read_text() == packet("secret")
+    assert summary.sidecars_written == 1 and len(summary.sidecar_errors) == 2
+    errors = " ".join(summary.sidecar_errors)
+    assert "out.jpg.xmp" in errors and "outside the library" in errors and "dir.jpg.xmp" in errors
+    # A direct call knows no library: the photo's own folder is it.
+    with pytest.raises(SidecarError, match="outside the library"):
+        sync(outside, ["beach"], XMP)
+    assert sync(inside, ["cat"], XMP, library=[lib]) and read_sidecar(kept).subject == ["Anna", "cat"]
+
+
+def test_keywords_are_read_and_written_without_control_characters(tmp_path):
+    p = photo(tmp_path / "p.jpg", xmp=packet("New&#10;York", "a&#9;b&#13;&#10;import os", "\u2028x").encode())
+    assert embedded_keywords(p).subject == ["New York", "a b import os", "x"]
+    side = tmp_path / "q.jpg.xmp"
+    side.write_text(packet("one&#10;two"))
+    assert read_sidecar(side).subject == ["one two"]
+    q = photo(tmp_path / "q.jpg")
+    sync(q, ["sea\nimport os", "\x00tab\tbed", "\x07"], XMP)
+    text = side.read_text()
+    assert not any(line.lstrip().startswith("import") for line in text.splitlines()), text
+    assert not any(c in text for c in "\x00\t\x07")
+    kw = read_sidecar(side)
+    assert kw.subject == ["one two", "sea import os", "tab bed"] and kw.machine == ["sea import os", "tab bed"]
+    assert not sync(q, ["sea\nimport os", "\x00tab\tbed"], XMP)  # in step: what was written is what is asked
+    sync(q, ["a\nb"], TXT)
+    assert (tmp_path / "q.jpg.txt").read_text() == "a b\n"
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_iptc_keywords_are_cleaned_too(tmp_path):
+    p = photo(tmp_path / "p.jpg")
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-IPTC:Keywords=line\nimport os", "-IPTC:Keywords=nul\x01x", str(p)], check=True)
+    assert embedded_keywords(p).subject == ["line import os", "nul x"]
+
+
 def test_the_atomic_writer_makes_folders_only_when_asked(tmp_path):
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "a" / "b" / "f.txt", b"x", parents=False)
@@ -62,10 +126,79 @@ def test_the_atomic_writer_makes_folders_only_when_asked(tmp_path):
 # -- 2. --sidecar txt never replaces a file tagger did not write ------------------------------------
 
 
+def test_txt_sidecars_leave_the_owners_files_alone(tmp_path):
+    lib = tmp_path / "lib"
+    for name in ("notes.jpg", "linked.jpg", "fresh.jpg"):
+        photo(lib / name, seed=len(name))
+    (lib / "notes.jpg.txt").write_text("our trip to the sea, with Anna\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not touch\n")
+    (lib / "linked.jpg.txt").symlink_to(secret)
+    out = tmp_path / "o.csv"
+    summary = tag_folder(lib, out, tagger_of(), sidecar=TXT)
+    assert (lib / "notes.jpg.txt").read_text() == "our trip to the sea, with Anna\n"
+    assert secret.read_text() == "do not touch\n" and (lib / "linked.jpg.txt").is_symlink()
+    assert (lib / "fresh.jpg.txt").read_text() == "beach\nsea\n"
+    assert summary.sidecars_written == 1 and not summary.ok
+    errors = sorted(summary.sidecar_errors)
+    assert len(errors) == 2 and "linked.jpg.txt" in errors[0] and "notes.jpg.txt" in errors[1]
+    assert "not written by tagger" in errors[1]
+    # Other options: the .txt tagger wrote is updated; the owner's stays theirs.
+    summary = tag_folder(lib, out, tagger_of(("dog",)), sidecar=TXT, settings="other")
+    assert (lib / "fresh.jpg.txt").read_text() == "dog\n" and summary.sidecars_written == 1
+    assert (lib / "notes.jpg.txt").read_text() == "our trip to the sea, with Anna\n" and len(summary.sidecar_errors) == 2
+
+
+def test_txt_sidecars_of_a_run_killed_while_syncing_are_still_ours(tmp_path, monkeypatch):
+    import tagger.batch as batch
+
+    lib = tmp_path / "lib"
+    for i in range(4):
+        photo(lib / f"p{i}.jpg", seed=i)
+    out = tmp_path / "o.jsonl"
+    tag_folder(lib, out, tagger_of(("beach",)), sidecar=TXT, settings="one")
+    real, done = batch.sync, []
+
+    def killed_after_two(*args, **kw):
+        if len(done) == 2:
+            raise KeyboardInterrupt  # stands in for a kill in the middle of the sidecars
+        done.append(real(*args, **kw))
+        return done[-1]
+
+    monkeypatch.setattr(batch, "sync", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        tag_folder(lib, out, tagger_of(("dog",)), sidecar=TXT, settings="two")
+    monkeypatch.setattr(batch, "sync", real)
+    assert sorted(p.read_text() for p in lib.glob("*.txt")) == ["beach\n", "beach\n", "dog\n", "dog\n"]
+    summary = tag_folder(lib, out, tagger_of(("cat",)), sidecar=TXT, settings="three")
+    assert summary.sidecar_errors == [] and summary.sidecars_written == 4
+    assert [p.read_text() for p in lib.glob("*.txt")] == ["cat\n"] * 4
+
+
 # -- 3. journal, lock, failures and output are never written through a link ------------------------
 
 
 # -- 9. file names: too long for a sidecar; two names that once printed the same ------------------
+
+
+def test_a_sidecar_name_too_long_is_one_failed_sidecar(tmp_path):
+    lib = tmp_path / "lib"
+    for i in range(4):
+        photo(lib / f"p{i}.jpg", seed=i)
+    try:
+        photo(lib / ("x" * 251 + ".jpg"))  # 255 bytes: the longest name; its sidecar's would be 259
+        photo(lib / ("y" * 245 + ".jpg"))  # its sidecar's name fits (253), if its temporary file's name is kept short
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            pytest.skip("this filesystem's names are shorter")
+        raise
+    out = tmp_path / "o.csv"
+    for _ in range(2):
+        summary = tag_folder(lib, out, tagger_of(), sidecar=XMP)
+        assert len(summary.sidecar_errors) == 1 and "File name too long" in summary.sidecar_errors[0], summary.sidecar_errors
+        assert "journal" not in summary.sidecar_errors[0]
+    assert len(list(lib.glob("*.xmp"))) == 5 and (lib / ("y" * 245 + ".jpg.xmp")).is_file()
+    assert not list(lib.glob(".*.tmp"))
 
 
 # -- 10. CSV: words with ';' and newlines; formulas ----------------------------------------------------
