@@ -36,6 +36,7 @@ from tagger.sidecar import SidecarConfig, SidecarError, embed, sync
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
 OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is a formula to a spreadsheet (OWASP, CSV injection)
 
 
 class BatchError(TaggerError):
@@ -108,7 +109,7 @@ def _read_rows(out: Path) -> pd.DataFrame:
         fmt = output_format(out)
         try:
             if fmt == "csv":
-                prev = pd.read_csv(out, dtype=str, keep_default_na=False)
+                prev = pd.read_csv(out, dtype=str, keep_default_na=False).map(_from_cell)
             elif fmt == "jsonl":
                 prev = pd.DataFrame(_read_jsonl(out))
             else:
@@ -142,10 +143,32 @@ def _read_rows(out: Path) -> pd.DataFrame:
 
 
 def _as_list(value) -> list:
-    """A tags or scores cell as a list: CSV joins with ';', JSONL and Parquet keep lists."""
+    """A tags or scores cell as a list: CSV holds a JSON array (outputs from before: joined with ';'), JSONL and Parquet lists."""
     if isinstance(value, str):
+        if value.startswith("["):
+            try:
+                items = json.loads(value)
+            except ValueError:
+                items = None
+            if isinstance(items, list):
+                return items
         return value.split(";") if value else []
     return list(value)
+
+
+def _to_cell(value):
+    """A CSV cell as a spreadsheet shows it, text and never a formula: a leading ' before one that could start one."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA + ("'",)) else value
+
+
+def _from_cell(value: str) -> str:
+    """The cell's text as written: the ' that `_to_cell` added taken off (a cell of an older output never had one)."""
+    return value[1:] if value[:1] == "'" and value[1:2] and value[1:2] in FORMULA + ("'",) else value
+
+
+def _text(message: str) -> str:
+    """An error message that prints and saves (a lone surrogate escaped)."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def journal_path(out: Path) -> Path:
@@ -156,18 +179,27 @@ def failures_path(out: Path) -> Path:
     return out.with_name(out.name + ".failed.tsv")
 
 
-def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
-    """`OUT.failed.tsv` (path, error; tab-separated, with a header) for the rows with an error; removed when none."""
-    target = failures_path(out)
+def lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def failures_tsv(rows: pd.DataFrame) -> bytes:
+    """`OUT.failed.tsv`'s bytes: path and error of the rows with an error (tab-separated, a header, cells as in a CSV output)."""
     failed = rows[rows["error"] != ""].sort_values("path")
-    if failed.empty:
-        target.unlink(missing_ok=True)
-        return None
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["path", "error"])
-    writer.writerows(zip(failed["path"], failed["error"]))
-    atomic_write(target, buf.getvalue().encode("utf-8"))
+    writer.writerows((_to_cell(p), _to_cell(e)) for p, e in zip(failed["path"], failed["error"]))
+    return buf.getvalue().encode("utf-8")
+
+
+def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
+    """`OUT.failed.tsv` for the rows with an error; removed when none."""
+    target = failures_path(out)
+    if (rows["error"] == "").all():
+        target.unlink(missing_ok=True)
+        return None
+    atomic_write(target, failures_tsv(rows))
     return target
 
 
@@ -176,10 +208,9 @@ def write_results(rows: pd.DataFrame, out: Path) -> None:
     fmt = output_format(out)
     rows = rows[COLUMNS].sort_values("path").reset_index(drop=True)
     if fmt == "csv":
-        flat = rows.copy()
-        flat["tags"] = flat["tags"].map(";".join)
-        flat["scores"] = flat["scores"].map(lambda s: ";".join(f"{x:.4f}" for x in s))
-        atomic_write(out, flat.to_csv(index=False).encode("utf-8"))
+        flat = rows.assign(tags=rows["tags"].map(lambda t: json.dumps(list(t), ensure_ascii=False)),
+                           scores=rows["scores"].map(lambda s: json.dumps([round(float(x), 4) for x in s])))
+        atomic_write(out, flat.map(_to_cell).to_csv(index=False).encode("utf-8"))
     elif fmt == "jsonl":
         atomic_write(out, "".join(json.dumps(_plain(rec), ensure_ascii=False) + "\n" for rec in rows.to_dict("records")).encode("utf-8"))
     else:

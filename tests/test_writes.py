@@ -204,3 +204,74 @@ def test_a_sidecar_name_too_long_is_one_failed_sidecar(tmp_path):
 # -- 10. CSV: words with ';' and newlines; formulas ----------------------------------------------------
 
 
+def test_csv_tags_read_back_as_written(tmp_path):
+    lib = tmp_path / "lib"
+    photo(lib / "a.jpg")
+    tags = ["rock;roll", "new\nline", "plain", "a,b", 'say "hi"', "[not json", "semi;;colon", "x", "y", "z"]
+    out = tmp_path / "o.csv"
+    tag_folder(lib, out, tagger_of(tags), sidecar=TXT)
+    rows = read_results(out)
+    assert list(rows["tags"][0]) == tags and len(rows["scores"][0]) == 10
+    calls = []
+    summary = tag_folder(lib, out, tagger_of(tags, calls), sidecar=TXT)
+    assert calls == [] and summary.kept == 1 and summary.sidecars_written == 0 and not summary.sidecar_errors
+
+
+def test_csv_cells_are_never_formulas_and_paths_still_match(tmp_path, monkeypatch):
+    lib = tmp_path / "lib"
+    names = ["=1+2.jpg", "+cmd.jpg", "-x.jpg", "@SUM(A1).jpg", "'quoted.jpg", "''=twice.jpg", "\tt.jpg", "plain.jpg"]
+    for i, name in enumerate(names):
+        photo(lib / name, seed=i)
+    monkeypatch.chdir(lib)  # relative paths: the path cells start with the names
+    tags = ['=HYPERLINK("http://example.org","x")', "+1", "-1", "@a", "ok"]
+    out = tmp_path / "o.csv"
+    tag_folder(".", out, tagger_of(tags))
+    with open(out, newline="", encoding="utf-8") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
+    assert "'=1+2.jpg" in cells and "'''=twice.jpg" in cells and "''quoted.jpg" in cells
+    rows = read_results(out)
+    assert sorted(rows["path"]) == sorted(names) and all(list(t) == tags for t in rows["tags"])
+    calls = []
+    summary = tag_folder(".", out, tagger_of(tags, calls))
+    assert calls == [] and summary.kept == len(names)
+
+
+def test_failures_file_cells_are_never_formulas(tmp_path, monkeypatch):
+    lib = tmp_path / "lib"
+    photo(lib / "bad=1.jpg")
+    (lib / "=bad.jpg").write_text("no")
+    monkeypatch.chdir(lib)
+    error = "=cmd|' /C calc'!A0"
+
+    def fails(paths):
+        for p in paths:
+            yield p, None, error
+
+    out = tmp_path / "o.csv"
+    tag_folder(".", out, fails)
+    with open(failures_path(out), newline="", encoding="utf-8") as f:
+        cells = [c for row in csv.reader(f, delimiter="\t") for c in row]
+    assert cells == ["path", "error", "'=bad.jpg", "'" + error, "bad=1.jpg", "'" + error]
+    rows = read_results(out)
+    assert sorted(rows["path"]) == ["=bad.jpg", "bad=1.jpg"] and (rows["error"] == error).all()
+
+
+def test_an_old_csv_with_semicolons_still_reads_back(tmp_path, monkeypatch):
+    from embeddings.files import content_hash
+
+    lib = tmp_path / "lib"
+    a, b = photo(lib / "a.jpg"), photo(lib / "'b.jpg", seed=1)
+    monkeypatch.chdir(lib)
+    out = tmp_path / "o.csv"
+    # As tagger wrote it before: ';' joined, and cells as they were (a path starting with ' too).
+    pd.DataFrame({"path": ["a.jpg", "'b.jpg"], "tags": ["beach;sea", ""], "scores": ["0.9000;0.8500", ""], "error": ["", ""],
+                  "hash": [content_hash(a), content_hash(b)], "settings": ["s", "s"]}).to_csv(out, index=False)
+    rows = read_results(out)
+    assert list(rows["path"]) == ["a.jpg", "'b.jpg"]
+    assert list(rows["tags"][0]) == ["beach", "sea"] and list(rows["scores"][0]) == [0.9, 0.85] and list(rows["tags"][1]) == []
+    calls = []
+    summary = tag_folder(".", out, tagger_of(calls=calls), settings="s")
+    assert calls == [] and summary.kept == 2
+    rows = read_results(out)
+    assert list(rows["path"]) == ["'b.jpg", "a.jpg"] and list(rows["tags"][1]) == ["beach", "sea"]
