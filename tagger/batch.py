@@ -8,17 +8,26 @@ interruption, or on a folder that gained or changed photos, reads both back and 
 whose content hash is new, or whose row was made with another model or other options (the
 `settings` column), so nothing is lost and nothing is tagged twice. A lock file keeps two runs off
 the same output: the second is refused at once. Photos that could not be tagged are listed, with
-the reason, in `OUT.failed.tsv` (as well as in the output's `error` column).
+the reason, in `OUT.failed.tsv` (as well as in the output's `error` column). The output, journal,
+lock and failures file are never written through a symlink: a run with one of them a link is refused.
+
+In CSV the tags and scores cells are JSON arrays (a word may hold `;` or `,`; outputs from before,
+joined with `;`, still read), and a cell that a spreadsheet would take for a formula (`=`, `+`,
+`-`, `@`, tab, CR) starts with `'`, as does one that starts with `'` itself; reading takes it off.
 
 Sidecars are state of their own, reconciled on every run (`tagger.sidecar.sync`): a missing,
-stale or earlier-failed sidecar is written whether or not its photo needed tagging.
+stale or earlier-failed sidecar is written whether or not its photo needed tagging. They are
+synced before the output is committed, while the journal still holds every tag list this run and
+the run before gave a photo, so a .txt sidecar tagger wrote is known for its own even after a kill.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -228,14 +237,14 @@ class Lock:
     """
 
     def __init__(self, out: Path):
-        self.path = out.with_name(out.name + ".lock")
+        self.path = lock_path(out)
         self.fd = None
 
     def __enter__(self):
         import fcntl
 
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_own(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -256,11 +265,33 @@ class Lock:
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _refuse_links(out: Path) -> None:
+    """A run whose output, journal, failures file or lock is a symlink is refused: tagger writes those itself, never through a link."""
+    for path in (out, journal_path(out), failures_path(out), lock_path(out)):
+        if path.is_symlink():
+            raise BatchError(f"{path}: is a symlink (to {path_key(os.readlink(path))}); tagger writes this file itself and never through a link: "
+                             "remove the link, or give --out a path that is not one")
+
+
+def _open_own(path: Path, flags: int) -> int:
+    """os.open of a file tagger keeps beside the output: never through a symlink (one made since the check too), a regular file only."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BatchError(f"{path}: is a symlink; tagger writes this file itself and never through a link: remove the link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BatchError(f"{path}: is not a regular file; remove it, or choose another --out")
+    return fd
 
 
 def tag_folder(
@@ -301,6 +332,7 @@ def tag_folder(
                 raise BatchError(f"{source}: cannot read folder ({e.strerror or e})") from None
     if out.is_dir():
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
+    _refuse_links(out)
     if dry_run:
         return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, True, progress, on_plan)
     try:
@@ -369,7 +401,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
         return summary
     journal = journal_path(out)
     if todo:
-        with open(journal, "a+", encoding="utf-8") as jf:
+        with os.fdopen(_open_own(journal, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+", encoding="utf-8") as jf:
             if jf.tell() > 0:
                 jf.seek(jf.tell() - 1)
                 if jf.read(1) != "\n":

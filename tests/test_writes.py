@@ -178,6 +178,44 @@ def test_txt_sidecars_of_a_run_killed_while_syncing_are_still_ours(tmp_path, mon
 # -- 3. journal, lock, failures and output are never written through a link ------------------------
 
 
+@pytest.mark.parametrize("which", ["journal", "out", "lock", "failed"])
+def test_a_symlinked_journal_lock_or_output_is_refused(tmp_path, which):
+    lib = tmp_path / "lib"
+    photo(lib / "a.jpg")
+    photo(lib / "bad.jpg")
+    out = tmp_path / "o.csv"
+    link = {"journal": journal_path(out), "out": out, "lock": out.with_name("o.csv.lock"), "failed": failures_path(out)}[which]
+    other = tmp_path / "other.txt"
+    other.write_text("keep me\n")
+    link.symlink_to(other)
+    with pytest.raises(BatchError, match=f"{link.name}: is a symlink"):
+        tag_folder(lib, out, tagger_of())
+    assert other.read_text() == "keep me\n" and link.is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p not in (lib, other, link)]
+
+
+def test_the_journal_is_opened_without_following_a_link(tmp_path, monkeypatch):
+    """Checked again as it is opened: a link made after the check is not followed either."""
+    import tagger.batch as batch
+
+    lib = tmp_path / "lib"
+    photo(lib / "a.jpg")
+    out = tmp_path / "o.csv"
+    other = tmp_path / "other.txt"
+    other.write_text("keep me\n")
+    real = batch.scan
+
+    def then_link(*args):
+        found = real(*args)
+        journal_path(out).symlink_to(other)
+        return found
+
+    monkeypatch.setattr(batch, "scan", then_link)
+    with pytest.raises(BatchError, match="o.csv.journal.jsonl"):
+        tag_folder(lib, out, tagger_of())
+    assert other.read_text() == "keep me\n"
+
+
 # -- 9. file names: too long for a sidecar; two names that once printed the same ------------------
 
 
