@@ -407,11 +407,12 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
                 if jf.read(1) != "\n":
                     jf.write("\n")  # end a line torn by a kill, or our first row would join it
             for path, tags, error in tag_batch(todo):
+                error = _text(error or "")
                 rec = {
                     "path": path_key(path),
                     "tags": [t for t, _ in tags or []],
                     "scores": [round(float(s), 4) for _, s in tags or []],
-                    "error": error or "",
+                    "error": error,
                     "hash": hashes.get(path_key(path), ""),
                     "settings": settings,
                 }

@@ -239,6 +239,39 @@ def test_a_sidecar_name_too_long_is_one_failed_sidecar(tmp_path):
     assert not list(lib.glob(".*.tmp"))
 
 
+def test_printable_path_tells_every_name_apart():
+    names = [os.fsdecode(b"bad\xff.jpg"), "bad\\xff.jpg", "bad\\\\xff.jpg", os.fsdecode(b"bad\\\xff.jpg"), "bad.jpg", "caf\u00e9.jpg"]
+    shown = [printable_path(n) for n in names]
+    assert len(set(shown)) == len(names), shown
+    assert shown[0] == "bad\\xff.jpg" and shown[4:] == ["bad.jpg", "caf\u00e9.jpg"]
+    assert all(s.encode("utf-8") for s in shown)  # printable and storable: no lone surrogates
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_names_that_printed_the_same_are_six_photos(tmp_path, ext):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    try:
+        for i, name in enumerate([b"bad\xff.jpg", b"bad\\xff.jpg", b"p\xe9.jpg", b"p\\xe9.jpg", b"a.jpg", b"b.jpg"]):
+            with open(os.path.join(os.fsencode(lib), name), "wb") as f:
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(f, "JPEG")
+    except OSError:
+        pytest.skip("filesystem refuses non-UTF-8 names")
+    out = tmp_path / f"o{ext}"
+    dry = tag_folder(lib, out, tagger_of(), dry_run=True)
+    assert len(dry.to_tag) == len(set(dry.to_tag)) == 6
+    summary = tag_folder(lib, out, tagger_of(), sidecar=XMP)
+    assert (summary.tagged, summary.failed) == (4, 2) and summary.sidecars_written == 4 and not summary.sidecar_errors
+    rows = read_results(out)
+    assert len(rows) == 6 and rows["path"].is_unique
+    failed = pd.read_csv(failures_path(out), sep="\t", keep_default_na=False)
+    assert sorted(failed["path"]) == sorted([str(lib / "bad\\xff.jpg"), str(lib / "bad\\\\xff.jpg")])
+    assert len({line.split(": ")[0] for line in summary.failures}) == 2
+    calls = []
+    summary = tag_folder(lib, out, tagger_of(calls=calls), sidecar=XMP, retry_failed=False)
+    assert calls == [] and (summary.kept, summary.failed, summary.sidecars_written) == (4, 2, 0)
+
+
 # -- 10. CSV: words with ';' and newlines; formulas ----------------------------------------------------
 
 
@@ -313,3 +346,25 @@ def test_an_old_csv_with_semicolons_still_reads_back(tmp_path, monkeypatch):
     assert calls == [] and summary.kept == 2
     rows = read_results(out)
     assert list(rows["path"]) == ["'b.jpg", "a.jpg"] and list(rows["tags"][1]) == ["beach", "sea"]
+
+
+@pytest.mark.slow
+def test_the_cli_names_a_photo_as_the_results_do(tmp_path, tiny_bundle):
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "bad\\x.jpg").write_text("no")  # a name with a backslash: printed with it doubled, as stored
+    photo(lib / "ok\\y.jpg")
+    (lib / "ok\\y.jpg.xmp").symlink_to(tmp_path / "gone.xmp")
+    out = tmp_path / "o.csv"
+    r = CliRunner().invoke(app, ["tag", str(lib), "--out", str(out), "--model", str(tiny_bundle), "--sidecar", "xmp"])
+    assert r.exit_code == 1, r.output
+    key = printable_path(lib / "bad\\x.jpg")
+    assert pd.read_csv(failures_path(out), sep="\t")["path"].tolist() == [key]
+    assert [line for line in r.stderr.splitlines() if line.startswith("tagger: failed:")] == [f"tagger: failed: {key}: not an image (unknown format)"]
+    side = [line for line in r.stderr.splitlines() if line.startswith("tagger: sidecar failed:")]
+    link = printable_path(lib / "ok\\y.jpg.xmp")
+    assert len(side) == 1 and side[0].startswith(f"tagger: sidecar failed: {link}: a symlink"), side
