@@ -32,16 +32,19 @@ def content_hash(source: bytes | str | Path, digest_size: int = 16) -> str:
         return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=digest_size)).hexdigest()
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None] | bytes) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None] | bytes, parents: bool = True) -> None:
     """Write a file through a temporary file in the same folder, then rename it over `path`.
 
     The temporary file is `.NAME.PID.XXXXXXXX.tmp`; `stale_pattern(NAME)` finds those of killed writers.
+    The rename replaces a symlink at `path` rather than writing through it. parents: make the missing
+    folders above `path` (False: a missing folder is a FileNotFoundError, and nothing is made).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_temp_stem(path.name)}.{os.getpid()}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, bytes):
                 f.write(write)
@@ -70,7 +73,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     remove_stale(path.parent, stale_pattern(path.name))
     if path.exists():
         remove_stale(path.parent, stale_pattern(path.name, "old"))
-    prefix = f".{path.name}.{os.getpid()}."
+    prefix = f".{_temp_stem(path.name)}.{os.getpid()}."
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
@@ -90,7 +93,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def stale_pattern(name: str, suffix: str = "tmp") -> str:
     """The `remove_stale` pattern of the temporary names atomic_write and atomic_dir give for `name`."""
-    return re.escape(f".{name}.") + r"(?P<pid>\d+)\.\w+\." + suffix
+    return re.escape(f".{_temp_stem(name)}.") + r"(?P<pid>\d+)\.\w+\." + suffix
+
+
+def _temp_stem(name: str, limit: int = 200) -> str:
+    """`name`, cut to `limit` bytes: with the pid and random part a temporary name stays within a file system's 255."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= limit else os.fsdecode(raw[:limit])
 
 
 def pid_running(pid: int) -> bool:

@@ -278,11 +278,13 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def printable_path(path: str | Path) -> str:
-    """A path as text that prints and saves: the bytes of a non-UTF-8 file name as \\xNN escapes.
+    """A path as text that prints and saves: the bytes of a non-UTF-8 file name as \\xNN escapes, a backslash doubled.
 
     Such a name decodes to lone surrogates, which no UTF-8 output (nor pandas' Arrow strings) can hold.
+    Doubling the backslash keeps two paths two strings (results and sidecars are keyed by this text):
+    `bad\\xff.jpg`, the byte 0xFF, is not `bad\\\\xff.jpg`, a name that holds a backslash.
     """
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return str(path).replace("\\", "\\\\").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # Mean chroma (max minus min of R, G, B on 0..255) above which a photo counts as colour. Black-and-white

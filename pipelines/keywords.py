@@ -14,6 +14,7 @@ from and what re-tagging never removes.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ NS = {
 }
 DEFAULT_ROOT = "tagger"  # machine keywords sit under this root of the keyword tree: tagger|beach
 SIDECAR_NAMINGS = ("auto", "full", "stem")  # auto: stem where the library already uses it; full: IMG_1.jpg.xmp; stem: IMG_1.xmp
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # Unicode's Cc, and the line and paragraph separators
 
 
 class KeywordError(TaggerError, ValueError):
@@ -147,14 +149,19 @@ def _bag(root, prefix: str, name: str) -> list[str]:
     rdf = "{%s}" % NS["rdf"]
     out = []
     for el in root.iter(tag):
-        items = [li.text.strip() for li in el.iter(rdf + "li") if li.text and li.text.strip()]
-        if not items and el.text and el.text.strip():
-            items = [el.text.strip()]
+        items = [clean_keyword(li.text) for li in el.iter(rdf + "li") if li.text]
+        if not any(items) and el.text:
+            items = [clean_keyword(el.text)]
         out += items
     for desc in root.iter(rdf + "Description"):
-        if tag in desc.attrib and desc.attrib[tag].strip():
-            out.append(desc.attrib[tag].strip())
+        if tag in desc.attrib:
+            out.append(clean_keyword(desc.attrib[tag]))
     return _unique(out)
+
+
+def clean_keyword(text: str) -> str:
+    """A keyword as one line: each run of control characters (newline, tab, NUL, ...) becomes a space; ends stripped."""
+    return CONTROL.sub(" ", text).strip()
 
 
 def under_root(keyword: str, root: str, sep: str = "|") -> bool:
@@ -164,9 +171,9 @@ def under_root(keyword: str, root: str, sep: str = "|") -> bool:
 
 def _iptc_text(value: bytes) -> str:
     try:
-        return value.decode("utf-8").strip()
+        return clean_keyword(value.decode("utf-8"))
     except UnicodeDecodeError:
-        return value.decode("latin-1").strip()  # IPTC without a declared character set is usually Latin-1
+        return clean_keyword(value.decode("latin-1"))  # IPTC without a declared character set is usually Latin-1
 
 
 def _unique(items) -> list[str]:

@@ -8,17 +8,26 @@ interruption, or on a folder that gained or changed photos, reads both back and 
 whose content hash is new, or whose row was made with another model or other options (the
 `settings` column), so nothing is lost and nothing is tagged twice. A lock file keeps two runs off
 the same output: the second is refused at once. Photos that could not be tagged are listed, with
-the reason, in `OUT.failed.tsv` (as well as in the output's `error` column).
+the reason, in `OUT.failed.tsv` (as well as in the output's `error` column). The output, journal,
+lock and failures file are never written through a symlink: a run with one of them a link is refused.
+
+In CSV the tags and scores cells are JSON arrays (a word may hold `;` or `,`; outputs from before,
+joined with `;`, still read), and a cell that a spreadsheet would take for a formula (`=`, `+`,
+`-`, `@`, tab, CR) starts with `'`, as does one that starts with `'` itself; reading takes it off.
 
 Sidecars are state of their own, reconciled on every run (`tagger.sidecar.sync`): a missing,
-stale or earlier-failed sidecar is written whether or not its photo needed tagging.
+stale or earlier-failed sidecar is written whether or not its photo needed tagging. They are
+synced before the output is committed, while the journal still holds every tag list this run and
+the run before gave a photo, so a .txt sidecar tagger wrote is known for its own even after a kill.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +45,7 @@ from tagger.sidecar import SidecarConfig, SidecarError, embed, sync
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
 OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is a formula to a spreadsheet (OWASP, CSV injection)
 
 
 class BatchError(TaggerError):
@@ -94,12 +104,21 @@ def output_format(out: Path) -> str:
 
 def read_results(out: Path) -> pd.DataFrame:
     """Rows of an earlier run: its output file, then its journal (later lines win)."""
+    return _latest(_read_rows(out))
+
+
+def _latest(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
+
+
+def _read_rows(out: Path) -> pd.DataFrame:
+    """Every row of the output file and then of its journal; a photo tagged again has a row in each."""
     frames = []
     if out.is_file() and out.stat().st_size > 0:
         fmt = output_format(out)
         try:
             if fmt == "csv":
-                prev = pd.read_csv(out, dtype=str, keep_default_na=False)
+                prev = pd.read_csv(out, dtype=str, keep_default_na=False).map(_from_cell)
             elif fmt == "jsonl":
                 prev = pd.DataFrame(_read_jsonl(out))
             else:
@@ -129,14 +148,36 @@ def read_results(out: Path) -> pd.DataFrame:
             rows[col] = ""
     for col in ("error", "hash", "settings"):
         rows[col] = rows[col].fillna("").astype(str)
-    return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
+    return rows
 
 
 def _as_list(value) -> list:
-    """A tags or scores cell as a list: CSV joins with ';', JSONL and Parquet keep lists."""
+    """A tags or scores cell as a list: CSV holds a JSON array (outputs from before: joined with ';'), JSONL and Parquet lists."""
     if isinstance(value, str):
+        if value.startswith("["):
+            try:
+                items = json.loads(value)
+            except ValueError:
+                items = None
+            if isinstance(items, list):
+                return items
         return value.split(";") if value else []
     return list(value)
+
+
+def _to_cell(value):
+    """A CSV cell as a spreadsheet shows it, text and never a formula: a leading ' before one that could start one."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA + ("'",)) else value
+
+
+def _from_cell(value: str) -> str:
+    """The cell's text as written: the ' that `_to_cell` added taken off (a cell of an older output never had one)."""
+    return value[1:] if value[:1] == "'" and value[1:2] and value[1:2] in FORMULA + ("'",) else value
+
+
+def _text(message: str) -> str:
+    """An error message that prints and saves (a lone surrogate escaped)."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def journal_path(out: Path) -> Path:
@@ -147,18 +188,27 @@ def failures_path(out: Path) -> Path:
     return out.with_name(out.name + ".failed.tsv")
 
 
-def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
-    """`OUT.failed.tsv` (path, error; tab-separated, with a header) for the rows with an error; removed when none."""
-    target = failures_path(out)
+def lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def failures_tsv(rows: pd.DataFrame) -> bytes:
+    """`OUT.failed.tsv`'s bytes: path and error of the rows with an error (tab-separated, a header, cells as in a CSV output)."""
     failed = rows[rows["error"] != ""].sort_values("path")
-    if failed.empty:
-        target.unlink(missing_ok=True)
-        return None
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["path", "error"])
-    writer.writerows(zip(failed["path"], failed["error"]))
-    atomic_write(target, buf.getvalue().encode("utf-8"))
+    writer.writerows((_to_cell(p), _to_cell(e)) for p, e in zip(failed["path"], failed["error"]))
+    return buf.getvalue().encode("utf-8")
+
+
+def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
+    """`OUT.failed.tsv` for the rows with an error; removed when none."""
+    target = failures_path(out)
+    if (rows["error"] == "").all():
+        target.unlink(missing_ok=True)
+        return None
+    atomic_write(target, failures_tsv(rows))
     return target
 
 
@@ -167,10 +217,9 @@ def write_results(rows: pd.DataFrame, out: Path) -> None:
     fmt = output_format(out)
     rows = rows[COLUMNS].sort_values("path").reset_index(drop=True)
     if fmt == "csv":
-        flat = rows.copy()
-        flat["tags"] = flat["tags"].map(";".join)
-        flat["scores"] = flat["scores"].map(lambda s: ";".join(f"{x:.4f}" for x in s))
-        atomic_write(out, flat.to_csv(index=False).encode("utf-8"))
+        flat = rows.assign(tags=rows["tags"].map(lambda t: json.dumps(list(t), ensure_ascii=False)),
+                           scores=rows["scores"].map(lambda s: json.dumps([round(float(x), 4) for x in s])))
+        atomic_write(out, flat.map(_to_cell).to_csv(index=False).encode("utf-8"))
     elif fmt == "jsonl":
         atomic_write(out, "".join(json.dumps(_plain(rec), ensure_ascii=False) + "\n" for rec in rows.to_dict("records")).encode("utf-8"))
     else:
@@ -188,14 +237,14 @@ class Lock:
     """
 
     def __init__(self, out: Path):
-        self.path = out.with_name(out.name + ".lock")
+        self.path = lock_path(out)
         self.fd = None
 
     def __enter__(self):
         import fcntl
 
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_own(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -216,11 +265,33 @@ class Lock:
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _refuse_links(out: Path) -> None:
+    """A run whose output, journal, failures file or lock is a symlink is refused: tagger writes those itself, never through a link."""
+    for path in (out, journal_path(out), failures_path(out), lock_path(out)):
+        if path.is_symlink():
+            raise BatchError(f"{path}: is a symlink (to {path_key(os.readlink(path))}); tagger writes this file itself and never through a link: "
+                             "remove the link, or give --out a path that is not one")
+
+
+def _open_own(path: Path, flags: int) -> int:
+    """os.open of a file tagger keeps beside the output: never through a symlink (one made since the check too), a regular file only."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BatchError(f"{path}: is a symlink; tagger writes this file itself and never through a link: remove the link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BatchError(f"{path}: is not a regular file; remove it, or choose another --out")
+    return fd
 
 
 def tag_folder(
@@ -261,6 +332,7 @@ def tag_folder(
                 raise BatchError(f"{source}: cannot read folder ({e.strerror or e})") from None
     if out.is_dir():
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
+    _refuse_links(out)
     if dry_run:
         return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, True, progress, on_plan)
     try:
@@ -280,8 +352,10 @@ def tag_folder(
 
 def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
          on_plan) -> Summary:
-    previous = read_results(out)
+    every = _read_rows(out)
+    previous = _latest(every)
     found = scan(sources, exclude_dirs)
+    library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
     photos = {path_key(p): p for p in found.photos}
     summary = Summary(skipped=found.skipped, examples=found.examples, dry_run=dry_run)
     if skip_owner_tagged:
@@ -321,23 +395,24 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
         summary.to_tag = [path_key(p) for p in todo]
         rows = previous[previous["path"].isin(unchanged) & (previous["error"] == "")]
         if sidecar:
-            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, dry_run=True)
+            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, library, every, dry_run=True)
         if embed:
             summary.embedded = len(todo) + len(_embed_all(rows, photos, sidecar, summary, dry_run=True))
         return summary
     journal = journal_path(out)
     if todo:
-        with open(journal, "a+", encoding="utf-8") as jf:
+        with os.fdopen(_open_own(journal, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+", encoding="utf-8") as jf:
             if jf.tell() > 0:
                 jf.seek(jf.tell() - 1)
                 if jf.read(1) != "\n":
                     jf.write("\n")  # end a line torn by a kill, or our first row would join it
             for path, tags, error in tag_batch(todo):
+                error = _text(error or "")
                 rec = {
                     "path": path_key(path),
                     "tags": [t for t, _ in tags or []],
                     "scores": [round(float(s), 4) for _, s in tags or []],
-                    "error": error or "",
+                    "error": error,
                     "hash": hashes.get(path_key(path), ""),
                     "settings": settings,
                 }
@@ -352,15 +427,17 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
                 if progress:
                     progress(1)
             os.fsync(jf.fileno())
-    rows = read_results(out)
+    every = _read_rows(out)
     # Photos that left the folder leave the results too.
+    rows = _latest(every)
     rows = rows[rows["path"].isin(set(photos))]
+    # The journal is safe on disk: a sidecar that cannot be written costs the run nothing, and the next run retries it.
+    # Synced before the journal goes, so a run killed among them still knows every tag list it gave a .txt sidecar.
+    if sidecar:
+        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary, library, every)
     write_results(rows, out)
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
-    # After the output is safe: a sidecar that cannot be written costs the run nothing, and the next run retries it.
-    if sidecar:
-        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary)
     if embed:
         rewritten = _embed_all(rows[rows["error"] == ""], photos, sidecar, summary)
         summary.embedded = len(rewritten)
@@ -370,14 +447,23 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
     return summary
 
 
-def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, summary: Summary, dry_run: bool = False) -> int:
-    """Make every tagged photo's sidecar match its row; the number written (or that would be)."""
+def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, summary: Summary, library: list[Path],
+                   every: pd.DataFrame, dry_run: bool = False) -> int:
+    """Make every tagged photo's sidecar match its row; the number written (or that would be).
+
+    every: all rows the output and journal hold, several for a photo tagged again: the tag lists a
+    .txt sidecar tagger wrote may hold (it has no room to say it is tagger's, as an XMP one does).
+    """
+    earlier = {}
+    if config.kind == "txt":
+        for key, tags in zip(every["path"], every["tags"]):
+            earlier.setdefault(key, []).append(list(tags))
     written = 0
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            written += sync(photos[key], list(tags), config, dry_run=dry_run)
+            written += sync(photos[key], list(tags), config, dry_run=dry_run, library=library, earlier=earlier.get(key, ()))
         except SidecarError as e:
-            summary.sidecar_errors.append(str(e))
+            summary.sidecar_errors.append(path_key(str(e)))  # names the sidecar as results name its photo
     return written
 
 
@@ -390,7 +476,7 @@ def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfi
             if embed(photos[key], list(tags), config.root if config else DEFAULT_ROOT, dry_run=dry_run):
                 rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
-            summary.sidecar_errors.append(str(e))
+            summary.sidecar_errors.append(path_key(str(e)))
     return rewritten
 
 

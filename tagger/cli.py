@@ -157,7 +157,6 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
 
 def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str | None, sidecar: str | None, tag_options: dict):
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.ray_engine)."""
-    from pipelines.images import printable_path
     from tagger.ray_engine import as_source, is_uri, tag_source
     from tagger.shipped import resolve_model
 
@@ -176,7 +175,7 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
     summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan,
                          settings=tagger.settings(method, **tag_options))
     for line in summary.failures:
-        typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
+        typer.echo(f"tagger: failed: {line}", err=True)  # printable already: paths as the results hold them
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
     typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}")
 
@@ -339,7 +338,6 @@ def tag(
 
     from tqdm import tqdm
 
-    from pipelines.images import printable_path
     from tagger.batch import output_format, tag_folder
     from tagger.sidecar import SidecarConfig
 
@@ -388,9 +386,9 @@ def tag(
         typer.echo(f"dry run: would tag {len(summary.to_tag)} photos{more}{sidecars}; nothing was changed")
         return
     for line in summary.failures:
-        typer.echo(f"tagger: failed: {printable_path(line)}", err=True)
+        typer.echo(f"tagger: failed: {line}", err=True)  # printable already: paths as the results hold them
     for line in summary.sidecar_errors:
-        typer.echo(f"tagger: sidecar failed: {printable_path(line)}", err=True)
+        typer.echo(f"tagger: sidecar failed: {line}", err=True)
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
     sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
     sidecars += f"; keywords written into {summary.embedded} photos" if embed else ""

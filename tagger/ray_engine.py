@@ -22,7 +22,6 @@ and only when used: `pip install "tagger[ray]"`.
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import os
@@ -42,7 +41,7 @@ import pandas as pd
 from pipelines.datasets import PATH_COLUMNS
 from pipelines.images import printable_path
 from pipelines.scan import PHOTO_EXTENSIONS, list_images
-from tagger.batch import COLUMNS, BatchError, Lock, Summary, output_format, write_failures
+from tagger.batch import COLUMNS, BatchError, Lock, Summary, failures_tsv, output_format, write_failures
 from tagger.model import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of Tagger.tag_paths, so the batches match
 
 log = logging.getLogger(__name__)
@@ -435,19 +434,14 @@ class Output:
             target = write_failures(rows, Path(self.root))
             return str(target) if target else None
         target = self.root + ".failed.tsv"
-        failed = rows[rows["error"] != ""].sort_values("path")
-        if failed.empty:
+        if (rows["error"] == "").all():
             try:
                 self.fs.delete_file(target)
             except (FileNotFoundError, OSError):
                 pass
             return None
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-        writer.writerow(["path", "error"])
-        writer.writerows(zip(failed["path"], failed["error"]))
         with self.fs.open_output_stream(target) as f:
-            f.write(buf.getvalue().encode())
+            f.write(failures_tsv(rows))
         return target
 
 

@@ -9,15 +9,25 @@ digiKam and Immich read before the others. The flat ones tagger added are listed
 so a later run knows them; a keyword the owner already had is theirs and is never listed.
 A new sidecar of a photo with embedded keywords starts with those keywords, so a manager that
 prefers the sidecar still shows them.
+
+A library is a stranger's folder, so a sidecar is written only where it belongs: beside its photo
+(no folder is ever made), or through a symlink only to a regular file inside the library; any other
+link, and anything not a regular file, is refused with the reason. A `.txt` sidecar has no room to
+record what tagger wrote, so one that exists is replaced only when it holds exactly tags tagger gave
+the photo before (the results say which); any other is the owner's, and is left alone. Keywords are
+written as one line each (`pipelines.keywords.clean_keyword`).
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +35,8 @@ from defusedxml import ElementTree as SafeET
 
 from embeddings.files import atomic_write
 from pipelines.errors import OptionError, TaggerError
-from pipelines.keywords import (DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, embedded_keywords, embedded_xmp, parse_xmp, sidecar_path,
-                                under_root)
+from pipelines.keywords import (DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, clean_keyword, embedded_keywords, embedded_xmp, parse_xmp,
+                                sidecar_path, under_root)
 
 KINDS = ("xmp", "txt")
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -55,7 +65,7 @@ class SidecarConfig:
             raise OptionError(f"unknown sidecar kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.naming not in SIDECAR_NAMINGS:
             raise OptionError(f"unknown sidecar naming {self.naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
-        if not self.root or "|" in self.root or self.root != self.root.strip():
+        if not self.root or "|" in self.root or self.root != clean_keyword(self.root):
             raise OptionError(f"keyword root must be one non-empty word without '|', not {self.root!r}")
 
 
@@ -65,25 +75,73 @@ def path_for(photo: Path, config: SidecarConfig) -> Path:
     return sidecar_path(photo, config.naming)
 
 
-def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConfig(), dry_run: bool = False) -> bool:
-    """Make the photo's sidecar carry `tags` as its machine tags; True if it was (or, dry, would be) written."""
+def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConfig(), dry_run: bool = False, *,
+         library: Sequence[str | Path] | None = None, earlier: Iterable[list[str]] = ()) -> bool:
+    """Make the photo's sidecar carry `tags` as its machine tags; True if it was (or, dry, would be) written.
+
+    library: the folders the photo was found in (default: its own folder); a symlinked sidecar is
+    written through only to a regular file inside them. earlier: tag lists tagger gave this photo
+    before; an existing .txt sidecar is replaced only when it holds one of them (or these tags).
+    A sidecar that cannot or may not be written is a SidecarError naming it and the reason.
+    """
     photo = Path(photo)
     target = path_for(photo, config)
-    # Write through a symlinked sidecar to the file it names, rather than replacing the link with a copy.
-    real = target.resolve() if target.is_symlink() else target
+    tags = _clean(tags)
     try:
-        old = real.read_bytes() if real.exists() else None
+        real = _resolve(target, [photo.parent] if library is None else library)
+        old = _read(real)
     except OSError as e:
-        raise SidecarError(f"{target}: cannot read ({e.strerror or e})") from None
-    new = _txt(tags) if config.kind == "txt" else _xmp(photo, old, tags, config.root, target)
+        raise SidecarError(f"{target}: cannot {'write' if e.errno == errno.ENAMETOOLONG else 'read'} ({e.strerror or e})") from None
+    if config.kind == "txt":
+        new = _txt(tags)
+        if old is not None and old != new and old not in {_txt(_clean(t)) for t in earlier}:
+            raise SidecarError(f"{target}: not written by tagger (it holds other text than the tags tagger gave this photo), left alone; "
+                               "move it away to let tagger write its tags there")
+    else:
+        new = _xmp(photo, old, tags, config.root, target)
     if new == old:
         return False
     if not dry_run:
         try:
-            atomic_write(real, new)
+            atomic_write(real, new, parents=False)  # a sidecar goes beside its photo: no folder is made for it
         except OSError as e:
             raise SidecarError(f"{target}: cannot write ({e.strerror or e})") from None
     return True
+
+
+def _clean(tags: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(t for t in map(clean_keyword, tags) if t))
+
+
+def _resolve(target: Path, library: Sequence[str | Path]) -> Path:
+    """The file to read and replace for `target`: itself, or the regular file inside the library its symlink names."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if stat.S_ISLNK(mode):
+        dest = Path(os.path.realpath(target))
+        if not any(dest.is_relative_to(os.path.realpath(root)) for root in library):
+            raise SidecarError(f"{target}: a symlink to {dest}, outside the library; left alone (tagger writes no file out of it)")
+        if not dest.is_file():
+            what = "a file that does not exist" if not dest.exists() else "something not a regular file"
+            raise SidecarError(f"{target}: a symlink to {what} ({dest}); left alone (tagger creates no file through a link)")
+        return dest
+    if not stat.S_ISREG(mode):
+        raise SidecarError(f"{target}: not a regular file (a folder, FIFO or device); left alone")
+    return target
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes (None: there is none), opened without following a link; a FIFO is not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SidecarError(f"{path}: not a regular file (a folder, FIFO or device); left alone")
+        return f.read()
 
 
 def embed(photo: str | Path, tags: list[str], root: str = DEFAULT_ROOT, dry_run: bool = False) -> bool:

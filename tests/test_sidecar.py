@@ -133,7 +133,12 @@ def test_txt_sidecar_is_just_the_tags(photo):
     assert sync(photo, ["beach", "sea"], cfg)
     assert photo.with_name("IMG_1005.jpg.txt").read_text() == "beach\nsea\n"
     assert not sync(photo, ["beach", "sea"], cfg)
-    assert sync(photo, ["beach"], cfg, dry_run=True) and photo.with_name("IMG_1005.jpg.txt").read_text() == "beach\nsea\n"
+    with pytest.raises(SidecarError, match="IMG_1005.jpg.txt: not written by tagger"):
+        sync(photo, ["beach"], cfg)  # nothing says these lines are tagger's: they may be the owner's notes
+    assert sync(photo, ["beach"], cfg, dry_run=True, earlier=[["beach", "sea"]])
+    assert photo.with_name("IMG_1005.jpg.txt").read_text() == "beach\nsea\n"
+    assert sync(photo, ["beach"], cfg, earlier=[["dog"], ["beach", "sea"]])
+    assert photo.with_name("IMG_1005.jpg.txt").read_text() == "beach\n"
 
 
 def test_config_is_checked():
