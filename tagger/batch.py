@@ -217,8 +217,9 @@ def write_results(rows: pd.DataFrame, out: Path) -> None:
     fmt = output_format(out)
     rows = rows[COLUMNS].sort_values("path").reset_index(drop=True)
     if fmt == "csv":
-        flat = rows.assign(tags=rows["tags"].map(lambda t: json.dumps(list(t), ensure_ascii=False)),
-                           scores=rows["scores"].map(lambda s: json.dumps([round(float(x), 4) for x in s])))
+        # An empty list is an empty cell, as before (a failed photo's row).
+        flat = rows.assign(tags=rows["tags"].map(lambda t: json.dumps(list(t), ensure_ascii=False) if len(t) else ""),
+                           scores=rows["scores"].map(lambda s: json.dumps([round(float(x), 4) for x in s]) if len(s) else ""))
         atomic_write(out, flat.map(_to_cell).to_csv(index=False).encode("utf-8"))
     elif fmt == "jsonl":
         atomic_write(out, "".join(json.dumps(_plain(rec), ensure_ascii=False) + "\n" for rec in rows.to_dict("records")).encode("utf-8"))

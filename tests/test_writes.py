@@ -326,6 +326,7 @@ def test_failures_file_cells_are_never_formulas(tmp_path, monkeypatch):
     assert cells == ["path", "error", "'=bad.jpg", "'" + error, "bad=1.jpg", "'" + error]
     rows = read_results(out)
     assert sorted(rows["path"]) == ["=bad.jpg", "bad=1.jpg"] and (rows["error"] == error).all()
+    assert pd.read_csv(out, keep_default_na=False)["tags"].tolist() == ["", ""]  # no tags: an empty cell, as before
 
 
 def test_an_old_csv_with_semicolons_still_reads_back(tmp_path, monkeypatch):
