@@ -10,6 +10,11 @@ Pillow's decompression-bomb limit is a process-wide global (`Image.MAX_IMAGE_PIX
 leaves it alone and applies its own limit, `MAX_PIXELS`, to the size a file declares, before any
 pixel is decoded. Either refusal reads the same: "decompression bomb: 400 MP image is over the
 128 MP limit" (Pillow's own error, for files over twice its limit, is reworded in our terms).
+
+Pixels do not bound a JPEG's decoding time: a progressive JPEG is read in scans, each a pass over the
+coefficients of the whole image (kept at full size even when decoding at a draft scale), and a file can
+repeat one scan a thousand times in a few hundred KB. `jpeg_scans` walks the marker segments in the
+bytes (Pillow reads only up to the first scan) so that `decode_image` can refuse such a file first.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import stat
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,19 @@ MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below wh
 MAX_FILE_BYTES = 1 << 30  # 1 GB: above any photo file (a 100 MP 16-bit TIFF is 600 MB)
 MAX_ASPECT = 4.0  # longer side over shorter side kept for the backbone (see cap_aspect)
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
-
+# Scans in one JPEG: libjpeg's progressive script writes 10 for colour (6 for gray, 18 for CMYK), mozjpeg's 11;
+# a hundred leaves room for any encoder's own script and refuses repeated scans (each a pass over the whole image).
+MAX_SCANS = 100
+# Scans times pixels: 96 scans over 121 MP took 13.5 s of CPU, so a large image gets fewer (a 128 MP one 20,
+# still more than libjpeg's CMYK script); about 3 s at most.
+MAX_SCAN_PIXELS = 20 * MAX_PIXELS
+# A progressive JPEG holds 2 bytes per sample of every component while its scans are read: no more than the
+# largest image we decode takes (128 MP of RGBA). Every gray or 4:2:0 photo fits; full-colour 4:4:4 up to 88 MP.
+MAX_COEFFICIENT_BYTES = 512 * 2**20
+MAX_SEGMENTS = 10_000  # marker segments in one JPEG: a photo has tens (long XMP, in 64 KB pieces, a few hundred)
+# Bytes between marker segments before the first scan (0xFF fill or junk), which Pillow steps over one at a
+# time in Python (20 MB of fill: 22 s); libjpeg allows them, and encoders write none.
+MAX_JUNK_BYTES = 65_536
 
 
 class ImageError(TaggerError):
@@ -107,12 +125,15 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if is_heif(data):
                 register_heif()
+            jpeg = jpeg_scans(data, path) if is_jpeg(data) else None  # before Pillow parses a segment
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise ImageError(path, too_many_pixels(w * h, f"{w}x{h}"))
             if w == 0 or h == 0:
                 raise ImageError(path, f"empty image ({w}x{h})")
+            if jpeg is not None:
+                check_jpeg_cost(jpeg, w, h, path)
             if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
                 im.draft(None, (min_side, min_side))  # keeps both sides >= min_side
             im.load()  # decodes the first frame of an animation, and only that
@@ -157,10 +178,15 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
     """The pixels decoding a photo will make, from its header alone (0 when Pillow does not know it).
 
     With min_side, a JPEG counts at the reduced scale `decode_image` decodes it at (a 12 MP phone
-    photo for a 256 px backbone: 1/8 scale, 0.19 MP).
+    photo for a 256 px backbone: 1/8 scale, 0.19 MP), but a progressive one (or any of several scans)
+    at full size: libjpeg keeps the coefficients of every full-size pixel while it reads the scans.
     """
     if is_heif(data):
         register_heif()
+    try:
+        jpeg = jpeg_scans(data) if is_jpeg(data) else None
+    except ImageError:
+        return 0  # a parsing bomb: decode_image refuses it without letting Pillow parse it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -169,10 +195,97 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
     except Exception:  # noqa: BLE001 - Pillow raises many kinds for non-photos; decoding reports them properly
         return 0
     scale = 1
-    if min_side and fmt == "JPEG":
+    if min_side and fmt == "JPEG" and not (jpeg and jpeg.buffered):
         while scale < 8 and min(w, h) >= 2 * scale * min_side:
             scale *= 2
     return -(-w // scale) * -(-h // scale)
+
+
+def is_jpeg(head: bytes) -> bool:
+    """Whether a file starting with these bytes is a JPEG (or an MPO, a JPEG followed by more pictures)."""
+    return head[:3] == b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class JpegScans:
+    """What decoding a JPEG's first picture costs beyond its pixels, from its marker segments."""
+
+    scans: int  # start-of-scan segments
+    progressive: bool  # a progressive frame (SOF2, 6, 10, 14)
+    blocks: int  # 8x8 blocks of all its components at full size (0 without a frame header)
+
+    @property
+    def buffered(self) -> bool:
+        """Whether libjpeg keeps the coefficients of the whole image while it reads the scans."""
+        return self.progressive or self.scans > 1
+
+    @property
+    def coefficient_bytes(self) -> int:
+        return 64 * 2 * self.blocks if self.buffered else 0
+
+
+# In scan data a 0xFF is followed by 0x00 (a stuffed 0xFF), a restart marker (0xD0-0xD7) or another 0xFF
+# (fill); any other byte after one starts a marker. Between segments libjpeg skips bytes until the next
+# marker too, so searching for one from the end of each segment counts the scans libjpeg reads.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_scans(data: bytes, path: str | Path = "<bytes>") -> JpegScans:
+    """The scans and frame of a JPEG's first picture, from a walk over its marker segments (Pillow stops at the first scan).
+
+    Refuses (ImageError) what Pillow's own parse up to the first scan would take a long time over, one
+    segment or byte at a time in Python: more than MAX_SEGMENTS segments (20 MB of empty comments took
+    12 s) or MAX_JUNK_BYTES bytes between them.
+    """
+    scans = segments = blocks = junk = 0
+    progressive = False
+    pos = 2  # after SOI
+    while found := _NEXT_MARKER.search(data, pos):
+        if not scans:
+            junk += found.start() - pos
+            if junk > MAX_JUNK_BYTES:
+                raise ImageError(path, f"more than {MAX_JUNK_BYTES} bytes of padding or junk between marker segments "
+                                       "(a photo has none): a JPEG parsing bomb")
+        marker, pos = data[found.start() + 1], found.start() + 2
+        if marker == 0xD9:  # EOI: the end of the first picture (an MPO's others follow)
+            break
+        segments += 1
+        if segments > MAX_SEGMENTS:
+            raise ImageError(path, f"more than {MAX_SEGMENTS} marker segments (a photo has tens): a JPEG parsing bomb")
+        if marker in (0x01, 0xD8):  # TEM, a stray SOI: no length
+            continue
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if marker == 0xDA:
+            scans += 1
+        elif marker in _SOF and not blocks:
+            blocks = _frame_blocks(data[pos + 2:pos + length])
+            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        pos += length
+    return JpegScans(scans, progressive, blocks)
+
+
+def _frame_blocks(frame: bytes) -> int:
+    """8x8 blocks of all components of a frame header (precision, height, width, then id, sampling, table each)."""
+    if len(frame) < 6:
+        return 0
+    height, width, n = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    sampling = [(b >> 4, b & 15) for b in frame[7:6 + 3 * n:3]]
+    if not sampling or min(min(s) for s in sampling) == 0:
+        return 0  # invalid: libjpeg refuses it
+    hmax, vmax = max(s[0] for s in sampling), max(s[1] for s in sampling)
+    return sum(-(-width * hs // (8 * hmax)) * -(-height * vs // (8 * vmax)) for hs, vs in sampling)
+
+
+def check_jpeg_cost(jpeg: JpegScans, w: int, h: int, path: str | Path) -> None:
+    """Refuse a JPEG whose scans or whole-image coefficients cost far more than its pixels (see MAX_SCANS)."""
+    limit = min(MAX_SCANS, max(1, MAX_SCAN_PIXELS // (w * h)))
+    if jpeg.scans > limit:
+        size = "" if limit == MAX_SCANS else f" for its size ({w}x{h})"
+        raise ImageError(path, f"{jpeg.scans} scans, over the limit of {limit}{size}: a progressive-JPEG decoding bomb")
+    if jpeg.coefficient_bytes > MAX_COEFFICIENT_BYTES:
+        raise ImageError(path, f"progressive JPEG of {w}x{h} needs {jpeg.coefficient_bytes / 2**20:.0f} MB of coefficients "
+                               f"to decode, over the limit of {MAX_COEFFICIENT_BYTES / 2**20:.0f} MB")
 
 
 HUGE_PIXELS = 32_000_000  # decoded images above this are shrunk before any conversion (see _shrink_huge)
@@ -304,9 +417,13 @@ def is_colour(image: Image.Image | str | Path) -> bool:
     """Whether a photo (an image or a file) has colour; a file that cannot be read counts as not colour."""
     if not isinstance(image, Image.Image):
         try:
-            with Image.open(image) as im:
+            data = read_bytes(image)
+            jpeg = jpeg_scans(data, image) if is_jpeg(data) else None
+            with Image.open(io.BytesIO(data)) as im:
+                if jpeg is not None:
+                    check_jpeg_cost(jpeg, *im.size, image)  # a scan bomb would take minutes even at 1/8 scale
                 im.draft("RGB", (32, 32))  # a JPEG decodes at 1/8 scale at most: a millisecond for a camera photo
                 return chroma(im) > COLOUR_CHROMA
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (ImageError, OSError, ValueError, Image.DecompressionBombError):
             return False
     return chroma(image) > COLOUR_CHROMA
