@@ -306,9 +306,22 @@ def _shrink_huge(im: Image.Image, min_side: int) -> Image.Image:
         im = im.convert("L")  # Pillow keeps 1-bit images a byte a pixel: no larger
     elif im.mode in ("P", "PA"):
         im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")  # as to_rgb would
+    if im.mode.startswith("I;16"):
+        return _reduce_16bit(im, factor)
     if im.mode not in ("L", "RGB", "RGBA", "LA", "CMYK", "I", "F"):
-        return im  # 16-bit gray: to_rgb scales it over its range, which a reduction in this mode cannot
+        return im
     return im.reduce(factor)
+
+
+def _reduce_16bit(im: Image.Image, factor: int) -> Image.Image:
+    """`im.reduce(factor)` for 16-bit gray, which Pillow reduces only as 32-bit "I": converted a strip at a
+    time, so the whole image is never held at 4 bytes a pixel; the result is 16-bit again, as to_rgb expects."""
+    w, h = im.size
+    out = Image.new("I", (-(-w // factor), -(-h // factor)))
+    rows = factor * max(1, 4_000_000 // (w * factor))  # whole boxes high, about 4 MP a strip
+    for top in range(0, h, rows):
+        out.paste(im.crop((0, top, w, min(top + rows, h))).convert("I").reduce(factor), (0, top // factor))
+    return out.convert(im.mode)
 
 
 def cap_aspect(im: Image.Image, most: float = MAX_ASPECT) -> Image.Image:
@@ -361,7 +374,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if im.mode.startswith("I") or im.mode == "F":
-        return Image.fromarray(_gray_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+        return Image.fromarray(_gray_to_uint8(im)).convert("RGB")
     try:
         # 1, L, P, CMYK (Adobe's inverted CMYK is undone by the JPEG reader), YCbCr, ...
         return im.convert("RGB")
@@ -369,17 +382,34 @@ def to_rgb(im: Image.Image) -> Image.Image:
         raise ValueError(f"unsupported mode {im.mode}: {e}") from None
 
 
-def _gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """Scale high-bit-depth gray to 0..255 over its full range; clipping at 255 would blow it out."""
-    a = a.astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
-        a = a / 257.0  # 16-bit: 65535 -> 255
-    elif mode == "F" and lo >= 0 and hi <= 1.0:
-        a = a * 255.0
-    elif lo < 0 or hi > 255:
-        a = (a - lo) / max(hi - lo, 1e-12) * 255.0  # no known range: stretch what is there
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+def _gray_to_uint8(im: Image.Image) -> np.ndarray:
+    """Scale high-bit-depth gray to 0..255 over its full range; clipping at 255 would blow it out.
+
+    Read a strip of rows at a time, and only the strip in float64: whole-image copies of a 30 MP scan
+    took over a GB.
+    """
+    w, h = im.size
+    rows = max(1, 250_000 // max(1, w))  # strips of about 0.25 MP: 2 MB in float64
+    strips = [(0, top, w, min(top + rows, h)) for top in range(0, h, rows)]
+    lo = hi = None
+    for box in strips:  # Pillow's getextrema does not take big-endian 16-bit
+        a = np.asarray(im.crop(box))
+        lo, hi = (float(a.min()), float(a.max())) if lo is None else (min(lo, float(a.min())), max(hi, float(a.max())))
+    sixteen = im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and 255 < hi <= 65535)
+    unit = im.mode == "F" and lo >= 0 and hi <= 1.0
+    out = np.empty((h, w), np.uint8)
+    for box in strips:
+        x = np.asarray(im.crop(box), dtype=np.float64)
+        if sixteen:
+            x /= 257.0  # 16-bit: 65535 -> 255
+        elif unit:
+            x *= 255.0
+        elif lo < 0 or hi > 255:
+            x -= lo  # no known range: stretch what is there
+            x /= max(hi - lo, 1e-12)
+            x *= 255.0
+        out[box[1]:box[3]] = np.clip(np.rint(x, out=x), 0, 255, out=x)
+    return out
 
 
 def _upright(im: Image.Image) -> Image.Image:

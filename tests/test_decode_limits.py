@@ -4,6 +4,7 @@ The hostile files are made by the small generators at the top (bench/ makes the 
 11000x11000 scan bomb of 660 KB, an 11300x11300 16-bit PNG of 270 KB).
 """
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -205,3 +206,117 @@ def test_declared_pixels_counts_a_progressive_jpeg_at_full_size():
     assert declared_pixels(progressive, 256) == 4096 * 3072
     assert declared_pixels(progressive) == declared_pixels(baseline) == 4096 * 3072
     assert declared_pixels(scan_bomb_jpeg(repeats=300), 64) == 256 * 256
+
+
+# -- item 6: 16-bit, 32-bit and float images -----------------------------------------------------------
+
+
+def ramp(w: int, h: int, top: float, dtype) -> np.ndarray:
+    """Columns rising from 0 to `top` (rows alike, so that a huge one compresses to little)."""
+    return np.broadcast_to(np.linspace(0, top, w).astype(dtype), (h, w)).copy()
+
+
+def encoded(a: np.ndarray, mode: str, fmt: str) -> bytes:
+    """`a` in a file that Pillow opens in `mode` (a deflated big-endian TIFF comes back little-endian: left raw)."""
+    buf = io.BytesIO()
+    im = Image.fromarray(a) if mode != "I;16B" else Image.fromarray(a).convert("I").convert("I;16B")
+    im.save(buf, fmt, **({"compression": "tiff_adobe_deflate"} if fmt == "TIFF" and mode != "I;16B" else {}))
+    with Image.open(buf) as back:
+        assert back.mode == mode
+    return buf.getvalue()
+
+
+DEEP = [("I;16", "PNG", 65535, np.uint16), ("I;16", "TIFF", 65535, np.uint16), ("I;16B", "TIFF", 65535, np.uint16),
+        ("I", "TIFF", 65535, np.int32), ("I", "TIFF", 3_000_000, np.int32), ("F", "TIFF", 1.0, np.float32),
+        ("F", "TIFF", 5000.0, np.float32)]
+
+
+@pytest.mark.parametrize("mode, fmt, top, dtype", DEEP)
+def test_a_huge_deep_image_is_reduced_in_its_own_mode(mode, fmt, top, dtype, monkeypatch):
+    """An 11300x11300 16-bit PNG (270 KB) took `predict` to 4.3 GB: it reached the float conversion whole.
+
+    "Huge" (32 MP) is lowered to 1 MP here, so that a 1.2 MP image takes the same path quickly.
+    """
+    monkeypatch.setattr(images, "HUGE_PIXELS", 1_000_000)
+    side, min_side = 1100, 64
+    data = encoded(ramp(side, side, top, dtype), mode, fmt)
+    tracemalloc.start()
+    try:
+        out = decode_image(data, min_side=min_side)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    factor = side // (2 * min_side)
+    assert out.mode == "RGB" and out.size == (-(-side // factor),) * 2 and min(out.size) >= 2 * min_side
+    assert peak < side * side  # under a byte a pixel; a full-size float64 copy is 8
+    a = np.asarray(out).astype(int)
+    assert (a[..., 0] == a[..., 2]).all() and a[:, 0].max() <= 2 and a[:, -1].min() >= 253  # full range kept
+    assert (np.diff(a[..., 0].mean(axis=0)) >= -0.5).all()  # still a ramp
+
+
+@pytest.mark.slow
+def test_a_reduced_16_bit_image_matches_pillows_own_reduction():
+    side = 5800  # 33.6 MP, just over the 32 MP above which decoded images are reduced
+    a = ramp(side, side, 65535, np.uint16)
+    data = encoded(a, "I;16", "PNG")
+    factor = side // 512
+    expected = np.asarray(Image.fromarray(a).convert("I").reduce(factor)) / 257.0  # in 32-bit, the whole at once
+    tracemalloc.start()
+    try:
+        got = np.asarray(decode_image(data, min_side=256))[..., 0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.shape == expected.shape == (-(-side // factor),) * 2 and np.abs(got - expected).max() <= 1
+    assert peak < 16e6  # a full-size float64 copy alone would be 269 MB
+
+
+OLD_PHOTO = (480, 640)
+
+
+def old_gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """The conversion as it was, in float64 over the whole image: what ordinary photos must still get."""
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
+        a = a / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode, fmt, lo, hi, dtype", [
+    ("I;16", "PNG", 0, 65535, np.uint16), ("I;16", "PNG", 0, 200, np.uint16), ("I;16B", "TIFF", 0, 65535, np.uint16),
+    ("I", "TIFF", 0, 65535, np.int32), ("I", "TIFF", 0, 200, np.int32), ("I", "TIFF", -5000, 3_000_000, np.int32),
+    ("F", "TIFF", 0, 1, np.float32), ("F", "TIFF", -0.5, 200, np.float32), ("F", "TIFF", 0, 5000, np.float32)])
+def test_an_ordinary_deep_photo_converts_as_before(mode, fmt, lo, hi, dtype):
+    """Scaled by its mode (16-bit: / 257; float 0..1: x 255), else stretched over the range found, else as is."""
+    a = np.random.default_rng(1).uniform(lo, hi, OLD_PHOTO).astype(dtype)
+    data = encoded(a, mode, fmt)
+    with Image.open(io.BytesIO(data)) as im:
+        before = old_gray_to_uint8(np.asarray(im), im.mode)
+    for min_side in (None, 256):
+        after = np.asarray(decode_image(data, min_side=min_side))
+        assert after.shape == (*OLD_PHOTO, 3)
+        assert np.abs(after[..., 0].astype(int) - before).max() <= 1 and (after[..., 0] == after[..., 1]).all()
+
+
+@pytest.mark.parametrize("mode, dtype, top", [("I;16", np.uint16, 65535), ("F", np.float32, 1.0), ("I", np.int32, 10**6)])
+def test_converting_a_deep_image_makes_no_full_size_float_copy(mode, dtype, top):
+    """A 30 MP 16-bit scan is not reduced (under 32 MP), and float64 copies of it took over a GB."""
+    im = Image.fromarray(ramp(3000, 3000, top, dtype))
+    assert im.mode == mode
+    pixels = 3000 * 3000
+    from pipelines.images import to_rgb
+
+    tracemalloc.start()
+    try:
+        out = to_rgb(im)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.mode == "RGB" and out.size == (3000, 3000)
+    # The 8-bit result and a strip at a time: no copy of the whole image in its own type, let alone in float64.
+    assert peak < pixels + 16e6
