@@ -10,6 +10,11 @@ Pillow's decompression-bomb limit is a process-wide global (`Image.MAX_IMAGE_PIX
 leaves it alone and applies its own limit, `MAX_PIXELS`, to the size a file declares, before any
 pixel is decoded. Either refusal reads the same: "decompression bomb: 400 MP image is over the
 128 MP limit" (Pillow's own error, for files over twice its limit, is reworded in our terms).
+
+Pixels do not bound a JPEG's decoding time: a progressive JPEG is read in scans, each a pass over the
+coefficients of the whole image (kept at full size even when decoding at a draft scale), and a file can
+repeat one scan a thousand times in a few hundred KB. `jpeg_scans` walks the marker segments in the
+bytes (Pillow reads only up to the first scan) so that `decode_image` can refuse such a file first.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import stat
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,19 @@ MAX_PIXELS = 128_000_000  # 128 megapixels: above any camera photo, far below wh
 MAX_FILE_BYTES = 1 << 30  # 1 GB: above any photo file (a 100 MP 16-bit TIFF is 600 MB)
 MAX_ASPECT = 4.0  # longer side over shorter side kept for the backbone (see cap_aspect)
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
-
+# Scans in one JPEG: libjpeg's progressive script writes 10 for colour (6 for gray, 18 for CMYK), mozjpeg's 11;
+# a hundred leaves room for any encoder's own script and refuses repeated scans (each a pass over the whole image).
+MAX_SCANS = 100
+# Scans times pixels: 96 scans over 121 MP took 13.5 s of CPU, so a large image gets fewer (a 128 MP one 20,
+# still more than libjpeg's CMYK script); about 3 s at most.
+MAX_SCAN_PIXELS = 20 * MAX_PIXELS
+# A progressive JPEG holds 2 bytes per sample of every component while its scans are read: no more than the
+# largest image we decode takes (128 MP of RGBA). Every gray or 4:2:0 photo fits; full-colour 4:4:4 up to 88 MP.
+MAX_COEFFICIENT_BYTES = 512 * 2**20
+MAX_SEGMENTS = 10_000  # marker segments in one JPEG: a photo has tens (long XMP, in 64 KB pieces, a few hundred)
+# Bytes between marker segments before the first scan (0xFF fill or junk), which Pillow steps over one at a
+# time in Python (20 MB of fill: 22 s); libjpeg allows them, and encoders write none.
+MAX_JUNK_BYTES = 65_536
 
 
 class ImageError(TaggerError):
@@ -107,12 +125,15 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if is_heif(data):
                 register_heif()
+            jpeg = jpeg_scans(data, path) if is_jpeg(data) else None  # before Pillow parses a segment
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise ImageError(path, too_many_pixels(w * h, f"{w}x{h}"))
             if w == 0 or h == 0:
                 raise ImageError(path, f"empty image ({w}x{h})")
+            if jpeg is not None:
+                check_jpeg_cost(jpeg, w, h, path)
             if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
                 im.draft(None, (min_side, min_side))  # keeps both sides >= min_side
             im.load()  # decodes the first frame of an animation, and only that
@@ -157,10 +178,15 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
     """The pixels decoding a photo will make, from its header alone (0 when Pillow does not know it).
 
     With min_side, a JPEG counts at the reduced scale `decode_image` decodes it at (a 12 MP phone
-    photo for a 256 px backbone: 1/8 scale, 0.19 MP).
+    photo for a 256 px backbone: 1/8 scale, 0.19 MP), but a progressive one (or any of several scans)
+    at full size: libjpeg keeps the coefficients of every full-size pixel while it reads the scans.
     """
     if is_heif(data):
         register_heif()
+    try:
+        jpeg = jpeg_scans(data) if is_jpeg(data) else None
+    except ImageError:
+        return 0  # a parsing bomb: decode_image refuses it without letting Pillow parse it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -169,10 +195,97 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
     except Exception:  # noqa: BLE001 - Pillow raises many kinds for non-photos; decoding reports them properly
         return 0
     scale = 1
-    if min_side and fmt == "JPEG":
+    if min_side and fmt == "JPEG" and not (jpeg and jpeg.buffered):
         while scale < 8 and min(w, h) >= 2 * scale * min_side:
             scale *= 2
     return -(-w // scale) * -(-h // scale)
+
+
+def is_jpeg(head: bytes) -> bool:
+    """Whether a file starting with these bytes is a JPEG (or an MPO, a JPEG followed by more pictures)."""
+    return head[:3] == b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class JpegScans:
+    """What decoding a JPEG's first picture costs beyond its pixels, from its marker segments."""
+
+    scans: int  # start-of-scan segments
+    progressive: bool  # a progressive frame (SOF2, 6, 10, 14)
+    blocks: int  # 8x8 blocks of all its components at full size (0 without a frame header)
+
+    @property
+    def buffered(self) -> bool:
+        """Whether libjpeg keeps the coefficients of the whole image while it reads the scans."""
+        return self.progressive or self.scans > 1
+
+    @property
+    def coefficient_bytes(self) -> int:
+        return 64 * 2 * self.blocks if self.buffered else 0
+
+
+# In scan data a 0xFF is followed by 0x00 (a stuffed 0xFF), a restart marker (0xD0-0xD7) or another 0xFF
+# (fill); any other byte after one starts a marker. Between segments libjpeg skips bytes until the next
+# marker too, so searching for one from the end of each segment counts the scans libjpeg reads.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_scans(data: bytes, path: str | Path = "<bytes>") -> JpegScans:
+    """The scans and frame of a JPEG's first picture, from a walk over its marker segments (Pillow stops at the first scan).
+
+    Refuses (ImageError) what Pillow's own parse up to the first scan would take a long time over, one
+    segment or byte at a time in Python: more than MAX_SEGMENTS segments (20 MB of empty comments took
+    12 s) or MAX_JUNK_BYTES bytes between them.
+    """
+    scans = segments = blocks = junk = 0
+    progressive = False
+    pos = 2  # after SOI
+    while found := _NEXT_MARKER.search(data, pos):
+        if not scans:
+            junk += found.start() - pos
+            if junk > MAX_JUNK_BYTES:
+                raise ImageError(path, f"more than {MAX_JUNK_BYTES} bytes of padding or junk between marker segments "
+                                       "(a photo has none): a JPEG parsing bomb")
+        marker, pos = data[found.start() + 1], found.start() + 2
+        if marker == 0xD9:  # EOI: the end of the first picture (an MPO's others follow)
+            break
+        segments += 1
+        if segments > MAX_SEGMENTS:
+            raise ImageError(path, f"more than {MAX_SEGMENTS} marker segments (a photo has tens): a JPEG parsing bomb")
+        if marker in (0x01, 0xD8):  # TEM, a stray SOI: no length
+            continue
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if marker == 0xDA:
+            scans += 1
+        elif marker in _SOF and not blocks:
+            blocks = _frame_blocks(data[pos + 2:pos + length])
+            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        pos += length
+    return JpegScans(scans, progressive, blocks)
+
+
+def _frame_blocks(frame: bytes) -> int:
+    """8x8 blocks of all components of a frame header (precision, height, width, then id, sampling, table each)."""
+    if len(frame) < 6:
+        return 0
+    height, width, n = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    sampling = [(b >> 4, b & 15) for b in frame[7:6 + 3 * n:3]]
+    if not sampling or min(min(s) for s in sampling) == 0:
+        return 0  # invalid: libjpeg refuses it
+    hmax, vmax = max(s[0] for s in sampling), max(s[1] for s in sampling)
+    return sum(-(-width * hs // (8 * hmax)) * -(-height * vs // (8 * vmax)) for hs, vs in sampling)
+
+
+def check_jpeg_cost(jpeg: JpegScans, w: int, h: int, path: str | Path) -> None:
+    """Refuse a JPEG whose scans or whole-image coefficients cost far more than its pixels (see MAX_SCANS)."""
+    limit = min(MAX_SCANS, max(1, MAX_SCAN_PIXELS // (w * h)))
+    if jpeg.scans > limit:
+        size = "" if limit == MAX_SCANS else f" for its size ({w}x{h})"
+        raise ImageError(path, f"{jpeg.scans} scans, over the limit of {limit}{size}: a progressive-JPEG decoding bomb")
+    if jpeg.coefficient_bytes > MAX_COEFFICIENT_BYTES:
+        raise ImageError(path, f"progressive JPEG of {w}x{h} needs {jpeg.coefficient_bytes / 2**20:.0f} MB of coefficients "
+                               f"to decode, over the limit of {MAX_COEFFICIENT_BYTES / 2**20:.0f} MB")
 
 
 HUGE_PIXELS = 32_000_000  # decoded images above this are shrunk before any conversion (see _shrink_huge)
@@ -193,9 +306,22 @@ def _shrink_huge(im: Image.Image, min_side: int) -> Image.Image:
         im = im.convert("L")  # Pillow keeps 1-bit images a byte a pixel: no larger
     elif im.mode in ("P", "PA"):
         im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")  # as to_rgb would
+    if im.mode.startswith("I;16"):
+        return _reduce_16bit(im, factor)
     if im.mode not in ("L", "RGB", "RGBA", "LA", "CMYK", "I", "F"):
-        return im  # 16-bit gray: to_rgb scales it over its range, which a reduction in this mode cannot
+        return im
     return im.reduce(factor)
+
+
+def _reduce_16bit(im: Image.Image, factor: int) -> Image.Image:
+    """`im.reduce(factor)` for 16-bit gray, which Pillow reduces only as 32-bit "I": converted a strip at a
+    time, so the whole image is never held at 4 bytes a pixel; the result is 16-bit again, as to_rgb expects."""
+    w, h = im.size
+    out = Image.new("I", (-(-w // factor), -(-h // factor)))
+    rows = factor * max(1, 4_000_000 // (w * factor))  # whole boxes high, about 4 MP a strip
+    for top in range(0, h, rows):
+        out.paste(im.crop((0, top, w, min(top + rows, h))).convert("I").reduce(factor), (0, top // factor))
+    return out.convert(im.mode)
 
 
 def cap_aspect(im: Image.Image, most: float = MAX_ASPECT) -> Image.Image:
@@ -248,7 +374,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if im.mode.startswith("I") or im.mode == "F":
-        return Image.fromarray(_gray_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+        return Image.fromarray(_gray_to_uint8(im)).convert("RGB")
     try:
         # 1, L, P, CMYK (Adobe's inverted CMYK is undone by the JPEG reader), YCbCr, ...
         return im.convert("RGB")
@@ -256,17 +382,34 @@ def to_rgb(im: Image.Image) -> Image.Image:
         raise ValueError(f"unsupported mode {im.mode}: {e}") from None
 
 
-def _gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """Scale high-bit-depth gray to 0..255 over its full range; clipping at 255 would blow it out."""
-    a = a.astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
-        a = a / 257.0  # 16-bit: 65535 -> 255
-    elif mode == "F" and lo >= 0 and hi <= 1.0:
-        a = a * 255.0
-    elif lo < 0 or hi > 255:
-        a = (a - lo) / max(hi - lo, 1e-12) * 255.0  # no known range: stretch what is there
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+def _gray_to_uint8(im: Image.Image) -> np.ndarray:
+    """Scale high-bit-depth gray to 0..255 over its full range; clipping at 255 would blow it out.
+
+    Read a strip of rows at a time, and only the strip in float64: whole-image copies of a 30 MP scan
+    took over a GB.
+    """
+    w, h = im.size
+    rows = max(1, 250_000 // max(1, w))  # strips of about 0.25 MP: 2 MB in float64
+    strips = [(0, top, w, min(top + rows, h)) for top in range(0, h, rows)]
+    lo = hi = None
+    for box in strips:  # Pillow's getextrema does not take big-endian 16-bit
+        a = np.asarray(im.crop(box))
+        lo, hi = (float(a.min()), float(a.max())) if lo is None else (min(lo, float(a.min())), max(hi, float(a.max())))
+    sixteen = im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and 255 < hi <= 65535)
+    unit = im.mode == "F" and lo >= 0 and hi <= 1.0
+    out = np.empty((h, w), np.uint8)
+    for box in strips:
+        x = np.asarray(im.crop(box), dtype=np.float64)
+        if sixteen:
+            x /= 257.0  # 16-bit: 65535 -> 255
+        elif unit:
+            x *= 255.0
+        elif lo < 0 or hi > 255:
+            x -= lo  # no known range: stretch what is there
+            x /= max(hi - lo, 1e-12)
+            x *= 255.0
+        out[box[1]:box[3]] = np.clip(np.rint(x, out=x), 0, 255, out=x)
+    return out
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -306,9 +449,13 @@ def is_colour(image: Image.Image | str | Path) -> bool:
     """Whether a photo (an image or a file) has colour; a file that cannot be read counts as not colour."""
     if not isinstance(image, Image.Image):
         try:
-            with Image.open(image) as im:
+            data = read_bytes(image)
+            jpeg = jpeg_scans(data, image) if is_jpeg(data) else None
+            with Image.open(io.BytesIO(data)) as im:
+                if jpeg is not None:
+                    check_jpeg_cost(jpeg, *im.size, image)  # a scan bomb would take minutes even at 1/8 scale
                 im.draft("RGB", (32, 32))  # a JPEG decodes at 1/8 scale at most: a millisecond for a camera photo
                 return chroma(im) > COLOUR_CHROMA
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (ImageError, OSError, ValueError, Image.DecompressionBombError):
             return False
     return chroma(image) > COLOUR_CHROMA

@@ -2,7 +2,7 @@
 
 The corpus is generated into tmp_path by the `hostile` fixture (nothing is committed): broken files,
 every common format and mode, a decompression bomb, an unreadable file, a symlink loop, a
-non-UTF-8 file name and a name with spaces.
+non-UTF-8 file name and a name with spaces, a progressive-JPEG scan bomb.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from pipelines.images import MAX_PIXELS, ImageError, load_image
 from pipelines.scan import list_images
 from tagger.cli import app
+from test_decode_limits import scan_bomb_jpeg
 
 runner = CliRunner()
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads a mode-000 file anyway
@@ -86,6 +87,7 @@ def make_hostile_corpus(root: Path) -> Corpus:
     bad("zero_byte", "empty.jpg", b"")
     bad("text_as_jpg", "notes.jpg", b"shopping list: eggs, milk\n" * 4)
     bad("bomb", "bomb.png", bomb_png())
+    bad("scan_bomb", "scans.jpg", scan_bomb_jpeg(repeats=1000))  # 1,006 scans of 256x256 in 35 KB
 
     good("png", "plain.png", lambda p: _rgb(40, 30).save(p))
     good("gif", "still.gif", lambda p: _rgb(40, 30).convert("P").save(p))
@@ -260,6 +262,7 @@ def test_load_image_bad_kinds(hostile):
     # 400 MP is past Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS), which refuses it at open: said in our terms.
     assert reasons["bomb"] == "decompression bomb: 400 MP image is over the 128 MP limit"
     assert reasons["zero_byte"] == "empty file"
+    assert reasons["scan_bomb"] == "1006 scans, over the limit of 100: a progressive-JPEG decoding bomb"
     assert "not an image" in reasons["text_as_jpg"]
     assert "truncated" in reasons["truncated_jpeg"]
     if not IS_ROOT:
