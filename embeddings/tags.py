@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .checks import check_fields, check_values, read_json, short
 from .files import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -34,6 +35,13 @@ VERSION = 1
 # Both forms of a plural pair must be at least this long, so that `bus`/`bu`, `ss`/`s` or
 # `las`/`la` never merge while `dogs`/`dog` and `cats`/`cat` do.
 PLURAL_MIN_STEM = 3
+
+# A vocabulary's bounds: a longer tag is a sentence or junk, and a bundle of a stranger's may not make
+# tagger hold more (its words are a fixed-width array in word_vectors.npz: one long word widens them all).
+# The paper's skip-gram vocabulary had 247,465 words.
+MAX_WORD_LENGTH = 100
+MAX_WORDS = 1_000_000
+MAX_FILE_BYTES = 64 << 20  # vocabulary.json, its words and every form seen in the corpus (the shipped one: 1 MB)
 
 # Flickr machine tags (`geo:lat=51.5`, `upcoming:event=616375`) are metadata, not words.
 _MACHINE_TAG = re.compile(r"^\w+:\w+=")
@@ -81,6 +89,7 @@ class TagConfig:
         for name in ("stoplist", "synonyms"):
             if isinstance(getattr(self, name), Path):
                 object.__setattr__(self, name, str(getattr(self, name)))
+        check_fields(self)
 
 
 class Stoplist:
@@ -190,7 +199,7 @@ class Vocabulary:
         form_counts: Counter[str] = Counter()
         for tags in tag_lists:
             _check_tag_list(tags)
-            norms = frozenset(n for n in map(normalize_tag, tags) if n is not None)
+            norms = frozenset(n for n in map(normalize_tag, tags) if n is not None and len(n) <= MAX_WORD_LENGTH)
             for norm in norms:
                 if norm not in form_of:
                     form_of[norm] = synonyms.get(norm, norm)
@@ -222,7 +231,11 @@ class Vocabulary:
         word_counts: Counter[str] = Counter()
         for norms in photos:
             word_counts.update({canonical[n] for n in norms if n in canonical})
-        kept = sorted((w for w, n in word_counts.items() if n >= config.min_count), key=lambda w: (-word_counts[w], w))
+        kept = sorted((w for w, n in word_counts.items() if n >= config.min_count and len(w) <= MAX_WORD_LENGTH),
+                      key=lambda w: (-word_counts[w], w))
+        if len(kept) > MAX_WORDS:
+            raise ValueError(f"{len(kept)} words are seen at least {config.min_count} times, over the limit of {MAX_WORDS} "
+                             "words a vocabulary may have: raise min_count")
         counts = np.array([word_counts[w] for w in kept], dtype=np.int64)
         return cls(kept, counts, canonical, config, stoplist)
 
@@ -281,13 +294,42 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
+        """Read a saved vocabulary; a file that is not one, or breaks its bounds, is a ValueError naming it."""
         path = Path(path)
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file "
-                             f"(found {data.get('format')!r} v{data.get('version')!r})")
-        return cls(data["words"], np.array(data["counts"], dtype=np.int64), data["canonical"],
-                   TagConfig(**data["config"]), Stoplist(data["stoplist"]))
+        try:
+            data = read_json(path, MAX_FILE_BYTES)
+            if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+                found = f"{data.get('format')!r} v{data.get('version')!r}" if isinstance(data, dict) else short(data)
+                raise ValueError(f"not a {FORMAT} v{VERSION} file (found {found})")
+            missing = [k for k in _FILE_TYPES if k not in data]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} missing")
+            if isinstance(data["words"], list) and len(data["words"]) > MAX_WORDS:
+                raise ValueError(f"words: {len(data['words'])} words, over the limit of {MAX_WORDS}")
+            check_values(data, _FILE_TYPES)
+            words, counts = data["words"], data["counts"]
+            for i, word in enumerate(words):
+                if not 0 < len(word) <= MAX_WORD_LENGTH:
+                    raise ValueError(f"words[{i}] is empty" if not word else
+                                     f"words[{i}] is {len(word)} characters, over the limit of {MAX_WORD_LENGTH}")
+            if len(set(words)) != len(words):
+                twice = next(w for w, n in Counter(words).items() if n > 1)
+                raise ValueError(f"words: {short(twice)} is there twice")
+            if len(counts) != len(words):
+                raise ValueError(f"{len(counts)} counts for {len(words)} words")
+            if counts and min(counts) < 0:
+                raise ValueError(f"counts: {min(counts)} is negative")
+            try:
+                config = TagConfig(**data["config"])
+            except TypeError as e:  # a setting TagConfig does not have
+                raise ValueError(f"config: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return cls(words, np.array(counts, dtype=np.int64), data["canonical"], config, Stoplist(data["stoplist"]))
+
+
+# What a saved vocabulary holds, by type (`Vocabulary.load` checks them before it uses any).
+_FILE_TYPES = {"config": dict, "words": list[str], "counts": list[int], "stoplist": list[str], "canonical": dict[str, str]}
 
 
 def _merge_plurals(counts: Counter[str], pinned: set[str]) -> dict[str, str]:

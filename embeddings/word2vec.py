@@ -22,11 +22,14 @@ from typing import Iterable
 
 import numpy as np
 
+from .checks import check_fields, check_values, expect, npz_headers, short
 from .files import atomic_write
 from .index import unit_rows
+from .tags import MAX_WORD_LENGTH, MAX_WORDS
 
 FORMAT = "tagger.word_vectors"
 VERSION = 1
+MAX_META_LENGTH = 1 << 16  # characters of the training config's JSON
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Word2VecConfig:
     sg: int = 1
 
     def __post_init__(self):
+        check_fields(self)
         if self.sg != 1:
             raise ValueError("only skip-gram (sg=1) is supported, as in the paper")
 
@@ -150,12 +154,43 @@ class WordVectors:
 
     @classmethod
     def load(cls, path: str | Path) -> WordVectors:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-                raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file")
-            config = Word2VecConfig(**meta["config"]) if meta["config"] else None
-            return cls(data["words"].tolist(), data["vectors"], config)
+        """Read a saved .npz; every array is checked from its header before it is read, so a file that is
+        not one, or breaks the vocabulary's bounds, is a ValueError naming it and the array."""
+        try:
+            headers = npz_headers(path)
+            (n,), words_dtype = expect(headers, "words", "U", 1)
+            shape, _ = expect(headers, "vectors", "f", 2)
+            _, meta_dtype = expect(headers, "meta", "U", 0)
+            # Numpy's text arrays are fixed-width, 4 bytes a character: the longest word sets the width of all.
+            if words_dtype.itemsize // 4 > MAX_WORD_LENGTH:
+                raise ValueError(f"array words holds words of {words_dtype.itemsize // 4} characters, "
+                                 f"over the limit of {MAX_WORD_LENGTH}")
+            if n > MAX_WORDS:
+                raise ValueError(f"array words holds {n} words, over the limit of {MAX_WORDS}")
+            if shape[0] != n:
+                raise ValueError(f"{n} words but vectors of shape {shape}")
+            if meta_dtype.itemsize // 4 > MAX_META_LENGTH:
+                raise ValueError(f"array meta is {meta_dtype.itemsize // 4} characters, over the limit of {MAX_META_LENGTH}")
+            with np.load(path, allow_pickle=False) as data:
+                words, vectors, text = data["words"].tolist(), data["vectors"].astype(np.float32), str(data["meta"])
+            if not np.isfinite(vectors).all():
+                raise ValueError("array vectors holds NaN or infinite values (as float32)")
+            try:
+                meta = json.loads(text)
+            except ValueError:
+                meta = None
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise ValueError(f"not a {FORMAT} v{VERSION} file (array meta holds {short(text)})")
+            check_values(meta, {"config": dict | None})
+            try:
+                config = Word2VecConfig(**meta["config"]) if meta.get("config") else None
+            except TypeError as e:  # a setting Word2VecConfig does not have
+                raise ValueError(f"array meta: config: {e}") from None
+            if config is not None and config.dim != shape[1]:
+                raise ValueError(f"{shape[1]}-d vectors, but array meta says {config.dim}")
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return cls(words, vectors, config)
 
     @classmethod
     def load_word2vec_format(cls, path: str | Path, binary: bool | None = None) -> WordVectors:

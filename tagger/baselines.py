@@ -15,7 +15,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from embeddings.checks import check_fields, expect, npz_headers
 from embeddings.index import unit_rows
+from embeddings.tags import MAX_WORDS
+from pipelines.errors import OptionError
+
+MAX_K = 10_000  # most neighbours that may vote (as many as a photo's samples may be)
+MAX_DIM = 1 << 16  # widest PCA a config may ask for (as wide as any generator layer)
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,13 @@ class KNNConfig:
     k: int = 50  # neighbours that vote (chosen on the validation split by `fit_knn`)
     dim: int = 256  # PCA width of the stored training features
     subtract_prior: bool = True  # TagVote: votes minus K * prior
+
+    def __post_init__(self):
+        check_fields(self, OptionError)
+        if not 1 <= self.k <= MAX_K:
+            raise OptionError(f"k must be a whole number from 1 to {MAX_K}, got {self.k}")
+        if not 1 <= self.dim <= MAX_DIM:
+            raise OptionError(f"dim must be a whole number from 1 to {MAX_DIM}, got {self.dim}")
 
 
 class KNNTagger:
@@ -113,9 +126,49 @@ class KNNTagger:
 
     @classmethod
     def load(cls, path: str | Path) -> "KNNTagger":
+        """Read a saved baseline, every array checked against the others (from their headers, before any is read)
+        and its values before use: out-of-range tag ids or a shuffled indptr would give other votes, silently."""
+        headers = npz_headers(path)
+        (width,), _ = expect(headers, "mean", "f", 1)
+        components, _ = expect(headers, "components", "f", 2)
+        features, _ = expect(headers, "features", "f", 2)
+        indptr_shape, _ = expect(headers, "indptr", "iu", 1)
+        expect(headers, "indices", "iu", 1)
+        expect(headers, "vocab_size", "iu", 0)
+        if expect(headers, "config", "iu", 1)[0] != (3,):
+            raise ValueError(f"array config is {headers['config'][0]}, expected 3 values (k, dim, subtract_prior)")
+        if components[0] != width:
+            raise ValueError(f"array mean is {(width,)}, but components is {components}")
+        if features[1] != components[1] or features[0] < 1:
+            raise ValueError(f"array features is {features}, but components is {components}: expected one photo or more of {components[1]}")
+        if indptr_shape != (features[0] + 1,):
+            raise ValueError(f"array indptr has {indptr_shape[0]} entries for {features[0]} photos, expected {features[0] + 1}")
         with np.load(path, allow_pickle=False) as d:
-            indptr, indices = d["indptr"], d["indices"]
+            vocab_size, (k, dim, subtract) = d["vocab_size"].item(), d["config"].tolist()
+            if not 1 <= vocab_size <= MAX_WORDS:
+                raise ValueError(f"array vocab_size: {vocab_size} words, expected 1 or more, within the limit of {MAX_WORDS}")
+            if subtract not in (0, 1):
+                raise ValueError(f"array config: subtract_prior must be 0 or 1, got {subtract}")
+            try:
+                config = KNNConfig(k=k, dim=dim, subtract_prior=bool(subtract))
+            except OptionError as e:
+                raise ValueError(f"array config: {e}") from None
+            # fit keeps min(dim, input width, photos) components: any other width is not a baseline it made.
+            if components[1] != min(dim, width, features[0]):
+                raise ValueError(f"array config: dim {dim} does not give the {components[1]} components stored")
+            indptr, indices = d["indptr"].astype(np.int64), d["indices"].astype(np.int64)
+            if indptr[0] != 0:
+                raise ValueError(f"array indptr must start at 0, starts at {indptr[0]}")
+            if np.any(np.diff(indptr) < 0):
+                raise ValueError(f"array indptr decreases at entry {int(np.argmax(np.diff(indptr) < 0)) + 1}")
+            if indptr[-1] != len(indices):
+                raise ValueError(f"array indptr ends at {indptr[-1]}, but there are {len(indices)} indices")
+            outside = (indices < 0) | (indices >= vocab_size)
+            if outside.any():
+                raise ValueError(f"array indices: {int(outside.sum())} word ids outside 0..{vocab_size - 1} (e.g. {indices[outside][0]})")
+            arrays = {name: d[name] for name in ("mean", "components", "features")}
+            for name, a in arrays.items():
+                if not np.isfinite(a).all():
+                    raise ValueError(f"array {name} holds NaN or infinite values")
             tags = [indices[indptr[i] : indptr[i + 1]] for i in range(len(indptr) - 1)]
-            k, dim, subtract = d["config"].tolist()
-            return cls(d["mean"], d["components"], d["features"], tags, int(d["vocab_size"]),
-                       KNNConfig(k=int(k), dim=int(dim), subtract_prior=bool(subtract)))
+            return cls(arrays["mean"], arrays["components"], arrays["features"], tags, vocab_size, config)

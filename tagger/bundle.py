@@ -24,9 +24,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from pydantic import NonNegativeInt
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from embeddings.checks import check_type, check_values, field_types, read_json
 from embeddings.files import atomic_dir, content_hash
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
@@ -38,6 +40,7 @@ from tagger.calibration import Calibration
 from tagger.condition import ConditionConfig
 from tagger.generators import create_generator, make_config
 from tagger.model import Tagger
+from tagger.summary import TrainingSummary
 from tagger.train import WordSpaceConfig
 from tagger.voting import SamplingConfig
 
@@ -45,6 +48,21 @@ FORMAT_VERSION = 2
 READS = (1, 2)  # format versions this tagger loads
 CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION = (
     "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json")
+
+
+# A real config.json is a few KB and a calibration.json a few hundred; these are far above and still small.
+MAX_CONFIG_BYTES, MAX_CALIBRATION_BYTES = 1 << 20, 16 << 20
+
+# config.json's values by type, checked before any is used (a section's own settings by its config's
+# dataclass). The run's summary (info) may hold fields this tagger does not know: they are kept as they
+# are; the ones it knows are of their type, and its counts 0 or more.
+CONFIG_TYPES = {
+    "format_version": int, "backbone": dict, "backbone.name": str, "backbone.weights": str | None,
+    "backbone.feature_dim": int, "gan": dict, "generator": dict, "generator.family": str, "generator.config": dict,
+    "condition": dict, "method": str | None, "words": dict, "sampling": dict, "sampling.exclude": list[str],
+    "vocabulary_size": NonNegativeInt, "info": dict,
+    **{f"info.{name}": NonNegativeInt if tp is int else tp for name, tp in field_types(TrainingSummary).items()},
+}
 
 
 class BundleError(TaggerError, ValueError):
@@ -88,7 +106,7 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
         for name, file in (extras or {}).items():
             shutil.copyfile(file, tmp / name)
         # config.json last: a folder without it is not a bundle.
-        (tmp / CONFIG).write_text(json.dumps(config_dict(tagger), indent=2, ensure_ascii=False))
+        (tmp / CONFIG).write_text(json.dumps(config_dict(tagger), indent=2, ensure_ascii=False), encoding="utf-8")
     return path
 
 
@@ -99,12 +117,16 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
     if not cfg_file.is_file():
         raise BundleError(f"{path}: not a model bundle (no {CONFIG})")
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{cfg_file}: not valid JSON ({_one_line(e)})") from e
+        cfg = read_json(cfg_file, MAX_CONFIG_BYTES)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{cfg_file}: {_one_line(e)}") from None
     version = cfg.get("format_version") if isinstance(cfg, dict) else None
-    if version not in READS:
+    if isinstance(version, bool) or version not in READS:  # True == 1
         raise BundleError(f"{cfg_file}: bundle format {version!r}, this tagger reads formats {', '.join(map(str, READS))}")
+    try:
+        check_values(cfg, CONFIG_TYPES)
+    except ValueError as e:
+        raise BundleError(f"{cfg_file}: {e}") from None
     for name in (WEIGHTS, VOCABULARY, VECTORS):
         if not (path / name).is_file():
             raise BundleError(f"{path / name}: missing from the bundle")
@@ -145,12 +167,13 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
         knn = _load_part(path / KNN, "the kNN baseline", KNNTagger.load)
         if knn.vocab_size != len(wv.words):
             raise BundleError(f"{path / KNN}: made for {knn.vocab_size} words, the bundle has {len(wv.words)}")
+        if len(knn.mean) != image_dim:
+            raise BundleError(f"{path / KNN}: made for {len(knn.mean)}-d features, but backbone {backbone} gives {image_dim}")
     elif condition.neighbour_votes:
         raise BundleError(f"{path / KNN}: missing from the bundle (the generator is conditioned on neighbour votes)")
     calibration = {}
     if (path / CALIBRATION).is_file():
-        calibration = _load_part(path / CALIBRATION, "the calibration",
-                                 lambda f: {m: Calibration.from_dict(d) for m, d in json.loads(f.read_text()).items()})
+        calibration = _load_part(path / CALIBRATION, "the calibration", _read_calibration)
     tagger = Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                     info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
                     calibration=calibration, method=cfg.get("method"))
@@ -188,9 +211,9 @@ def _fingerprint(path: Path) -> str:
     return content_hash("".join(f"{f.name}\0{content_hash(f)}\n" for f in files).encode())
 
 
-def _one_line(error: Exception) -> str:
-    """An exception's message on one line (torch's state-dict errors span several)."""
-    text = " ".join(str(error).split()) or type(error).__name__
+def _one_line(error: Exception, drop: str = "") -> str:
+    """An exception's message on one line (torch's state-dict errors span several), `drop` cut from its start."""
+    text = " ".join(str(error).removeprefix(drop).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -198,7 +221,19 @@ def _load_part(file: Path, what: str, load):
     try:
         return load(file)
     except Exception as e:  # a damaged file fails in format-specific ways: zip, JSON, npy, missing keys
-        raise BundleError(f"{file}: cannot load {what} ({_one_line(e)})") from e
+        raise BundleError(f"{file}: cannot load {what} ({_one_line(e, drop=f'{file}: ')})") from e
+
+
+def _read_calibration(file: Path) -> dict[str, Calibration]:
+    data = read_json(file, MAX_CALIBRATION_BYTES)
+    check_type(data, dict[str, dict], "the file")
+    out = {}
+    for method, values in data.items():
+        try:
+            out[method] = Calibration.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"{method}: {e}") from None
+    return out
 
 
 def _check_backbone(cfg_file: Path, name: str, feature_dim: int) -> None:

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import NonNegativeInt, PositiveInt
 from scipy.optimize import isotonic_regression
 
+from embeddings.checks import check_type, check_values
 from tagger.metrics import top_ids
 
 
@@ -75,6 +77,12 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
+        """From `to_dict`'s values, which may come from a stranger's bundle: each checked by type, then as a map."""
+        check_type(d, dict, "the calibration")
+        for name in ("knots", "probs"):
+            if name not in d:
+                raise ValueError(f"{name} is missing")
+        check_values(d, _TYPES)
         knots, probs = np.asarray(d["knots"], dtype=np.float64), np.asarray(d["probs"], dtype=np.float64)
         if knots.ndim != 1 or knots.shape != probs.shape or len(knots) == 0:
             raise ValueError("knots and probs must be two lists of the same, non-zero length")
@@ -82,7 +90,10 @@ class Calibration:
             raise ValueError("knots must be finite and non-decreasing, probs finite")
         if np.any(np.diff(probs) < 0) or probs.min() < 0 or probs.max() > 1:
             raise ValueError("probs must be non-decreasing and within 0..1")
-        return cls(knots, probs, int(d.get("photos", 0)), int(d.get("top", 10)))
+        return cls(knots, probs, d.get("photos", 0), d.get("top", 10))
+
+
+_TYPES = {"knots": list[float], "probs": list[float], "photos": NonNegativeInt, "top": PositiveInt}
 
 
 def reliability(probs: np.ndarray, hits: np.ndarray, bins: int = 10) -> list[dict]:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from embeddings.checks import check_fields
 from pipelines.errors import OptionError
 from tagger.baselines import KNNTagger
 
@@ -24,6 +25,7 @@ class ConditionConfig:
     neighbour_votes: int = 0  # K > 0: append the vote shares of the photo's K nearest training photos
 
     def __post_init__(self):
+        check_fields(self, OptionError)
         if self.neighbour_votes < 0:
             raise OptionError(f"neighbour_votes must be 0 or more, got {self.neighbour_votes}")
 

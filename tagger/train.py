@@ -22,9 +22,10 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from embeddings.checks import check_fields
 from embeddings.files import atomic_write
 from embeddings.index import TagIndex
-from pipelines.errors import TaggerError
+from pipelines.errors import OptionError, TaggerError
 from tagger.generators import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, family_for, get_family
 from tagger.generators.base import learning_rate, momentum
 from tagger.metrics import precision_at_k, top_ids
@@ -38,6 +39,9 @@ class WordSpaceConfig:
 
     center: bool = False  # subtract the vocabulary mean: pulls "hub" words away from every query
     normalize: bool = False  # scale every word vector to unit length
+
+    def __post_init__(self):
+        check_fields(self, OptionError)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from embeddings.checks import check_fields
 from pipelines.errors import OptionError
 
 
@@ -61,6 +62,7 @@ class SamplingConfig:
             raise OptionError(f"prior_power must be a finite number, 0 or more, got {self.prior_power!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise OptionError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+        check_fields(self, OptionError)  # the rest by their declared types: exclude a tuple of tags
 
 
 def vote(scores: np.ndarray, ids: np.ndarray, n_photos: int, vocab_size: int, config: SamplingConfig,

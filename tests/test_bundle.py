@@ -68,7 +68,7 @@ def test_the_condition_carries_the_neighbours_votes(photos):
 @pytest.mark.parametrize("change, message", [
     (lambda p: (p / "knn.npz").unlink(), "knn.npz: missing from the bundle (the generator is conditioned on neighbour votes)"),
     (lambda p: (p / "calibration.json").write_text(json.dumps({"cgan": {"knots": [0, 1], "probs": [0.6, 0.2]}})),
-     "calibration.json: cannot load the calibration (probs must be non-decreasing and within 0..1)"),
+     "calibration.json: cannot load the calibration (cgan: probs must be non-decreasing and within 0..1)"),
     (lambda p: (p / "calibration.json").write_text(json.dumps({"cvae": {"knots": [0, 1], "probs": [0.1, 0.2]}})),
      "calibration.json: calibrates cvae, which this bundle does not have"),
     (lambda p: (p / "calibration.json").write_text("{"), "calibration.json: cannot load the calibration"),

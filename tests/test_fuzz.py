@@ -161,3 +161,99 @@ def test_bundle_loader_on_tampered_config(tmp_path_factory, key, value, where):
         return
     tags = tagger.predict_features(np.zeros((1, tagger.feature_dim), dtype=np.float32))
     assert all(np.isfinite(s) for _, s in tags[0])
+
+
+_SAVED = []
+
+
+def tiny_bundle_copy(folder):
+    """A fresh copy of one saved tiny bundle with every part (kNN, neighbour votes, calibration)."""
+    import shutil
+
+    from conftest import build_tiny_tagger
+    from tagger.calibration import Calibration
+
+    if not _SAVED:
+        tagger = build_tiny_tagger(knn_photos=20, neighbour_votes=3)
+        tagger.calibration = {"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))}
+        _SAVED.append(tagger.save(folder.parent / "saved"))
+    return shutil.copytree(_SAVED[0], folder / "m")
+
+
+def load_and_tag_or_refuse(path):
+    """A tampered bundle loads and tags (finite scores), or is a one-line BundleError naming a file of the bundle."""
+    from tagger.bundle import BundleError
+    from tagger.model import Tagger
+
+    try:
+        tagger = Tagger.load(path)
+    except BundleError as e:
+        assert "\n" not in str(e) and str(e).startswith(f"{path}/"), str(e)
+        return None
+    for method in tagger.methods:
+        tags = tagger.predict_features(np.zeros((2, tagger.feature_dim), dtype=np.float32), method=method)
+        assert all(np.isfinite(s) for row in tags for _, s in row)
+    assert isinstance(tagger.summary.train_photos, int)
+    return tagger
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=6)
+SETTINGS = [("generator", "config", k) for k in ("word_dim", "unit_output", "noise", "heads", "dropout", "g_joint_hidden")] + [
+    ("sampling", k) for k in ("samples", "exclude", "scoring", "min_score", "seed")] + [
+    ("words", "center"), ("words", "normalize"), ("condition", "neighbour_votes"), ("backbone", "name"), ("backbone", "weights"),
+    ("generator", "family"), ("generator", "config"), ("method",), ("vocabulary_size",), ("format_version",), ("info",),
+    ("info", "train_photos"), ("info", "split"), ("info", "val_p5"), ("info", "warnings"), ("info", "something_new")]
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(where=st.sampled_from(SETTINGS), value=JSON_VALUES)
+def test_bundle_loader_on_any_tampered_setting(tmp_path_factory, where, value):
+    """Any JSON value anywhere in config.json: the bundle loads and tags, or it is one line naming the file."""
+    import json
+
+    path = tiny_bundle_copy(tmp_path_factory.mktemp("b"))
+    cfg = json.loads((path / "config.json").read_text())
+    parent = cfg
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = value
+    (path / "config.json").write_text(json.dumps(cfg))
+    load_and_tag_or_refuse(path)
+
+
+KNN_ARRAYS = ["indptr", "indices", "config", "vocab_size", "mean", "components", "features"]
+
+
+@pytest.mark.slow
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(KNN_ARRAYS), seed=st.integers(0, 2**32 - 1),
+       how=st.sampled_from(["add", "shuffle", "truncate", "scalar", "cast", "huge"]))
+def test_knn_loader_on_tampered_arrays(tmp_path_factory, name, seed, how):
+    """Any array of knn.npz changed in value, order, length, dtype or size: the bundle loads and tags, or one line."""
+    path = tiny_bundle_copy(tmp_path_factory.mktemp("k"))
+    rng = np.random.default_rng(seed)
+    with np.load(path / "knn.npz") as data:
+        arrays = dict(data)
+    a = arrays[name]
+    if how == "add":
+        a = a + rng.integers(-3, 4, size=a.shape).astype(a.dtype)
+    elif how == "shuffle":
+        a = rng.permutation(a.ravel()).reshape(a.shape) if a.ndim else a
+    elif how == "truncate":
+        a = a.ravel()[: rng.integers(0, max(a.size, 1))]
+    elif how == "scalar":
+        a = np.array(rng.integers(-2**62, 2**62))
+    elif how == "cast":
+        a = a.astype(rng.choice(["float64", "int8", "uint64", "bool", "complex64", "<U2"]))
+    elif a.dtype.kind == "f":
+        a = np.full(a.shape, rng.choice([np.inf, np.nan, 1e30]))
+    else:
+        a = np.full(a.shape, rng.choice([2**62, -1]))
+    arrays[name] = a
+    with open(path / "knn.npz", "wb") as f:
+        np.savez(f, **arrays)
+    load_and_tag_or_refuse(path)

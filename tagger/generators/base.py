@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embeddings.checks import check_fields
 from pipelines.errors import OptionError
 
 # Reconstruction terms a family may offer beside its adversarial or KL terms (TrainConfig.recon).
@@ -63,6 +64,7 @@ class GeneratorConfig:
             raise OptionError(f"dropout must be below 1, got {self.dropout}")
         if self.heads > 256:
             raise OptionError(f"heads must be at most 256, got {self.heads}")
+        check_fields(self, OptionError)  # the rest by their declared types: unit_output "no" is not true
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,6 +213,7 @@ class TrainConfig:
     val_photos: int = 1000  # validation P@5 on at most this many held-out photos per epoch
 
     def __post_init__(self):
+        check_fields(self, OptionError)
         if self.optimizer not in ("sgd", "adam"):
             raise OptionError(f"unknown optimizer {self.optimizer!r} (use 'sgd' or 'adam')")
         if self.recon not in RECONS:
