@@ -8,18 +8,20 @@
 
 A photo that does not decode does not fail the request: its result carries an `error` (the reason)
 and no tags, and the other photos are tagged, as `tagger predict` does. Limits refuse the whole
-request instead (413): a photo over the size limit, or too many photos.
+request instead (413): a photo over the size limit, or too many photos. Query parameters out of
+range are refused (422) before the request goes near a batch.
 
 Requests arriving within a few milliseconds of each other share one forward pass: handlers decode
 their photos in threads and queue them; a single worker task gathers queued photos (up to
 `max_batch`) and tags them in its own thread, so the event loop never waits on torch and torch runs
-one batch at a time. Tags do not depend on which photos share a batch (see tagger/sampling.py).
+one batch at a time. Tags do not depend on which photos share a batch (see tagger/sampling.py). A
+batch that fails is tagged again request by request, so that only the request at fault fails.
 
 With a token (`--token` or $TAGGER_TOKEN), every /v1 request needs `Authorization: Bearer TOKEN`.
 The page and the docs are served without it; the page asks for the token when the API refuses.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoint's annotations at run time, and the
+# bound on top_k is the loaded model's vocabulary size, a local that a string annotation cannot name.
 import asyncio
 import hmac
 import logging
@@ -37,17 +39,20 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
-from pipelines.errors import OptionError
+from pipelines.errors import OptionError, TaggerError
 from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image, is_colour
 from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict
 from tagger.model import Tagger
+from tagger.voting import MAX_COUNT
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")  # Host header values of a loopback service
+MAX_EXCLUDE = 100  # tags one request may exclude
+MAX_TAG_CHARS = 100  # characters of one excluded tag
 log = logging.getLogger(__name__)
 
 
@@ -136,15 +141,35 @@ class Batcher:
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._tag, jobs)
-            except Exception as e:  # noqa: BLE001 - the requests in this batch get the error; the worker goes on
-                log.exception("tagging a batch of %d photos failed", size)
+            except Exception as e:  # noqa: BLE001 - the worker goes on whatever a batch does
+                if len(jobs) == 1:
+                    self._fail(jobs[0], e)
+                    continue
+                # One request's photos or options may be what failed: tag each request on its own, so
+                # that the others get their tags and only that one gets the error.
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                    if job.future.done():
+                        continue
+                    try:
+                        (tags,) = await loop.run_in_executor(self._executor, self._tag, [job])
+                    except Exception as e:  # noqa: BLE001 - this request's own error
+                        self._fail(job, e)
+                    else:
+                        if not job.future.done():
+                            job.future.set_result(tags)
             else:
                 for job, tags in zip(jobs, results):
                     if not job.future.done():
                         job.future.set_result(tags)
+
+    @staticmethod
+    def _fail(job: _Job, e: Exception) -> None:
+        # A TaggerError is the user's (the handler answers it with its message); anything else is a bug of ours.
+        if not isinstance(e, TaggerError):
+            n = len(job.images)
+            log.error("tagging a request of %d photo%s failed", n, "" if n == 1 else "s", exc_info=e)
+        if not job.future.done():
+            job.future.set_exception(e)
 
     def _tag(self, jobs: list[_Job]) -> list[list[list[tuple[str, float]]]]:
         """One backbone pass for every photo, then one sampling pass per distinct set of options."""
@@ -152,7 +177,6 @@ class Batcher:
         features = self.tagger.features(images)
         colour = np.array([is_colour(im) for im in images], dtype=bool)
         self.forward_passes += 1
-        self.photos += len(features)
         starts = np.cumsum([0] + [len(job.images) for job in jobs])
         groups = defaultdict(list)
         for i, job in enumerate(jobs):
@@ -163,6 +187,7 @@ class Batcher:
             tags = self.tagger.predict_features(features[rows], colour=colour[rows], **jobs[members[0]].options)
             for i in members:
                 out[i], tags = tags[: len(jobs[i].images)], tags[len(jobs[i].images):]
+        self.photos += len(images)  # here, not before sampling: a failed batch is tagged again, and counted then
         return out
 
 
@@ -204,15 +229,23 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     # The token is checked by the middleware above; this dependency only shows it in /docs (the Authorize button).
     v1 = [Depends(HTTPBearer(auto_error=False))] if token is not None else []
 
+    most_tags = min(len(tagger.words), MAX_COUNT)
+    Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_CHARS)]
+
     @app.post("/v1/tag", response_model=TagResponse, dependencies=v1)
     async def tag(
         request: Request,
         files: Annotated[list[UploadFile], File(description="photos (JPEG, PNG, WebP, GIF, TIFF, BMP); repeat the field for several")],
-        top_k: Annotated[int | None, Query(ge=1, description="tags per photo (default: the model's)")] = None,
+        top_k: Annotated[int | None, Query(ge=1, le=most_tags, description="tags per photo (default: the model's)")] = None,
         min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="leave out tags scoring below this")] = None,
-        exclude: Annotated[list[str], Query(description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
+        exclude: Annotated[list[Tag], Query(max_length=MAX_EXCLUDE, description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
     ) -> TagResponse:
         """Tags with scores for each uploaded photo, best first; a photo that cannot be read gets an `error` instead."""
+        options = dict(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
+        try:
+            tagger.options(**options)  # the model's own checks, here, before the request can join a batch
+        except OptionError as e:
+            raise HTTPException(422, str(e)) from None
         if len(files) > limits.max_photos:
             raise HTTPException(413, f"{len(files)} photos in one request; at most {limits.max_photos}")
         names = [f.filename or f"photo {i + 1}" for i, f in enumerate(files)]
@@ -226,8 +259,10 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
         tags = {}
         if ok:
-            options = dict(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
-            tags = dict(zip(ok, await request.app.state.batcher.tag([decoded[i] for i in ok], **options)))
+            try:
+                tags = dict(zip(ok, await request.app.state.batcher.tag([decoded[i] for i in ok], **options)))
+            except TaggerError as e:
+                raise HTTPException(422, str(e)) from None
         results = []
         for i, (name, d) in enumerate(zip(names, decoded)):
             if isinstance(d, ImageError):
