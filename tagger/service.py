@@ -8,23 +8,33 @@
 
 A photo that does not decode does not fail the request: its result carries an `error` (the reason)
 and no tags, and the other photos are tagged, as `tagger predict` does. Limits refuse the whole
-request instead (413): a photo over the size limit, or too many photos.
+request instead (413): a photo over the size limit, or too many photos. Query parameters out of
+range are refused (422) before the request goes near a batch.
 
 Requests arriving within a few milliseconds of each other share one forward pass: handlers decode
 their photos in threads and queue them; a single worker task gathers queued photos (up to
 `max_batch`) and tags them in its own thread, so the event loop never waits on torch and torch runs
-one batch at a time. Tags do not depend on which photos share a batch (see tagger/sampling.py).
+one batch at a time. Tags do not depend on which photos share a batch (see tagger/sampling.py). A
+batch that fails is tagged again request by request, so that only the request at fault fails.
+
+Memory is bounded over all requests at once by two budgets (`Budget`): the bytes of the request
+bodies the service holds (in memory, or in the parser's temporary files), taken in whole when a
+request starts, and the decoded pixels of the photos waiting for their tags, taken photo by photo.
+A request short of room waits for it, at most `budget_wait` seconds, then gets a 503 with
+Retry-After. Each request reads its photos one at a time (read, decode, drop the bytes).
 
 With a token (`--token` or $TAGGER_TOKEN), every /v1 request needs `Authorization: Bearer TOKEN`.
 The page and the docs are served without it; the page asks for the token when the API refuses.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoint's annotations at run time, and the
+# bound on top_k is the loaded model's vocabulary size, a local that a string annotation cannot name.
 import asyncio
+import functools
 import hmac
 import logging
+import math
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -37,17 +47,20 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
-from pipelines.errors import OptionError
+from pipelines.errors import OptionError, TaggerError
 from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image, is_colour
 from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict
 from tagger.model import Tagger
+from tagger.voting import MAX_COUNT
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")  # Host header values of a loopback service
+MAX_EXCLUDE = 100  # tags one request may exclude
+MAX_TAG_CHARS = 100  # characters of one excluded tag
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +75,12 @@ class ServiceLimits:
     max_request_pixels: int = 150_000_000
     decode_workers: int = 2  # photos decoded at once, over all requests: bounds the memory of decoding
     read_timeout: float = 30.0  # seconds a client may take to send the next part of its upload (slow clients: 408)
+    # Over all requests at once. Bytes: the bodies of the requests in progress, in memory or spooled to
+    # temporary files (a request larger than this runs alone). Pixels: photos decoded and waiting for
+    # their tags, about 3 bytes each (a photo larger than this is decoded alone).
+    max_bytes_in_flight: int = 1024 * 1024 * 1024
+    max_pixels_in_flight: int = 300_000_000
+    budget_wait: float = 10.0  # seconds a request waits for room in those budgets before a 503 with Retry-After
 
     @property
     def max_request_bytes(self) -> int:
@@ -78,6 +97,73 @@ class PhotoTags(BaseModel):
 
 class TagResponse(BaseModel):
     results: list[PhotoTags]  # in upload order
+
+
+class Budget:
+    """An amount (bytes, pixels) shared by every request: each takes what it needs and gives it back.
+
+    When it is short, requests queue for it, and as room is given back each one that fits goes, in
+    the order they came. A request that fits goes at once, even past others queueing: a one-photo
+    request sent among six 581 MB uploads was answered in 0.12 s, where queueing behind them it took
+    9.8 s; what that costs a large one is at most its wait, then a 503. An amount is at most `total`
+    (callers clip it: what is larger goes once it has the budget to itself). Used from the event loop
+    only, so it needs no lock.
+    """
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self.peak = 0  # the most ever in use at once
+        self.waited = 0  # takes that had to queue
+        self.refused = 0  # takes that found no room in time
+        self._queue: deque[tuple[int, asyncio.Future]] = deque()
+
+    def try_take(self, amount: int) -> bool:
+        """Take `amount` now if there is room."""
+        if amount > 0 and self.used + amount > self.total:
+            return False
+        self._grant(amount)
+        return True
+
+    async def take(self, amount: int, wait: float) -> bool:
+        """Take `amount`, queueing for at most `wait` seconds; False if there was no room in that time."""
+        if self.try_take(amount):
+            return True
+        self.waited += 1
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((amount, future))
+        try:
+            await asyncio.wait_for(future, wait)
+        except asyncio.TimeoutError:
+            self.refused += 1
+            return False
+        except asyncio.CancelledError:  # the client went away
+            if future.done() and not future.cancelled():
+                self.give(amount)
+            raise
+        return True
+
+    def give(self, amount: int) -> None:
+        """Give back what was taken (a negative amount takes more, without waiting: a photo larger than declared)."""
+        self.used -= amount
+        self.peak = max(self.peak, self.used)
+        self._wake()
+
+    def _grant(self, amount: int) -> None:
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+
+    def _wake(self) -> None:
+        waiting = deque()
+        for amount, future in self._queue:
+            if future.done():  # gave up waiting
+                continue
+            if self.used + amount <= self.total:
+                self._grant(amount)
+                future.set_result(None)
+            else:
+                waiting.append((amount, future))
+        self._queue = waiting
 
 
 @dataclass
@@ -136,15 +222,35 @@ class Batcher:
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._tag, jobs)
-            except Exception as e:  # noqa: BLE001 - the requests in this batch get the error; the worker goes on
-                log.exception("tagging a batch of %d photos failed", size)
+            except Exception as e:  # noqa: BLE001 - the worker goes on whatever a batch does
+                if len(jobs) == 1:
+                    self._fail(jobs[0], e)
+                    continue
+                # One request's photos or options may be what failed: tag each request on its own, so
+                # that the others get their tags and only that one gets the error.
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                    if job.future.done():
+                        continue
+                    try:
+                        (tags,) = await loop.run_in_executor(self._executor, self._tag, [job])
+                    except Exception as e:  # noqa: BLE001 - this request's own error
+                        self._fail(job, e)
+                    else:
+                        if not job.future.done():
+                            job.future.set_result(tags)
             else:
                 for job, tags in zip(jobs, results):
                     if not job.future.done():
                         job.future.set_result(tags)
+
+    @staticmethod
+    def _fail(job: _Job, e: Exception) -> None:
+        # A TaggerError is the user's (the handler answers it with its message); anything else is a bug of ours.
+        if not isinstance(e, TaggerError):
+            n = len(job.images)
+            log.error("tagging a request of %d photo%s failed", n, "" if n == 1 else "s", exc_info=e)
+        if not job.future.done():
+            job.future.set_exception(e)
 
     def _tag(self, jobs: list[_Job]) -> list[list[list[tuple[str, float]]]]:
         """One backbone pass for every photo, then one sampling pass per distinct set of options."""
@@ -152,7 +258,6 @@ class Batcher:
         features = self.tagger.features(images)
         colour = np.array([is_colour(im) for im in images], dtype=bool)
         self.forward_passes += 1
-        self.photos += len(features)
         starts = np.cumsum([0] + [len(job.images) for job in jobs])
         groups = defaultdict(list)
         for i, job in enumerate(jobs):
@@ -163,6 +268,7 @@ class Batcher:
             tags = self.tagger.predict_features(features[rows], colour=colour[rows], **jobs[members[0]].options)
             for i in members:
                 out[i], tags = tags[: len(jobs[i].images)], tags[len(jobs[i].images):]
+        self.photos += len(images)  # here, not before sampling: a failed batch is tagged again, and counted then
         return out
 
 
@@ -195,8 +301,9 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
         lifespan=lifespan,
     )
     app.state.limits = limits
+    app.state.uploads, app.state.pixels = Budget(limits.max_bytes_in_flight), Budget(limits.max_pixels_in_flight)
 
-    app.add_middleware(Guard, token=token, limits=limits)
+    app.add_middleware(Guard, token=token, limits=limits, uploads=app.state.uploads)
     if allowed_hosts:
         # A page on another site cannot reach a loopback service through a DNS name it controls (DNS rebinding).
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
@@ -204,36 +311,87 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     # The token is checked by the middleware above; this dependency only shows it in /docs (the Authorize button).
     v1 = [Depends(HTTPBearer(auto_error=False))] if token is not None else []
 
+    most_tags = min(len(tagger.words), MAX_COUNT)
+    Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_CHARS)]
+
     @app.post("/v1/tag", response_model=TagResponse, dependencies=v1)
     async def tag(
         request: Request,
         files: Annotated[list[UploadFile], File(description="photos (JPEG, PNG, WebP, GIF, TIFF, BMP); repeat the field for several")],
-        top_k: Annotated[int | None, Query(ge=1, description="tags per photo (default: the model's)")] = None,
+        top_k: Annotated[int | None, Query(ge=1, le=most_tags, description="tags per photo (default: the model's)")] = None,
         min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="leave out tags scoring below this")] = None,
-        exclude: Annotated[list[str], Query(description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
+        exclude: Annotated[list[Tag], Query(max_length=MAX_EXCLUDE, description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
     ) -> TagResponse:
         """Tags with scores for each uploaded photo, best first; a photo that cannot be read gets an `error` instead."""
+        options = dict(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
+        try:
+            tagger.options(**options)  # the model's own checks, here, before the request can join a batch
+        except OptionError as e:
+            raise HTTPException(422, str(e)) from None
         if len(files) > limits.max_photos:
             raise HTTPException(413, f"{len(files)} photos in one request; at most {limits.max_photos}")
         names = [f.filename or f"photo {i + 1}" for i, f in enumerate(files)]
         for name, f in zip(names, files):
             if f.size is not None and f.size > limits.max_photo_bytes:
                 raise HTTPException(413, f"{name}: {_mb(f.size)} is over the limit of {_mb(limits.max_photo_bytes)} per photo")
-        blobs = [await f.read() for f in files]
-        decoded = await asyncio.get_running_loop().run_in_executor(decoder, _decode_all, blobs, names, min_side,
-                                                                   limits.max_request_pixels)
-        del blobs
-        ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
-        tags = {}
-        if ok:
-            options = dict(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
-            tags = dict(zip(ok, await request.app.state.batcher.tag([decoded[i] for i in ok], **options)))
-        results = []
-        for i, (name, d) in enumerate(zip(names, decoded)):
-            if isinstance(d, ImageError):
-                results.append(PhotoTags(filename=name, tags=[], scores=[], error=d.reason))
-            else:
-                results.append(PhotoTags(filename=name, tags=[t for t, _ in tags[i]], scores=[round(s, 4) for _, s in tags[i]]))
+        loop, pixels = asyncio.get_running_loop(), request.app.state.pixels
+        results: list[PhotoTags | None] = [None] * len(files)
+        pending = []  # (index, decoded photo, pixels it holds) waiting for their tags
+        held = 0  # pixels this request holds in the budget
+        left = limits.max_request_pixels
+
+        async def flush():
+            nonlocal pending, held
+            if not pending:
+                return
+            batch, pending = pending, []
+            try:
+                tags = await request.app.state.batcher.tag([im for _, im, _ in batch], **options)
+            except TaggerError as e:
+                raise HTTPException(422, str(e)) from None
+            finally:
+                freed = sum(n for _, _, n in batch)
+                held -= freed
+                pixels.give(freed)
+            for (i, _, _), t in zip(batch, tags):
+                results[i] = PhotoTags(filename=names[i], tags=[w for w, _ in t], scores=[round(x, 4) for _, x in t])
+
+        try:
+            for i, (name, f) in enumerate(zip(names, files)):
+                # One photo at a time: its bytes are read from the parser's spool, decoded and dropped.
+                data, declared = await loop.run_in_executor(decoder, _read_upload, f, min_side)
+                if left < declared <= MAX_PIXELS:
+                    results[i] = PhotoTags(filename=name, tags=[], scores=[], error=(
+                        f"{declared / 1e6:.0f} MP is past this request's budget of {limits.max_request_pixels / 1e6:.0f} MP "
+                        "of decoded pixels; send it in a request of its own"))
+                    continue
+                # Over MAX_PIXELS, decode_image refuses it from its header: nothing to hold. Over the whole
+                # budget, it waits until it has the budget to itself.
+                need = min(declared if declared <= MAX_PIXELS else 0, pixels.total)
+                if not pixels.try_take(need):
+                    await flush()  # tag what this request holds first: it never waits on itself
+                    if not await pixels.take(need, limits.budget_wait):
+                        raise _busy(f"{name}: no room for its {declared / 1e6:.0f} MP of decoded pixels in the "
+                                    f"{pixels.total / 1e6:.0f} MP shared by all requests", limits)
+                held += need
+                try:
+                    image = await loop.run_in_executor(decoder, functools.partial(decode_image, data, name, min_side=min_side))
+                except ImageError as e:
+                    results[i] = PhotoTags(filename=name, tags=[], scores=[], error=e.reason)
+                    held -= need
+                    pixels.give(need)
+                    continue
+                finally:
+                    del data
+                size = image.width * image.height  # what it holds until tagged: a huge photo is reduced while decoding
+                pixels.give(need - size)
+                held += size - need
+                left -= declared
+                pending.append((i, image, size))
+            await flush()
+        finally:
+            pixels.give(held)  # a request that failed or whose client went away gives back what it held
+            _release_later(decoder)
         return TagResponse(results=results)
 
     @app.get("/v1/model", dependencies=v1)
@@ -298,23 +456,34 @@ def serve(model: Tagger | str | Path | None = None, host: str = "127.0.0.1", por
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
 
 
-def _decode_all(blobs: list[bytes], names: list[str], min_side: int, max_pixels: int) -> list:
-    """Decoded images, or the ImageError of each photo that does not decode or is past the request's pixel budget."""
-    out, budget = [], max_pixels
-    for data, name in zip(blobs, names):
-        pixels = declared_pixels(data, min_side)
-        if pixels > budget and pixels <= MAX_PIXELS:
-            out.append(ImageError(name, f"{pixels / 1e6:.0f} MP is past this request's budget of {max_pixels / 1e6:.0f} MP "
-                                        "of decoded pixels; send it in a request of its own"))
-            continue
-        try:
-            # min_side lets big JPEGs decode at a reduced scale, as batch tagging does.
-            out.append(decode_image(data, name, min_side=min_side))
-            budget -= pixels
-        except ImageError as e:
-            out.append(e)
-    release_free_memory()  # a large decode's buffers go back to the system, not to the heap's high-water mark
-    return out
+def _read_upload(upload: UploadFile, min_side: int) -> tuple[bytes, int]:
+    """An uploaded photo's bytes and the pixels decoding it will make (`declared_pixels`; min_side lets big
+    JPEGs decode at a reduced scale, as batch tagging does).
+
+    Read from where the multipart parser spooled it (memory up to 1 MB, else a temporary file), which
+    is then closed: its memory or disk is freed at once, not when the response is sent.
+    """
+    upload.file.seek(0)
+    data = upload.file.read()
+    upload.file.close()
+    return data, declared_pixels(data, min_side)
+
+
+def _release_later(executor: ThreadPoolExecutor) -> None:
+    """Hand the freed memory of a request back to the system, in a worker thread, without waiting for it.
+
+    Or a burst's decoding buffers and uploads stay in the heap: its high-water mark would be the
+    service's size from then on.
+    """
+    try:
+        executor.submit(release_free_memory)
+    except RuntimeError:  # shutting down
+        pass
+
+
+def _busy(what: str, limits: ServiceLimits) -> HTTPException:
+    wait = max(1, math.ceil(limits.budget_wait))
+    return HTTPException(503, f"the service is busy: {what}; try again in {wait} s", headers={"Retry-After": str(wait)})
 
 
 class Guard:
@@ -327,10 +496,18 @@ class Guard:
     than that to temporary files; a client that sends nothing for `read_timeout` seconds gets a 408.
     The errors are raised from `receive`, inside FastAPI's form parsing, which passes HTTPExceptions on.
     (FastAPI's own `max_body_size` answers a declared size in plain text, which the page cannot show.)
+
+    Before any of the body is read, the request takes its size from the service's budget of upload
+    bytes, in whole (its Content-Length; a chunked body, whose size is unknown, the most a request may
+    hold, and gives back the rest once it ends), and holds it until it is answered. Taking it in
+    whole means no request ever holds part of the budget while waiting for more, so concurrent huge
+    uploads run one after another instead of each stalling the others. Starlette's multipart parser
+    keeps every part under 1 MB in memory (and every text field), so a body's memory is not bounded by
+    its spooling: this budget is what bounds it.
     """
 
-    def __init__(self, app, token: str | None, limits: ServiceLimits):
-        self.app, self.token, self.limits = app, token, limits
+    def __init__(self, app, token: str | None, limits: ServiceLimits, uploads: Budget):
+        self.app, self.token, self.limits, self.uploads = app, token, limits, uploads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -342,11 +519,19 @@ class Guard:
             return await response(scope, receive, send)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limits.max_request_bytes:
-            return await JSONResponse({"detail": _too_large(int(declared), self.limits)}, status_code=413)(scope, receive, send)
+            return await _unread(413, _too_large(int(declared), self.limits))(scope, receive, send)
+        if declared.isdigit():
+            held = int(declared)
+        else:
+            held = self.limits.max_request_bytes if "chunked" in headers.get("transfer-encoding", "").lower() else 0
+        held = min(held, self.uploads.total)  # a body larger than the whole budget waits to have it to itself
+        if held and not await self.uploads.take(held, self.limits.budget_wait):
+            error = _busy(f"other uploads hold its {_mb(self.uploads.total)} budget for request bodies", self.limits)
+            return await _unread(error.status_code, error.detail, error.headers)(scope, receive, send)
         seen = 0
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, held
             try:
                 message = await asyncio.wait_for(receive(), self.limits.read_timeout)
             except asyncio.TimeoutError:
@@ -355,9 +540,21 @@ class Guard:
                 seen += len(message.get("body", b""))
                 if seen > self.limits.max_request_bytes:
                     raise HTTPException(413, _too_large(seen, self.limits, so_far=True))
+                if not message.get("more_body", False) and held > seen:
+                    self.uploads.give(held - seen)  # a chunked body ended: keep only what it is
+                    held = seen
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.uploads.give(held)
+
+
+def _unread(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+    """An answer given before the body is read, closing the connection: else uvicorn would read the rest
+    of the body only to drop it, and a client that waits for the answer would send it all first."""
+    return JSONResponse({"detail": detail}, status, {**(headers or {}), "Connection": "close"})
 
 
 def _too_large(size: int, limits: ServiceLimits, so_far: bool = False) -> str:
