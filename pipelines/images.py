@@ -413,11 +413,16 @@ def _gray_to_uint8(im: Image.Image) -> np.ndarray:
 
 
 def _upright(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored rather than losing the photo."""
+    """Apply the EXIF orientation; a broken EXIF block is ignored rather than losing the photo.
+
+    In place: without an orientation Pillow would return a copy of the whole image (255 MB for an
+    11300x11300 16-bit PNG).
+    """
     try:
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # noqa: BLE001 - malformed EXIF comes in endless varieties
-        return im
+        pass
+    return im
 
 
 def printable_path(path: str | Path) -> str:
