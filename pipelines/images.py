@@ -337,7 +337,7 @@ def _shrink_huge(im: Image.Image, min_side: int) -> Image.Image:
     if im.mode.startswith("I;16"):
         return _reduce_16bit(im, factor)
     if im.mode not in ("L", "RGB", "RGBA", "LA", "CMYK", "I", "F"):
-        return im
+        return im  # e.g. LAB or YCbCr TIFFs: rare, and to_rgb makes them no larger (3 bytes a pixel)
     return im.reduce(factor)
 
 
