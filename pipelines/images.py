@@ -14,7 +14,9 @@ pixel is decoded. Either refusal reads the same: "decompression bomb: 400 MP ima
 Pixels do not bound a JPEG's decoding time: a progressive JPEG is read in scans, each a pass over the
 coefficients of the whole image (kept at full size even when decoding at a draft scale), and a file can
 repeat one scan a thousand times in a few hundred KB. `jpeg_scans` walks the marker segments in the
-bytes (Pillow reads only up to the first scan) so that `decode_image` can refuse such a file first.
+bytes (Pillow reads only up to the first scan) so that `decode_image` can refuse such a file first. The
+same walk, and a count of a PNG's chunks, refuse files whose headers Pillow would parse for seconds in
+Python (floods of empty segments or chunks).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ MAX_SEGMENTS = 10_000  # marker segments in one JPEG: a photo has tens (long XMP
 # Bytes between marker segments before the first scan (0xFF fill or junk), which Pillow steps over one at a
 # time in Python (20 MB of fill: 22 s); libjpeg allows them, and encoders write none.
 MAX_JUNK_BYTES = 65_536
+# Chunks in one PNG, which Pillow also reads one at a time in Python (20 MB of empty ones: 11.4 s); encoders
+# write tens, and the image data in pieces of 8 KB or more (1.6 GB at this limit, over MAX_FILE_BYTES).
+MAX_PNG_CHUNKS = 200_000
 
 
 class ImageError(TaggerError):
@@ -125,7 +130,7 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, min_side: int | N
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if is_heif(data):
                 register_heif()
-            jpeg = jpeg_scans(data, path) if is_jpeg(data) else None  # before Pillow parses a segment
+            jpeg = walk_container(data, path)  # before Pillow parses a segment
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
@@ -184,7 +189,7 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
     if is_heif(data):
         register_heif()
     try:
-        jpeg = jpeg_scans(data) if is_jpeg(data) else None
+        jpeg = walk_container(data)
     except ImageError:
         return 0  # a parsing bomb: decode_image refuses it without letting Pillow parse it
     try:
@@ -199,6 +204,29 @@ def declared_pixels(data: bytes, min_side: int | None = None) -> int:
         while scale < 8 and min(w, h) >= 2 * scale * min_side:
             scale *= 2
     return -(-w // scale) * -(-h // scale)
+
+
+def walk_container(data: bytes, path: str | Path = "<bytes>") -> JpegScans | None:
+    """A JPEG's scans, from its marker segments; a PNG's chunks counted. Both refuse a parsing bomb (ImageError)."""
+    if is_jpeg(data):
+        return jpeg_scans(data, path)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        png_chunks(data, path)
+    return None
+
+
+def png_chunks(data: bytes, path: str | Path = "<bytes>") -> int:
+    """The chunks of a PNG up to its end (IEND), each a length, a type, its data and a CRC; at most MAX_PNG_CHUNKS."""
+    pos, chunks = 8, 0  # after the signature
+    while pos + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageError(path, f"more than {MAX_PNG_CHUNKS} chunks (a photo has tens, its image data in pieces of "
+                                   "8 KB or more): a PNG parsing bomb")
+        if data[pos + 4:pos + 8] == b"IEND":
+            break
+        pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+    return chunks
 
 
 def is_jpeg(head: bytes) -> bool:
@@ -309,7 +337,7 @@ def _shrink_huge(im: Image.Image, min_side: int) -> Image.Image:
     if im.mode.startswith("I;16"):
         return _reduce_16bit(im, factor)
     if im.mode not in ("L", "RGB", "RGBA", "LA", "CMYK", "I", "F"):
-        return im
+        return im  # e.g. LAB or YCbCr TIFFs: rare, and to_rgb makes them no larger (3 bytes a pixel)
     return im.reduce(factor)
 
 
@@ -413,11 +441,16 @@ def _gray_to_uint8(im: Image.Image) -> np.ndarray:
 
 
 def _upright(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored rather than losing the photo."""
+    """Apply the EXIF orientation; a broken EXIF block is ignored rather than losing the photo.
+
+    In place: without an orientation Pillow would return a copy of the whole image (255 MB for an
+    11300x11300 16-bit PNG).
+    """
     try:
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # noqa: BLE001 - malformed EXIF comes in endless varieties
-        return im
+        pass
+    return im
 
 
 def printable_path(path: str | Path) -> str:
@@ -450,7 +483,7 @@ def is_colour(image: Image.Image | str | Path) -> bool:
     if not isinstance(image, Image.Image):
         try:
             data = read_bytes(image)
-            jpeg = jpeg_scans(data, image) if is_jpeg(data) else None
+            jpeg = walk_container(data, image)
             with Image.open(io.BytesIO(data)) as im:
                 if jpeg is not None:
                     check_jpeg_cost(jpeg, *im.size, image)  # a scan bomb would take minutes even at 1/8 scale

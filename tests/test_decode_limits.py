@@ -5,14 +5,16 @@ The hostile files are made by the small generators at the top (bench/ makes the 
 """
 import io
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
 from pipelines import images
-from pipelines.images import (MAX_COEFFICIENT_BYTES, MAX_JUNK_BYTES, MAX_PIXELS, MAX_SCAN_PIXELS, MAX_SCANS, MAX_SEGMENTS,
-                              ImageError, declared_pixels, decode_image, is_colour, jpeg_scans, load_image)
+from pipelines.images import (MAX_COEFFICIENT_BYTES, MAX_JUNK_BYTES, MAX_PIXELS, MAX_PNG_CHUNKS, MAX_SCAN_PIXELS,
+                              MAX_SCANS, MAX_SEGMENTS, ImageError, declared_pixels, decode_image, is_colour, jpeg_scans,
+                              load_image)
 
 
 def jpeg_bytes(im: Image.Image, **kw) -> bytes:
@@ -173,6 +175,31 @@ def test_a_flood_of_marker_segments_is_refused_before_pillow_parses_them(monkeyp
     assert decode_image(ok).size == (16, 16)
 
 
+def png_with_chunks(n: int) -> bytes:
+    """A 16x16 PNG with n empty private chunks after its header (a chunk is 12 bytes: length, type, CRC)."""
+    data = io.BytesIO()
+    Image.new("L", (16, 16), 9).save(data, "PNG")
+    data = data.getvalue()
+    empty = b"\x00\x00\x00\x00zzZz" + zlib.crc32(b"zzZz").to_bytes(4, "big")
+    return data[:33] + empty * n + data[33:]  # after the signature (8) and IHDR (25)
+
+
+def test_a_flood_of_png_chunks_is_refused_before_pillow_parses_them(monkeypatch):
+    """Pillow reads a PNG's chunks one at a time in Python: 20 MB of empty ones took 11.4 s."""
+    flood = png_with_chunks(MAX_PNG_CHUNKS)  # with IHDR, IDAT and IEND: over the limit
+
+    def open_(*args, **kwargs):
+        raise AssertionError("Pillow parsed it")
+    monkeypatch.setattr(Image, "open", open_)
+    with pytest.raises(ImageError) as info:
+        decode_image(flood, "flood.png")
+    assert info.value.reason == (f"more than {MAX_PNG_CHUNKS} chunks (a photo has tens, its image data in pieces of "
+                                 "8 KB or more): a PNG parsing bomb")
+    assert declared_pixels(flood) == 0
+    monkeypatch.undo()
+    assert decode_image(png_with_chunks(1000)).size == (16, 16)
+
+
 def test_junk_before_the_first_scan_is_refused_before_pillow_parses_it(monkeypatch):
     """Pillow steps over bytes between segments one at a time in Python: 20 MB of 0xFF fill took 22 s."""
     data = jpeg_bytes(Image.new("L", (16, 16), 128))
@@ -320,3 +347,23 @@ def test_converting_a_deep_image_makes_no_full_size_float_copy(mode, dtype, top)
     assert out.mode == "RGB" and out.size == (3000, 3000)
     # The 8-bit result and a strip at a time: no copy of the whole image in its own type, let alone in float64.
     assert peak < pixels + 16e6
+
+
+def test_decoding_makes_no_copy_of_the_whole_image(monkeypatch):
+    """Applying an absent EXIF orientation copied every decoded image: 255 MB more for an 11300x11300 16-bit PNG."""
+    copy, copied = Image.Image.copy, []
+
+    def counted(self):
+        copied.append(self.size)
+        return copy(self)
+    monkeypatch.setattr(Image.Image, "copy", counted)
+    for data in (encoded(ramp(1200, 1000, 65535, np.uint16), "I;16", "PNG"), jpeg_bytes(Image.new("RGB", (1200, 1000), 99))):
+        for min_side in (None, 64):
+            assert decode_image(data, min_side=min_side).size[0] >= 128
+    assert copied == []
+    # A photo with an orientation is still turned upright.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise: shown 400 wide, 600 high
+    rotated = io.BytesIO()
+    Image.new("RGB", (600, 400), (9, 99, 199)).save(rotated, "JPEG", exif=exif)
+    assert decode_image(rotated.getvalue()).size == (400, 600)
