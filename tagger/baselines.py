@@ -167,7 +167,8 @@ class KNNTagger:
             if outside.any():
                 raise ValueError(f"array indices: {int(outside.sum())} word ids outside 0..{vocab_size - 1} (e.g. {indices[outside][0]})")
             # As float32, which the baseline computes in: 1e300 in a float64 array is finite until then.
-            arrays = {name: d[name].astype(np.float32) for name in ("mean", "components", "features")}
+            with np.errstate(over="ignore"):  # such a value becomes inf here, and is refused below
+                arrays = {name: d[name].astype(np.float32) for name in ("mean", "components", "features")}
             for name, a in arrays.items():
                 if not np.isfinite(a).all():
                     raise ValueError(f"array {name} holds NaN or infinite values (as float32)")
