@@ -166,9 +166,11 @@ class KNNTagger:
             outside = (indices < 0) | (indices >= vocab_size)
             if outside.any():
                 raise ValueError(f"array indices: {int(outside.sum())} word ids outside 0..{vocab_size - 1} (e.g. {indices[outside][0]})")
-            arrays = {name: d[name] for name in ("mean", "components", "features")}
+            # As float32, which the baseline computes in: 1e300 in a float64 array is finite until then.
+            with np.errstate(over="ignore"):  # such a value becomes inf here, and is refused below
+                arrays = {name: d[name].astype(np.float32) for name in ("mean", "components", "features")}
             for name, a in arrays.items():
                 if not np.isfinite(a).all():
-                    raise ValueError(f"array {name} holds NaN or infinite values")
+                    raise ValueError(f"array {name} holds NaN or infinite values (as float32)")
             tags = [indices[indptr[i] : indptr[i + 1]] for i in range(len(indptr) - 1)]
             return cls(arrays["mean"], arrays["components"], arrays["features"], tags, vocab_size, config)

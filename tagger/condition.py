@@ -17,7 +17,7 @@ import numpy as np
 
 from embeddings.checks import check_fields
 from pipelines.errors import OptionError
-from tagger.baselines import KNNTagger
+from tagger.baselines import MAX_K, KNNTagger
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class ConditionConfig:
         check_fields(self, OptionError)
         if self.neighbour_votes < 0:
             raise OptionError(f"neighbour_votes must be 0 or more, got {self.neighbour_votes}")
+        if self.neighbour_votes > MAX_K:  # each share is divided by it: 10**12 would load and give other tags
+            raise OptionError(f"neighbour_votes must be at most {MAX_K}, got {self.neighbour_votes}")
 
     def to_dict(self) -> dict:
         return asdict(self)

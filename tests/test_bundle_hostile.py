@@ -165,6 +165,14 @@ def test_a_tampered_knn_is_one_line_naming_the_array(bundle, change, says):
     refused(bundle, "knn.npz", *says)
 
 
+@pytest.mark.parametrize("name", ["features", "mean", "components"])
+def test_knn_floats_beyond_float32_are_refused(bundle, name):
+    """Stored as float64 they are finite, but the baseline works in float32: 1e300 would become inf, its votes
+    NaN, and the knn method would tag nothing while the generator took other votes, silently."""
+    edit_npz(bundle / "knn.npz", _knn(lambda a: {name: np.full(a[name].shape, 1e300)}))
+    refused(bundle, "knn.npz", f"array {name} holds NaN or infinite values")
+
+
 def test_a_knn_of_another_backbone_is_refused_at_load(bundle):
     rng = np.random.default_rng(0)
     edit_npz(bundle / "knn.npz", _knn(lambda a: {"mean": np.zeros(64, np.float32), "components": rng.normal(size=(64, 20)).astype(np.float16)}))
@@ -257,6 +265,8 @@ def _config(change):
     (_config(lambda c: {"generator": {**c["generator"], "config": [1]}}), "generator.config must be a valid dictionary"),
     (_config(lambda c: {"words": {**c["words"], "center": "no"}}), "center must be a valid boolean, got 'no'"),
     (_config(lambda c: {"condition": {"neighbour_votes": 2.5}}), "neighbour_votes must be a valid integer, got 2.5"),
+    # More neighbours than any photo may have: loaded, each vote share divided by 10**12, other tags.
+    (_config(lambda c: {"condition": {"neighbour_votes": 10**12}}), "neighbour_votes must be at most 10000, got 1000000000000"),
     (_config(lambda c: {"sampling": {**c["sampling"], "exclude": "sea"}}), "sampling.exclude must be a valid list, got 'sea'"),
     (_config(lambda c: {"sampling": {**c["sampling"], "exclude": ["sea", 1]}}), "sampling.exclude[1] must be a valid string, got 1"),
     (_config(lambda c: {"backbone": {**c["backbone"], "name": ["tiny"]}}), "backbone.name must be a valid string, got ['tiny']"),
