@@ -26,7 +26,7 @@ import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
 from pipelines.backbones import create_backbone  # noqa: E402
 from pipelines.images import load_image  # noqa: E402
-from tagger.batch import tag_folder  # noqa: E402
+from tagger.library.batch import tag_folder  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
@@ -50,7 +50,7 @@ def time_tag(tagger: Tagger, folder: Path, out: Path, batch_size: int) -> float:
 
 
 def p_at_5(model: Path, data: Path, runtime: str, cache: Path) -> tuple[str, float]:
-    from tagger.evaluate import evaluate
+    from tagger.evaluation.evaluate import evaluate
 
     tagger = Tagger.load(model, device="cpu", runtime=runtime)
     ev = evaluate(tagger, data, "test", (tagger.default_method,), cache_dir=cache, progress=False)

@@ -8,7 +8,7 @@ backbone's forward pass (`Tagger.features`) and the GAN sampling, look-up and vo
 runs). Batch sizes are interleaved within each repeat; median of --repeats. How the code batches
 inside: on CPU the backbone runs chunks of 16 photos (pipelines/backbones.py CPU_CHUNK), features
 are computed in batches of 64 (pipelines/features.py extract_images) and the generator samples
-64 photos at a time (tagger/sampling.py CHUNK), so 128 runs as two batches of 64.
+64 photos at a time (tagger/scoring/sampling.py CHUNK), so 128 runs as two batches of 64.
 """
 from __future__ import annotations
 

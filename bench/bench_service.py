@@ -1,6 +1,6 @@
 """Benchmark the HTTP service against tagging in process: requests/s and latency at 1, 8 and 32 clients.
 
-Starts `tagger.service.serve` in a subprocess on a free loopback port, sends requests of one photo
+Starts `tagger.service.app.serve` in a subprocess on a free loopback port, sends requests of one photo
 each from N concurrent clients (asyncio + httpx), each level bounded by a request count and a time
 limit, and compares with `Tagger.predict` on one photo per call in this process, on the same photos,
 in the same run. "photos/pass" is how many photos the server's batching put in one forward pass.
@@ -158,7 +158,7 @@ def table(f: dict) -> str:
 
 
 class Server:
-    """`tagger.service.serve` in a subprocess on a free loopback port, up once /v1/health answers."""
+    """`tagger.service.app.serve` in a subprocess on a free loopback port, up once /v1/health answers."""
 
     def __init__(self, model: Path):
         with socket.socket() as s:
@@ -170,7 +170,7 @@ class Server:
     def __enter__(self):
         import httpx
 
-        code = "import sys; from tagger.service import serve; serve(sys.argv[1], port=int(sys.argv[2]), log_level='warning')"
+        code = "import sys; from tagger.service.app import serve; serve(sys.argv[1], port=int(sys.argv[2]), log_level='warning')"
         self.process = subprocess.Popen([sys.executable, "-c", code, str(self.model), str(self.port)])
         deadline = time.monotonic() + 180  # a real bundle loads its backbone at start
         while True:

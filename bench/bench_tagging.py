@@ -29,7 +29,7 @@ import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
 from pipelines.features import FeatureConfig, extract_features  # noqa: E402
 from pipelines.scan import list_images  # noqa: E402
-from tagger.batch import tag_folder  # noqa: E402
+from tagger.library.batch import tag_folder  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from tagger.model import Tagger  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
-from tagger.presets import get_preset  # noqa: E402
+from tagger.training.presets import get_preset  # noqa: E402
 
 
 def predict_rate(tagger: Tagger, paths: list[Path]) -> float:

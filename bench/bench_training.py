@@ -9,7 +9,7 @@ extraction with a cold cache, so this runs a slice: the first --n photos of the 
 (a temp TAGGER_CACHE), so every stage does its real work. Its "stages:" line splits the wall time;
 what the stages do not cover is interpreter start, imports and writing the output.
 
-Then, in this process on the slice's features (now cached), `tagger.train.train()` runs --steps
+Then, in this process on the slice's features (now cached), `tagger.training.loop.train()` runs --steps
 updates of the adam preset (one D and one G step each, batch 100) and is compared with a bare loop
 doing the same D and G updates on batches gathered beforehand, without the training loop's
 bookkeeping (learning-rate setting, logging, progress): the ratio says what that bookkeeping costs.
@@ -34,10 +34,10 @@ from harness import SUBSET, child_env, emit, machine, median, print_rows, rel, r
 import torch  # noqa: E402
 
 from embeddings.index import TagIndex  # noqa: E402
-from tagger.fit import FitConfig, prepare, word_ids  # noqa: E402
+from tagger.training.fit import FitConfig, prepare, word_ids  # noqa: E402
 from tagger.generators import TrainContext, WordGenerator, family_for, get_family  # noqa: E402
-from tagger.presets import get_preset  # noqa: E402
-from tagger.train import make_pairs, prepare_word_vectors, train  # noqa: E402
+from tagger.training.presets import get_preset  # noqa: E402
+from tagger.training.loop import make_pairs, prepare_word_vectors, train  # noqa: E402
 
 
 def write_manifest(subset: Path, n: int, out: Path) -> int:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     tr, br = n_pairs / median(train_s), n_pairs / median(bare_s)
     threads = torch.get_num_threads()
     print(f"GAN updates in process: {steps} steps of {batch} pairs, preset {args.preset}, {threads} torch threads, median of {args.repeats}")
-    print(f"  tagger.train.train(): {tr:8.0f} pairs/s  (runs {', '.join(f'{t:.1f}' for t in train_s)} s)")
+    print(f"  tagger.training.loop.train(): {tr:8.0f} pairs/s  (runs {', '.join(f'{t:.1f}' for t in train_s)} s)")
     print(f"  bare D+G updates    : {br:8.0f} pairs/s  (runs {', '.join(f'{t:.1f}' for t in bare_s)} s)")
     rows.insert(0, row("training: GAN pairs/s, train()", f"{tr:.0f} pairs/s", f"{br:.0f} pairs/s bare D+G updates", tr / br, None,
                        f"{steps} updates of {batch} pairs, preset {args.preset}, {threads} torch threads, features of the slice, "

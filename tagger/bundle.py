@@ -35,14 +35,14 @@ from embeddings.word2vec import WordVectors
 from pipelines.backbones import get_spec
 from pipelines.device import choose_device
 from pipelines.errors import TaggerError
-from tagger.baselines import KNNTagger
-from tagger.calibration import Calibration
-from tagger.condition import ConditionConfig
+from tagger.scoring.knn import KNNTagger
+from tagger.scoring.calibration import Calibration
+from tagger.scoring.condition import ConditionConfig
 from tagger.generators import create_generator, make_config
 from tagger.model import Tagger
-from tagger.summary import TrainingSummary
-from tagger.train import WordSpaceConfig
-from tagger.voting import SamplingConfig
+from tagger.training.summary import TrainingSummary
+from tagger.training.loop import WordSpaceConfig
+from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # format versions this tagger loads

@@ -149,15 +149,15 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
         if address or workers:
             raise UserError("--address and --workers go with --engine ray")
         return None
-    from tagger.ray_engine import RayOptions, import_ray
+    from tagger.library.ray_engine import RayOptions, import_ray
 
     import_ray()  # without Ray, say how to install it before any work starts
     return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size)
 
 
 def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str | None, sidecar: str | None, tag_options: dict):
-    """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.ray_engine)."""
-    from tagger.ray_engine import as_source, is_uri, tag_source
+    """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.library.ray_engine)."""
+    from tagger.library.ray_engine import as_source, is_uri, tag_source
     from tagger.shipped import resolve_model
 
     if sidecar:
@@ -211,9 +211,9 @@ def train(
     Example:  tagger train ../shared/datasets/mirflickr25k_subset --out models/mirflickr
     """
 
-    from tagger.fit import FitConfig, default_cache_dir, fit
+    from tagger.training.fit import FitConfig, default_cache_dir, fit
 
-    progress_log("tagger.fit", "tagger.train")
+    progress_log("tagger.training.fit", "tagger.training.loop")
     try:
         fractions = tuple(float(x) for x in split.split(","))
     except ValueError:
@@ -338,8 +338,8 @@ def tag(
 
     from tqdm import tqdm
 
-    from tagger.batch import output_format, tag_folder
-    from tagger.sidecar import SidecarConfig
+    from tagger.library.batch import output_format, tag_folder
+    from tagger.library.sidecar import SidecarConfig
 
     output_format(out)
     try:
@@ -422,8 +422,8 @@ def evaluate(
 
     import time
 
-    from tagger.evaluate import evaluate as run_evaluation
-    from tagger.evaluate import format_audit, format_table, format_versus_knn
+    from tagger.evaluation.evaluate import evaluate as run_evaluation
+    from tagger.evaluation.evaluate import format_audit, format_table, format_versus_knn
     from pipelines.cache import default_cache_dir
 
     paths = model or [None]
@@ -445,7 +445,7 @@ def evaluate(
     typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
                + f" (total with features {time.perf_counter() - start:.0f} s)")
     if out:
-        from tagger.report import write_html
+        from tagger.evaluation.report import write_html
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(ev.to_dict(), indent=2, ensure_ascii=False))
@@ -492,7 +492,7 @@ def features(
                            device=device, runtime=_value(runtime), cache_dir=(cache_dir or default_cache_dir()) / "features")
     on_ray = ray_options(engine, address, workers, device, batch_size)
     if on_ray:
-        from tagger.ray_engine import warm_feature_cache
+        from tagger.library.ray_engine import warm_feature_cache
 
         # Ray fills the cache; the local pass below then reads every photo from it and writes the same files.
         warm_feature_cache(list(frame["path"]), config, on_ray)
@@ -524,8 +524,8 @@ def serve(
     Example:  tagger serve --model models/mirflickr --port 8000
     """
 
-    from tagger.service import ServiceLimits, resolve_token
-    from tagger.service import serve as serve_http
+    from tagger.service.app import ServiceLimits, resolve_token
+    from tagger.service.app import serve as serve_http
 
     token = resolve_token(token)  # before the model loads: an empty token is refused at once
     limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))

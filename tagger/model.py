@@ -4,7 +4,7 @@ Its methods (`Tagger.methods`): the bundle's generator, named after its family (
 knn and the generator + knn combination when the bundle has the kNN baseline; prior. The bundle
 names its default (`tagger train` picks the generator or its combination with kNN, whichever did
 better on validation photos). Where the bundle has a calibration for a method, its scores
-are probabilities that the photo's owner would use the tag (`tagger.calibration`); otherwise they
+are probabilities that the photo's owner would use the tag (`tagger.scoring.calibration`); otherwise they
 are relative to the photo's best tag (or vote shares, for the paper's plain votes). Saving and
 loading live in `tagger.bundle`.
 """
@@ -29,14 +29,14 @@ from pipelines.cache import FeatureCache
 from pipelines.features import Batch, extract_images, hash_files, iter_batches
 from pipelines.images import COLOUR_CHROMA, is_colour, load_image
 from pipelines.memory import release_free_memory
-from tagger.baselines import KNNTagger
-from tagger.calibration import Calibration
-from tagger.condition import ConditionConfig, build_condition
+from tagger.scoring.knn import KNNTagger
+from tagger.scoring.calibration import Calibration
+from tagger.scoring.condition import ConditionConfig, build_condition
 from tagger.generators import WordGenerator, family_for
-from tagger.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
-from tagger.summary import TrainingSummary
-from tagger.train import WordSpaceConfig, prepare_word_vectors
-from tagger.voting import SamplingConfig, rank
+from tagger.scoring.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
+from tagger.training.summary import TrainingSummary
+from tagger.training.loop import WordSpaceConfig, prepare_word_vectors
+from tagger.scoring.voting import SamplingConfig, rank
 
 
 # Words a colour photo never gets: the backbone's features barely tell a colour photo from a black-and-white

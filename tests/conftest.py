@@ -59,11 +59,11 @@ def build_tiny_tagger(seed: int = 0, joint: int = 0, heads: int = 1, unit: bool 
     from embeddings.tags import TagConfig, Vocabulary
     from embeddings.word2vec import WordVectors
     from pipelines.backbones import get_spec
-    from tagger.baselines import KNNTagger
-    from tagger.condition import ConditionConfig
+    from tagger.scoring.knn import KNNTagger
+    from tagger.scoring.condition import ConditionConfig
     from tagger.generators import create_generator, get_family
     from tagger.model import Tagger
-    from tagger.voting import SamplingConfig
+    from tagger.scoring.voting import SamplingConfig
 
     vocab = Vocabulary.build(TINY_TAGS, TagConfig(min_count=1))
     rng = np.random.default_rng(seed)

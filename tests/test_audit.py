@@ -4,7 +4,7 @@ from PIL import Image
 
 from conftest import build_tiny_tagger
 from pipelines.images import is_colour
-from tagger.audit import audit, place_words
+from tagger.evaluation.audit import audit, place_words
 
 
 def test_colour_is_told_from_pixels_not_from_the_file_mode(tmp_path):

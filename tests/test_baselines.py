@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tagger.baselines import KNNConfig, KNNTagger
+from tagger.scoring.knn import KNNConfig, KNNTagger
 
 
 def test_tagvote_by_hand():
@@ -34,7 +34,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_a_training_photos_votes_leave_the_photo_out():
-    from tagger.baselines import KNNTagger
+    from tagger.scoring.knn import KNNTagger
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 16)).astype(np.float32)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tagger.batch import BatchError, failures_path, journal_path, read_results, tag_folder
+from tagger.library.batch import BatchError, failures_path, journal_path, read_results, tag_folder
 
 
 def make_photos(folder, n):
@@ -94,7 +94,7 @@ def test_a_second_writer_is_refused(tmp_path):
     make_photos(tmp_path / "photos", 1)
     out = tmp_path / "tags.csv"
     # Another process holds the output's lock (the lock is per process, as a second `tagger tag` would be).
-    holder = subprocess.Popen([sys.executable, "-c", f"from tagger.batch import Lock; from pathlib import Path; import time\n"
+    holder = subprocess.Popen([sys.executable, "-c", f"from tagger.library.batch import Lock; from pathlib import Path; import time\n"
                                f"with Lock(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -110,7 +110,7 @@ def test_a_second_writer_is_refused(tmp_path):
 LOCK_WORKER = """
 import os, sys, time
 from pathlib import Path
-from tagger.batch import BatchError, Lock
+from tagger.library.batch import BatchError, Lock
 out = Path(sys.argv[1])
 inside = out.with_name("inside")
 end = time.time() + float(sys.argv[2])
@@ -215,7 +215,7 @@ def test_a_photo_read_while_rewritten_is_retried_when_whole_again(tmp_path):
 def test_write_errors_are_one_line_and_lose_nothing(tmp_path, monkeypatch):
     import errno
 
-    import tagger.batch as batch
+    import tagger.library.batch as batch
 
     make_photos(tmp_path / "photos", 4)
     out = tmp_path / "tags.csv"

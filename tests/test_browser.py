@@ -87,7 +87,7 @@ def card(page, name: str):
 
 
 def test_page_tags_a_real_photo(page, tagger, subset_dir, tmp_path):
-    from tagger.service import create_app
+    from tagger.service.app import create_app
 
     photos = [subset_dir / "images" / f"im{i}.jpg" for i in (4, 1, 7)]
     photos = [p for p in photos if p.is_file()]
@@ -121,7 +121,7 @@ def test_page_tags_a_real_photo(page, tagger, subset_dir, tmp_path):
 
 def test_page_asks_for_the_token_and_reports_a_bad_photo(page, tagger, tmp_path):
     from conftest import make_photo_files
-    from tagger.service import create_app
+    from tagger.service.app import create_app
 
     (good,) = make_photo_files(tmp_path, 1, size=96)
     bad = tmp_path / "broken.jpg"

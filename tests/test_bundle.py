@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO, build_tiny_tagger, make_photo_files
 from tagger.bundle import BundleError, config_dict
-from tagger.calibration import Calibration
+from tagger.scoring.calibration import Calibration
 from tagger.model import Tagger
 
 OLD = REPO / "tests" / "data" / "bundle_v1"

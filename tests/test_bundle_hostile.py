@@ -11,16 +11,16 @@ from conftest import build_tiny_tagger, make_photo_files
 from embeddings.tags import MAX_WORD_LENGTH, MAX_WORDS, TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig
 from pipelines.errors import OptionError
-from tagger.baselines import KNNConfig
+from tagger.scoring.knn import KNNConfig
 from tagger.bundle import BundleError
-from tagger.condition import ConditionConfig
+from tagger.scoring.condition import ConditionConfig
 from tagger.generators import TrainConfig
 from tagger.generators.caae import CAAEConfig
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig
 from tagger.model import Tagger
-from tagger.train import WordSpaceConfig
-from tagger.voting import SamplingConfig
+from tagger.training.loop import WordSpaceConfig
+from tagger.scoring.voting import SamplingConfig
 
 
 @pytest.fixture
@@ -312,7 +312,7 @@ def test_predict_json_and_the_service_read_odd_info(odd_info, tmp_path):
     from typer.testing import CliRunner
 
     from tagger.cli import app
-    from tagger.service import create_app
+    from tagger.service.app import create_app
 
     [photo] = make_photo_files(tmp_path / "photos", 1)
     result = CliRunner().invoke(app, ["predict", str(photo), "--model", str(odd_info), "--json"])
@@ -332,7 +332,7 @@ def test_predict_json_and_the_service_read_odd_info(odd_info, tmp_path):
     (lambda c: {"cgan": {"knots": [0, 1], "probs": [0.1, 1.5]}}, "within 0..1"),
 ])
 def test_a_tampered_calibration_is_one_line(tmp_path, change, says):
-    from tagger.calibration import Calibration
+    from tagger.scoring.calibration import Calibration
 
     tagger = build_tiny_tagger()
     tagger.calibration = {"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))}

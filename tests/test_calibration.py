@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny_tagger
-from tagger.calibration import Calibration, candidates, expected_calibration_error, reliability
-from tagger.metrics import top_ids
+from tagger.scoring.calibration import Calibration, candidates, expected_calibration_error, reliability
+from tagger.evaluation.metrics import top_ids
 
 
 def scored_photos(n, seed):

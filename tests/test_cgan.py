@@ -6,8 +6,8 @@ import torch
 from tagger.generators import TrainConfig, WordGenerator
 from tagger.generators.base import learning_rate, momentum
 from tagger.generators.cgan import CGANConfig, Discriminator, Maxout
-from tagger.train import WordSpaceConfig, make_pairs, prepare_word_vectors
-from tagger.voting import SamplingConfig, rank, vote
+from tagger.training.loop import WordSpaceConfig, make_pairs, prepare_word_vectors
+from tagger.scoring.voting import SamplingConfig, rank, vote
 
 
 def test_shapes_follow_the_config():
@@ -132,7 +132,7 @@ def test_generate_equals_forward_on_repeated_rows(joint, unit, heads):
 
 
 def test_tag_table_pads_each_photos_tags():
-    from tagger.train import tag_table
+    from tagger.training.loop import tag_table
 
     pairs = np.array([[2, 5], [0, 1], [2, 7], [2, 9]])
     table = tag_table(pairs, 4)

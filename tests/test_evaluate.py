@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TINY_TAGS, build_tiny_tagger, make_photo_files
-from tagger.baselines import KNNConfig, KNNTagger
+from tagger.scoring.knn import KNNConfig, KNNTagger
 from tagger.cli import app
-from tagger.evaluate import evaluate, label_table
+from tagger.evaluation.evaluate import evaluate, label_table
 
 
 def manifest(tmp_path, n=24):
@@ -76,7 +76,7 @@ def test_cli_prints_and_writes_reports(tmp_path):
 
 
 def test_several_bundles_side_by_side(tmp_path):
-    from tagger.calibration import Calibration
+    from tagger.scoring.calibration import Calibration
 
     data, tags = manifest(tmp_path)
     a = tiny_tagger_with_knn(tmp_path, tags, k=3)

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tagger.cli import app
-from tagger.evaluate import evaluate
+from tagger.evaluation.evaluate import evaluate
 from tagger.model import Tagger
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from conftest import TINY_TAGS, make_photo_files
 from pipelines.datasets import DatasetError, read_tag_lists
 from tagger.cli import app
-from tagger.fit import FitConfig, extra_tag_lists, prepare
+from tagger.training.fit import FitConfig, extra_tag_lists, prepare
 
 
 def test_tag_lists_read_from_tsv_and_csv(tmp_path):

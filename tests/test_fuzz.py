@@ -110,7 +110,7 @@ SIDECAR = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:
 def test_sidecar_reader_and_writer_on_mutated_xmp(tmp_path_factory, mutations):
     """A mutated sidecar reads as keywords or a KeywordError, and sync writes it or leaves it untouched with a SidecarError."""
     from pipelines.keywords import KeywordError, parse_xmp
-    from tagger.sidecar import SidecarConfig, SidecarError, sync
+    from tagger.library.sidecar import SidecarConfig, SidecarError, sync
 
     data = mutate(SIDECAR, mutations)
     try:
@@ -171,7 +171,7 @@ def tiny_bundle_copy(folder):
     import shutil
 
     from conftest import build_tiny_tagger
-    from tagger.calibration import Calibration
+    from tagger.scoring.calibration import Calibration
 
     if not _SAVED:
         tagger = build_tiny_tagger(knn_photos=20, neighbour_votes=3)

@@ -12,9 +12,9 @@ from tagger.generators import TrainConfig, WordGenerator, create_generator, fami
 from tagger.generators.caae import CAAEConfig, Encoder
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig, kl_to_standard_normal
-from tagger.presets import PRESETS, get_preset
-from tagger.train import make_pairs, prepare_word_vectors, train
-from tagger.voting import SamplingConfig
+from tagger.training.presets import PRESETS, get_preset
+from tagger.training.loop import make_pairs, prepare_word_vectors, train
+from tagger.scoring.voting import SamplingConfig
 
 SIZES = dict(feature_dim=16, word_dim=8, g_noise_hidden=16, g_image_hidden=64, dropout=0.1, unit_output=True)
 SMALL = {

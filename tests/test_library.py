@@ -224,7 +224,7 @@ def test_a_collapsed_model_is_said_loudly():
     import torch
 
     from conftest import build_tiny_tagger
-    from tagger.fit import collapse_warnings
+    from tagger.training.fit import collapse_warnings
 
     tagger = build_tiny_tagger()
     features = np.random.default_rng(0).normal(size=(20, tagger.feature_dim)).astype(np.float32)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tagger.metrics import (average_precision, coverage, image_map, n_plus, paired_difference, precision_at_k, recall_at_k,
+from tagger.evaluation.metrics import (average_precision, coverage, image_map, n_plus, paired_difference, precision_at_k, recall_at_k,
                             report, tag_map, top_ids)
 
 

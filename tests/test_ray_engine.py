@@ -15,9 +15,9 @@ from conftest import build_tiny_tagger
 
 ray = pytest.importorskip("ray", reason='the Ray engine needs the ray extra: pip install "tagger[ray]"')
 
-from tagger.batch import read_results, tag_folder  # noqa: E402
+from tagger.library.batch import read_results, tag_folder  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
-from tagger.ray_engine import Output, RayOptions, as_source, list_photos, read_output, tag_source  # noqa: E402
+from tagger.library.ray_engine import Output, RayOptions, as_source, list_photos, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
 BATCH = 64  # units of CHUNK_BATCHES (2) x 64 = 128 photos: 200 photos make two, one per worker
@@ -154,7 +154,7 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
     import numpy as np
 
     from pipelines.features import FeatureConfig, extract_features
-    from tagger.ray_engine import warm_feature_cache
+    from tagger.library.ray_engine import warm_feature_cache
     from conftest import make_photo_files
 
     paths = make_photo_files(tmp_path / "photos", 12)
@@ -240,8 +240,8 @@ def test_the_cli_names_the_engines(tmp_path):
 def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     import sys
 
-    from tagger.batch import BatchError
-    from tagger.ray_engine import import_ray
+    from tagger.library.batch import BatchError
+    from tagger.library.ray_engine import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(BatchError, match=r'pip install "tagger\[ray\]"'):

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 from conftest import build_tiny_tagger  # noqa: E402
 from pipelines.images import load_image  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
-from tagger.service import ServiceLimits, create_app  # noqa: E402
+from tagger.service.app import ServiceLimits, create_app  # noqa: E402
 
 
 def jpeg(seed: int, size: int = 64) -> bytes:
@@ -353,7 +353,7 @@ def test_a_client_that_stops_sending_is_timed_out(tagger):
 
 
 def test_loopback_service_checks_the_host_header(tagger):
-    from tagger.service import LOOPBACK_HOSTS
+    from tagger.service.app import LOOPBACK_HOSTS
 
     with serve(tagger, allowed_hosts=LOOPBACK_HOSTS) as client:
         assert client.get("/v1/health", headers={"host": "localhost:8000"}).status_code == 200

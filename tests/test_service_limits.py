@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines.errors import OptionError  # noqa: E402
-from tagger.service import ServiceLimits, create_app  # noqa: E402
+from tagger.service.app import ServiceLimits, create_app  # noqa: E402
 from test_service import expected, jpeg, png, real_server, serve, tagger, upload  # noqa: E402, F401 - tagger is a fixture
 
 
@@ -146,7 +146,7 @@ def test_an_error_in_a_shared_batch_fails_only_its_own_request(tagger, monkeypat
         assert guilty.json()["detail"] == "this photo breaks the network"
         assert not tracebacks
     else:
-        assert len(tracebacks) >= 1 and all("1 photo" in r.getMessage() for r in tracebacks if r.name == "tagger.service")
+        assert len(tracebacks) >= 1 and all("1 photo" in r.getMessage() for r in tracebacks if r.name == "tagger.service.app")
 
 
 # -- 7: memory bounded across requests -----------------------------------------------------------

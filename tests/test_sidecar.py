@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines.keywords import KeywordError, embedded_keywords, owner_keywords, read_sidecar, sidecar_path
-from tagger.sidecar import SidecarConfig, SidecarError, sync
+from tagger.library.sidecar import SidecarConfig, SidecarError, sync
 
 XMP = SidecarConfig("xmp")
 RDF_HEAD = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'

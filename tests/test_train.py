@@ -7,10 +7,10 @@ import torch
 
 from embeddings.index import TagIndex
 from tagger.generators.cgan import CGANConfig
-from tagger.metrics import precision_at_k, top_ids
-from tagger.presets import get_preset
-from tagger.train import make_pairs, prepare_word_vectors, train, write_log
-from tagger.voting import SamplingConfig
+from tagger.evaluation.metrics import precision_at_k, top_ids
+from tagger.training.presets import get_preset
+from tagger.training.loop import make_pairs, prepare_word_vectors, train, write_log
+from tagger.scoring.voting import SamplingConfig
 
 SMALL = CGANConfig(feature_dim=16, word_dim=8, noise_dim=4, g_noise_hidden=16, g_image_hidden=64,
                   d_word_hidden=16, d_image_hidden=64, d_maxout_units=32, dropout=0.1)
@@ -50,7 +50,7 @@ def test_the_gan_learns_tags_of_a_synthetic_task():
     assert state.best_p5 > 0.45, state.log[-1]
     assert len(state.log) == 10 and {"loss_d", "loss_g", "d_real", "d_fake", "val_p5"} <= set(state.log[0])
     # The generator returned is the best one, not the last.
-    from tagger.sampling import score_words
+    from tagger.scoring.sampling import score_words
 
     table = score_words(G, val[0], index, replace(sampling, seed=cfg.seed))
     assert precision_at_k(top_ids(table, 5), val[1], 5) == pytest.approx(state.best_p5)

@@ -14,8 +14,8 @@ from PIL import Image
 from embeddings.files import atomic_write
 from pipelines.images import printable_path
 from pipelines.keywords import embedded_keywords, read_sidecar
-from tagger.batch import BatchError, failures_path, journal_path, read_results, tag_folder
-from tagger.sidecar import SidecarConfig, SidecarError, sync
+from tagger.library.batch import BatchError, failures_path, journal_path, read_results, tag_folder
+from tagger.library.sidecar import SidecarConfig, SidecarError, sync
 
 XMP, TXT = SidecarConfig("xmp"), SidecarConfig("txt")
 HEAD = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -150,7 +150,7 @@ def test_txt_sidecars_leave_the_owners_files_alone(tmp_path):
 
 
 def test_txt_sidecars_of_a_run_killed_while_syncing_are_still_ours(tmp_path, monkeypatch):
-    import tagger.batch as batch
+    import tagger.library.batch as batch
 
     lib = tmp_path / "lib"
     for i in range(4):
@@ -196,7 +196,7 @@ def test_a_symlinked_journal_lock_or_output_is_refused(tmp_path, which):
 
 def test_the_journal_is_opened_without_following_a_link(tmp_path, monkeypatch):
     """Checked again as it is opened: a link made after the check is not followed either."""
-    import tagger.batch as batch
+    import tagger.library.batch as batch
 
     lib = tmp_path / "lib"
     photo(lib / "a.jpg")

@@ -4,7 +4,7 @@ Tagging needs only `WordGenerator`, the one network every family trains: noise f
 `sample_noise`, then `generate(noise, features)`, M word vectors for each of N photos. Training
 needs a family's `Trainer`: it builds the networks the family trains beside the generator
 (discriminators, encoders), owns their losses and optimizers, takes one step on a batch of
-(photo, tag) pairs and saves and restores its state for checkpoints. The loop around it (`tagger.train`) is the same for every family: schedule, weight
+(photo, tag) pairs and saves and restores its state for checkpoints. The loop around it (`tagger.training.loop`) is the same for every family: schedule, weight
 averaging, validation, checkpoints.
 """
 from __future__ import annotations

@@ -26,17 +26,17 @@ from pipelines.device import choose_device
 from pipelines.cache import default_cache_dir
 from pipelines.features import FeatureConfig, extract_features
 from pipelines.images import is_colour
-from tagger.baselines import KNNTagger
-from tagger.calibration import Calibration
-from tagger.condition import build_condition
-from tagger.metrics import precision_at_k, top_ids
+from tagger.scoring.knn import KNNTagger
+from tagger.scoring.calibration import Calibration
+from tagger.scoring.condition import build_condition
+from tagger.evaluation.metrics import precision_at_k, top_ids
 from tagger.model import Tagger
-from tagger.presets import default_preset_name, get_preset
-from tagger.ray_engine import RayOptions
-from tagger.scorers import word_prior
-from tagger.summary import TrainingSummary
-from tagger.train import CHECKPOINT_FORMAT, make_pairs, prepare_word_vectors, train, write_log
-from tagger.voting import SamplingConfig
+from tagger.training.presets import default_preset_name, get_preset
+from tagger.library.ray_engine import RayOptions
+from tagger.scoring.scorers import word_prior
+from tagger.training.summary import TrainingSummary
+from tagger.training.loop import CHECKPOINT_FORMAT, make_pairs, prepare_word_vectors, train, write_log
+from tagger.scoring.voting import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FitConfig:
     generator: str = "cgan"  # the generator family (tagger.generators)
-    preset: str | None = None  # one of the family's presets (tagger.presets); None: its first
+    preset: str | None = None  # one of the family's presets (tagger.training.presets); None: its first
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None  # backbone weights file, for backbones without offline weights
     min_count: int = 10  # tags on fewer training photos are left out of the vocabulary
@@ -64,7 +64,7 @@ class FitConfig:
     # training lists; lists of the dataset's own photos in it are left out, so held-out tags never leak.
     corpus: Path | None = None
     sampling: SamplingConfig | None = None  # None: the preset's
-    ray: RayOptions | None = None  # extract the features on Ray (tagger.ray_engine) with these options; None: in this process
+    ray: RayOptions | None = None  # extract the features on Ray (tagger.library.ray_engine) with these options; None: in this process
 
 
 @dataclass
@@ -114,7 +114,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> Prepa
         **({"num_workers": config.num_workers} if config.num_workers is not None else {}),
     )
     if config.ray is not None:
-        from tagger.ray_engine import warm_feature_cache
+        from tagger.library.ray_engine import warm_feature_cache
 
         warm_feature_cache(list(frame["path"]), fcfg, config.ray)  # then the line below reads every photo from the cache
     feats = extract_features(list(frame["path"]), fcfg, progress=progress)  # logs each photo it skips

@@ -28,9 +28,9 @@ from embeddings.index import TagIndex
 from pipelines.errors import OptionError, TaggerError
 from tagger.generators import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, family_for, get_family
 from tagger.generators.base import learning_rate, momentum
-from tagger.metrics import precision_at_k, top_ids
-from tagger.sampling import score_words
-from tagger.voting import SamplingConfig
+from tagger.evaluation.metrics import precision_at_k, top_ids
+from tagger.scoring.sampling import score_words
+from tagger.scoring.voting import SamplingConfig
 
 
 @dataclass(frozen=True)

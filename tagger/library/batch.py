@@ -15,7 +15,7 @@ In CSV the tags and scores cells are JSON arrays (a word may hold `;` or `,`; ou
 joined with `;`, still read), and a cell that a spreadsheet would take for a formula (`=`, `+`,
 `-`, `@`, tab, CR) starts with `'`, as does one that starts with `'` itself; reading takes it off.
 
-Sidecars are state of their own, reconciled on every run (`tagger.sidecar.sync`): a missing,
+Sidecars are state of their own, reconciled on every run (`tagger.library.sidecar.sync`): a missing,
 stale or earlier-failed sidecar is written whether or not its photo needed tagging. They are
 synced before the output is committed, while the journal still holds every tag list this run and
 the run before gave a photo, so a .txt sidecar tagger wrote is known for its own even after a kill.
@@ -40,7 +40,7 @@ from pipelines.errors import TaggerError
 from pipelines.images import printable_path as path_key
 from pipelines.keywords import DEFAULT_ROOT, owner_keywords
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
-from tagger.sidecar import SidecarConfig, SidecarError, embed, sync
+from tagger.library.sidecar import SidecarConfig, SidecarError, embed, sync
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
@@ -315,7 +315,7 @@ def tag_folder(
     `tag_batch(paths)` yields (path, tags or None, error) per photo in batches of its choosing; the
     journal is flushed after every photo it yields, so a kill loses at most the photos in flight.
     settings: the model and options the tags come from; rows made with other settings are tagged again.
-    embed: also write the tags into each photo's own XMP (`tagger.sidecar.embed`, with a backup); the
+    embed: also write the tags into each photo's own XMP (`tagger.library.sidecar.embed`, with a backup); the
     row then holds the rewritten file's hash, so the next run does not take it for a changed photo.
     retry_failed: try photos that failed in an earlier run again, changed or not (False: only if changed).
     dry_run: scan, hash and plan, but tag nothing and write nothing (no lock, journal or output).

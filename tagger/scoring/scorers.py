@@ -1,8 +1,8 @@
 """One scorer per tagging method: each turns photos' raw image features into (N, V) word scores.
 
 - `GeneratorScorer`: samples a generator family for each photo and votes over the nearest words
-  of every sample (`tagger.sampling`); named after its family (cgan, cvae, caae).
-- `KNNScorer`: TagVote over the training photos' tags (`tagger.baselines`).
+  of every sample (`tagger.scoring.sampling`); named after its family (cgan, cvae, caae).
+- `KNNScorer`: TagVote over the training photos' tags (`tagger.scoring.knn`).
 - `PriorScorer`: the training frequency of each word, the same for every photo.
 - `SumScorer`: several methods together, each scaled to a best of 1 per photo, then summed, so
   words that the methods agree on win (e.g. "cgan+knn").
@@ -17,10 +17,10 @@ import numpy as np
 
 from embeddings.index import TagIndex
 from embeddings.tags import Vocabulary
-from tagger.baselines import KNNTagger
+from tagger.scoring.knn import KNNTagger
 from tagger.generators import WordGenerator
-from tagger.sampling import score_words
-from tagger.voting import SamplingConfig
+from tagger.scoring.sampling import score_words
+from tagger.scoring.voting import SamplingConfig
 
 
 def word_prior(vocab: Vocabulary, words: Sequence[str], n_photos: int) -> np.ndarray:

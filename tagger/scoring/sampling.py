@@ -12,7 +12,7 @@ import torch
 
 from embeddings.index import TagIndex
 from tagger.generators import WordGenerator
-from tagger.voting import SamplingConfig, vote
+from tagger.scoring.voting import SamplingConfig, vote
 
 # Photos per generator pass: bounds memory at samples x chunk rows.
 CHUNK = 64

@@ -14,7 +14,7 @@ range are refused (422) before the request goes near a batch.
 Requests arriving within a few milliseconds of each other share one forward pass: handlers decode
 their photos in threads and queue them; a single worker task gathers queued photos (up to
 `max_batch`) and tags them in its own thread, so the event loop never waits on torch and torch runs
-one batch at a time. Tags do not depend on which photos share a batch (see tagger/sampling.py). A
+one batch at a time. Tags do not depend on which photos share a batch (see tagger/scoring/sampling.py). A
 batch that fails is tagged again request by request, so that only the request at fault fails.
 
 Memory is bounded over all requests at once by two budgets (`Budget`): the bytes of the request
@@ -54,7 +54,7 @@ from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_ima
 from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict
 from tagger.model import Tagger
-from tagger.voting import MAX_COUNT
+from tagger.scoring.voting import MAX_COUNT
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

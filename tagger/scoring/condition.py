@@ -17,7 +17,7 @@ import numpy as np
 
 from embeddings.checks import check_fields
 from pipelines.errors import OptionError
-from tagger.baselines import MAX_K, KNNTagger
+from tagger.scoring.knn import MAX_K, KNNTagger
 
 
 @dataclass(frozen=True)

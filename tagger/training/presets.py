@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from pipelines.errors import OptionError
-from tagger.condition import ConditionConfig
+from tagger.scoring.condition import ConditionConfig
 from tagger.generators import GeneratorConfig, TrainConfig
 from tagger.generators.caae import CAAEConfig
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig
-from tagger.train import WordSpaceConfig
-from tagger.voting import SamplingConfig
+from tagger.training.loop import WordSpaceConfig
+from tagger.scoring.voting import SamplingConfig
 
 
 @dataclass(frozen=True)

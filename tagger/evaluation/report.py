@@ -10,7 +10,7 @@ import html
 import io
 from pathlib import Path
 
-from tagger.evaluate import Evaluation, format_table
+from tagger.evaluation.evaluate import Evaluation, format_table
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }

@@ -18,9 +18,9 @@ from pipelines.datasets import check_photos, read_dataset, split_ids
 from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
 from pipelines.images import is_colour
-from tagger.audit import audit
-from tagger.calibration import candidates, expected_calibration_error, reliability
-from tagger.metrics import paired_difference, report
+from tagger.evaluation.audit import audit
+from tagger.scoring.calibration import candidates, expected_calibration_error, reliability
+from tagger.evaluation.metrics import paired_difference, report
 from tagger.model import Tagger
 
 # Calibration is judged on each photo's best words, as many as a photo shows by default.
@@ -67,7 +67,7 @@ class Evaluation:
     samples: list[dict] = field(default_factory=list)  # a few photos with truth and each row's tags
     versus_knn: dict[str, dict] = field(default_factory=dict)  # row -> its P@5 minus its bundle's kNN's, per photo
     calibration: dict[str, dict] = field(default_factory=dict)  # row -> ECE and reliability bins of its calibrated scores
-    audit: dict[str, dict] = field(default_factory=dict)  # row -> place / self / blackandwhite-on-colour counts (tagger.audit)
+    audit: dict[str, dict] = field(default_factory=dict)  # row -> place / self / blackandwhite-on-colour counts (tagger.evaluation.audit)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()

@@ -41,7 +41,7 @@ import pandas as pd
 from pipelines.datasets import PATH_COLUMNS
 from pipelines.images import printable_path
 from pipelines.scan import PHOTO_EXTENSIONS, list_images
-from tagger.batch import COLUMNS, BatchError, Lock, Summary, failures_tsv, output_format, write_failures
+from tagger.library.batch import COLUMNS, BatchError, Lock, Summary, failures_tsv, output_format, write_failures
 from tagger.model import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of Tagger.tag_paths, so the batches match
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The HTTP service (`tagger serve`) and its web page."""

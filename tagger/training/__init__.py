@@ -1,0 +1,1 @@
+"""Training: the generator loop, the whole train command (fit), the presets and the run summary."""
