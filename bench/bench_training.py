@@ -37,7 +37,8 @@ from embeddings.index import TagIndex  # noqa: E402
 from tagger.training.fit import FitConfig, prepare, word_ids  # noqa: E402
 from tagger.generators import TrainContext, WordGenerator, family_for, get_family  # noqa: E402
 from tagger.training.presets import get_preset  # noqa: E402
-from tagger.training.loop import make_pairs, prepare_word_vectors, train  # noqa: E402
+from tagger.training.loop import make_pairs, train  # noqa: E402
+from tagger.scoring.words import prepare_word_vectors
 
 
 def write_manifest(subset: Path, n: int, out: Path) -> int:

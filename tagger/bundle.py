@@ -41,7 +41,7 @@ from tagger.scoring.condition import ConditionConfig
 from tagger.generators import create_generator, make_config
 from tagger.model import Tagger
 from tagger.training.summary import TrainingSummary
-from tagger.training.loop import WordSpaceConfig
+from tagger.scoring.words import WordSpaceConfig
 from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2

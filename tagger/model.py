@@ -35,7 +35,7 @@ from tagger.scoring.condition import ConditionConfig, build_condition
 from tagger.generators import WordGenerator, family_for
 from tagger.scoring.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
 from tagger.training.summary import TrainingSummary
-from tagger.training.loop import WordSpaceConfig, prepare_word_vectors
+from tagger.scoring.words import WordSpaceConfig, prepare_word_vectors
 from tagger.scoring.voting import SamplingConfig, rank
 
 

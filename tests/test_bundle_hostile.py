@@ -19,7 +19,7 @@ from tagger.generators.caae import CAAEConfig
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig
 from tagger.model import Tagger
-from tagger.training.loop import WordSpaceConfig
+from tagger.scoring.words import WordSpaceConfig
 from tagger.scoring.voting import SamplingConfig
 
 

@@ -6,7 +6,8 @@ import torch
 from tagger.generators import TrainConfig, WordGenerator
 from tagger.generators.base import learning_rate, momentum
 from tagger.generators.cgan import CGANConfig, Discriminator, Maxout
-from tagger.training.loop import WordSpaceConfig, make_pairs, prepare_word_vectors
+from tagger.training.loop import make_pairs
+from tagger.scoring.words import WordSpaceConfig, prepare_word_vectors
 from tagger.scoring.voting import SamplingConfig, rank, vote
 
 

@@ -13,7 +13,8 @@ from tagger.generators.caae import CAAEConfig, Encoder
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig, kl_to_standard_normal
 from tagger.training.presets import PRESETS, get_preset
-from tagger.training.loop import make_pairs, prepare_word_vectors, train
+from tagger.training.loop import make_pairs, train
+from tagger.scoring.words import prepare_word_vectors
 from tagger.scoring.voting import SamplingConfig
 
 SIZES = dict(feature_dim=16, word_dim=8, g_noise_hidden=16, g_image_hidden=64, dropout=0.1, unit_output=True)

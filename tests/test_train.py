@@ -9,7 +9,8 @@ from embeddings.index import TagIndex
 from tagger.generators.cgan import CGANConfig
 from tagger.evaluation.metrics import precision_at_k, top_ids
 from tagger.training.presets import get_preset
-from tagger.training.loop import make_pairs, prepare_word_vectors, train, write_log
+from tagger.training.loop import make_pairs, train, write_log
+from tagger.scoring.words import prepare_word_vectors
 from tagger.scoring.voting import SamplingConfig
 
 SMALL = CGANConfig(feature_dim=16, word_dim=8, noise_dim=4, g_noise_hidden=16, g_image_hidden=64,

@@ -19,16 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tagger.scoring.voting import top_ids  # noqa: F401  (the ranking metrics are computed on)
+
 KS = (1, 3, 5, 10)
-
-
-def top_ids(table: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """The k best word ids per photo from an (N, V) score table, best first (ties: lower id first)."""
-    if exclude is not None and len(exclude):
-        table = table.copy()
-        table[:, exclude] = -np.inf
-    k = min(k, table.shape[1])
-    return np.argsort(-table, axis=1, kind="stable")[:, :k]
 
 
 def precision_per_photo(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> np.ndarray:

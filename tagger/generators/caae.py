@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pipelines.errors import OptionError
-from tagger.generators import Family, register_family
+from tagger.generators.registry import Family, register_family
 from tagger.generators.base import TrainConfig, TrainContext, Trainer, WordGenerator, make_optimizer
 from tagger.generators.cgan import CGANConfig, Discriminator
 from tagger.generators.losses import bce, reconstruction

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tagger.generators import Family, register_family
+from tagger.generators.registry import Family, register_family
 from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, branch, make_optimizer
 from tagger.generators.losses import bce, mode_seeking_loss, reconstruction, set_loss
 

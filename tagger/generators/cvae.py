@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipelines.errors import OptionError
-from tagger.generators import Family, register_family
+from tagger.generators.registry import Family, register_family
 from tagger.generators.base import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, branch, make_optimizer
 from tagger.generators.losses import reconstruction
 

@@ -21,7 +21,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from scipy.optimize import isotonic_regression
 
 from embeddings.checks import check_type, check_values
-from tagger.evaluation.metrics import top_ids
+from tagger.scoring.voting import top_ids
 
 
 def candidates(table: np.ndarray, truth: Sequence[set[int]], top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -93,6 +93,15 @@ def vote(scores: np.ndarray, ids: np.ndarray, n_photos: int, vocab_size: int, co
     return table.astype(np.float32)
 
 
+def top_ids(table: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The k best word ids per photo from an (N, V) score table, best first (ties: lower id first)."""
+    if exclude is not None and len(exclude):
+        table = table.copy()
+        table[:, exclude] = -np.inf
+    k = min(k, table.shape[1])
+    return np.argsort(-table, axis=1, kind="stable")[:, :k]
+
+
 def rank(table: np.ndarray, words: list[str], config: SamplingConfig, excluded_ids: np.ndarray | None = None,
          order: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
     """Top-k (tag, score) per photo, best first, ties broken by vocabulary order (frequent words first).

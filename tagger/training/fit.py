@@ -35,7 +35,8 @@ from tagger.training.presets import default_preset_name, get_preset
 from tagger.library.ray_engine import RayOptions
 from tagger.scoring.scorers import word_prior
 from tagger.training.summary import TrainingSummary
-from tagger.training.loop import CHECKPOINT_FORMAT, make_pairs, prepare_word_vectors, train, write_log
+from tagger.training.loop import CHECKPOINT_FORMAT, make_pairs, train, write_log
+from tagger.scoring.words import prepare_word_vectors
 from tagger.scoring.voting import SamplingConfig
 
 log = logging.getLogger(__name__)

@@ -22,29 +22,14 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from embeddings.checks import check_fields
 from embeddings.files import atomic_write
 from embeddings.index import TagIndex
-from pipelines.errors import OptionError, TaggerError
+from pipelines.errors import TaggerError
 from tagger.generators import GeneratorConfig, TrainConfig, TrainContext, Trainer, WordGenerator, family_for, get_family
 from tagger.generators.base import learning_rate, momentum
 from tagger.evaluation.metrics import precision_at_k, top_ids
 from tagger.scoring.sampling import score_words
 from tagger.scoring.voting import SamplingConfig
-
-
-@dataclass(frozen=True)
-class WordSpaceConfig:
-    """How word2vec vectors are prepared before G learns to generate them (and the index holds them)."""
-
-    center: bool = False  # subtract the vocabulary mean: pulls "hub" words away from every query
-    normalize: bool = False  # scale every word vector to unit length
-
-    def __post_init__(self):
-        check_fields(self, OptionError)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 log = logging.getLogger(__name__)
@@ -61,15 +46,6 @@ class TrainState:
     best_p5: float = -1.0
     best_epoch: int = 0
     log: list[dict] = field(default_factory=list)
-
-
-def prepare_word_vectors(vectors: np.ndarray, config: WordSpaceConfig) -> np.ndarray:
-    out = np.asarray(vectors, dtype=np.float32).copy()
-    if config.center:
-        out -= out.mean(axis=0, keepdims=True)
-    if config.normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
 
 
 def make_pairs(word_ids: list[list[int]]) -> np.ndarray:

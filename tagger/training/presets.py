@@ -15,7 +15,7 @@ from tagger.generators import GeneratorConfig, TrainConfig
 from tagger.generators.caae import CAAEConfig
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig
-from tagger.training.loop import WordSpaceConfig
+from tagger.scoring.words import WordSpaceConfig
 from tagger.scoring.voting import SamplingConfig
 
 
