@@ -165,3 +165,18 @@ def test_exiftool_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
     assert rec["HierarchicalSubject"] == ["People|Anna", "tagger|lake", "tagger|boat"]
     assert rec["TagsList"] == ["tagger/lake", "tagger/boat"]
     assert rec["Validate"] == "OK", rec
+
+
+def test_a_sidecar_that_rebinds_our_prefixes_does_not_change_how_later_sidecars_are_written(tmp_path):
+    """ElementTree's prefix map is global: one odd sidecar binding rdf: elsewhere once made every later one say ns1:."""
+    odd, plain = tmp_path / "odd.jpg", tmp_path / "plain.jpg"
+    for p in (odd, plain):
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(p)
+    odd.with_name("odd.jpg.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:x2="urn:other">'
+        '<x2:note xmlns:rdf="urn:not-rdf" xmlns:dc="urn:not-dc">hi</x2:note></rdf:Description></rdf:RDF></x:xmpmeta>')
+    sync(odd, ["sea"], XMP)
+    sync(plain, ["beach"], XMP)
+    text = plain.with_name("plain.jpg.xmp").read_text()
+    assert "<rdf:RDF" in text and "<dc:subject>" in text and "ns0:" not in text and "ns1:" not in text

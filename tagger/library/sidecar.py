@@ -234,7 +234,9 @@ def _set_fields(tree: ET.Element, want: Keywords) -> None:
 def _register_prefixes(data: bytes) -> None:
     """Keep the prefixes the sidecar used (exif:, digiKam:, ...) instead of ElementTree's ns0:, ns1:."""
     for _, (prefix, uri) in SafeET.iterparse(io.BytesIO(data), events=("start-ns",)):
-        if prefix and uri not in NS.values():
+        # A sidecar that binds one of our prefixes (x:, rdf:, dc:...) to another namespace must not take
+        # it from ours: ElementTree's map is global, and every later sidecar would say ns0:, ns1:.
+        if prefix and uri not in NS.values() and prefix not in NS:
             try:
                 ET.register_namespace(prefix, uri)
             except ValueError:
