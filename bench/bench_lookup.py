@@ -62,16 +62,19 @@ def product_queries(args) -> tuple[np.ndarray, np.ndarray, str, list[str], int]:
     """(word vectors in the index, generated samples, where the features came from, words, the model's neighbours per sample)."""
     import torch
 
-    from tagger.model import Tagger
+    from tagger.bundle import load
     from tagger.shipped import default_model_path
 
-    tagger = Tagger.load(args.model or default_model_path())
+    tagger = load(args.model or default_model_path())
     G = tagger.generator
     if not args.synthetic_features and args.images.is_dir():
         from pipelines.scan import list_images
 
         paths = list_images(args.images)[: args.photos]
-        features = tagger.conditions(tagger.features(paths))  # what G is conditioned on (the photo, its neighbours' votes)
+        from pipelines.images import load_image
+
+        images = [load_image(p, min_side=tagger.backbone.preprocessing.resize) for p in paths]
+        features = tagger.conditions(tagger.read(images).features)  # what G is conditioned on (the photo, its neighbours' votes)
         source = f"{len(paths)} shared photos"
     else:
         rng = np.random.default_rng(args.seed)

@@ -3,7 +3,7 @@
     python bench/bench_ray.py --n 1000 --workers 1,2
 
 Both tag the same photos with the shipped model and batch size into fresh outputs, in this
-process: the local engine with the model already loaded (`tag_folder` + `Tagger.tag_paths`, as
+process: the local engine with the model already loaded (`tag_folder` + `tagger.library.local.tag_paths`, as
 `tagger tag`), the Ray engine on a local Ray started once beforehand (`ray_engine.tag_source`, as
 `tagger tag --engine ray`), its actors' start (loading torch and the model) included, since every
 run pays it. Ray gets one CPU per worker, so 1 worker uses one core of this machine and 2 workers
@@ -23,8 +23,9 @@ from harness import IMAGES, emit, link_folder, machine, print_rows, rel, row, su
 
 import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
+from tagger.library.local import tag_paths  # noqa: E402
 from tagger.library.batch import read_results, tag_folder  # noqa: E402
-from tagger.model import Tagger  # noqa: E402
+from tagger.bundle import load  # noqa: E402
 from tagger.library.ray_engine import Output, RayOptions, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         tmp = Path(tmp)
         folder = link_folder(paths, tmp / "photos")
-        tagger = Tagger.load(model)
+        tagger = load(model)
         tag_folder(link_folder(paths[: args.batch_size], tmp / "warm"), tmp / "warm.parquet",
-                   lambda p: tagger.tag_paths(p, batch_size=args.batch_size))  # builds the backbone's kernels, forks workers once
+                   lambda p: tag_paths(tagger, p, batch_size=args.batch_size))  # builds the backbone's kernels, forks workers once
         start = time.perf_counter()
-        tag_folder(folder, tmp / "local.parquet", lambda p: tagger.tag_paths(p, batch_size=args.batch_size))
+        tag_folder(folder, tmp / "local.parquet", lambda p: tag_paths(tagger, p, batch_size=args.batch_size))
         local_s = time.perf_counter() - start
         local = read_results(tmp / "local.parquet")
 

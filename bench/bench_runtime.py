@@ -26,7 +26,9 @@ import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
 from pipelines.backbones import create_backbone  # noqa: E402
 from pipelines.images import load_image  # noqa: E402
+from tagger.library.local import tag_paths  # noqa: E402
 from tagger.library.batch import tag_folder  # noqa: E402
+from tagger.bundle import load  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
@@ -43,7 +45,7 @@ def time_bare(backbone, pixels: torch.Tensor) -> float:
 def time_tag(tagger: Tagger, folder: Path, out: Path, batch_size: int) -> float:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size))
+    summary = tag_folder(folder, out, lambda paths: tag_paths(tagger, paths, batch_size=batch_size))
     elapsed = time.perf_counter() - start
     assert summary.failed == 0 and summary.tagged > 0, summary.failures[:3]
     return elapsed
@@ -52,7 +54,7 @@ def time_tag(tagger: Tagger, folder: Path, out: Path, batch_size: int) -> float:
 def p_at_5(model: Path, data: Path, runtime: str, cache: Path) -> tuple[str, float]:
     from tagger.evaluation.evaluate import evaluate
 
-    tagger = Tagger.load(model, device="cpu", runtime=runtime)
+    tagger = load(model, device="cpu", runtime=runtime)
     ev = evaluate(tagger, data, "test", (tagger.default_method,), cache_dir=cache, progress=False)
     return tagger.default_method, ev.tags[tagger.default_method]["P@5"]
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f"efficientnet_lite0, {n} decoded photos, {threads} threads each, chunks of 16, median of {args.repeats}; "
                         f"per-pair ratio {pair:.3f}"))
 
-        tagger = {r: Tagger.load(args.model or default_model_path(), device="cpu", runtime=r) for r in ("torch", "onnx")}
+        tagger = {r: load(args.model or default_model_path(), device="cpu", runtime=r) for r in ("torch", "onnx")}
         folder = link_folder(paths, tmp / "photos")
         warm = link_folder(paths[: args.batch_size], tmp / "warm")
         for t in tagger.values():

@@ -3,8 +3,8 @@
     python bench/bench_scaling.py --n 128 --batch-sizes 1,8,32,128 --repeats 3
 
 `Tagger.predict` on PIL images already in memory, --n photos in batches of each size: the
-backbone's forward pass (`Tagger.features`) and the GAN sampling, look-up and votes
-(`Tagger.predict_features`) are timed apart. Decoding is left out (see the tagging row for whole
+backbone's forward pass (`Tagger.read`) and the GAN sampling, look-up and votes
+(`Tagger.tag`) are timed apart. Decoding is left out (see the tagging row for whole
 runs). Batch sizes are interleaved within each repeat; median of --repeats. How the code batches
 inside: on CPU the backbone runs chunks of 16 photos (pipelines/backbones.py CPU_CHUNK), features
 are computed in batches of 64 (pipelines/features.py extract_images) and the generator samples
@@ -21,6 +21,7 @@ from harness import IMAGES, emit, machine, median, print_rows, rel, row, subset_
 import torch  # noqa: E402
 
 from pipelines.images import load_image  # noqa: E402
+from tagger.bundle import load  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
@@ -31,9 +32,9 @@ def time_batches(tagger: Tagger, images: list, batch_size: int) -> tuple[float, 
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         t0 = time.perf_counter()
-        feats = tagger.features(chunk)
+        evidence = tagger.read(chunk)
         t1 = time.perf_counter()
-        tagger.predict_features(feats)
+        tagger.tag(evidence)
         t2 = time.perf_counter()
         feat_s += t1 - t0
         score_s += t2 - t1
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    tagger = Tagger.load(args.model or default_model_path())
+    tagger = load(args.model or default_model_path())
     min_side = tagger.backbone.preprocessing.resize
     paths = subset_photos(args.n, args.photos)
     images = [load_image(p, min_side=min_side) for p in paths]

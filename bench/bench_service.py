@@ -95,11 +95,11 @@ def bench_predict(model: Path, photos: list[Path], most: int, seconds: float, th
     """Tagger.predict on one photo per call (read, decode, features, sampling), in this process."""
     import torch
 
-    from tagger.model import Tagger
+    from tagger.bundle import load
 
     if threads:
         torch.set_num_threads(threads)
-    tagger = Tagger.load(model)
+    tagger = load(model)
     tagger.predict([photos[0]])  # warm up: the backbone is built on first use
     latencies = []
     start = time.perf_counter()

@@ -29,15 +29,19 @@ import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
 from pipelines.features import FeatureConfig, extract_features  # noqa: E402
 from pipelines.scan import list_images  # noqa: E402
+from tagger.library.local import tag_paths  # noqa: E402
 from tagger.library.batch import tag_folder  # noqa: E402
+from tagger.bundle import load  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
+from tagger.scoring.evidence import Evidence  # noqa: E402
+from tagger.scoring.options import TagOptions  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 
 
 def time_tag(tagger: Tagger, folder: Path, out: Path, batch_size: int) -> float:
     out.unlink(missing_ok=True)  # a fresh output: every photo is tagged again
     start = time.perf_counter()
-    summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size))
+    summary = tag_folder(folder, out, lambda paths: tag_paths(tagger, paths, batch_size=batch_size))
     elapsed = time.perf_counter() - start
     assert summary.failed == 0 and summary.tagged > 0, summary.failures[:3]
     return elapsed
@@ -47,11 +51,11 @@ def time_cached(tagger: Tagger, folder: Path, tmp: Path, batch_size: int, i: int
     """(first run into an empty feature cache, a second run with --top-k 3 on the same photos) in seconds."""
     cache = tmp / f"features-{i}"
     times = []
-    for name, options in (("first", {}), ("again", {"top_k": 3})):
+    for name, options in (("first", TagOptions()), ("again", TagOptions(top_k=3))):
         out = tmp / f"cached-{i}-{name}.csv"
         start = time.perf_counter()
-        summary = tag_folder(folder, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, cache_dir=cache, **options),
-                             settings=tagger.settings(**options))
+        summary = tag_folder(folder, out, lambda paths: tag_paths(tagger, paths, options, batch_size=batch_size, cache_dir=cache),
+                             settings=tagger.settings(options))
         times.append(time.perf_counter() - start)
         assert summary.failed == 0 and summary.tagged > 0, summary.failures[:3]
     return times[0], times[1]
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = subset_photos(args.n, args.photos)
-    tagger = Tagger.load(args.model or default_model_path(), runtime=args.runtime)
+    tagger = load(args.model or default_model_path(), runtime=args.runtime)
     with tempfile.TemporaryDirectory(prefix="bench-tagging-") as tmp:
         tmp = Path(tmp)
         os.environ["TAGGER_CACHE"] = str(tmp / "cache")  # neither side may find cached features
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         feats = extract_features(links, FeatureConfig(backbone=tagger.backbone_name, batch_size=args.batch_size, cache_dir=None),
                                  progress=False, backbone=tagger.backbone).features
         start = time.perf_counter()
-        tagger.predict_features(feats)
+        tagger.tag(Evidence(feats, None))
         score_s = time.perf_counter() - start
 
     n = len(paths)

@@ -7,7 +7,7 @@ busy with other work that default has been measured many times slower than a sin
 row measures both in one process, switching with `torch.set_num_threads` and alternating which goes
 first (median of --repeats):
 - predict: `Tagger.predict` on one photo file per call, as `tagger predict` does;
-- tag: `Tagger.tag_paths` over --n-tag photo files (decoding in DataLoader workers, batch 64), as
+- tag: `tagger.library.local.tag_paths` over --n-tag photo files (decoding in DataLoader workers, batch 64), as
   `tagger tag` does;
 - train: GAN updates of the adam preset on random features (batch 100), as `tagger train` does.
 The ratio is the 1-thread rate over the default's: above 1, one thread is faster.
@@ -24,7 +24,9 @@ from harness import IMAGES, emit, machine, median, print_rows, rel, row, subset_
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tagger.bundle import load  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
+from tagger.library.local import tag_paths  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
 from tagger.training.presets import get_preset  # noqa: E402
 
@@ -38,7 +40,7 @@ def predict_rate(tagger: Tagger, paths: list[Path]) -> float:
 
 def tag_rate(tagger: Tagger, paths: list[Path]) -> float:
     start = time.perf_counter()
-    done = sum(1 for _, tags, _ in tagger.tag_paths(paths, batch_size=64) if tags is not None)
+    done = sum(1 for _, tags, _ in tag_paths(tagger, paths, batch_size=64) if tags is not None)
     assert done == len(paths)
     return len(paths) / (time.perf_counter() - start)
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     default = torch.get_num_threads()
-    tagger = Tagger.load(args.model or default_model_path())
+    tagger = load(args.model or default_model_path())
     paths = subset_photos(max(args.n_predict, args.n_tag), args.photos)
     tagger.predict(paths[:2])  # warm-up: builds the backbone
     tasks = {"predict": lambda: predict_rate(tagger, paths[: args.n_predict]),

@@ -156,7 +156,7 @@ def extract_features(
     else:
         t0 = time.perf_counter()
         hashes = hash_files(paths)
-        known = cache.lookup({h for h in hashes if isinstance(h, str)})
+        known = cache.lookup_rows({h for h in hashes if isinstance(h, str)})
         first: dict[str, int] = {}
         todo = []
         for row, h in enumerate(hashes):
@@ -165,7 +165,7 @@ def extract_features(
                 if report:
                     log.warning("skipping %s", h)
             elif h in known:
-                features[row] = known[h]
+                features[row], result.chroma[row] = known[h]
             elif h in first:
                 duplicates[row] = first[h]
             else:
@@ -187,10 +187,14 @@ def extract_features(
             cache.trim()
 
     for row, rep in duplicates.items():
-        features[row] = features[rep]
+        features[row], result.chroma[row] = features[rep], result.chroma[rep]
         if rep in reasons:
             reasons[row] = reasons[rep]
     ok[:] = ~np.isnan(features).any(axis=1)
+    # Shards written before the cache kept chroma: measure it as a decoding worker does (on the photo
+    # decoded for the backbone), so that every photo's colour evidence is measured one way.
+    for row in np.flatnonzero(ok & np.isnan(result.chroma)):
+        result.chroma[row] = _chroma_of(paths[row], backbone.preprocessing.resize)
     for row in np.flatnonzero(~ok):
         # Only when the backbone gives NaN, or a file changed between hashing and decoding.
         reasons.setdefault(int(row), "no features (non-finite output, or the file changed during the run)")
@@ -198,6 +202,14 @@ def extract_features(
     if result.errors and report:
         log.warning("%d of %d photos could not be read and have no features", len(result.errors), n)
     return result
+
+
+def _chroma_of(path: Path, min_side: int) -> float:
+    """The chroma `_PhotoDataset` measures for a photo (NaN when it no longer decodes)."""
+    try:
+        return chroma(decode_image(read_bytes(path), path, min_side=min_side))
+    except (ImageError, OSError):
+        return float("nan")
 
 
 @dataclass

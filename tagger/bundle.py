@@ -33,15 +33,15 @@ from embeddings.files import atomic_dir, content_hash
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import get_spec
-from pipelines.device import choose_device
+from pipelines.device import choose_device, choose_runtime
 from pipelines.errors import TaggerError
 from tagger.scoring.knn import KNNTagger
 from tagger.scoring.calibration import Calibration
 from tagger.scoring.condition import ConditionConfig
 from tagger.generators import create_generator, make_config
 from tagger.model import Tagger
-from tagger.training.summary import TrainingSummary
 from tagger.scoring.words import WordSpaceConfig
+from tagger.training.summary import TrainingSummary
 from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2
@@ -110,8 +110,11 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
     return path
 
 
-def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
-    """Load a bundle; anything damaged or made for another backbone is a BundleError naming the file."""
+def load(path: str | Path, device: str | torch.device | None = None, runtime: str | None = None) -> Tagger:
+    """Load a bundle; anything damaged or made for another backbone is a BundleError naming the file.
+
+    runtime: what runs the backbone (not part of the bundle: torch and onnx give the same features within 1e-4).
+    """
     path = Path(path)
     cfg_file = path / CONFIG
     if not cfg_file.is_file():
@@ -143,6 +146,7 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
     image_dim = gen_config.feature_dim - (vocab_size if condition.neighbour_votes and isinstance(vocab_size, int) else 0)
     _check_backbone(cfg_file, backbone, image_dim)
     device = choose_device(device) if not isinstance(device, torch.device) else device
+    choose_runtime(runtime, device)  # an impossible choice fails here, not at the first photo
     _check_weight_shapes(path / WEIGHTS, family, gen_config)  # before anything the size of the config is allocated
     generator = create_generator(family, gen_config)
     try:
@@ -174,16 +178,13 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Tagger:
     calibration = {}
     if (path / CALIBRATION).is_file():
         calibration = _load_part(path / CALIBRATION, "the calibration", _read_calibration)
-    tagger = Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
-                    info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
-                    calibration=calibration, method=cfg.get("method"))
-    tagger.fingerprint = _fingerprint(path)
-    if tagger.default_method not in tagger.methods:
-        raise BundleError(f"{cfg_file}: default method {tagger.default_method!r} is not one of the bundle's ({', '.join(tagger.methods)})")
-    unknown = sorted(set(calibration) - set(tagger.methods))
-    if unknown:
-        raise BundleError(f"{path / CALIBRATION}: calibrates {', '.join(unknown)}, which this bundle does not have")
-    return tagger
+    try:
+        return Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
+                      info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
+                      calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path))
+    except ValueError as e:
+        where = path / CALIBRATION if str(e).startswith("calibrates") else cfg_file
+        raise BundleError(f"{where}: {e}") from None
 
 
 def _check_weight_shapes(file: Path, family: str, config) -> None:

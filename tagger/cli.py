@@ -132,10 +132,10 @@ def command(fn):
 
 
 def load_tagger(model: Path | None, device: str | None, runtime: Runtime | None = None):
-    from tagger.model import Tagger
+    from tagger.bundle import load
     from tagger.shipped import resolve_model
 
-    return Tagger.load(resolve_model(model), device=device, runtime=_value(runtime))
+    return load(resolve_model(model), device=device, runtime=_value(runtime))
 
 
 def _value(choice: Enum | None) -> str | None:
@@ -143,7 +143,8 @@ def _value(choice: Enum | None) -> str | None:
     return None if choice is None else choice.value
 
 
-def ray_options(engine: Engine, address: str | None, workers: int | None, device: str | None, batch_size: int):
+def ray_options(engine: Engine, address: str | None, workers: int | None, device: str | None, batch_size: int,
+                runtime: "Runtime | None" = None):
     """The Ray engine's options for --engine ray, None for --engine local; a clear error for anything else."""
     if engine == Engine.local:
         if address or workers:
@@ -152,10 +153,10 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
     from tagger.library.ray_engine import RayOptions, import_ray
 
     import_ray()  # without Ray, say how to install it before any work starts
-    return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size)
+    return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size, runtime=_value(runtime))
 
 
-def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str | None, sidecar: str | None, tag_options: dict):
+def tag_on_ray(source: Path, out: Path, model: Path | None, options, sidecar: str | None, tag_options):
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.library.ray_engine)."""
     from tagger.library.ray_engine import as_source, is_uri, tag_source
     from tagger.shipped import resolve_model
@@ -164,7 +165,7 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
         raise UserError("--sidecar is not supported with --engine ray (workers may not see the photos' folders)")
     path = resolve_model(model)
     tagger = load_tagger(path, "cpu")
-    tagger.scorer(method)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
+    tagger.method_of(tag_options)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
 
     def plan(total, todo):
         typer.echo(f"{source}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
@@ -172,8 +173,7 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, method: str
     if options.address and not all(is_uri(as_source(p)) for p in (source, out)):
         typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
                    "(object storage, or a file system mounted on every node at the same path)", err=True)
-    summary = tag_source(source, out, path, options, method=method, tag_options=tag_options, on_plan=plan,
-                         settings=tagger.settings(method, **tag_options))
+    summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=tagger.settings(tag_options))
     for line in summary.failures:
         typer.echo(f"tagger: failed: {line}", err=True)  # printable already: paths as the results hold them
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
@@ -236,7 +236,7 @@ def train(
         device=device,
         runtime=_value(runtime),
         cache_dir=cache_dir or default_cache_dir(),
-        ray=ray_options(engine, address, workers, device, batch_size),
+        ray=ray_options(engine, address, workers, device, batch_size, runtime),
     )
     _, summary = fit(data, out, config)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary.stage_seconds.items())
@@ -277,12 +277,14 @@ def predict(
 
     from pipelines.images import printable_path
     from pipelines.keywords import owner_keywords
+    from tagger.library.local import tag_paths
+    from tagger.scoring.options import TagOptions
 
     tagger = load_tagger(model, device, runtime)
-    opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
+    opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed)
     failed = 0
     # The batched path of `tag`, decoding in this process: a few photos do not pay for worker processes.
-    for path, tags, error in tagger.tag_paths(images, num_workers=0, method=method, **opts):
+    for path, tags, error in tag_paths(tagger, images, opts, num_workers=0):
         tags = tags or []
         failed += bool(error)
         if as_json:
@@ -349,14 +351,17 @@ def tag(
     if embed and shutil.which("exiftool") is None:
         raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
                         "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
-    on_ray = ray_options(engine, address, workers, device, batch_size)
+    on_ray = ray_options(engine, address, workers, device, batch_size, runtime)
+    from tagger.library.local import tag_paths
+    from tagger.scoring.options import TagOptions
+
+    opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed)
     if on_ray:
         if len(sources) != 1 or embed or dry_run:
             raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
-        return tag_on_ray(sources[0], out, model, on_ray, method, side, dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed))
+        return tag_on_ray(sources[0], out, model, on_ray, side, opts)
     tagger = load_tagger(model, device, runtime)
-    tagger.scorer(method)  # an unknown method is refused before the scan, and before any file is made
-    opts = dict(top_k=top_k, min_score=min_score, exclude=exclude or (), seed=seed)
+    tagger.method_of(opts)  # an unknown method is refused before the scan, and before any file is made
     bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
 
     def plan(p):
@@ -369,9 +374,8 @@ def tag(
     from pipelines.cache import default_cache_dir
 
     features_dir = (cache_dir or default_cache_dir()) / "features" if feature_cache else None
-    summary = tag_folder(sources, out, lambda paths: tagger.tag_paths(paths, batch_size=batch_size, method=method,
-                                                                      cache_dir=features_dir, **opts),
-                         settings=tagger.settings(method, **opts), sidecar=side, embed=embed,
+    summary = tag_folder(sources, out, lambda paths: tag_paths(tagger, paths, opts, batch_size=batch_size, cache_dir=features_dir),
+                         settings=tagger.settings(opts), sidecar=side, embed=embed,
                          exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
                          retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
     bar.close()
@@ -490,7 +494,7 @@ def features(
         frame = read_folder(data)  # photos without keywords have features too
     config = FeatureConfig(backbone=backbone, weights=str(weights) if weights else None, batch_size=batch_size,
                            device=device, runtime=_value(runtime), cache_dir=(cache_dir or default_cache_dir()) / "features")
-    on_ray = ray_options(engine, address, workers, device, batch_size)
+    on_ray = ray_options(engine, address, workers, device, batch_size, runtime)
     if on_ray:
         from tagger.library.ray_engine import warm_feature_cache
 

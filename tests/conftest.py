@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tagger.bundle import save
 
 REPO = Path(__file__).resolve().parents[1]
 # The subset lives beside the checkout and is never copied into it; TAGGER_SUBSET overrides.
@@ -85,4 +86,4 @@ def build_tiny_tagger(seed: int = 0, joint: int = 0, heads: int = 1, unit: bool 
 
 @pytest.fixture
 def tiny_bundle(tmp_path) -> Path:
-    return build_tiny_tagger().save(tmp_path / "bundle")
+    return save(build_tiny_tagger(), tmp_path / "bundle")

@@ -5,6 +5,8 @@ from PIL import Image
 from conftest import build_tiny_tagger
 from pipelines.images import is_colour
 from tagger.evaluation.audit import audit, place_words
+from tagger.scoring.options import TagOptions
+from tagger.scoring.evidence import Evidence
 
 
 def test_colour_is_told_from_pixels_not_from_the_file_mode(tmp_path):
@@ -26,13 +28,13 @@ def test_a_colour_photo_never_gets_blackandwhite(tmp_path):
     photo = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
     colour, grey = Image.fromarray(photo), Image.fromarray(photo).convert("L").convert("RGB")
     everything = len(tagger.words)
-    tags = tagger.predict([colour, grey], method="prior", top_k=everything)  # every word scores above 0
+    tags = tagger.predict([colour, grey], TagOptions(method="prior", top_k=everything))  # every word scores above 0
     assert "blackandwhite" not in [t for t, _ in tags[0]] and "blackandwhite" in [t for t, _ in tags[1]]
     # Without the pixels (features only) nothing is ruled out.
-    feats = tagger.features([colour])
-    assert "blackandwhite" in [t for t, _ in tagger.predict_features(feats, method="prior", top_k=everything)[0]]
-    table = tagger.score_features(feats)
-    ruled = tagger.apply_evidence(table, np.array([True]))
+    feats = tagger.read([colour]).features
+    assert "blackandwhite" in [t for t, _ in tagger.tag(Evidence(feats, None), TagOptions(method="prior", top_k=everything))[0].tags]
+    table = tagger.score(Evidence(feats, None), TagOptions(), calibrated=False).order
+    ruled = tagger.score(Evidence(feats, np.array([40.0])), TagOptions(), calibrated=False).order  # a colour photo's chroma
     bw = tagger.words.index("blackandwhite")
     assert ruled[0, bw] == -np.inf and np.array_equal(np.delete(ruled, bw, axis=1), np.delete(table, bw, axis=1))
 

@@ -57,13 +57,13 @@ def tagger(tmp_path_factory):
     import torch
 
     from conftest import build_tiny_tagger, make_photo_files
-    from tagger.model import Tagger
+    from tagger.bundle import load, save
 
     tmp = tmp_path_factory.mktemp("model")
     t = build_tiny_tagger()
-    f = t.features(make_photo_files(tmp / "photos", 32, size=64, seed=1))
+    f = t.read(make_photo_files(tmp / "photos", 32, size=64, seed=1)).features
     t.generator.set_feature_stats(torch.from_numpy(f.mean(0)), torch.from_numpy(f.std(0) + 1e-6))
-    return Tagger.load(t.save(tmp / "bundle"))  # through a saved bundle, as `tagger serve` loads it
+    return load(save(t, tmp / "bundle"))  # through a saved bundle, as `tagger serve` loads it
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,10 @@ from conftest import REPO, build_tiny_tagger, make_photo_files
 from tagger.bundle import BundleError, config_dict
 from tagger.scoring.calibration import Calibration
 from tagger.model import Tagger
+from tagger.scoring.options import TagOptions
+from tagger.scoring.evidence import Evidence
+from tagger.bundle import save
+from tagger.bundle import load
 
 OLD = REPO / "tests" / "data" / "bundle_v1"
 
@@ -21,12 +25,12 @@ def photos(tmp_path):
 def test_a_first_format_bundle_loads_as_cgan_and_tags_as_it_did():
     """tests/data/bundle_v1 was saved by the tagger before the generator families (format 1, "gan" in its config)."""
     assert json.loads((OLD / "config.json").read_text())["format_version"] == 1
-    tagger = Tagger.load(OLD)
+    tagger = load(OLD)
     assert tagger.family == "cgan" and tagger.methods == ("cgan", "knn", "cgan+knn", "prior")
     features = np.load(REPO / "tests" / "data" / "bundle_v1_features.npy")
     expected = json.loads((REPO / "tests" / "data" / "bundle_v1_expected.json").read_text())
     for method, tags in expected.items():
-        got = tagger.predict_features(features, method=method)
+        got = [r.tags for r in tagger.tag(Evidence(features, None), TagOptions(method=method))]
         assert [[t for t, _ in row] for row in got] == [[t for t, _ in row] for row in tags], method
         assert np.allclose([s for row in got for _, s in row], [s for row in tags for _, s in row], atol=1e-5), method
 
@@ -34,17 +38,17 @@ def test_a_first_format_bundle_loads_as_cgan_and_tags_as_it_did():
 @pytest.mark.parametrize("family", ["cgan", "cvae", "caae"])
 def test_round_trip_of_every_family_with_condition_and_calibration(tmp_path, photos, family):
     tagger = build_tiny_tagger(family=family, unit=True, scoring="softmax", knn_photos=40, neighbour_votes=5)
-    feats = tagger.features(photos)
+    feats = tagger.read(photos).features
     rng = np.random.default_rng(0)
     truth = [set(rng.choice(len(tagger.words), 3, replace=False).tolist()) for _ in photos]
-    tagger.calibration = {m: Calibration.fit(tagger.score_features(feats, method=m), truth, top=5) for m in tagger.methods}
-    before = tagger.predict(photos, seed=3)
-    tagger.save(tmp_path / "m")
+    tagger = tagger.replace(calibration={m: Calibration.fit(tagger.score(Evidence(feats, None), TagOptions(method=m), calibrated=False).order, truth, top=5) for m in tagger.methods})
+    before = tagger.predict(photos, TagOptions(seed=3))
+    save(tagger, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "calibration.json", "config.json", "generator.safetensors", "knn.npz", "vocabulary.json", "word_vectors.npz"]
-    loaded = Tagger.load(tmp_path / "m")
+    loaded = load(tmp_path / "m")
     assert loaded.family == family and loaded.methods == (family, "knn", f"{family}+knn", "prior")
-    assert loaded.predict(photos, seed=3) == before
+    assert loaded.predict(photos, TagOptions(seed=3)) == before
     assert config_dict(loaded) == config_dict(tagger)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["generator"]["family"] == family and cfg["condition"] == {"neighbour_votes": 5} and cfg["method"] == family
@@ -56,7 +60,7 @@ def test_round_trip_of_every_family_with_condition_and_calibration(tmp_path, pho
 
 def test_the_condition_carries_the_neighbours_votes(photos):
     tagger = build_tiny_tagger(knn_photos=40, neighbour_votes=5)
-    feats = tagger.features(photos)
+    feats = tagger.read(photos).features
     cond = tagger.conditions(feats)
     assert cond.shape == (len(photos), 32 + len(tagger.words))
     assert np.array_equal(cond[:, :32], feats)
@@ -79,11 +83,11 @@ def test_the_condition_carries_the_neighbours_votes(photos):
 ])
 def test_damaged_condition_or_calibration_is_one_line_at_load(tmp_path, change, message):
     tagger = build_tiny_tagger(knn_photos=20, neighbour_votes=3)
-    tagger.calibration = {"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))}
-    path = tagger.save(tmp_path / "m")
+    tagger = tagger.replace(calibration={"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))})
+    path = save(tagger, tmp_path / "m")
     change(path)
     with pytest.raises(BundleError) as info:
-        Tagger.load(path)
+        load(path)
     assert str(info.value).startswith(f"{path}/") and message in str(info.value), str(info.value)
 
 

@@ -18,7 +18,7 @@ from tagger.generators import TrainConfig
 from tagger.generators.caae import CAAEConfig
 from tagger.generators.cgan import CGANConfig
 from tagger.generators.cvae import CVAEConfig
-from tagger.model import Tagger
+from tagger.bundle import load, save
 from tagger.scoring.words import WordSpaceConfig
 from tagger.scoring.voting import SamplingConfig
 
@@ -26,13 +26,13 @@ from tagger.scoring.voting import SamplingConfig
 @pytest.fixture
 def bundle(tmp_path):
     """A tiny bundle with every part: 19 words, a kNN of 20 photos and a generator conditioned on 3 neighbours' votes."""
-    return build_tiny_tagger(knn_photos=20, neighbour_votes=3).save(tmp_path / "m")
+    return save(build_tiny_tagger(knn_photos=20, neighbour_votes=3), tmp_path / "m")
 
 
 def refused(path, name: str, *says: str) -> str:
     """Loading the bundle is a one-line BundleError naming the file and saying each of `says`."""
     with pytest.raises(BundleError) as info:
-        Tagger.load(path)
+        load(path)
     text = str(info.value)
     assert text.startswith(f"{path / name}:") and all(s in text for s in says), text
     assert "\n" not in text and len(text) < 400, text
@@ -67,14 +67,14 @@ def test_a_long_word_in_the_vectors_is_refused_from_the_header_before_its_array_
     # 19 fixed-width words of a million characters: 76 MB of array, from a word of 1 MB.
     edit_npz(bundle / "word_vectors.npz", lambda a: {**a, "words": np.array(["x" * 1_000_000, *a["words"][1:]])})
 
-    def load():
+    def load_it():
         with pytest.raises(BundleError) as info:
-            Tagger.load(bundle)
-        load.text = str(info.value)
+            load(bundle)
+        load_it.text = str(info.value)
 
-    assert peak_bytes(load) < 20 << 20
-    assert load.text.startswith(f"{bundle}/word_vectors.npz:") and "words" in load.text, load.text
-    assert f"1000000 characters, over the limit of {MAX_WORD_LENGTH}" in load.text, load.text
+    assert peak_bytes(load_it) < 20 << 20
+    assert load_it.text.startswith(f"{bundle}/word_vectors.npz:") and "words" in load_it.text, load_it.text
+    assert f"1000000 characters, over the limit of {MAX_WORD_LENGTH}" in load_it.text, load_it.text
 
 
 def test_a_long_word_in_the_vocabulary_is_refused(bundle):
@@ -183,7 +183,7 @@ def test_a_compressed_array_is_refused_the_uncompressed_ones_load(bundle):
     """A compressed array could unpack to any size: tagger writes its arrays uncompressed, so none takes more
     memory than it takes disk."""
     edit_npz(bundle / "knn.npz", lambda a: a, save=np.savez)
-    Tagger.load(bundle)
+    load(bundle)
     edit_npz(bundle / "knn.npz", lambda a: a, save=np.savez_compressed)
     refused(bundle, "knn.npz", "array mean is compressed")
 
@@ -203,13 +203,13 @@ def test_a_header_larger_than_its_data_is_refused_before_anything_is_allocated(b
         for name, data in members.items():
             z.writestr(name, data)
 
-    def load():
+    def load_it():
         with pytest.raises(BundleError) as info:
-            Tagger.load(bundle)
-        load.text = str(info.value)
+            load(bundle)
+        load_it.text = str(info.value)
 
-    assert peak_bytes(load) < 20 << 20
-    assert load.text.startswith(f"{file}:") and "features" in load.text and "(1000000000, 20)" in load.text, load.text
+    assert peak_bytes(load_it) < 20 << 20
+    assert load_it.text.startswith(f"{file}:") and "features" in load_it.text and "(1000000000, 20)" in load_it.text, load_it.text
 
 
 # -- the settings ---------------------------------------------------------------------------------------------------
@@ -296,12 +296,12 @@ def test_a_deeply_nested_or_huge_config_is_one_line(bundle):
 def odd_info(tmp_path):
     """A bundle whose info holds fields this tagger does not know, of every JSON type, and NaN where it may."""
     tagger = build_tiny_tagger()
-    tagger.info = {"train_photos": 8, "val_p5": math.nan, "from_the_future": {"a": [1, None, "x", 2.5, True]}, "n": -(10**30)}
-    return tagger.save(tmp_path / "m")
+    tagger = tagger.replace(info={"train_photos": 8, "val_p5": math.nan, "from_the_future": {"a": [1, None, "x", 2.5, True]}, "n": -(10**30)})
+    return save(tagger, tmp_path / "m")
 
 
 def test_unknown_info_fields_of_any_type_load_and_read(odd_info):
-    tagger = Tagger.load(odd_info)
+    tagger = load(odd_info)
     assert tagger.summary.train_photos == 8 and math.isnan(tagger.summary.val_p5)
     assert tagger.info["from_the_future"] == {"a": [1, None, "x", 2.5, True]}
 
@@ -318,7 +318,7 @@ def test_predict_json_and_the_service_read_odd_info(odd_info, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(photo), "--model", str(odd_info), "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output.splitlines()[-1])["tags"]) == 3
-    with TestClient(create_app(Tagger.load(odd_info))) as client:
+    with TestClient(create_app(load(odd_info))) as client:
         r = client.get("/v1/model")
     assert r.status_code == 200 and r.json()["info"]["from_the_future"] == {"a": [1, None, "x", 2.5, True]}
 
@@ -335,7 +335,7 @@ def test_a_tampered_calibration_is_one_line(tmp_path, change, says):
     from tagger.scoring.calibration import Calibration
 
     tagger = build_tiny_tagger()
-    tagger.calibration = {"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))}
-    path = tagger.save(tmp_path / "m")
+    tagger = tagger.replace(calibration={"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))})
+    path = save(tagger, tmp_path / "m")
     edit_json(path / "calibration.json", change)
     refused(path, "calibration.json", says)

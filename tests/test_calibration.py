@@ -5,6 +5,8 @@ import pytest
 from conftest import build_tiny_tagger
 from tagger.scoring.calibration import Calibration, candidates, expected_calibration_error, reliability
 from tagger.evaluation.metrics import top_ids
+from tagger.scoring.options import TagOptions
+from tagger.scoring.evidence import Evidence
 
 
 def scored_photos(n, seed):
@@ -46,15 +48,15 @@ def test_a_calibrated_tagger_shows_probabilities_and_min_score_means_one(tmp_pat
     photos = make_photo_files(tmp_path, 4)
     tagger = build_tiny_tagger(unit=True, scoring="softmax")
     raw = tagger.predict(photos)
-    table = tagger.score_features(tagger.features(photos))
+    table = tagger.score(Evidence(tagger.read(photos).features, None), TagOptions(), calibrated=False).order
     # A map that gives the photo's best raw score 0.9 and everything at or below the median 0.1.
     knots = np.array([np.median(table), table.max()])
-    tagger.calibration = {"cgan": Calibration(knots, np.array([0.1, 0.9]))}
+    tagger = tagger.replace(calibration={"cgan": Calibration(knots, np.array([0.1, 0.9]))})
     shown = tagger.predict(photos)
     assert [[t for t, _ in r] for r in shown] == [[t for t, _ in r] for r in raw]  # the same tags, in the same order
     assert max(s for r in shown for _, s in r) == pytest.approx(0.9, abs=1e-5)
-    assert all(s >= 0.5 for r in tagger.predict(photos, min_score=0.5) for _, s in r)
-    assert sum(map(len, tagger.predict(photos, min_score=0.5))) < sum(map(len, shown))
+    assert all(s >= 0.5 for r in tagger.predict(photos, TagOptions(min_score=0.5)) for _, s in r)
+    assert sum(map(len, tagger.predict(photos, TagOptions(min_score=0.5)))) < sum(map(len, shown))
 
 
 def test_equal_scores_get_one_probability():

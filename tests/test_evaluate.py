@@ -10,6 +10,9 @@ from conftest import TINY_TAGS, build_tiny_tagger, make_photo_files
 from tagger.scoring.knn import KNNConfig, KNNTagger
 from tagger.cli import app
 from tagger.evaluation.evaluate import evaluate, label_table
+from tagger.scoring.options import TagOptions
+from tagger.scoring.evidence import Evidence
+from tagger.bundle import save
 
 
 def manifest(tmp_path, n=24):
@@ -24,10 +27,10 @@ def manifest(tmp_path, n=24):
 def tiny_tagger_with_knn(tmp_path, tags, k):
     """The tiny tagger with a kNN baseline fitted on the manifest's photos."""
     tagger = build_tiny_tagger()
-    feats = tagger.features(sorted((tmp_path / "photos").glob("*.jpg")))
+    feats = tagger.read(sorted((tmp_path / "photos").glob("*.jpg"))).features
     pos = {w: i for i, w in enumerate(tagger.words)}
     ids = [[pos[w] for w in tagger.vocabulary.normalize(t) if w in pos] for t in tags]
-    tagger.knn = KNNTagger.fit(feats, ids, len(pos), KNNConfig(k=k))
+    tagger = tagger.replace(knn=KNNTagger.fit(feats, ids, len(pos), KNNConfig(k=k)))
     return tagger
 
 
@@ -61,7 +64,7 @@ def test_every_method_on_the_same_photos(tmp_path):
 def test_cli_prints_and_writes_reports(tmp_path):
     data, tags = manifest(tmp_path)
     tagger = tiny_tagger_with_knn(tmp_path, tags, k=3)
-    bundle = tagger.save(tmp_path / "bundle")
+    bundle = save(tagger, tmp_path / "bundle")
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(bundle), "--split", "all", "--out", str(out),
                                       "--cache-dir", str(tmp_path / "cache")])
@@ -81,11 +84,11 @@ def test_several_bundles_side_by_side(tmp_path):
     data, tags = manifest(tmp_path)
     a = tiny_tagger_with_knn(tmp_path, tags, k=3)
     b = tiny_tagger_with_knn(tmp_path, tags, k=3)
-    b.generator = build_tiny_tagger(seed=5).generator  # another generator, the same kNN and vocabulary
-    feats = a.features(sorted((tmp_path / "photos").glob("*.jpg")))
+    b = b.replace(generator=build_tiny_tagger(seed=5).generator)  # another generator, the same kNN and vocabulary
+    feats = a.read(sorted((tmp_path / "photos").glob("*.jpg"))).features
     pos = {w: i for i, w in enumerate(a.words)}
     truth = [{pos[w] for w in a.vocabulary.normalize(t) if w in pos} for t in tags]
-    b.calibration = {"cgan": Calibration.fit(b.score_features(feats), truth)}
+    b = b.replace(calibration={"cgan": Calibration.fit(b.score(Evidence(feats, None), TagOptions(), calibrated=False).order, truth)})
     ev = evaluate({"a": a, "b": b}, data, split="all", progress=False)
     # The second bundle's kNN and prior tag exactly as the first's: one row each.
     assert list(ev.tags) == ["a/cgan", "a/knn", "a/cgan+knn", "a/prior", "b/cgan", "b/cgan+knn"]
@@ -95,7 +98,7 @@ def test_several_bundles_side_by_side(tmp_path):
     assert "ECE" in ev.tags["b/cgan"] and "ECE" not in ev.tags["a/cgan"]
     assert sum(bin["count"] for bin in ev.calibration["b/cgan"]["bins"]) == 10 * ev.photos
 
-    paths = [a.save(tmp_path / "A"), b.save(tmp_path / "B")]
+    paths = [save(a, tmp_path / "A"), save(b, tmp_path / "B")]
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["evaluate", str(data), "--model", str(paths[0]), "--model", str(paths[1]), "--split", "all",
                                       "--out", str(out), "--cache-dir", str(tmp_path / "cache")])

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from tagger.cli import app
 from tagger.evaluation.evaluate import evaluate
-from tagger.model import Tagger
+from tagger.bundle import load
+from tagger.scoring.options import TagOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
@@ -34,7 +35,7 @@ def test_each_family_trains_saves_loads_and_tags_real_photos(slice_manifest, sub
                                       "--epochs", "3", "--min-count", "5", "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
     assert f"{family}: " in result.output and "validation P@5" in result.output
-    tagger = Tagger.load(tmp_path / "m")
+    tagger = load(tmp_path / "m")
     assert tagger.family == family and tagger.info["generator"] == family and set(tagger.calibration) == set(tagger.methods)
     # The default method is the generator alone or with kNN, whichever did better on the validation photos.
     val = tagger.info["method_val_p5"]
@@ -43,6 +44,6 @@ def test_each_family_trains_saves_loads_and_tags_real_photos(slice_manifest, sub
     # On the slice's validation photos the family does far better than tagging every photo by tag frequency.
     ev = evaluate(tagger, manifest, split="val", cache_dir=cache / "features", progress=False)
     assert ev.tags[family]["P@5"] > 1.25 * ev.tags["prior"]["P@5"], {m: r["P@5"] for m, r in ev.tags.items()}
-    tags = tagger.predict([subset_dir / "images" / "im4484.jpg"], top_k=10)[0]  # a beach
+    tags = tagger.predict([subset_dir / "images" / "im4484.jpg"], TagOptions(top_k=10))[0]  # a beach
     assert len(tags) == 10 and all(0 <= s <= 1 for _, s in tags)
     assert np.all(np.diff([s for _, s in tags]) <= 1e-9)  # calibrated scores keep the ranking's order

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipelines.images import ImageError, decode_image
+from tagger.scoring.options import TagOptions
+from tagger.scoring.evidence import Evidence
+from tagger.bundle import save
 
 
 def _sample(fmt: str) -> bytes:
@@ -144,9 +147,9 @@ def test_bundle_loader_on_tampered_config(tmp_path_factory, key, value, where):
 
     from conftest import build_tiny_tagger
     from tagger.bundle import BundleError
-    from tagger.model import Tagger
+    from tagger.bundle import load, save
 
-    path = build_tiny_tagger().save(tmp_path_factory.mktemp("b") / "m")
+    path = save(build_tiny_tagger(), tmp_path_factory.mktemp("b") / "m")
     cfg = json.loads((path / "config.json").read_text())
     if where == "generator":
         cfg["generator"]["config"][key] = value
@@ -155,11 +158,11 @@ def test_bundle_loader_on_tampered_config(tmp_path_factory, key, value, where):
                          "heads": "temperature", "dropout": "min_score", "d_maxout_units": "prior_power"}[key]] = value
     (path / "config.json").write_text(json.dumps(cfg))
     try:
-        tagger = Tagger.load(path)
+        tagger = load(path)
     except BundleError as e:
         assert "\n" not in str(e) and str(e).startswith(str(path))
         return
-    tags = tagger.predict_features(np.zeros((1, tagger.feature_dim), dtype=np.float32))
+    tags = [r.tags for r in tagger.tag(Evidence(np.zeros((1, tagger.feature_dim), dtype=np.float32), None), TagOptions())]
     assert all(np.isfinite(s) for _, s in tags[0])
 
 
@@ -175,23 +178,23 @@ def tiny_bundle_copy(folder):
 
     if not _SAVED:
         tagger = build_tiny_tagger(knn_photos=20, neighbour_votes=3)
-        tagger.calibration = {"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))}
-        _SAVED.append(tagger.save(folder.parent / "saved"))
+        tagger = tagger.replace(calibration={"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))})
+        _SAVED.append(save(tagger, folder.parent / "saved"))
     return shutil.copytree(_SAVED[0], folder / "m")
 
 
 def load_and_tag_or_refuse(path):
     """A tampered bundle loads and tags (finite scores), or is a one-line BundleError naming a file of the bundle."""
     from tagger.bundle import BundleError
-    from tagger.model import Tagger
+    from tagger.bundle import load
 
     try:
-        tagger = Tagger.load(path)
+        tagger = load(path)
     except BundleError as e:
         assert "\n" not in str(e) and str(e).startswith(f"{path}/"), str(e)
         return None
     for method in tagger.methods:
-        tags = tagger.predict_features(np.zeros((2, tagger.feature_dim), dtype=np.float32), method=method)
+        tags = [r.tags for r in tagger.tag(Evidence(np.zeros((2, tagger.feature_dim), dtype=np.float32), None), TagOptions(method=method))]
         assert all(np.isfinite(s) for row in tags for _, s in row)
     assert isinstance(tagger.summary.train_photos, int)
     return tagger

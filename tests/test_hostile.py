@@ -392,13 +392,14 @@ def test_unreadable_file_is_one_line_in_predict_and_tag(tmp_path):
     import tempfile
 
     from conftest import build_tiny_tagger
+    from tagger.bundle import save
 
     # A folder every user may enter (tmp_path's parents are private to root), so that `nobody` could work in it.
     base = Path(tempfile.mkdtemp(prefix="tagger-perm-"))
     private = base / "photos" / "private"
     try:
         base.chmod(0o777)
-        bundle = build_tiny_tagger().save(base / "bundle")
+        bundle = save(build_tiny_tagger(), base / "bundle")
         photos = base / "photos"
         photos.mkdir()
         photos.chmod(0o777)

@@ -98,6 +98,7 @@ SAVER = """
 import sys
 from pathlib import Path
 from embeddings.files import atomic_dir
+from tagger.bundle import load
 out, i = Path(sys.argv[1]), 0
 print("started", flush=True)
 while True:  # save a new 'bundle' over the old one, again and again, until killed
@@ -198,7 +199,7 @@ def checkpoint_epoch(cache: Path) -> int:
 
 @pytest.mark.slow
 def test_train_sigkill_at_random_points_then_resume(tmp_path):
-    from tagger.model import Tagger
+    from tagger.bundle import load
 
     rng = random.Random(11)
     manifest = training_manifest(tmp_path / "photos", 64)
@@ -236,7 +237,7 @@ def test_train_sigkill_at_random_points_then_resume(tmp_path):
             if m := EPOCH_LINE.match(line):
                 printed.setdefault(int(m.group(1)), set()).add(m.group(2))
         # Never half a bundle: the output folder does not exist, or it loads; temporary folders stay hidden.
-        assert not out.exists() or Tagger.load(out).words
+        assert not out.exists() or load(out).words
         assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} <= {"cache", "photos", "model"}
     assert 0 < saved < TRAIN_EPOCHS, kills  # the kills landed in training, with training left to do
 
@@ -248,7 +249,7 @@ def test_train_sigkill_at_random_points_then_resume(tmp_path):
             printed.setdefault(int(m.group(1)), set()).add(m.group(2))
     # An epoch trained twice (killed before its checkpoint) gave the same losses both times.
     assert sorted(printed) == list(range(1, TRAIN_EPOCHS + 1)) and all(len(v) == 1 for v in printed.values()), printed
-    resumed = Tagger.load(out)
+    resumed = load(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model", "photos"]  # no temporary bundle beside it
     [run_dir] = (cache / "runs").iterdir()  # and no checkpoint a kill cut short (the run removes those)
     assert not list(run_dir.glob(".checkpoint.pt.*.tmp")), list(run_dir.iterdir())
@@ -262,7 +263,7 @@ def test_train_sigkill_at_random_points_then_resume(tmp_path):
     run = Run(cmd(ref_out), env)
     assert run.finish() == 0, "\n".join(run.lines)[-2000:]
     assert run.resumed_after() is None
-    reference = Tagger.load(ref_out)
+    reference = load(ref_out)
     ref_log = pd.read_csv(ref_out / "train_log.csv")
     pd.testing.assert_frame_equal(log.drop(columns="seconds"), ref_log.drop(columns="seconds"), check_exact=True)
     for (k, a), b in zip(reference.generator.state_dict().items(), resumed.generator.state_dict().values()):

@@ -8,7 +8,10 @@ import pytest
 
 from conftest import build_tiny_tagger, make_photo_files
 from tagger.bundle import BundleError, config_dict
-from tagger.model import Tagger
+from tagger.bundle import load, save
+from tagger.scoring.options import TagOptions
+from tagger.scoring.evidence import Evidence
+from tagger.library.local import tag_paths
 
 
 @pytest.fixture
@@ -19,12 +22,12 @@ def photos(tmp_path):
 @pytest.mark.parametrize("joint,heads,unit,scoring", [(0, 1, False, "votes"), (12, 1, False, "votes"), (0, 3, True, "softmax")])
 def test_round_trip_gives_the_same_tags(tmp_path, photos, joint, heads, unit, scoring):
     tagger = build_tiny_tagger(joint=joint, heads=heads, unit=unit, scoring=scoring)
-    before = tagger.predict(photos, seed=3)
-    tagger.save(tmp_path / "m")
+    before = tagger.predict(photos, TagOptions(seed=3))
+    save(tagger, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz"]
-    loaded = Tagger.load(tmp_path / "m")
-    assert loaded.predict(photos, seed=3) == before
+    loaded = load(tmp_path / "m")
+    assert loaded.predict(photos, TagOptions(seed=3)) == before
     assert loaded.words == tagger.words
     assert config_dict(loaded) == config_dict(tagger)
     assert all(len(tags) == 3 for tags in before)
@@ -32,10 +35,10 @@ def test_round_trip_gives_the_same_tags(tmp_path, photos, joint, heads, unit, sc
 
 def test_half_precision_bundle_is_smaller_and_loads(tmp_path, photos):
     tagger = build_tiny_tagger()
-    full = tagger.save(tmp_path / "full")
-    half = tagger.save(tmp_path / "half", half=True)
+    full = save(tagger, tmp_path / "full")
+    half = save(tagger, tmp_path / "half", half=True)
     assert (half / "generator.safetensors").stat().st_size < 0.75 * (full / "generator.safetensors").stat().st_size
-    loaded = Tagger.load(half)
+    loaded = load(half)
     # The weights come back as the float16 values they were stored as, in float32 to compute with.
     for name, value in tagger.generator.state_dict().items():
         back = loaded.generator.state_dict()[name]
@@ -45,32 +48,32 @@ def test_half_precision_bundle_is_smaller_and_loads(tmp_path, photos):
 
 def test_seeded_and_independent_of_the_batch(photos):
     tagger = build_tiny_tagger()
-    both = tagger.predict(photos[:2], seed=1)
-    assert tagger.predict(photos[:2], seed=1) == both
-    assert tagger.predict(photos[1:2], seed=1)[0] == both[1]
-    table = tagger.score_features(tagger.features(photos), tagger.options(seed=1))
-    other = tagger.score_features(tagger.features(photos), tagger.options(seed=2))
+    both = tagger.predict(photos[:2], TagOptions(seed=1))
+    assert tagger.predict(photos[:2], TagOptions(seed=1)) == both
+    assert tagger.predict(photos[1:2], TagOptions(seed=1))[0] == both[1]
+    table = tagger.score(Evidence(tagger.read(photos).features, None), TagOptions(seed=1), calibrated=False).order
+    other = tagger.score(Evidence(tagger.read(photos).features, None), TagOptions(seed=2), calibrated=False).order
     assert not np.array_equal(table, other)
 
 
 def test_options_top_k_min_score_and_exclude(photos):
     tagger = build_tiny_tagger()
-    tags = tagger.predict(photos[:1], top_k=5)[0]
+    tags = tagger.predict(photos[:1], TagOptions(top_k=5))[0]
     assert len(tags) == 5 and [s for _, s in tags] == sorted((s for _, s in tags), reverse=True)
     best = tags[0][0]
     # Excluded tags are given as users type them and normalized like the vocabulary.
-    assert best not in [t for t, _ in tagger.predict(photos[:1], top_k=5, exclude=[best.upper()])[0]]
+    assert best not in [t for t, _ in tagger.predict(photos[:1], TagOptions(top_k=5, exclude=[best.upper()]))[0]]
     cut = tags[2][1]
-    assert all(s >= cut for _, s in tagger.predict(photos[:1], top_k=5, min_score=cut)[0])
+    assert all(s >= cut for _, s in tagger.predict(photos[:1], TagOptions(top_k=5, min_score=cut))[0])
 
 
 def test_tag_paths_reports_bad_files_and_tags_the_rest(tmp_path, photos):
     bad = tmp_path / "photos" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really")
     tagger = build_tiny_tagger()
-    rows = list(tagger.tag_paths(photos[:3] + [bad], chunk=2, num_workers=0, seed=0))
+    rows = list(tag_paths(tagger, photos[:3] + [bad], TagOptions(seed=0), chunk=2, num_workers=0))
     assert [r[0] for r in rows] == photos[:3] + [bad]
-    assert [t for t, _ in rows[0][1]] == [t for t, _ in tagger.predict([photos[0]], seed=0)[0]]
+    assert [t for t, _ in rows[0][1]] == [t for t, _ in tagger.predict([photos[0]], TagOptions(seed=0))[0]]
     assert rows[3][1] is None and rows[3][2] and str(bad) not in rows[3][2]
 
 
@@ -83,16 +86,16 @@ def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_pa
     bad = tmp_path / "photos" / "broken.jpg"
     bad.write_bytes(b"not a photo")
     files = photos + [bad]
-    plain = {p: (t, e) for p, t, e in tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=3)}
-    first = {p: (t, e) for p, t, e in tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=3, cache_dir=cache)}
+    plain = {p: (t, e) for p, t, e in tag_paths(tagger, files, TagOptions(seed=0, top_k=3), chunk=4, num_workers=0)}
+    first = {p: (t, e) for p, t, e in tag_paths(tagger, files, TagOptions(seed=0, top_k=3), chunk=4, num_workers=0, cache_dir=cache)}
     assert first == plain and plain[bad][0] is None
     calls = []
     forward = tagger.backbone.forward_features
     monkeypatch.setattr(tagger.backbone, "forward_features", lambda x: calls.append(len(x)) or forward(x))
-    again = list(tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=2, cache_dir=cache))
+    again = list(tag_paths(tagger, files, TagOptions(seed=0, top_k=2), chunk=4, num_workers=0, cache_dir=cache))
     # The broken file is tried again (it is not cached), nothing else reaches the network.
     assert calls == [] and {p for p, _, _ in again} == set(files)
-    assert {p: (t, e) for p, t, e in again} == {p: (t, e) for p, t, e in tagger.tag_paths(files, chunk=4, num_workers=0, seed=0, top_k=2)}
+    assert {p: (t, e) for p, t, e in again} == {p: (t, e) for p, t, e in tag_paths(tagger, files, TagOptions(seed=0, top_k=2), chunk=4, num_workers=0)}
     # Colour evidence comes from the cache as measured on the decoded pixels.
     [shard] = FeatureCache(cache, tagger.backbone).shards()
     assert (shard.parent / shard.name.replace(".hashes.npy", ".chroma.npy")).is_file()
@@ -116,7 +119,7 @@ def test_feature_cache_is_bounded(tmp_path, photos):
 
 def test_save_over_a_bundle_is_atomic(tmp_path, monkeypatch):
     tagger = build_tiny_tagger()
-    path = tagger.save(tmp_path / "m")
+    path = save(tagger, tmp_path / "m")
     import tagger.bundle as model
 
     def crash(*a, **k):
@@ -124,14 +127,14 @@ def test_save_over_a_bundle_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(model, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        tagger.save(path)
-    assert Tagger.load(path).words == tagger.words  # the old bundle is intact
+        save(tagger, path)
+    assert load(path).words == tagger.words  # the old bundle is intact
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # and no temporary folder is left
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("mine")
     monkeypatch.undo()
     with pytest.raises(BundleError, match="not a model bundle; refusing"):
-        tagger.save(tmp_path / "notes")
+        save(tagger, tmp_path / "notes")
 
 
 def test_save_removes_what_a_killed_save_left(tmp_path):
@@ -142,33 +145,33 @@ def test_save_removes_what_a_killed_save_left(tmp_path):
     for d in (stale_tmp, stale_old, live_tmp):
         d.mkdir()
     # Killed between its two renames: "m" is gone and the .old folder is the only copy of it; it stays.
-    tagger.save(tmp_path / "m")
+    save(tagger, tmp_path / "m")
     assert not stale_tmp.exists() and stale_old.exists() and live_tmp.exists()
-    tagger.save(tmp_path / "m")  # now "m" exists: the stale .old goes too
+    save(tagger, tmp_path / "m")  # now "m" exists: the stale .old goes too
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m", live_tmp.name])
 
 
 def test_load_errors_say_what_is_wrong(tmp_path):
-    path = build_tiny_tagger().save(tmp_path / "m")
+    path = save(build_tiny_tagger(), tmp_path / "m")
     with pytest.raises(BundleError, match="no config.json"):
-        Tagger.load(tmp_path)
+        load(tmp_path)
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
     with pytest.raises(BundleError, match="bundle format 99, this tagger reads formats 1, 2"):
-        Tagger.load(path)
+        load(path)
     (path / "config.json").write_text(json.dumps(cfg))
     weights = (path / "generator.safetensors").read_bytes()
     (path / "generator.safetensors").write_bytes(weights[: len(weights) // 2])
     with pytest.raises(BundleError, match="generator.safetensors: cannot load"):
-        Tagger.load(path)
+        load(path)
     (path / "generator.safetensors").write_bytes(weights)
     (path / "config.json").write_text(json.dumps({**cfg, "backbone": {**cfg["backbone"], "name": "efficientnet_lite0"}}))
     with pytest.raises(BundleError, match="config.json: backbone efficientnet_lite0 gives 1280-d features but this model was trained on 32-d"):
-        Tagger.load(path)  # at load time, not at the first photo
+        load(path)  # at load time, not at the first photo
     (path / "config.json").write_text(json.dumps(cfg))
     (path / "vocabulary.json").unlink()
     with pytest.raises(BundleError, match="vocabulary.json: missing"):
-        Tagger.load(path)
+        load(path)
 
 
 def _damage(path, name, change):
@@ -237,10 +240,10 @@ def _half(b: bytes) -> bytes:
     ("word_vectors.npz!", lambda a: {**a, "vectors": a["vectors"][:, :5]}, "word_vectors.npz: 5-d vectors, but the generator makes 8-d"),
 ])
 def test_damaged_or_foreign_bundle_is_one_line_at_load(tmp_path, name, change, message):
-    path = build_tiny_tagger().save(tmp_path / "m")
+    path = save(build_tiny_tagger(), tmp_path / "m")
     _damage(path, name, change)
     with pytest.raises(BundleError) as info:
-        Tagger.load(path)
+        load(path)
     text = str(info.value)
     assert text.startswith(f"{path}/") and message in text, text  # names the file, says what is wrong
     assert "\n" not in text and len(text) < 500

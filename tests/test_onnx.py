@@ -14,6 +14,8 @@ from pipelines.features import FeatureConfig, extract_features
 from pipelines.scan import list_images
 from pipelines.backbones.onnx_backbone import INPUT, OUTPUT, OnnxBackbone, OnnxExportError, check_batch, export_onnx
 from tagger.cli import app
+from tagger.scoring.options import TagOptions
+from tagger.library.local import tag_paths
 
 
 def test_export_round_trip(tmp_path):
@@ -147,18 +149,18 @@ def test_cli_runtime_option_and_export(tmp_path, tiny_bundle):
 @pytest.mark.data
 def test_torch_and_onnx_tag_200_subset_photos_alike(subset_dir, tmp_path):
     """The shipped model on 200 real photos: features within 1e-4, and the same tags, both ways."""
-    from tagger.model import Tagger
+    from tagger.bundle import load
     from tagger.shipped import default_model_path
 
     paths = list_images(subset_dir / "images")[:200]
     results = {}
     for runtime in ("torch", "onnx"):
-        tagger = Tagger.load(default_model_path(), device="cpu", runtime=runtime)
+        tagger = load(default_model_path(), device="cpu", runtime=runtime)
         assert tagger.backbone.runtime == runtime
         feats = extract_features(paths, FeatureConfig(num_workers=2, device="cpu", runtime=runtime), progress=False,
                                  backbone=tagger.backbone)
         assert feats.ok.all()
-        tags = list(tagger.tag_paths(paths, batch_size=64, top_k=5))
+        tags = list(tag_paths(tagger, paths, TagOptions(top_k=5), batch_size=64))
         results[runtime] = feats.features, [t for _, t, _ in tags]
     (f_torch, t_torch), (f_onnx, t_onnx) = results["torch"], results["onnx"]
     diff = np.abs(f_torch - f_onnx).max()

@@ -16,9 +16,11 @@ from conftest import build_tiny_tagger
 ray = pytest.importorskip("ray", reason='the Ray engine needs the ray extra: pip install "tagger[ray]"')
 
 from tagger.library.batch import read_results, tag_folder  # noqa: E402
-from tagger.model import Tagger  # noqa: E402
 from tagger.library.ray_engine import Output, RayOptions, as_source, list_photos, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
+from tagger.bundle import save
+from tagger.bundle import load
+from tagger.library.local import tag_paths
 
 BATCH = 64  # units of CHUNK_BATCHES (2) x 64 = 128 photos: 200 photos make two, one per worker
 
@@ -57,8 +59,8 @@ def photos(subset_dir, tmp_path_factory) -> Path:
 def local_rows(photos, tmp_path_factory) -> pd.DataFrame:
     """The local engine's output on the same photos, model and batch size."""
     out = tmp_path_factory.mktemp("local") / "tags.parquet"
-    tagger = Tagger.load(default_model_path())
-    tag_folder(photos, out, lambda paths: tagger.tag_paths(paths, batch_size=BATCH))
+    tagger = load(default_model_path())
+    tag_folder(photos, out, lambda paths: tag_paths(tagger, paths, batch_size=BATCH))
     return read_results(out).sort_values("path").reset_index(drop=True)
 
 
@@ -158,12 +160,12 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
     from conftest import make_photo_files
 
     paths = make_photo_files(tmp_path / "photos", 12)
-    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    bundle = save(build_tiny_tagger(), tmp_path / "bundle")
     summary = tag_source((tmp_path / "photos").as_uri(), (tmp_path / "tags.parquet").as_uri(), bundle, RayOptions(workers=1, batch_size=4))
     assert summary.tagged == 12
     rows = read_output(tmp_path / "tags.parquet")
-    tagger = Tagger.load(bundle)
-    local = {str(p): [t for t, _ in tags] for p, tags, _ in tagger.tag_paths(paths, batch_size=4)}
+    tagger = load(bundle)
+    local = {str(p): [t for t, _ in tags] for p, tags, _ in tag_paths(tagger, paths, batch_size=4)}
     assert {Path(p.removeprefix("file://")).as_posix(): list(t) for p, t in zip(rows["path"], rows["tags"])} == local
 
     config = FeatureConfig(backbone="tiny", batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
@@ -182,7 +184,7 @@ def test_a_rerun_tags_new_and_changed_photos_and_drops_the_rows_of_removed_ones(
     if cluster != "local":
         pytest.skip("resume is the driver's work, the same on any cluster: checked once, on the local Ray")
     paths = make_photo_files(tmp_path / "photos", 5)
-    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    bundle = save(build_tiny_tagger(), tmp_path / "bundle")
     out = tmp_path / "tags.parquet"
     options = RayOptions(workers=1, batch_size=2)
     assert tag_source(tmp_path / "photos", out, bundle, options).tagged == 5
@@ -210,7 +212,7 @@ def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
         pytest.skip("the command line is the same on any cluster: checked once, on the local Ray")
     make_photo_files(tmp_path / "photos", 6)
     (tmp_path / "photos" / "notes.jpg").write_text("not a photo")
-    bundle = build_tiny_tagger().save(tmp_path / "bundle")
+    bundle = save(build_tiny_tagger(), tmp_path / "bundle")
     args = ["tag", str(tmp_path / "photos"), "--out", str(tmp_path / "t.parquet"), "--model", str(bundle), "--engine", "ray", "--workers", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

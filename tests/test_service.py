@@ -12,7 +12,9 @@ from PIL import Image  # noqa: E402
 from conftest import build_tiny_tagger  # noqa: E402
 from pipelines.images import load_image  # noqa: E402
 from tagger.model import Tagger  # noqa: E402
+from tagger.scoring.options import TagOptions
 from tagger.service.app import ServiceLimits, create_app  # noqa: E402
+from tagger.bundle import load
 
 
 def jpeg(seed: int, size: int = 64) -> bytes:
@@ -31,7 +33,7 @@ def upload(*photos: tuple[str, bytes]) -> list:
 
 def expected(tagger: Tagger, data: bytes, **options) -> tuple[list[str], list[float]]:
     """What tagging the photo alone, in process, gives: the service must answer the same."""
-    tags = tagger.predict([load_image(data)], **options)[0]
+    tags = tagger.predict([load_image(data)], TagOptions(**options))[0]
     return [t for t, _ in tags], [round(s, 4) for _, s in tags]
 
 
@@ -41,9 +43,9 @@ def tagger() -> Tagger:
     import torch
 
     t = build_tiny_tagger()
-    f = t.features([load_image(jpeg(seed)) for seed in range(1000, 1032)])
+    f = t.read([load_image(jpeg(seed)) for seed in range(1000, 1032)]).features
     t.generator.set_feature_stats(torch.from_numpy(f.mean(0)), torch.from_numpy(f.std(0) + 1e-6))
-    t.info = {"photos": 8, "val_p5": 0.25}
+    t = t.replace(info={"photos": 8, "val_p5": 0.25})
     return t
 
 
@@ -55,7 +57,7 @@ def serve(tagger, **kwargs):
 
 
 def test_tags_one_photo_from_a_saved_bundle(tiny_bundle):
-    tagger = Tagger.load(tiny_bundle)
+    tagger = load(tiny_bundle)
     photo = jpeg(1)
     with serve(tagger) as client:
         r = client.post("/v1/tag", files=upload(("beach.jpg", photo)))
@@ -226,15 +228,15 @@ def test_concurrent_requests_are_answered_correctly_and_share_forward_passes(tag
 
 def test_a_failing_batch_fails_its_requests_and_the_service_goes_on(tagger, monkeypatch):
     calls = {"n": 0}
-    features = tagger.features
+    read = Tagger.read
 
-    def flaky(images):
+    def flaky(self, images):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("out of memory")
-        return features(images)
+        return read(self, images)
 
-    monkeypatch.setattr(tagger, "features", flaky)
+    monkeypatch.setattr(Tagger, "read", flaky)
     with TestClient(create_app(tagger), raise_server_exceptions=False) as client:
         first = client.post("/v1/tag", files=upload(("a.jpg", jpeg(10))))
         second = client.post("/v1/tag", files=upload(("a.jpg", jpeg(10))))

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines.errors import OptionError  # noqa: E402
+from tagger.model import Tagger  # noqa: E402
 from tagger.service.app import ServiceLimits, create_app  # noqa: E402
 from test_service import expected, jpeg, png, real_server, serve, tagger, upload  # noqa: E402, F401 - tagger is a fixture
 
@@ -39,13 +40,13 @@ def together(*calls):
 
 def slowed(tagger, monkeypatch, seconds: float):
     """Make every forward pass take `seconds` longer, so that concurrent requests overlap for sure."""
-    features = tagger.features
+    read = Tagger.read
 
-    def slow(images):
+    def slow(self, images):
         time.sleep(seconds)
-        return features(images)
+        return read(self, images)
 
-    monkeypatch.setattr(tagger, "features", slow)
+    monkeypatch.setattr(Tagger, "read", slow)
 
 
 def noise_jpeg(seed: int, side: int = 1000) -> bytes:
@@ -104,8 +105,7 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(tagger, caplog):
     assert not errors_logged(caplog)
 
 
-@pytest.mark.parametrize("stage, error, status", [("features", RuntimeError, 500), ("features", OptionError, 422),
-                                                   ("predict_features", RuntimeError, 500)])
+@pytest.mark.parametrize("stage, error, status", [("read", RuntimeError, 500), ("read", OptionError, 422), ("tag", RuntimeError, 500)])
 def test_an_error_in_a_shared_batch_fails_only_its_own_request(tagger, monkeypatch, caplog, stage, error, status):
     """A batch that raises is tagged again request by request: the innocent ones get their tags.
 
@@ -115,18 +115,25 @@ def test_an_error_in_a_shared_batch_fails_only_its_own_request(tagger, monkeypat
     """
     photos = [jpeg(400 + i) for i in range(5)]
     wanted = [expected(tagger, p) for p in photos]
-    real, batches = getattr(tagger, stage), []
+    real, read, batches = getattr(Tagger, stage), Tagger.read, []
 
-    def poisoned(*args, **kwargs):
-        # The guilty request's photo is 13x13; in sampling, only its options (min_score=0.001) tell it apart.
-        guilty = any(im.size == (13, 13) for im in args[0]) if stage == "features" else kwargs["min_score"] == 0.001
-        batches.append(len(args[0]))
+    def counted(self, images):
+        batches.append(len(images))  # photos in each backbone pass
+        return read(self, images)
+
+    def poisoned(self, *args):
+        # The guilty request's photo is 13x13; in tagging, only its options (min_score=0.001) tell it apart.
+        if stage == "read":
+            batches.append(len(args[0]))
+        guilty = any(im.size == (13, 13) for im in args[0]) if stage == "read" else args[1].min_score == 0.001
         if guilty:
             raise error("this photo breaks the network")
-        return real(*args, **kwargs)
+        return real(self, *args)
 
-    monkeypatch.setattr(tagger, stage, poisoned)
-    app = create_app(tagger, limits=ServiceLimits(batch_wait=0.3))
+    monkeypatch.setattr(Tagger, "read", counted)
+    monkeypatch.setattr(Tagger, stage, poisoned)
+    # A long wait for company: on a loaded machine the six requests may take a while to arrive.
+    app = create_app(tagger, limits=ServiceLimits(batch_wait=1.0))
     with caplog.at_level(logging.INFO), TestClient(app, raise_server_exceptions=False) as client:
         def good(i):
             return lambda: client.post("/v1/tag", files=upload((f"p{i}.jpg", photos[i])))
@@ -309,14 +316,14 @@ def test_a_request_refused_before_its_body_is_read_does_not_have_to_send_it(tagg
 def test_a_chunked_body_holds_the_budget_only_for_what_it_is_once_it_ends(tagger, monkeypatch):
     """A body of unknown size takes the most a request may hold, then gives back all but its size."""
     inside = threading.Event()
-    features = tagger.features
+    read = Tagger.read
 
-    def slow(images):
+    def slow(self, images):
         inside.set()
         time.sleep(1)
-        return features(images)
+        return read(self, images)
 
-    monkeypatch.setattr(tagger, "features", slow)
+    monkeypatch.setattr(Tagger, "read", slow)
     small, big = jpeg(50), noise_jpeg(51)
     # Two requests of the most a request may send would not fit: a chunked one and the big one do, once it ended.
     most = ServiceLimits(max_photos=2, max_photo_bytes=2 * 2**20).max_request_bytes

@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tagger.cli import app
-from tagger.model import Tagger
 from tagger.shipped import SHIPPED, default_model_path
+from tagger.bundle import load
 
 pytestmark = pytest.mark.skipif(default_model_path() is None, reason=f"no shipped model at {SHIPPED} (make model builds it)")
 
@@ -34,4 +34,4 @@ def test_predict_without_model_option(subset_dir, monkeypatch):
     assert result.exit_code == 0, result.output
     tags = json.loads(result.stdout)["tags"]
     assert {"beach", "sea", "sunset", "ocean", "waves", "coast"} & set(tags), tags
-    assert len(Tagger.load(SHIPPED).words) > 500
+    assert len(load(SHIPPED).words) > 500

@@ -14,7 +14,7 @@ from importlib.resources import files
 import numpy as np
 
 from tagger.evaluation.metrics import top_ids
-from tagger.model import BW_WORDS
+from tagger.scoring.evidence import BW_WORDS
 
 SELF_WORDS = ("me", "self", "selfportrait", "myself", "ofme")
 

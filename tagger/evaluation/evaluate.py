@@ -17,11 +17,12 @@ import pandas as pd
 from pipelines.datasets import check_photos, read_dataset, split_ids
 from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
-from pipelines.images import is_colour
 from tagger.evaluation.audit import audit
 from tagger.scoring.calibration import candidates, expected_calibration_error, reliability
 from tagger.evaluation.metrics import paired_difference, report
 from tagger.model import Tagger
+from tagger.scoring.evidence import Evidence
+from tagger.scoring.options import TagOptions
 
 # Calibration is judged on each photo's best words, as many as a photo shows by default.
 CALIBRATION_TOP = 10
@@ -71,6 +72,13 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
+
+
+def _table(tagger: Tagger, evidence: Evidence, method: str) -> np.ndarray:
+    """(N, V) a method's scores as `Tagger.score` gives them: probabilities where it is calibrated, else its raw
+    scores (not scaled to each photo's best, which would change how photos rank for one tag, MiAP's order)."""
+    scores = tagger.score(evidence, TagOptions(method=method))
+    return scores.shown if method in tagger.calibration else scores.order
 
 
 def label_table(word_table: np.ndarray, words: list[str]) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
@@ -128,11 +136,10 @@ def evaluate(
             fcfg = FeatureConfig(backbone=t.backbone_name, weights=t.backbone_weights, batch_size=batch_size,
                                  device=str(t.device), cache_dir=cache_dir)
             feats = extract_features(list(frame["path"]), fcfg, progress=progress, backbone=t.backbone)
-            features[key], ok = feats.features, ok & feats.ok
+            features[key], ok = Evidence(feats.features, feats.chroma), ok & feats.ok
     frame = frame[ok].reset_index(drop=True)
-    features = {k: v[ok] for k, v in features.items()}
+    features = {k: v.take(ok) for k, v in features.items()}
     has_labels = frame["labels"].map(lambda x: x is not None).to_numpy()
-    colour = np.array([is_colour(p) for p in frame["path"]], dtype=bool)
 
     ev = Evaluation(split=split, photos=len(frame), left_out=0)
     tables, words, seen = {}, {}, []
@@ -145,11 +152,11 @@ def evaluate(
         chosen = methods or tagger.methods
         if len(taggers) == 1:
             for m in chosen:
-                tagger.scorer(m)  # an unknown method is an error that lists the model's
-        knn_table = tagger.table(x, "knn", colour) if "knn" in tagger.methods else None
+                tagger.method_of(TagOptions(method=m))  # an unknown method is an error that lists the model's
+        knn_table = _table(tagger, x, "knn") if "knn" in tagger.methods else None
         for method in (m for m in chosen if m in tagger.methods):
             start = time.perf_counter()
-            table = knn_table if method == "knn" else tagger.table(x, method, colour)
+            table = knn_table if method == "knn" else _table(tagger, x, method)
             seconds = time.perf_counter() - start
             if method in ("knn", "prior"):
                 if any(np.array_equal(table, t) for t in seen):
@@ -163,7 +170,7 @@ def evaluate(
                 probs, hits, _ = candidates(table, truth, CALIBRATION_TOP)  # the table holds probabilities
                 ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
                 ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP}
-            ev.audit[row] = audit(table, truth, tagger.words, colour)
+            ev.audit[row] = audit(table, truth, tagger.words, x.colour)
             if knn_table is not None and method != "knn":
                 ev.versus_knn[row] = paired_difference(table, knn_table, truth, k=5)
             if has_labels.any():

@@ -8,7 +8,7 @@ that `pyarrow.fs` reads: s3://, gs://, file://) and cuts the ones to tag into un
 `TagWorker` actor (one model per actor, a GPU each where there are GPUs), which reads the bytes,
 hashes and decodes them with the project's own decoder, runs the backbone in batches of
 batch_size and tags the unit with the model. These are the chunks and batches of
-`Tagger.tag_paths`, so every photo meets the same arithmetic and gets the same tags and scores as
+`tagger.library.local.tag_paths`, so every photo meets the same arithmetic and gets the same tags and scores as
 with `--engine local` (CPU convolutions give results that differ in the last bits when the batch
 around a photo differs).
 
@@ -42,7 +42,8 @@ from pipelines.datasets import PATH_COLUMNS
 from pipelines.images import printable_path
 from pipelines.scan import PHOTO_EXTENSIONS, list_images
 from tagger.library.batch import COLUMNS, BatchError, Lock, Summary, failures_tsv, output_format, write_failures
-from tagger.model import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of Tagger.tag_paths, so the batches match
+from tagger.library.local import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of tag_paths, so the batches match
+from tagger.scoring.options import TagOptions
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class RayOptions:
     device: str | None = None  # "cpu", "cuda", ...; None: "cuda" where the cluster has GPUs, else "cpu"
     batch_size: int = 64  # photos per backbone forward pass (as `tagger tag --batch-size`)
     read_threads: int = 4  # threads reading and decoding a unit's photos inside each actor
+    runtime: str | None = None  # what runs the backbone in each actor (torch, onnx, onnx-int8; None: the device's default)
     progress: bool = False  # Ray Data's progress bars
 
 
@@ -255,13 +257,14 @@ def hash_unit(batch) -> dict:
 class FeatureWorker:
     """Ray actor: one backbone, reading, decoding and extracting one unit of photos per call, in the local engine's batches."""
 
-    def __init__(self, backbone: str, weights: str | None, device: str, batch_size: int, read_threads: int = 4, threads: int = 1):
+    def __init__(self, backbone: str, weights: str | None, device: str, batch_size: int, read_threads: int = 4, threads: int = 1,
+                 runtime: str | None = None):
         import torch
 
         from pipelines.backbones import create_backbone
 
         torch.set_num_threads(max(1, threads))
-        self.backbone = create_backbone(backbone, weights=weights, device=device) if backbone else None
+        self.backbone = create_backbone(backbone, weights=weights, device=device, runtime=runtime) if backbone else None
         self.batch_size = batch_size
         self.reader = Reader()
         self.pool = ThreadPoolExecutor(max(1, read_threads))
@@ -297,40 +300,40 @@ class FeatureWorker:
                     features[rows] = self.backbone.forward_features(torch.stack([decoded[i][1] for i in rows])).cpu().numpy()
         hashes = [d[0] for d in decoded]
         chromas = np.array([d[2] for d in decoded], dtype=np.float32)
-        errors = [d[3] for d in decoded]
-        for i in range(n):
-            if not errors[i] and not np.isfinite(features[i]).all():
-                errors[i] = "no features (non-finite output, or the file changed during the run)"
+        errors = [d[3] for d in decoded]  # decoding's; a non-finite output is the caller's to report
         return features, hashes, chromas, errors
 
     def __call__(self, batch):
         import pyarrow as pa
 
+        from tagger.model import NON_FINITE
+
         keys, locations = _unit_lists(batch)
         features, hashes, _, errors = self.features(keys, locations)
+        errors = [e or ("" if np.isfinite(f).all() else NON_FINITE) for e, f in zip(errors, features)]
         return pa.table({"path": pa.array(keys, pa.string()), "hash": pa.array(hashes, pa.string()), "error": pa.array(errors, pa.string()),
                          "features": pa.FixedSizeListArray.from_arrays(pa.array(features.ravel(), pa.float32()), features.shape[1])})
 
 
 class TagWorker(FeatureWorker):
-    """Ray actor: one model, tagging one unit of photos per call, exactly as `Tagger.tag_paths` tags one chunk."""
+    """Ray actor: one model, tagging one unit of photos per call, exactly as `tagger.library.local.tag_paths` tags one chunk."""
 
-    def __init__(self, bundle: list, device: str, method: str | None, options: dict, batch_size: int, read_threads: int = 4,
-                 threads: int = 1, settings: str = ""):
+    def __init__(self, bundle: list, device: str, options: TagOptions, batch_size: int, read_threads: int = 4,
+                 threads: int = 1, settings: str = "", runtime: str | None = None):
         import ray
 
-        from tagger.model import Tagger
+        from tagger.bundle import load
 
-        super().__init__("", None, device, batch_size, read_threads, threads)
+        super().__init__("", None, device, batch_size, read_threads, threads, runtime)
         # The bundle travels as bytes through Ray's object store, so nodes need no shared disk. It comes as
         # [reference] so that Ray hands over the reference, not its 20 MB, as a constructor argument.
         self.dir = tempfile.mkdtemp(prefix="tagger-bundle-")
         for name, data in ray.get(bundle[0]).items():
             Path(self.dir, name).write_bytes(data)
-        self.tagger = Tagger.load(self.dir, device=device)
-        self.tagger.scorer(method)  # an unknown method fails here, before the first photo
+        self.tagger = load(self.dir, device=device, runtime=runtime)
+        self.tagger.method_of(options)  # an unknown method fails here, before the first photo
         self.backbone = self.tagger.backbone
-        self.method, self.options, self.settings = method, options, settings
+        self.options, self.settings = options, settings
 
     def __del__(self):
         shutil.rmtree(getattr(self, "dir", ""), ignore_errors=True)
@@ -338,13 +341,18 @@ class TagWorker(FeatureWorker):
     def __call__(self, batch):
         import pyarrow as pa
 
-        from pipelines.images import COLOUR_CHROMA
+        from tagger.scoring.evidence import Evidence
 
         keys, locations = _unit_lists(batch)
         features, hashes, chromas, errors = self.features(keys, locations)
-        rows = [i for i in range(len(keys)) if not errors[i]]
-        tags = self.tagger.predict_features(features[rows], self.method, colour=chromas[rows] > COLOUR_CHROMA, **self.options) if rows else []
-        by_row = dict(zip(rows, tags))
+        rows = [i for i in range(len(keys)) if not errors[i]]  # decoded: Tagger.tag checks their features
+        results = self.tagger.tag(Evidence(features[rows], chromas[rows]), self.options) if rows else []
+        by_row = {}
+        for i, result in zip(rows, results):
+            if result.tags is None:
+                errors[i] = result.error
+            else:
+                by_row[i] = result.tags
         return pa.table({
             "path": pa.array(keys, pa.string()),
             "tags": pa.array([[t for t, _ in by_row.get(i, [])] for i in range(len(keys))], pa.list_(pa.string())),
@@ -478,7 +486,7 @@ def _current_hashes(ray, photos: list[Photo], unit: int) -> dict[str, str]:
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
-               method: str | None = None, tag_options: dict | None = None, on_plan=None, settings: str = "") -> Summary:
+               tag_options: TagOptions = TagOptions(), on_plan=None, settings: str = "") -> Summary:
     """Tag the photos of `source` that `out` does not already hold, on Ray; returns what happened.
 
     settings: what the tags depend on besides the photo (`Tagger.settings`): rows made with other
@@ -519,7 +527,7 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
                                 # A unit takes seconds to minutes, the hand-over milliseconds: one at a time per actor, so
                                 # that the first actor up does not queue the units the others are starting for.
                                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
-                                fn_constructor_kwargs=dict(bundle=[bundle], device=device, method=method, options=tag_options or {},
+                                fn_constructor_kwargs=dict(bundle=[bundle], device=device, options=tag_options, runtime=options.runtime,
                                                            batch_size=options.batch_size, read_threads=options.read_threads,
                                                            threads=options.cpus_per_worker, settings=settings),
                                 **resources)
@@ -558,7 +566,8 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
 
     if config.cache_dir is None:
         raise BatchError("the ray engine extracts into the feature cache: give a cache folder")
-    backbone = create_backbone(config.backbone, config.weights, "cpu")  # on the driver only for the cache's key
+    # On the driver only for the cache's key, which names the runtime where its features differ (int8).
+    backbone = create_backbone(config.backbone, config.weights, "cpu", config.runtime, config.cache_dir)
     cache = FeatureCache(config.cache_dir, backbone)
 
     def hashed(path):
@@ -587,7 +596,8 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
             FeatureWorker, batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(backbone=config.backbone, weights=str(config.weights) if config.weights else None, device=device,
-                                       batch_size=options.batch_size, read_threads=options.read_threads, threads=options.cpus_per_worker),
+                                       batch_size=options.batch_size, read_threads=options.read_threads, threads=options.cpus_per_worker,
+                                       runtime=config.runtime),
             **resources)
         for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
             ok = np.array([not e for e in batch.column("error").to_pylist()], dtype=bool)

@@ -50,17 +50,16 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, StringConstraints
 
 from pipelines.errors import OptionError, TaggerError
-from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image, is_colour
+from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image
 from pipelines.memory import release_free_memory
-from tagger.bundle import config_dict
-from tagger.model import Tagger
+from tagger.bundle import config_dict, load
+from tagger.model import Tagged, Tagger
+from tagger.scoring.options import MAX_EXCLUDE, MAX_TAG_CHARS, TagOptions
 from tagger.scoring.voting import MAX_COUNT
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")  # Host header values of a loopback service
-MAX_EXCLUDE = 100  # tags one request may exclude
-MAX_TAG_CHARS = 100  # characters of one excluded tag
 log = logging.getLogger(__name__)
 
 
@@ -169,7 +168,7 @@ class Budget:
 @dataclass
 class _Job:
     images: list  # decoded photos of one request
-    options: dict  # top_k, min_score, exclude for Tagger.predict_features
+    options: TagOptions  # the request's top_k, min_score, exclude
     future: asyncio.Future  # set to the tags of each photo, or to the error of the batch
 
 
@@ -201,8 +200,8 @@ class Batcher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def tag(self, images: list, **options) -> list[list[tuple[str, float]]]:
-        """Tags with scores for each image (decoded PIL images), as `Tagger.predict` gives them."""
+    async def tag(self, images: list, options: TagOptions) -> list[Tagged]:
+        """`Tagger.tag`'s result for each image (decoded PIL images)."""
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(images, options, future))
         return await future
@@ -254,21 +253,19 @@ class Batcher:
 
     def _tag(self, jobs: list[_Job]) -> list[list[list[tuple[str, float]]]]:
         """One backbone pass for every photo, then one sampling pass per distinct set of options."""
-        images = [im for job in jobs for im in job.images]
-        features = self.tagger.features(images)
-        colour = np.array([is_colour(im) for im in images], dtype=bool)
+        evidence = self.tagger.read([im for job in jobs for im in job.images])
         self.forward_passes += 1
         starts = np.cumsum([0] + [len(job.images) for job in jobs])
         groups = defaultdict(list)
         for i, job in enumerate(jobs):
-            groups[tuple(sorted(job.options.items()))].append(i)
+            groups[job.options].append(i)
         out: list = [None] * len(jobs)
-        for members in groups.values():
+        for options, members in groups.items():
             rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
-            tags = self.tagger.predict_features(features[rows], colour=colour[rows], **jobs[members[0]].options)
+            tags = self.tagger.tag(evidence.take(rows), options)
             for i in members:
                 out[i], tags = tags[: len(jobs[i].images)], tags[len(jobs[i].images):]
-        self.photos += len(images)  # here, not before sampling: a failed batch is tagged again, and counted then
+        self.photos += len(evidence)  # here, not before sampling: a failed batch is tagged again, and counted then
         return out
 
 
@@ -323,9 +320,9 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
         exclude: Annotated[list[Tag], Query(max_length=MAX_EXCLUDE, description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
     ) -> TagResponse:
         """Tags with scores for each uploaded photo, best first; a photo that cannot be read gets an `error` instead."""
-        options = dict(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
         try:
-            tagger.options(**options)  # the model's own checks, here, before the request can join a batch
+            options = TagOptions(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
+            tagger.sampling_for(options)  # the model's own checks, here, before the request can join a batch
         except OptionError as e:
             raise HTTPException(422, str(e)) from None
         if len(files) > limits.max_photos:
@@ -346,15 +343,15 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
                 return
             batch, pending = pending, []
             try:
-                tags = await request.app.state.batcher.tag([im for _, im, _ in batch], **options)
+                tagged = await request.app.state.batcher.tag([im for _, im, _ in batch], options)
             except TaggerError as e:
                 raise HTTPException(422, str(e)) from None
             finally:
                 freed = sum(n for _, _, n in batch)
                 held -= freed
                 pixels.give(freed)
-            for (i, _, _), t in zip(batch, tags):
-                results[i] = PhotoTags(filename=names[i], tags=[w for w, _ in t], scores=[round(x, 4) for _, x in t])
+            for (i, _, _), (t, error) in zip(batch, tagged):
+                results[i] = PhotoTags(filename=names[i], tags=[w for w, _ in t or []], scores=[round(x, 4) for _, x in t or []], error=error or None)
 
         try:
             for i, (name, f) in enumerate(zip(names, files)):
@@ -447,7 +444,7 @@ def serve(model: Tagger | str | Path | None = None, host: str = "127.0.0.1", por
     from tagger.shipped import resolve_model
 
     token = resolve_token(token)
-    tagger = model if isinstance(model, Tagger) else Tagger.load(resolve_model(model), device=device, runtime=runtime)
+    tagger = model if isinstance(model, Tagger) else load(resolve_model(model), device=device, runtime=runtime)
     loopback = host in LOOPBACK
     if token is None and not loopback:
         log.warning("serving on %s without a token: anyone who can reach the port can use it", host)

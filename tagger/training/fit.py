@@ -25,12 +25,14 @@ from pipelines.datasets import DatasetError, check_photos, count_untagged, read_
 from pipelines.device import choose_device
 from pipelines.cache import default_cache_dir
 from pipelines.features import FeatureConfig, extract_features
-from pipelines.images import is_colour
 from tagger.scoring.knn import KNNTagger
 from tagger.scoring.calibration import Calibration
 from tagger.scoring.condition import build_condition
 from tagger.evaluation.metrics import precision_at_k, top_ids
+from tagger.bundle import save
 from tagger.model import Tagger
+from tagger.scoring.evidence import Evidence
+from tagger.scoring.options import TagOptions
 from tagger.training.presets import default_preset_name, get_preset
 from tagger.library.ray_engine import RayOptions
 from tagger.scoring.scorers import word_prior
@@ -88,6 +90,7 @@ class Prepared:
 
     frame: pd.DataFrame  # one row per photo: id, path, tags, labels, split, ok
     features: np.ndarray  # (photos, D), NaN rows where ok is False
+    chroma: np.ndarray  # (photos,) each photo's chroma, measured on its decoded pixels (the colour evidence tagging uses)
     vocabulary: Vocabulary
     word_vectors: WordVectors  # of the vocabulary's words that word2vec kept
     stages: Stages
@@ -133,7 +136,7 @@ def prepare(data: str | Path, config: FitConfig, progress: bool = True) -> Prepa
     wv = _cached_word2vec(sentences, replace(config.word2vec, seed=config.seed), config.cache_dir / "word2vec")
     wv = wv.subset([w for w in vocab.words if w in wv])
     stages.word2vec = time.perf_counter() - t
-    return Prepared(frame, feats.features, vocab, wv, stages, corpus_lists=len(extra), warnings=warnings)
+    return Prepared(frame, feats.features, feats.chroma, vocab, wv, stages, corpus_lists=len(extra), warnings=warnings)
 
 
 MIN_WORDS = 5  # fewer words than tags shown per photo: every photo would get them all
@@ -267,13 +270,14 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
             f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "
             f"a larger --split validation share (or more photos) fixes it")
     if len(val_rows) >= MIN_CALIBRATION_PHOTOS:
-        colour = np.array([is_colour(frame["path"][i]) for i in val_rows], dtype=bool)
-        tagger.calibration = calibrate(tagger, features[val_rows], val_truth, colour)
+        val = Evidence(features[val_rows], prep.chroma[val_rows])
+        tagger = tagger.replace(calibration=calibrate(tagger, val, val_truth))
         # The default method: the generator alone or with kNN, whichever tags the validation photos better.
         choices = [m for m in (tagger.family, f"{tagger.family}+knn") if m in tagger.methods]
-        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.table(features[val_rows], m, colour), 5), val_truth, 5)
+        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.score(val, TagOptions(method=m)).shown, 5), val_truth, 5)
                                  for m in choices}
-        tagger.method = summary.method = max(choices, key=summary.method_val_p5.get)
+        summary.method = max(choices, key=summary.method_val_p5.get)
+        tagger = tagger.replace(method=summary.method)
     summary.warnings += collapse_warnings(tagger, features[train_rows], state.best_p5 if val_rows else None, preset_name)
     stages.calibration = time.perf_counter() - t
 
@@ -281,8 +285,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     extras = {"train_log.csv": work_dir / "train_log.csv"}
     if (work_dir / "train_curves.png").is_file():
         extras["train_curves.png"] = work_dir / "train_curves.png"
-    tagger.info = summary.to_dict()
-    tagger.save(out, half=config.half, extras=extras)
+    tagger = tagger.replace(info=summary.to_dict())
+    save(tagger, out, half=config.half, extras=extras)
     stages.save = time.perf_counter() - t
     summary.stage_seconds = {k: round(v, 1) for k, v in asdict(stages).items()}
     return tagger, summary
@@ -299,17 +303,17 @@ def collapse_warnings(tagger: Tagger, features: np.ndarray, val_p5: float | None
                         f"(this run: {preset}), more --epochs, or more photos with keywords")
     sample = features[:photos]
     if len(sample) >= 5:
-        tops = {tuple(t for t, _ in tags) for tags in tagger.predict_features(sample, top_k=5)}
+        tops = {tuple(t for t, _ in result.tags or ()) for result in tagger.tag(Evidence(sample, None), TagOptions(top_k=5))}
         if len(tops) == 1:
             warnings.append(f"the model gives all {len(sample)} training photos checked the same tags ({', '.join(next(iter(tops)))}): "
                             f"it has collapsed; try another --preset (this run: {preset}) or more --epochs")
     return warnings
 
 
-def calibrate(tagger: Tagger, features: np.ndarray, truth: list[set[int]], colour: np.ndarray | None = None) -> dict[str, Calibration]:
+def calibrate(tagger: Tagger, evidence: Evidence, truth: list[set[int]]) -> dict[str, Calibration]:
     """Every method's map from raw score to the probability of a true tag, fitted on validation photos
-    (`colour`: which of them have colour, so the scores are those the tagger gives them)."""
-    return {m: Calibration.fit(tagger.apply_evidence(tagger.score_features(features, method=m), colour), truth) for m in tagger.methods}
+    (their raw scores as `Tagger.score` gives them, the pixels' evidence applied, as tagging sees them)."""
+    return {m: Calibration.fit(tagger.score(evidence, TagOptions(method=m), calibrated=False).order, truth) for m in tagger.methods}
 
 
 def fit_knn(features: np.ndarray, ids: list[list[int]], train_rows: np.ndarray, val, vocab_size: int, seed: int = 0,
