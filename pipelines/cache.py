@@ -21,7 +21,7 @@ import numpy as np
 from embeddings.files import atomic_write, content_hash, remove_stale
 
 if TYPE_CHECKING:
-    from pipelines.backbones import Backbone
+    from pipelines.backbones.torch_backbone import Backbone
 
 log = logging.getLogger(__name__)
 
