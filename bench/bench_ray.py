@@ -24,7 +24,8 @@ from harness import IMAGES, emit, link_folder, machine, print_rows, rel, row, su
 import torch  # noqa: E402  (after harness, which puts the checkout on sys.path)
 
 from tagger.library.local import tag_paths  # noqa: E402
-from tagger.library.batch import read_results, tag_folder  # noqa: E402
+from tagger.library.batch import tag_folder  # noqa: E402
+from tagger.library.results import read_results  # noqa: E402
 from tagger.bundle import load  # noqa: E402
 from tagger.library.ray_engine import Output, RayOptions, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402

@@ -156,7 +156,7 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
     return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size, runtime=_value(runtime))
 
 
-def tag_on_ray(source: Path, out: Path, model: Path | None, options, sidecar: str | None, tag_options):
+def tag_on_ray(source: Path, out: Path, model: Path | None, options, sidecar: str | None, tag_options, **plan_options):
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.library.ray_engine)."""
     from tagger.library.ray_engine import as_source, is_uri, tag_source
     from tagger.shipped import resolve_model
@@ -167,17 +167,29 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, sidecar: st
     tagger = load_tagger(path, "cpu")
     tagger.method_of(tag_options)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
 
-    def plan(total, todo):
-        typer.echo(f"{source}: {total} photos, {total - todo} already tagged, {todo} to tag", err=True)
+    def plan(p):
+        typer.echo(f"{source}: {p.photos} photos, {p.photos - p.todo} already tagged, {p.todo} to tag", err=True)
 
     if options.address and not all(is_uri(as_source(p)) for p in (source, out)):
         typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
                    "(object storage, or a file system mounted on every node at the same path)", err=True)
-    summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=tagger.settings(tag_options))
+    summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=tagger.settings(tag_options),
+                         **plan_options)
+    report(summary, out)
+
+
+def report(summary, out: Path, sidecars: str = "") -> None:
+    """What a `tag` run did, the same lines for both engines; exit code 1 when a photo or sidecar failed in this run."""
+    for reason, n in summary.skipped.most_common():
+        typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)
     for line in summary.failures:
         typer.echo(f"tagger: failed: {line}", err=True)  # printable already: paths as the results hold them
+    for line in summary.sidecar_errors:
+        typer.echo(f"tagger: sidecar failed: {line}", err=True)
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
-    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}")
+    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -340,7 +352,9 @@ def tag(
 
     from tqdm import tqdm
 
-    from tagger.library.batch import output_format, tag_folder
+    from tagger.library.batch import tag_folder
+
+    from tagger.library.results import output_format
     from tagger.library.sidecar import SidecarConfig
 
     output_format(out)
@@ -359,7 +373,8 @@ def tag(
     if on_ray:
         if len(sources) != 1 or embed or dry_run:
             raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
-        return tag_on_ray(sources[0], out, model, on_ray, side, opts)
+        return tag_on_ray(sources[0], out, model, on_ray, side, opts, exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()),
+                          skip_owner_tagged=skip_owner_tagged, retry_failed=retry_failed)
     tagger = load_tagger(model, device, runtime)
     tagger.method_of(opts)  # an unknown method is refused before the scan, and before any file is made
     bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
@@ -379,9 +394,9 @@ def tag(
                          exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
                          retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
     bar.close()
-    for reason, n in summary.skipped.most_common():
-        typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)
     if dry_run:
+        for reason, n in summary.skipped.most_common():
+            typer.echo(f"tagger: skipped {n}: {reason} (e.g. {summary.examples[reason]})", err=True)
         for path in summary.to_tag[:20]:
             typer.echo(f"would tag: {path}")
         more = f" (first 20 listed)" if len(summary.to_tag) > 20 else ""
@@ -389,16 +404,9 @@ def tag(
         sidecars += f", write keywords into {summary.embedded} photos" if embed else ""
         typer.echo(f"dry run: would tag {len(summary.to_tag)} photos{more}{sidecars}; nothing was changed")
         return
-    for line in summary.failures:
-        typer.echo(f"tagger: failed: {line}", err=True)  # printable already: paths as the results hold them
-    for line in summary.sidecar_errors:
-        typer.echo(f"tagger: sidecar failed: {line}", err=True)
-    listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
     sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
     sidecars += f"; keywords written into {summary.embedded} photos" if embed else ""
-    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
-    if not summary.ok:
-        raise typer.Exit(1)
+    report(summary, out, sidecars)
 
 
 @app.command()

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tagger.library.batch import BatchError, failures_path, journal_path, read_results, tag_folder
+from tagger.library.batch import tag_folder
+
+from tagger.library.results import BatchError, failures_path, journal_path, read_results
 
 
 def make_photos(folder, n):
@@ -110,7 +112,8 @@ def test_a_second_writer_is_refused(tmp_path):
 LOCK_WORKER = """
 import os, sys, time
 from pathlib import Path
-from tagger.library.batch import BatchError, Lock
+from tagger.library.batch import Lock
+from tagger.library.results import BatchError
 out = Path(sys.argv[1])
 inside = out.with_name("inside")
 end = time.time() + float(sys.argv[2])
@@ -215,20 +218,20 @@ def test_a_photo_read_while_rewritten_is_retried_when_whole_again(tmp_path):
 def test_write_errors_are_one_line_and_lose_nothing(tmp_path, monkeypatch):
     import errno
 
-    import tagger.library.batch as batch
+    import tagger.library.results as results
 
     make_photos(tmp_path / "photos", 4)
     out = tmp_path / "tags.csv"
-    real = batch.atomic_write
+    real = results.atomic_write
 
     def disk_full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(batch, "atomic_write", disk_full)
+    monkeypatch.setattr(results, "atomic_write", disk_full)
     with pytest.raises(BatchError, match=r"tags.csv: cannot write \(No space left on device\); photos tagged so far are kept"):
         tag_folder(tmp_path / "photos", out, fake_tagger([]))
     assert len(read_results(out)) == 4  # in the journal
-    monkeypatch.setattr(batch, "atomic_write", real)
+    monkeypatch.setattr(results, "atomic_write", real)
     calls = []
     summary = tag_folder(tmp_path / "photos", out, fake_tagger(calls))
     assert calls == [] and summary.kept == 4 and out.is_file()

@@ -15,12 +15,12 @@ from conftest import build_tiny_tagger
 
 ray = pytest.importorskip("ray", reason='the Ray engine needs the ray extra: pip install "tagger[ray]"')
 
-from tagger.library.batch import read_results, tag_folder  # noqa: E402
+from tagger.bundle import load, save  # noqa: E402
+from tagger.library.batch import tag_folder  # noqa: E402
+from tagger.library.local import tag_paths  # noqa: E402
 from tagger.library.ray_engine import Output, RayOptions, as_source, list_photos, read_output, tag_source  # noqa: E402
+from tagger.library.results import read_results  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
-from tagger.bundle import save
-from tagger.bundle import load
-from tagger.library.local import tag_paths
 
 BATCH = 64  # units of CHUNK_BATCHES (2) x 64 = 128 photos: 200 photos make two, one per worker
 
@@ -141,11 +141,11 @@ def test_a_manifest_and_a_file_uri_give_the_folders_photos(tmp_path):
     (tmp_path / "photos" / ".hidden.jpg").write_bytes(b"x")
     manifest = tmp_path / "list.csv"
     pd.DataFrame({"path": ["photos/sub/" + p.name for p in paths]}).to_csv(manifest, index=False)
-    from_folder = [p.key for p in list_photos(tmp_path / "photos")]
+    from_folder = [p.key for p in list_photos(tmp_path / "photos")[0]]
     assert from_folder == [str(p) for p in paths]
-    assert [p.key for p in list_photos(manifest)] == [str(p) for p in paths]
+    assert [p.key for p in list_photos(manifest)[0]] == [str(p) for p in paths]
     uri = (tmp_path / "photos").as_uri()
-    assert [p.key for p in list_photos(uri)] == [f"file://{p}" for p in paths]
+    assert [p.key for p in list_photos(uri)[0]] == [f"file://{p}" for p in paths]
     assert as_source(Path(uri)) == uri  # as the CLI's Path type hands it over
     assert as_source(Path("s3://bucket/photos")) == "s3://bucket/photos"
 
@@ -242,9 +242,61 @@ def test_the_cli_names_the_engines(tmp_path):
 def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     import sys
 
-    from tagger.library.batch import BatchError
+    from tagger.library.results import BatchError
     from tagger.library.ray_engine import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(BatchError, match=r'pip install "tagger\[ray\]"'):
         import_ray()
+
+
+@pytest.mark.slow
+def test_both_engines_take_every_tag_option_and_give_the_same_results(cluster, tmp_path):
+    """`--engine ray` once ignored --runtime, --exclude-dir, --skip-owner-tagged and --no-retry-failed, and exited 0
+    on a folder with a bad photo. Every option of `tag`, on both engines, through the command line."""
+    from typer.testing import CliRunner
+
+    from conftest import make_photo_files
+    from tagger.cli import app
+
+    if cluster != "local":
+        pytest.skip("the options are the driver's and the actor's, the same on any cluster: checked once, on the local Ray")
+    lib = tmp_path / "lib"
+    make_photo_files(lib, 9, size=48)
+    make_photo_files(lib / "skipme", 2, size=48, seed=3)  # left out by --exclude-dir
+    make_photo_files(lib / "owned", 1, size=48, seed=4)
+    (lib / "owned" / "photo000.jpg.xmp").write_text(  # the owner's keywords: left out by --skip-owner-tagged
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag><rdf:li>Tante Rose</rdf:li>'
+        '</rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>')
+    (lib / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    tagger = build_tiny_tagger(knn_photos=20)
+    bundle = save(tagger, tmp_path / "bundle")
+    word = tagger.words[0]
+    runner = CliRunner()
+
+    def run(engine: str, out: Path, *more: str):
+        args = ["tag", str(lib), "--out", str(out), "--model", str(bundle), "--method", "cgan+knn", "--top-k", "3",
+                "--min-score", "0.01", "--exclude", word, "--seed", "5", "--exclude-dir", "skipme", "--skip-owner-tagged",
+                "--runtime", "torch", "--batch-size", "4", "--engine", engine, *more]
+        return runner.invoke(app, args + (["--workers", "1"] if engine == "ray" else []))
+
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    first = {engine: run(engine, out) for engine, out in (("local", local), ("ray", on_ray))}
+    for result in first.values():
+        assert result.exit_code == 1, result.output  # the bad photo failed in this run, on both
+        assert "10 photos" in result.output and "broken.jpg" in result.output, result.output
+    a, b = read_results(local).sort_values("path").reset_index(drop=True), read_output(on_ray)
+    assert list(a["path"]) == list(b["path"]) and len(a) == 10  # 9 photos + the broken one; skipme/ and owned/ left out
+    assert not any("skipme" in p or "owned" in p for p in a["path"])
+    assert [list(t) for t in a["tags"]] == [list(t) for t in b["tags"]]
+    assert all(len(t) <= 3 and word not in t for t in a["tags"]) and sum(map(len, a["tags"])) > 0
+    for x, y in zip(a["scores"], b["scores"]):
+        assert list(x) == pytest.approx(list(y), abs=1e-4)
+    assert list(a["error"]) == list(b["error"]) and (a["error"] != "").sum() == 1
+    assert list(a["settings"]) == list(b["settings"]) and "method=cgan+knn top_k=3 min_score=0.01 seed=5" in a["settings"][0]
+
+    again = {engine: run(engine, out, "--no-retry-failed") for engine, out in (("local", local), ("ray", on_ray))}
+    for result in again.values():
+        assert result.exit_code == 0, result.output  # the failure is an old one, kept, not retried
+        assert "0 tagged, 9 unchanged (kept), 1 failed" in result.output, result.output

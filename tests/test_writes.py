@@ -14,7 +14,8 @@ from PIL import Image
 from embeddings.files import atomic_write
 from pipelines.images import printable_path
 from pipelines.keywords import embedded_keywords, read_sidecar
-from tagger.library.batch import BatchError, failures_path, journal_path, read_results, tag_folder
+from tagger.library.batch import tag_folder
+from tagger.library.results import BatchError, failures_path, journal_path, read_results
 from tagger.library.sidecar import SidecarConfig, SidecarError, sync
 
 XMP, TXT = SidecarConfig("xmp"), SidecarConfig("txt")
@@ -196,21 +197,21 @@ def test_a_symlinked_journal_lock_or_output_is_refused(tmp_path, which):
 
 def test_the_journal_is_opened_without_following_a_link(tmp_path, monkeypatch):
     """Checked again as it is opened: a link made after the check is not followed either."""
-    import tagger.library.batch as batch
+    import tagger.library.plan as plan
 
     lib = tmp_path / "lib"
     photo(lib / "a.jpg")
     out = tmp_path / "o.csv"
     other = tmp_path / "other.txt"
     other.write_text("keep me\n")
-    real = batch.scan
+    real = plan.scan
 
     def then_link(*args):
         found = real(*args)
         journal_path(out).symlink_to(other)
         return found
 
-    monkeypatch.setattr(batch, "scan", then_link)
+    monkeypatch.setattr(plan, "scan", then_link)
     with pytest.raises(BatchError, match="o.csv.journal.jsonl"):
         tag_folder(lib, out, tagger_of())
     assert other.read_text() == "keep me\n"

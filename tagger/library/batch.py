@@ -22,211 +22,23 @@ the run before gave a photo, so a .txt sidecar tagger wrote is known for its own
 """
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import json
 import os
 import stat
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from embeddings.files import atomic_write, content_hash, remove_stale, stale_pattern
-from pipelines.errors import TaggerError
+from embeddings.files import content_hash, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
-from pipelines.keywords import DEFAULT_ROOT, owner_keywords
-from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
+from pipelines.keywords import DEFAULT_ROOT
+from pipelines.scan import DEFAULT_EXCLUDE_DIRS
+from tagger.library.plan import Plan, Summary, decide, select_photos
+from tagger.library.results import (BatchError, failures_path, journal_path, latest, lock_path, output_format, read_rows, text,
+                                    write_failures, write_results)
 from tagger.library.sidecar import SidecarConfig, SidecarError, embed, sync
-
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
-OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
-FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is a formula to a spreadsheet (OWASP, CSV injection)
-
-
-class BatchError(TaggerError):
-    """A batch run that cannot start (bad output name, another run holds the lock)."""
-
-
-@dataclass
-class Plan:
-    """What a run is about to do, known once the library is scanned and hashed."""
-
-    photos: int  # photos found
-    todo: int  # to tag: new, changed, or tagged with other settings
-    retag: int  # of todo: unchanged photos whose model or options changed
-    skipped: int  # files not taken (see Summary.skipped)
-
-
-@dataclass
-class Summary:
-    tagged: int = 0  # tagged in this run
-    kept: int = 0  # unchanged since an earlier run: its row was kept
-    failed: int = 0  # could not be read as a photo (reported with the reason), in this run or before on the same file
-    failed_now: int = 0  # of failed: in this run
-    failures: list[str] = field(default_factory=list)
-    failures_file: Path | None = None  # OUT.failed.tsv: every photo of the folder that could not be tagged, with why
-    skipped: Counter = field(default_factory=Counter)  # reason -> files not taken (pipelines.scan reasons, OWNER_TAGGED)
-    examples: dict[str, str] = field(default_factory=dict)  # reason -> the first file skipped for it
-    sidecars_written: int = 0
-    embedded: int = 0  # photos whose own XMP was rewritten (--embed)
-    sidecar_errors: list[str] = field(default_factory=list)
-    dry_run: bool = False
-    to_tag: list[str] = field(default_factory=list)  # dry run: the photos a run would tag
-
-    @property
-    def total(self) -> int:
-        return self.tagged + self.kept + self.failed
-
-    @property
-    def ok(self) -> bool:
-        """No photo failed in this run and every sidecar is in step (the exit code of a run).
-
-        A file that failed before and has not changed is still listed, but does not fail every later run.
-        """
-        return not self.failed_now and not self.sidecar_errors
-
-    def skip(self, reason: str, path: Path) -> None:
-        self.skipped[reason] += 1
-        self.examples.setdefault(reason, path_key(path))
-
-
-def output_format(out: Path) -> str:
-    fmt = FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise BatchError(f"{out}: unknown output type {out.suffix!r}; use .csv, .jsonl or .parquet")
-    return fmt
-
-
-def read_results(out: Path) -> pd.DataFrame:
-    """Rows of an earlier run: its output file, then its journal (later lines win)."""
-    return _latest(_read_rows(out))
-
-
-def _latest(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
-
-
-def _read_rows(out: Path) -> pd.DataFrame:
-    """Every row of the output file and then of its journal; a photo tagged again has a row in each."""
-    frames = []
-    if out.is_file() and out.stat().st_size > 0:
-        fmt = output_format(out)
-        try:
-            if fmt == "csv":
-                prev = pd.read_csv(out, dtype=str, keep_default_na=False).map(_from_cell)
-            elif fmt == "jsonl":
-                prev = pd.DataFrame(_read_jsonl(out))
-            else:
-                prev = pd.read_parquet(out)
-        except Exception as e:  # noqa: BLE001 - pandas and pyarrow raise many kinds for a file that is not theirs
-            raise BatchError(f"{out}: cannot read it as earlier results ({type(e).__name__}); choose another --out") from None
-        missing = [c for c in ("path", "tags", "scores") if c not in prev.columns]
-        if len(prev) and missing:
-            raise BatchError(f"{out}: not a results file of `tagger tag` (no {', '.join(missing)} column; it has "
-                             f"{', '.join(map(str, prev.columns[:8]))}); choose another --out, this one is left as it is")
-        if len(prev):
-            try:
-                prev["tags"] = prev["tags"].map(_as_list)
-                prev["scores"] = prev["scores"].map(lambda v: [float(x) for x in _as_list(v)])
-            except (TypeError, ValueError) as e:
-                raise BatchError(f"{out}: its tags or scores column cannot be read ({e}); choose another --out") from None
-        frames.append(prev)
-    journal = journal_path(out)
-    if journal.is_file():
-        frames.append(pd.DataFrame(_read_jsonl(journal)))
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=COLUMNS)
-    rows = pd.concat(frames, ignore_index=True)
-    for col in COLUMNS:
-        if col not in rows:
-            rows[col] = ""
-    for col in ("error", "hash", "settings"):
-        rows[col] = rows[col].fillna("").astype(str)
-    return rows
-
-
-def _as_list(value) -> list:
-    """A tags or scores cell as a list: CSV holds a JSON array (outputs from before: joined with ';'), JSONL and Parquet lists."""
-    if isinstance(value, str):
-        if value.startswith("["):
-            try:
-                items = json.loads(value)
-            except ValueError:
-                items = None
-            if isinstance(items, list):
-                return items
-        return value.split(";") if value else []
-    return list(value)
-
-
-def _to_cell(value):
-    """A CSV cell as a spreadsheet shows it, text and never a formula: a leading ' before one that could start one."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA + ("'",)) else value
-
-
-def _from_cell(value: str) -> str:
-    """The cell's text as written: the ' that `_to_cell` added taken off (a cell of an older output never had one)."""
-    return value[1:] if value[:1] == "'" and value[1:2] and value[1:2] in FORMULA + ("'",) else value
-
-
-def _text(message: str) -> str:
-    """An error message that prints and saves (a lone surrogate escaped)."""
-    return message.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def journal_path(out: Path) -> Path:
-    return out.with_name(out.name + ".journal.jsonl")
-
-
-def failures_path(out: Path) -> Path:
-    return out.with_name(out.name + ".failed.tsv")
-
-
-def lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
-
-
-def failures_tsv(rows: pd.DataFrame) -> bytes:
-    """`OUT.failed.tsv`'s bytes: path and error of the rows with an error (tab-separated, a header, cells as in a CSV output)."""
-    failed = rows[rows["error"] != ""].sort_values("path")
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(["path", "error"])
-    writer.writerows((_to_cell(p), _to_cell(e)) for p, e in zip(failed["path"], failed["error"]))
-    return buf.getvalue().encode("utf-8")
-
-
-def write_failures(rows: pd.DataFrame, out: Path) -> Path | None:
-    """`OUT.failed.tsv` for the rows with an error; removed when none."""
-    target = failures_path(out)
-    if (rows["error"] == "").all():
-        target.unlink(missing_ok=True)
-        return None
-    atomic_write(target, failures_tsv(rows))
-    return target
-
-
-def write_results(rows: pd.DataFrame, out: Path) -> None:
-    """The whole output, atomically: a reader sees the old file or the new one, never half."""
-    fmt = output_format(out)
-    rows = rows[COLUMNS].sort_values("path").reset_index(drop=True)
-    if fmt == "csv":
-        # An empty list is an empty cell, as before (a failed photo's row).
-        flat = rows.assign(tags=rows["tags"].map(lambda t: json.dumps(list(t), ensure_ascii=False) if len(t) else ""),
-                           scores=rows["scores"].map(lambda s: json.dumps([round(float(x), 4) for x in s]) if len(s) else ""))
-        atomic_write(out, flat.map(_to_cell).to_csv(index=False).encode("utf-8"))
-    elif fmt == "jsonl":
-        atomic_write(out, "".join(json.dumps(_plain(rec), ensure_ascii=False) + "\n" for rec in rows.to_dict("records")).encode("utf-8"))
-    else:
-        rows = rows.assign(scores=rows["scores"].map(lambda s: [float(x) for x in s]))
-        atomic_write(out, lambda f: rows.to_parquet(f, index=False))
-
 
 class Lock:
     """An exclusive lock on the output, held for the run; a second run is refused, not queued.
@@ -353,43 +165,22 @@ def tag_folder(
 
 def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
          on_plan) -> Summary:
-    every = _read_rows(out)
-    previous = _latest(every)
-    found = scan(sources, exclude_dirs)
+    every = read_rows(out)
+    previous = latest(every)
+    naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
+    found = select_photos(sources, exclude_dirs, skip_owner_tagged, naming, sidecar.root if sidecar else DEFAULT_ROOT)
     library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
-    photos = {path_key(p): p for p in found.photos}
-    summary = Summary(skipped=found.skipped, examples=found.examples, dry_run=dry_run)
-    if skip_owner_tagged:
-        root = sidecar.root if sidecar else DEFAULT_ROOT
-        naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
-        for key, p in list(photos.items()):
-            if owner_keywords(p, naming, root):
-                del photos[key]
-                summary.skip(OWNER_TAGGED, p)
-    done = {path: (h, s) for path, h, s in zip(previous["path"], previous["hash"], previous["settings"])}
-    failed_before = set(previous.loc[previous["error"] != "", "path"])
-    hashes, todo, retag = {}, [], 0
+    photos = found.photos
+    hashes = {}
     for key, p in photos.items():
         try:
             hashes[key] = content_hash(p)
         except OSError:
             hashes[key] = ""  # unreadable: the tagging step reports why
-            todo.append(p)
-            continue
-        old = done.get(key)
-        if old is None or old[0] != hashes[key] or (retry_failed and key in failed_before):
-            # A failure is retried even when the hash is the same: the photo may have been read while
-            # being copied or rewritten (its hash taken before), or from a share that was briefly away.
-            todo.append(p)
-        elif old[1] != settings:
-            todo.append(p)
-            retag += 1
-    # Unchanged photos keep their rows; with retry_failed False, so do earlier failures on unchanged files.
-    unchanged = set(photos) - {path_key(p) for p in todo}
-    old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
-    summary.kept = len(unchanged) - len(old_failed)
-    summary.failed = len(old_failed)
-    summary.failures = [f"{p}: {e}" for p, e in zip(old_failed["path"], old_failed["error"])]
+    decision = decide(list(photos), previous, hashes, settings, retry_failed)
+    todo = [photos[key] for key in decision.todo]
+    unchanged, retag = decision.unchanged, decision.retag
+    summary = Summary.planned(decision, skipped=found.skipped, examples=found.examples, dry_run=dry_run)
     if on_plan:
         on_plan(Plan(photos=len(photos), todo=len(todo), retag=retag, skipped=sum(found.skipped.values())))
     if dry_run:
@@ -408,7 +199,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
                 if jf.read(1) != "\n":
                     jf.write("\n")  # end a line torn by a kill, or our first row would join it
             for path, tags, error in tag_batch(todo):
-                error = _text(error or "")
+                error = text(error or "")
                 rec = {
                     "path": path_key(path),
                     "tags": [t for t, _ in tags or []],
@@ -419,18 +210,13 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
                 }
                 jf.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 jf.flush()
-                if error:
-                    summary.failed += 1
-                    summary.failed_now += 1
-                    summary.failures.append(f"{path_key(path)}: {error}")
-                else:
-                    summary.tagged += 1
+                summary.record(path_key(path), error)
                 if progress:
                     progress(1)
             os.fsync(jf.fileno())
-    every = _read_rows(out)
+    every = read_rows(out)
     # Photos that left the folder leave the results too.
-    rows = _latest(every)
+    rows = latest(every)
     rows = rows[rows["path"].isin(set(photos))]
     # The journal is safe on disk: a sidecar that cannot be written costs the run nothing, and the next run retries it.
     # Synced before the journal goes, so a run killed among them still knows every tag list it gave a .txt sidecar.
@@ -479,18 +265,3 @@ def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfi
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(path_key(str(e)))
     return rewritten
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill mid-write
-    return rows
-
-
-def _plain(rec: dict) -> dict:
-    return {k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v) for k, v in rec.items()}

@@ -22,6 +22,7 @@ and only when used: `pip install "tagger[ray]"`.
 """
 from __future__ import annotations
 
+import fnmatch
 import io
 import logging
 import os
@@ -40,8 +41,10 @@ import pandas as pd
 
 from pipelines.datasets import PATH_COLUMNS
 from pipelines.images import printable_path
-from pipelines.scan import PHOTO_EXTENSIONS, list_images
-from tagger.library.batch import COLUMNS, BatchError, Lock, Summary, failures_tsv, output_format, write_failures
+from pipelines.scan import DEFAULT_EXCLUDE_DIRS, PHOTO_EXTENSIONS
+from tagger.library.batch import Lock
+from tagger.library.results import COLUMNS, BatchError, failures_tsv, output_format, write_failures
+from tagger.library.plan import Plan, Selection, Summary, decide, select_photos
 from tagger.library.local import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of tag_paths, so the batches match
 from tagger.scoring.options import TagOptions
 
@@ -135,19 +138,26 @@ def as_source(given: str | Path) -> str | Path:
     return f"file:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
 
 
-def list_photos(source: str | Path) -> list[Photo]:
-    """The photos of a folder, a manifest (CSV/Parquet with a path column) or a URI (pyarrow.fs), in tagging order."""
+def list_photos(source: str | Path, exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
+                skip_owner_tagged: bool = False) -> tuple[list[Photo], Selection]:
+    """The photos of a folder, a manifest (CSV/Parquet with a path column) or a URI (pyarrow.fs), in tagging order,
+    and what was left out. A local folder is scanned as the local engine scans it (`tagger.library.plan.select_photos`)."""
     if is_uri(source):
-        return _list_uri(str(source))
+        if skip_owner_tagged:
+            raise BatchError(f"{source}: --skip-owner-tagged reads each photo's keywords on this machine; it takes a local folder")
+        return _list_uri(str(source), exclude_dirs), Selection({})
     source = Path(source)
     if source.is_dir():
-        return [Photo(printable_path(p), os.fsencode(p)) for p in list_images(source)]
+        chosen = select_photos([source], exclude_dirs, skip_owner_tagged)
+        return [Photo(key, os.fsencode(p)) for key, p in chosen.photos.items()], chosen
     if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
-        return _from_manifest(_read_manifest(source), base=str(source.parent))
+        if skip_owner_tagged:
+            raise BatchError(f"{source}: --skip-owner-tagged takes a folder of photos, not a manifest")
+        return _from_manifest(_read_manifest(source), base=str(source.parent)), Selection({})
     raise BatchError(f"{source}: no such folder or manifest (a .csv or .parquet file with a path column)")
 
 
-def _list_uri(uri: str) -> list[Photo]:
+def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> list[Photo]:
     from pyarrow import fs as pafs
 
     try:
@@ -167,7 +177,9 @@ def _list_uri(uri: str) -> list[Photo]:
     found = []
     for entry in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
         rel = entry.path[len(root.rstrip("/")) + 1 :]
+        folders = rel.split("/")[:-1]
         if entry.type == pafs.FileType.File and not any(part.startswith(".") for part in rel.split("/")) \
+                and not any(fnmatch.fnmatch(f, pattern) for f in folders for pattern in exclude_dirs) \
                 and os.path.splitext(entry.path)[1].lower() in PHOTO_EXTENSIONS:
             found.append(f"{scheme}://{entry.path}")
     return [Photo(u, u.encode()) for u in sorted(found)]
@@ -486,35 +498,37 @@ def _current_hashes(ray, photos: list[Photo], unit: int) -> dict[str, str]:
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
-               tag_options: TagOptions = TagOptions(), on_plan=None, settings: str = "") -> Summary:
+               tag_options: TagOptions = TagOptions(), on_plan=None, settings: str = "", *,
+               exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS, skip_owner_tagged: bool = False,
+               retry_failed: bool = True) -> Summary:
     """Tag the photos of `source` that `out` does not already hold, on Ray; returns what happened.
 
-    settings: what the tags depend on besides the photo (`Tagger.settings`): rows made with other
-    settings are tagged again, and rows that failed are tried again, as the local engine does.
+    The plan is the local engine's (`tagger.library.plan`): new, changed and earlier-failed photos
+    (unless retry_failed is off) are tagged, rows made with other `settings` (`Tagger.settings`) are
+    tagged again, and a local folder is scanned as the local engine scans it (exclude_dirs,
+    skip_owner_tagged). on_plan gets the `Plan`.
     """
     source, out = as_source(source), as_source(out)
     if output_format(Path(str(out))) != "parquet":
         raise BatchError(f"{out}: the ray engine writes a Parquet dataset (a folder): use --out NAME.parquet")
-    photos = list_photos(source)
+    photos, chosen = list_photos(source, exclude_dirs, skip_owner_tagged)
     output = Output(out)
     lock = Lock(Path(output.root)) if output.local else None
     if output.local:
         Path(output.root).parent.mkdir(parents=True, exist_ok=True)
     with (lock or nullcontext()), ray_session(options.address) as ray:
         previous = output.read()
-        done = dict(zip(previous["path"], previous["hash"]))
-        stale = set(previous.loc[(previous["settings"].fillna("") != settings) | (previous["error"] != ""), "path"])
+        known = set(previous["path"])
         unit = CHUNK_BATCHES * options.batch_size
-        current = _current_hashes(ray, [p for p in photos if p.key in done], unit)
-        # As the local engine: new photos, changed ones and unreadable ones are tagged; unchanged rows are kept.
-        todo = [p for p in photos if p.key not in done or not current.get(p.key) or current[p.key] != done[p.key] or p.key in stale]
-        keys = {p.key for p in photos}
-        unchanged = keys - {p.key for p in todo}
-        old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
-        summary = Summary(kept=len(unchanged) - len(old_failed), failed=len(old_failed),
-                          failures=[f"{p}: {e}" for p, e in zip(old_failed["path"], old_failed["error"])])
+        # Only photos with a row need hashing to plan: the workers hash the others as they tag them.
+        current = _current_hashes(ray, [p for p in photos if p.key in known], unit)
+        by_key = {p.key: p for p in photos}
+        decision = decide(list(by_key), previous, current, settings, retry_failed)
+        todo = [by_key[k] for k in decision.todo]
+        keys = set(by_key)
+        summary = Summary.planned(decision, skipped=chosen.skipped, examples=chosen.examples)
         if on_plan:
-            on_plan(len(photos), len(todo))
+            on_plan(Plan(photos=len(photos), todo=len(todo), retag=decision.retag, skipped=sum(chosen.skipped.values())))
         run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         if todo:
             workers, device, resources = _placement(ray, options)
@@ -536,10 +550,8 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
                              ray_remote_args={"num_cpus": 0})
         rows = output.read(["path", "error", "hash"])
         ours = rows[rows["file"].map(lambda f: Path(f).name.startswith(f"part-{run}-"))]
-        summary.tagged = int((ours["error"] == "").sum())
-        summary.failed += int((ours["error"] != "").sum())
-        summary.failed_now = int((ours["error"] != "").sum())
-        summary.failures += [f"{p}: {e}" for p, e in zip(ours.loc[ours["error"] != "", "path"], ours.loc[ours["error"] != "", "error"])]
+        for key, error in zip(ours["path"], ours["error"]):
+            summary.record(key, error)
         rows = rows[rows["path"].isin(keys)]
         if output.rows_in_files > len(rows):  # rows superseded by a later run, or of photos that left the source
             output.prune(keys)
