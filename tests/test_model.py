@@ -247,3 +247,38 @@ def test_damaged_or_foreign_bundle_is_one_line_at_load(tmp_path, name, change, m
     text = str(info.value)
     assert text.startswith(f"{path}/") and message in text, text  # names the file, says what is wrong
     assert "\n" not in text and len(text) < 500
+
+
+def test_a_tagger_is_not_changed_once_built_and_replace_makes_a_new_one():
+    from tagger.scoring.calibration import Calibration
+
+    tagger = build_tiny_tagger()
+    with pytest.raises(AttributeError, match="replace"):
+        tagger.calibration = {}
+    calibrated = tagger.replace(calibration={"cgan": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))})
+    assert calibrated is not tagger and tagger.calibration == {} and set(calibrated.calibration) == {"cgan"}
+    assert calibrated.generator is tagger.generator  # the parts are shared, not copied
+    with pytest.raises(ValueError, match="calibrates knn"):
+        tagger.replace(calibration={"knn": Calibration(np.array([0.0, 1.0]), np.array([0.1, 0.5]))})
+    with pytest.raises(ValueError, match="default method 'knn'"):
+        tagger.replace(method="knn")  # this one has no kNN baseline
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=0), dict(top_k=True), dict(min_score=1.5), dict(min_score=float("nan")),
+                                 dict(seed=-1), dict(exclude=("x",) * 101), dict(exclude=(3,)), dict(method="")])
+def test_tag_options_are_checked_when_made(bad):
+    from pipelines.errors import OptionError
+
+    with pytest.raises(OptionError):
+        TagOptions(**bad)
+
+
+def test_a_photo_without_usable_features_gets_the_reason_and_the_others_their_tags():
+    tagger = build_tiny_tagger()
+    features = np.random.default_rng(0).normal(size=(3, tagger.feature_dim)).astype(np.float32)
+    features[1, 0] = np.nan
+    results = tagger.tag(Evidence(features, None), TagOptions(top_k=3))
+    assert results[1] == (None, "no features (non-finite output)")
+    assert results[0].tags and results[2].tags and not results[0].error
+    alone = tagger.tag(Evidence(features[[0, 2]], None), TagOptions(top_k=3))
+    assert [r.tags for r in alone] == [results[0].tags, results[2].tags]  # the bad row changes nothing for the others
