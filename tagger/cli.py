@@ -156,9 +156,9 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
     return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size, runtime=_value(runtime))
 
 
-def tag_on_ray(source: Path, out: Path, model: Path | None, options, sidecar: str | None, tag_options, **plan_options):
+def tag_on_ray(source: str, out: str, model: Path | None, options, sidecar: str | None, tag_options, **plan_options):
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.library.ray_engine)."""
-    from tagger.library.ray_engine import as_source, is_uri, tag_source
+    from tagger.library.ray_engine import is_uri, tag_source
     from tagger.shipped import resolve_model
 
     if sidecar:
@@ -170,7 +170,7 @@ def tag_on_ray(source: Path, out: Path, model: Path | None, options, sidecar: st
     def plan(p):
         typer.echo(f"{source}: {p.photos} photos, {p.photos - p.todo} already tagged, {p.todo} to tag", err=True)
 
-    if options.address and not all(is_uri(as_source(p)) for p in (source, out)):
+    if options.address and not all(is_uri(p) for p in (source, out)):
         typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
                    "(object storage, or a file system mounted on every node at the same path)", err=True)
     summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=tagger.settings(tag_options),
@@ -314,8 +314,9 @@ def predict(
 @app.command()
 @command
 def tag(
-    sources: Annotated[list[Path], typer.Argument(help="photo folders (searched recursively) and photo files", readable=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="results file: .csv, .jsonl or .parquet")],
+    # Text, not Path: a Path folds the "//" of s3://bucket/... (the ray engine takes URIs); local paths are made Paths below.
+    sources: Annotated[list[str], typer.Argument(help="photo folders (searched recursively) and photo files; with --engine ray one folder, manifest or URI")],
+    out: Annotated[str, typer.Option("--out", "-o", help="results file: .csv, .jsonl or .parquet (with --engine ray a Parquet folder, or a URI)")],
     model: ModelOpt = None,
     top_k: TopKOpt = None,
     min_score: MinScoreOpt = None,
@@ -353,11 +354,10 @@ def tag(
     from tqdm import tqdm
 
     from tagger.library.batch import tag_folder
-
     from tagger.library.results import output_format
     from tagger.library.sidecar import SidecarConfig
 
-    output_format(out)
+    output_format(Path(out))
     try:
         side = SidecarConfig(sidecar.value, sidecar_name.value, keyword_root) if sidecar else None
     except ValueError as e:
@@ -375,6 +375,7 @@ def tag(
             raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
         return tag_on_ray(sources[0], out, model, on_ray, side, opts, exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()),
                           skip_owner_tagged=skip_owner_tagged, retry_failed=retry_failed)
+    sources, out = [Path(s) for s in sources], Path(out)
     tagger = load_tagger(model, device, runtime)
     tagger.method_of(opts)  # an unknown method is refused before the scan, and before any file is made
     bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)

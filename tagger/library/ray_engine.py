@@ -26,7 +26,6 @@ import fnmatch
 import io
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -126,16 +125,6 @@ def _placement(ray, options: RayOptions) -> tuple[int, str, dict]:
 
 def is_uri(source: str | Path) -> bool:
     return "://" in str(source)
-
-
-def as_source(given: str | Path) -> str | Path:
-    """A URI as the user typed it, even after `pathlib.Path` (the CLI's type) folded its "//": s3:/b/k -> s3://b/k."""
-    text = str(given)
-    found = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/+(.*)$", text)
-    if is_uri(text) or not found or os.path.exists(text):
-        return given
-    scheme, rest = found.groups()
-    return f"file:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
 
 
 def list_photos(source: str | Path, exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
@@ -508,7 +497,6 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
     tagged again, and a local folder is scanned as the local engine scans it (exclude_dirs,
     skip_owner_tagged). on_plan gets the `Plan`.
     """
-    source, out = as_source(source), as_source(out)
     if output_format(Path(str(out))) != "parquet":
         raise BatchError(f"{out}: the ray engine writes a Parquet dataset (a folder): use --out NAME.parquet")
     photos, chosen = list_photos(source, exclude_dirs, skip_owner_tagged)
