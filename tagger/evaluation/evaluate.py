@@ -158,7 +158,7 @@ def evaluate(
             start = time.perf_counter()
             table = knn_table if method == "knn" else _table(tagger, x, method)
             seconds = time.perf_counter() - start
-            if method in ("knn", "prior"):
+            if tagger.scorers[method].baseline:
                 if any(np.array_equal(table, t) for t in seen):
                     continue  # the same baseline as a bundle before
                 seen.append(table)

@@ -30,6 +30,7 @@ def word_prior(vocab: Vocabulary, words: Sequence[str], n_photos: int) -> np.nda
 
 class Scorer:
     name: str
+    baseline = False  # a method that does not use the bundle's generator (knn, prior): the same for bundles that share it
 
     def shares(self, config: SamplingConfig) -> bool:
         """Whether raw scores are already shares in 0..1 (the paper's plain votes); other scores are shown
@@ -56,6 +57,7 @@ class GeneratorScorer(Scorer):
 
 class KNNScorer(Scorer):
     name = "knn"
+    baseline = True
 
     def __init__(self, knn: KNNTagger):
         self.knn = knn
@@ -66,6 +68,7 @@ class KNNScorer(Scorer):
 
 class PriorScorer(Scorer):
     name = "prior"
+    baseline = True
 
     def __init__(self, prior: np.ndarray):
         self.prior = np.asarray(prior, dtype=np.float32)
@@ -78,6 +81,7 @@ class SumScorer(Scorer):
     def __init__(self, parts: Sequence[Scorer]):
         self.parts = list(parts)
         self.name = "+".join(p.name for p in self.parts)
+        self.baseline = all(p.baseline for p in self.parts)
 
     def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
         tables = (p.scores(features, config) for p in self.parts)

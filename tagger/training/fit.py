@@ -273,7 +273,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         val = Evidence(features[val_rows], prep.chroma[val_rows])
         tagger = tagger.replace(calibration=calibrate(tagger, val, val_truth))
         # The default method: the generator alone or with kNN, whichever tags the validation photos better.
-        choices = [m for m in (tagger.family, f"{tagger.family}+knn") if m in tagger.methods]
+        choices = [m for m, scorer in tagger.scorers.items() if not scorer.baseline]
         summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.score(val, TagOptions(method=m)).shown, 5), val_truth, 5)
                                  for m in choices}
         summary.method = max(choices, key=summary.method_val_p5.get)
