@@ -94,20 +94,22 @@ SELF_WORDS = ("me", "myself", "self", "selfportrait", "selfportraits", "selfie",
               "*selfportrait", "selfportrait*")
 COMMUNITY_WORDS = (
     # Explore and interestingness: Flickr's daily pick.
-    "explore*", "*explore", "explored", "inexplore", "interesting", "interestingness*", "*interesting",
+    "explore", "explore[0-9]*", "*explore", "explored", "inexplore", "interesting", "interestingness*",
+    "mostinteresting", "cotcmostinteresting",
     # Award and invitation groups (the frequent ones of MIRFLICKR-25K).
     "abigfave", "anawesomeshot", "aplusphoto", "superaplus", "superbmasterpiece", "diamondclassphotographer",
     "impressedbeauty", "colorphotoaward", "goldenphotographer", "naturesfinest", "platinumphoto",
-    "theperfectphotographer", "blueribbonwinner", "blackribbonbeauty", "bravo", "brillianteyejewel", "spec*",
+    "theperfectphotographer", "blueribbonwinner", "blackribbonbeauty", "bravo", "brillianteyejewel", "specnature", "specanimal", "specland", "specinsect", "specarchitecture",
     "wowiekazowie", "supershot", "ultimateshot", "excellence", "beyondexcellence", "shieldofexcellence", "soe",
     "betterthangood", "citrit", "firstquality", "outstandingshots", "avianexcellence", "goldstaraward", "goldenvisions",
     "searchthebest", "dflicker", "superhearts", "artlibre", "magicdonkey", "ltytr*", "i500", "peopleschoice",
-    "flickrdiamond", "thegoldenmermaid", "anawesomeshot", "mywinners", "mywinner", "bestofr", "catchycolors",
+    "flickrdiamond", "thegoldenmermaid", "mywinners", "mywinner", "bestofr", "catchycolors",
     "thebiggestgroup", "visiongroup", "onlythebestare", "infinestyle", "ironphotographer", "auselite",
     "animalkingdomelite", "isawyoufirst", "heartawards", "kissablekat", "naturesgreenpeace", "hdrenthusiasts",
-    "*award", "*awards", "*winner", "*winners", "*excellence", "*elite", "*group",
+    "*photoaward", "*photoawards", "excellentphotographerawards", "challengeyouwinner",
+    "photofaceoffwinner", "lmaoanimalphotoaward",
     "*fave", "*faves", "*fav", "*favs", "fav[0-9]*", "faved", "topf[0-9]*", "topv[0-9]*", "[0-9]*v[0-9]*f",
-    "delete*", "save[0-9]*", "saveme*", "savedbythe*", "guesswhere*", "*guessed", "utata*", "cotc*", "gwl",
+    "delete", "deleteme*", "save[0-9]*", "saveme*", "savedbythe*", "guesswhere*", "*guessed", "utata*", "cotc*", "gwl",
     # Flickr itself, its metadata and photo-a-day projects.
     "*flickr*", "geotagged", "geotag", "geo", "creativecommons*", "blogged", "moblog", "meetup", "photowalk*",
     "*365", "365*", "project365", "photoaday", "52weeks", "onephotoaday", "tenpositive", "ysplix",
@@ -120,15 +122,15 @@ GEAR_WORDS = (
     # Camera and lens makers, camera models and families.
     "nikon*", "canon*", "sony*", "olympus*", "pentax*", "panasonic*", "lumix*", "fuji", "fujifilm*", "finepix*",
     "leica*", "kodak*", "minolta*", "konica*", "samsung", "casio*", "ricoh*", "hasselblad*", "mamiya*", "zeiss*",
-    "powershot*", "cybershot*", "coolpix*", "ixus*", "elph", "eos*", "rebel*", "xti", "xsi", "sigma*", "nikkor*",
-    "tamron*", "tokina*", "zuiko*", "evolt*", "yashica*", "rollei*", "contax*", "voigtlander*", "zenit*",
+    "powershot*", "cybershot*", "coolpix*", "ixus*", "elph", "eos*", "rebelxt", "rebelxti", "rebelxsi", "xti", "xsi", "sigma*", "nikkor*",
+    "tamron*", "tokina*", "zuiko*", "evolt*", "yashica*", "rollei*", "contax*", "voigtlander*", "zenit",
     "lubitel*", "agfa*", "praktica*", "vivitar*", "bronica*", "xt", "d[0-9]*", "1d", "1ds", "5d", "10d", "20d", "30d", "40d",
     "300d", "350d", "400d", "450d", "1000d", "k10d", "k100d", "k20d", "istds", "istdl", "e[0-9][0-9]0", "e[0-9]00",
     "a[0-9][0-9]0", "s3is", "s5is", "g7", "g9", "fz[0-9]*", "m8", "grdigital",
     # Toy, instant and film cameras, film stocks and formats.
-    "holga*", "diana*", "lomo", "lomography", "lca", "polaroid*", "instax", "toycamera", "film", "filmcamera",
+    "holga*", "diana", "dianaf*", "dianamini", "lomo", "lomography", "lca", "polaroid*", "instax", "toycamera", "film", "filmcamera",
     "analog", "analogue", "mediumformat", "largeformat", "35mmfilm", "120film", "slide", "slidefilm", "velvia*",
-    "provia*", "portra*", "ektachrome", "kodachrome", "ilford*", "tmax*", "trix*", "hp5*", "fp4*", "superia*",
+    "provia*", "portra", "portra[0-9]*", "ektachrome", "kodachrome", "ilford*", "tmax*", "trix*", "hp5*", "fp4*", "superia*",
     "expiredfilm", "expired", "negative", "scan", "scanned", "rangefinder",
     # Phones, bodies, lenses, lights, settings and software.
     "iphone*", "nokia*", "sonyericsson*", "cameraphone", "camerafone", "phonecam", "dslr", "slr", "digitalslr",
