@@ -126,12 +126,12 @@ COMMUNITY_WORDS = (
     "*photoaward", "*photoawards", "excellentphotographerawards", "challengeyouwinner",
     "photofaceoffwinner", "lmaoanimalphotoaward",
     "*fave", "*faves", "*fav", "*favs", "fav[0-9]*", "faved", "topf[0-9]*", "topv[0-9]*", "[0-9]*v[0-9]*f",
-    "delete", "deleteme*", "save[0-9]*", "saveme*", "savedbythe*", "guesswhere*", "*guessed", "utata*", "cotc*", "gwl",
+    "delete", "delete[0-9]*", "deleteme*", "save", "save[0-9]*", "saveme*", "savedbythe*", "guesswhere*", "*guessed", "utata*", "cotc*", "gwl",
     # Flickr itself, its metadata and photo-a-day projects.
     "*flickr*", "geotagged", "geotag", "geo", "creativecommons*", "blogged", "moblog", "meetup", "photowalk*",
     "*365", "365*", "project365", "photoaday", "52weeks", "onephotoaday", "tenpositive", "ysplix",
     "fv[0-9]*", "novideo", "123bw", "bwdreams", "p1f1", "avision", "vision100", "clone", "clones", "spselection",
-    "theexhibit", "viewonblack", "charmbeautypeoplesociety", "imagesoftheworld", "ilovenature",
+    "theexhibit", "viewonblack", "charmbeautypeoplesociety", "imagesoftheworld", "ilovenature", "foundinsf",
     "gothamist", "dcist", "chicagoist", "bostonist", "sfist", "laist",
     "*:*=*",  # machine tags (geo:lat=51.5), Flickr's metadata
 )
