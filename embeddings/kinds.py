@@ -141,7 +141,7 @@ GEAR_WORDS = (
     "leica*", "kodak*", "minolta*", "konica*", "samsung", "casio*", "ricoh*", "hasselblad*", "mamiya*", "zeiss*",
     "powershot*", "cybershot*", "coolpix*", "ixus*", "elph", "eos*", "rebelxt", "rebelxti", "rebelxsi", "xti", "xsi",
     "sigma*", "nikkor*",
-    "tamron*", "tokina*", "zuiko*", "evolt*", "yashica*", "rollei*", "contax*", "voigtlander*", "zenit",
+    "tamron*", "tokina*", "zuiko*", "zd", "evolt*", "yashica*", "rollei*", "contax*", "voigtlander*", "zenit",
     "lubitel*", "agfa*", "praktica*", "vivitar*", "bronica*", "xt", "d[0-9]*", "1d", "1ds", "5d", "10d", "20d", "30d",
     "40d",
     "300d", "350d", "400d", "450d", "1000d", "k10d", "k100d", "k20d", "istds", "istdl", "e[0-9][0-9]0", "e[0-9]00",
