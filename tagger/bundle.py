@@ -9,6 +9,8 @@
     knn.npz                the kNN baseline: PCA-reduced training features and their tags (optional;
                            required when the generator is conditioned on neighbour votes)
     calibration.json       per method, the map from raw score to probability (optional)
+    kinds.json             each word's kind and keyword (embeddings.kinds; optional: without it every word
+                           is shown as it is, as bundles made before the kinds tag)
 
 The FAISS index is rebuilt from the word vectors on load: for vocabularies of a few thousand words
 that takes milliseconds and keeps the bundle free of a second copy of the same numbers. Bundles
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from embeddings.checks import check_type, check_values, field_types, read_json
 from embeddings.files import atomic_dir, content_hash
+from embeddings.kinds import WordKinds
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import get_spec
@@ -46,8 +49,8 @@ from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # format versions this tagger loads
-CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION = (
-    "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json")
+CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS = (
+    "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json", "kinds.json")
 
 
 # A real config.json is a few KB and a calibration.json a few hundred; these are far above and still small.
@@ -101,6 +104,8 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
         tagger.word_vectors.save(tmp / VECTORS)
         if tagger.knn is not None:
             tagger.knn.save(tmp / KNN)
+        if tagger.kinds is not None:
+            tagger.kinds.save(tmp / KINDS)
         if tagger.calibration:
             (tmp / CALIBRATION).write_text(json.dumps({m: c.to_dict() for m, c in tagger.calibration.items()}))
         for name, file in (extras or {}).items():
@@ -175,15 +180,16 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
             raise BundleError(f"{path / KNN}: made for {len(knn.mean)}-d features, but backbone {backbone} gives {image_dim}")
     elif condition.neighbour_votes:
         raise BundleError(f"{path / KNN}: missing from the bundle (the generator is conditioned on neighbour votes)")
+    kinds = _load_part(path / KINDS, "the word kinds", WordKinds.load) if (path / KINDS).is_file() else None
     calibration = {}
     if (path / CALIBRATION).is_file():
         calibration = _load_part(path / CALIBRATION, "the calibration", _read_calibration)
     try:
         return Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                       info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
-                      calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path))
+                      calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path), kinds=kinds)
     except ValueError as e:
-        where = path / CALIBRATION if str(e).startswith("calibrates") else cfg_file
+        where = path / CALIBRATION if str(e).startswith("calibrates") else path / KINDS if "word kinds" in str(e) else cfg_file
         raise BundleError(f"{where}: {e}") from None
 
 

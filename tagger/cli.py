@@ -71,6 +71,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
+KindsOpt = Annotated[Optional[str], typer.Option(help="kinds of words to show, comma-separated: content, style, place, self, gear, community, date, other, or all (default: content,style: what is in the photo and how it was taken)")]
 EngineOpt = Annotated[Engine, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
@@ -274,6 +275,7 @@ def predict(
     min_score: MinScoreOpt = None,
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
+    kinds: KindsOpt = None,
     method: MethodOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error, and existing (the keywords the photo already carries from its owner)")] = False,
     device: DeviceOpt = None,
@@ -293,7 +295,8 @@ def predict(
     from tagger.scoring.options import TagOptions
 
     tagger = load_tagger(model, device, runtime)
-    opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed)
+    opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed,
+                      kinds=tuple(k.strip() for k in kinds.split(",")) if kinds else None)
     failed = 0
     # The batched path of `tag`, decoding in this process: a few photos do not pay for worker processes.
     for path, tags, error in tag_paths(tagger, images, opts, num_workers=0):
@@ -322,6 +325,7 @@ def tag(
     min_score: MinScoreOpt = None,
     exclude: ExcludeOpt = None,
     seed: SeedOpt = None,
+    kinds: KindsOpt = None,
     method: MethodOpt = None,
     sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (keywords in dc:subject and lr:hierarchicalSubject, for digiKam, Lightroom, darktable) or txt (one tag a line)")] = None,
     sidecar_name: Annotated[SidecarNaming, typer.Option(help="XMP sidecar name: full (IMG_1.jpg.xmp), stem (IMG_1.xmp), or auto (stem where the library already has one, else full)")] = SidecarNaming.auto,
@@ -369,7 +373,8 @@ def tag(
     from tagger.library.local import tag_paths
     from tagger.scoring.options import TagOptions
 
-    opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed)
+    opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed,
+                      kinds=tuple(k.strip() for k in kinds.split(",")) if kinds else None)
     if on_ray:
         if len(sources) != 1 or embed or dry_run:
             raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from embeddings.index import TagIndex
+from embeddings.kinds import WordKinds
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone
@@ -35,7 +36,7 @@ from tagger.scoring.calibration import Calibration
 from tagger.scoring.condition import ConditionConfig, build_condition
 from tagger.scoring.evidence import Evidence, rule_out
 from tagger.scoring.knn import KNNTagger
-from tagger.scoring.options import TagOptions
+from tagger.scoring.options import ALL_KINDS, DEFAULT_KINDS, TagOptions
 from tagger.scoring.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
 from tagger.scoring.voting import SamplingConfig, rank
 from tagger.scoring.words import WordSpaceConfig, prepare_word_vectors
@@ -77,6 +78,7 @@ class Tagger:
         method: str | None = None,
         runtime: str | None = None,
         fingerprint: str = "",
+        kinds: WordKinds | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise ValueError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -96,6 +98,7 @@ class Tagger:
         self.calibration = dict(calibration or {})
         self.runtime = runtime  # the backbone's runtime: torch, onnx, onnx-int8 (None: choose_runtime's pick for the device)
         self.fingerprint = fingerprint  # content hash of the bundle it was loaded from ("" when built in memory)
+        self.kinds = kinds  # each word's kind and keyword (embeddings.kinds); None: every word is shown, as it is
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
         self.summary = TrainingSummary.from_dict(self.info)
@@ -113,6 +116,18 @@ class Tagger:
         unknown = sorted(set(self.calibration) - set(self.scorers))
         if unknown:
             raise ValueError(f"calibrates {', '.join(unknown)}, which this bundle does not have")
+        missing = [w for w in self.words if kinds is not None and w not in kinds.kinds]
+        if missing:
+            raise ValueError(f"the word kinds lack {len(missing)} of the vocabulary's words (e.g. {missing[0]!r})")
+        # Words of one keyword (kids, child, children -> kid) are one tag: the group's first word (the most
+        # frequent) stands for it, with the best score of any of them, under the keyword's name.
+        self.shown_words = [kinds.keywords[w] for w in self.words] if kinds is not None else list(self.words)
+        self._kind = np.array([kinds.kinds[w].value for w in self.words] if kinds is not None else [""] * len(self.words))
+        first: dict[str, int] = {}
+        groups: dict[int, list[int]] = {}
+        for i, keyword in enumerate(self.shown_words):
+            groups.setdefault(first.setdefault(keyword, i), []).append(i)
+        self._groups = [(head, members) for head, members in groups.items() if len(members) > 1]
         self._backbone = None
         self._built = True
 
@@ -126,7 +141,7 @@ class Tagger:
         given = dict(generator=self.generator, vocabulary=self.vocabulary, word_vectors=self.word_vectors, backbone=self.backbone_name,
                      words=self.words_config, sampling=self.sampling, info=self.info, backbone_weights=self.backbone_weights,
                      knn=self.knn, condition=self.condition, calibration=self.calibration, method=self.default_method,
-                     runtime=self.runtime, fingerprint=self.fingerprint)
+                     runtime=self.runtime, fingerprint=self.fingerprint, kinds=self.kinds)
         unknown = set(changes) - set(given)
         if unknown:
             raise TypeError(f"Tagger has no part {', '.join(sorted(unknown))}")
@@ -186,12 +201,20 @@ class Tagger:
         """Everything a photo's tags depend on besides the photo, in one line: batch runs re-tag a photo when it changes."""
         config = self.sampling_for(options)
         return (f"model={self.fingerprint[:16] or 'unsaved'} method={self.method_of(options)} top_k={config.top_k} "
-                f"min_score={config.min_score:g} seed={config.seed} exclude={','.join(sorted(config.exclude))}")
+                f"min_score={config.min_score:g} seed={config.seed} exclude={','.join(sorted(config.exclude))} "
+                f"kinds={','.join(self.kinds_of(options))}")
+
+    def kinds_of(self, options: TagOptions) -> tuple[str, ...]:
+        """The kinds of words `options` shows (("all",) for a bundle without word kinds, which shows every word)."""
+        if self.kinds is None or (options.kinds and ALL_KINDS in options.kinds):
+            return (ALL_KINDS,)
+        return tuple(sorted(options.kinds or DEFAULT_KINDS))
 
     def excluded_ids(self, tags: Sequence[str]) -> np.ndarray:
         """Vocabulary ids of tags to leave out, given as users type them (normalized like training tags)."""
         pos = {w: i for i, w in enumerate(self.words)}
-        ids = {pos[w] for w in map(self.vocabulary.lookup, tags) if w in pos}
+        wanted = set(map(self.vocabulary.lookup, tags)) | set(tags)
+        ids = {pos[w] for w in wanted if w in pos} | {i for i, k in enumerate(self.shown_words) if k in wanted}
         return np.asarray(sorted(ids), dtype=np.int64)
 
     # -- the one tagging function ------------------------------------------------------------------
@@ -206,6 +229,12 @@ class Tagger:
         if ok.any():
             raw = self.scorers[method].scores(evidence.features[ok], config)
             order[ok] = rule_out(raw, self.words, evidence.colour[ok])
+            for head, members in self._groups:
+                order[:, head] = order[:, members].max(axis=1)
+                order[:, [m for m in members if m != head]] = -np.inf
+            kinds = self.kinds_of(options)
+            if ALL_KINDS not in kinds:
+                order[:, ~np.isin(self._kind, kinds)] = -np.inf
         if calibrated and method in self.calibration:
             shown = self.calibration[method](order)
         elif self.scorers[method].shares(config) or not calibrated:
@@ -219,7 +248,7 @@ class Tagger:
         """Tags with scores, best first, for each photo of `evidence`; a photo without usable features gets the reason."""
         config = self.sampling_for(options)
         scores = self.score(evidence, options)
-        ranked = rank(scores.shown, self.words, config, self.excluded_ids(config.exclude), order=scores.order)
+        ranked = rank(scores.shown, self.shown_words, config, self.excluded_ids(config.exclude), order=scores.order)
         return [Tagged(tags) if ok else Tagged(None, NON_FINITE) for tags, ok in zip(ranked, scores.ok)]
 
     # -- photos in memory --------------------------------------------------------------------------

@@ -282,3 +282,54 @@ def test_a_photo_without_usable_features_gets_the_reason_and_the_others_their_ta
     assert results[0].tags and results[2].tags and not results[0].error
     alone = tagger.tag(Evidence(features[[0, 2]], None), TagOptions(top_k=3))
     assert [r.tags for r in alone] == [results[0].tags, results[2].tags]  # the bad row changes nothing for the others
+
+
+def kinds_for(tagger, kinds: dict[str, str], keywords: dict[str, str] | None = None):
+    from embeddings.kinds import WordKinds
+
+    return WordKinds({w: kinds.get(w, "content") for w in tagger.words}, {w: (keywords or {}).get(w, w) for w in tagger.words})
+
+
+def test_the_default_shows_content_and_style_words_only_and_kinds_all_shows_every_word(tmp_path):
+    tagger = build_tiny_tagger()
+    feats = np.random.default_rng(0).normal(size=(6, tagger.feature_dim)).astype(np.float32)
+    everything = len(tagger.words)
+    plain = tagger.tag(Evidence(feats, None), TagOptions(method="prior", top_k=everything))
+    hidden = set(tagger.words[::3])  # every third word a place
+    kinded = tagger.replace(kinds=kinds_for(tagger, {w: "place" for w in hidden}))
+    shown = kinded.tag(Evidence(feats, None), TagOptions(method="prior", top_k=everything))
+    assert all(not {t for t, _ in r.tags} & hidden for r in shown)
+    assert [[t for t in r.tags if t[0] not in hidden] for r in plain] == [r.tags for r in shown]  # the rest as before
+    assert kinded.tag(Evidence(feats, None), TagOptions(method="prior", top_k=everything, kinds=("all",))) == plain
+    only = kinded.tag(Evidence(feats, None), TagOptions(method="prior", top_k=everything, kinds=("place",)))
+    assert {t for r in only for t, _ in r.tags} == hidden
+    assert "kinds=content,style" in kinded.settings() and "kinds=all" in tagger.settings()
+    back = load(save(kinded, tmp_path / "m"))  # kinds.json: saved with the bundle, loaded back
+    assert back.kinds == kinded.kinds and back.tag(Evidence(feats, None), TagOptions(method="prior", top_k=5)) == \
+        kinded.tag(Evidence(feats, None), TagOptions(method="prior", top_k=5))
+
+
+def test_words_of_one_keyword_are_one_tag_with_the_best_score_of_them():
+    tagger = build_tiny_tagger()
+    a, b, c = tagger.words[:3]
+    kinded = tagger.replace(kinds=kinds_for(tagger, {}, {a: "one", b: "one", c: "one"}))
+    feats = np.random.default_rng(1).normal(size=(8, tagger.feature_dim)).astype(np.float32)
+    every = len(tagger.words)
+    raw = tagger.tag(Evidence(feats, None), TagOptions(top_k=every))
+    merged = kinded.tag(Evidence(feats, None), TagOptions(top_k=every))
+    for before, after in zip(raw, merged):
+        names = [t for t, _ in after.tags]
+        assert names.count("one") <= 1 and not {a, b, c} & set(names)
+        if "one" in names:
+            best = max((s for t, s in before.tags if t in (a, b, c)), default=None)
+            assert dict(after.tags)["one"] == pytest.approx(best)
+    assert all("one" not in [t for t, _ in r.tags] for r in kinded.tag(Evidence(feats, None), TagOptions(top_k=every, exclude=("one",))))
+
+
+def test_word_kinds_that_miss_a_word_of_the_vocabulary_are_refused():
+    from embeddings.kinds import WordKinds
+
+    tagger = build_tiny_tagger()
+    partial = WordKinds({w: "content" for w in tagger.words[1:]}, {w: w for w in tagger.words[1:]})
+    with pytest.raises(ValueError, match="word kinds lack 1"):
+        tagger.replace(kinds=partial)

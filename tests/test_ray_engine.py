@@ -213,10 +213,11 @@ def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
     bundle = save(build_tiny_tagger(), tmp_path / "bundle")
     args = ["tag", str(tmp_path / "photos"), "--out", str(tmp_path / "t.parquet"), "--model", str(bundle), "--engine", "ray", "--workers", "1"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a photo failed in this run: 1, as the local engine says
     assert f"{tmp_path / 't.parquet'}: 6 tagged, 0 unchanged (kept), 1 failed" in result.output
     assert "notes.jpg: not an image (unknown format)" in result.output
-    assert "1 failed" in CliRunner().invoke(app, args).output  # again: nothing to do
+    again = CliRunner().invoke(app, args)  # again: only the failed photo is tried, and fails
+    assert "0 tagged, 6 unchanged (kept), 1 failed" in again.output and again.exit_code == 1, again.output
     result = CliRunner().invoke(app, args[:-4] + ["--engine", "ray", "--sidecar", "xmp"])
     assert result.exit_code == 1 and "--sidecar is not supported with --engine ray" in result.output
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from embeddings.kinds import Kind
 from pipelines.errors import OptionError
 from tagger.scoring.voting import MAX_COUNT
 
-MAX_EXCLUDE, MAX_TAG_CHARS = 100, 100  # most tags one call may exclude, and the longest (the service's limits too)
+MAX_EXCLUDE, MAX_TAG_CHARS = 100, 100
+# What a photo library wants back by default: what is in the photo and how it was taken. Places come
+# from where the photo was taken, not from its pixels; `me`, camera makers, Flickr groups and dates
+# are not in a photo at all (`--kinds all` shows every word, as the Flickr owners typed them).
+DEFAULT_KINDS = ("content", "style")
+ALL_KINDS = "all"  # most tags one call may exclude, and the longest (the service's limits too)
 
 
 @dataclass(frozen=True)
@@ -22,10 +28,18 @@ class TagOptions:
     min_score: float | None = None  # drop tags scored below this (0..1); None: the bundle's
     exclude: tuple[str, ...] = ()  # tags never returned, as users type them (normalized like training tags)
     seed: int | None = None  # noise seed: the same seed gives the same tags; None: the bundle's
+    kinds: tuple[str, ...] | None = None  # kinds of words shown (embeddings.kinds.Kind; "all": every word); None: DEFAULT_KINDS
 
     def __post_init__(self):
         if isinstance(self.exclude, (list, set, frozenset)):
             object.__setattr__(self, "exclude", tuple(self.exclude))
+        if isinstance(self.kinds, (list, set, frozenset)):
+            object.__setattr__(self, "kinds", tuple(self.kinds))
+        if self.kinds is not None:
+            known = {k.value for k in Kind} | {ALL_KINDS}
+            bad = [k for k in self.kinds if k not in known] if isinstance(self.kinds, tuple) else [self.kinds]
+            if bad or not self.kinds:
+                raise OptionError(f"kinds must be some of {', '.join(sorted(known))}, got {bad[0] if bad else 'none'!r}")
         if self.method is not None and (not isinstance(self.method, str) or not self.method):
             raise OptionError(f"method must be a method name, got {self.method!r}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= MAX_COUNT):

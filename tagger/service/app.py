@@ -29,6 +29,7 @@ The page and the docs are served without it; the page asks for the token when th
 # No `from __future__ import annotations`: FastAPI reads the endpoint's annotations at run time, and the
 # bound on top_k is the loaded model's vocabulary size, a local that a string annotation cannot name.
 import asyncio
+import enum
 import functools
 import hmac
 import logging
@@ -54,7 +55,8 @@ from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_ima
 from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict, load
 from tagger.model import Tagged, Tagger
-from tagger.scoring.options import MAX_EXCLUDE, MAX_TAG_CHARS, TagOptions
+from embeddings.kinds import Kind
+from tagger.scoring.options import ALL_KINDS, MAX_EXCLUDE, MAX_TAG_CHARS, TagOptions
 from tagger.scoring.voting import MAX_COUNT
 
 STATIC = Path(__file__).parent / "static"
@@ -310,6 +312,7 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
 
     most_tags = min(len(tagger.words), MAX_COUNT)
     Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_CHARS)]
+    Kinds = enum.Enum("Kinds", {k: k for k in [*(k.value for k in Kind), ALL_KINDS]}, type=str)
 
     @app.post("/v1/tag", response_model=TagResponse, dependencies=v1)
     async def tag(
@@ -318,10 +321,11 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
         top_k: Annotated[int | None, Query(ge=1, le=most_tags, description="tags per photo (default: the model's)")] = None,
         min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="leave out tags scoring below this")] = None,
         exclude: Annotated[list[Tag], Query(max_length=MAX_EXCLUDE, description="a tag never to return (repeatable)")] = [],  # noqa: B006 - FastAPI copies it
+        kinds: Annotated[list[Kinds] | None, Query(description="a kind of word to show (repeatable; default: content and style)")] = None,
     ) -> TagResponse:
         """Tags with scores for each uploaded photo, best first; a photo that cannot be read gets an `error` instead."""
         try:
-            options = TagOptions(top_k=top_k, min_score=min_score, exclude=tuple(exclude))
+            options = TagOptions(top_k=top_k, min_score=min_score, exclude=tuple(exclude), kinds=tuple(k.value for k in kinds) if kinds else None)
             tagger.sampling_for(options)  # the model's own checks, here, before the request can join a batch
         except OptionError as e:
             raise HTTPException(422, str(e)) from None

@@ -18,8 +18,10 @@ import pandas as pd
 
 from embeddings.files import content_hash, remove_stale, stale_pattern
 from embeddings.index import TagIndex
+from embeddings.kinds import WordKinds
 from embeddings.tags import TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig, WordVectors
+from embeddings.wordnet import WordNetMissing
 from pipelines.backbones import DEFAULT_BACKBONE
 from pipelines.datasets import DatasetError, check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
@@ -263,8 +265,13 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         train=tcfg.to_dict(),
         warnings=list(prep.warnings),
     )
+    try:
+        kinds = WordKinds.build(list(wv.words))  # each word's kind and keyword, saved with the bundle
+    except WordNetMissing as e:
+        kinds = None
+        summary.warnings.append(f"no word kinds ({e}): the model will show every kind of word, places and `me` too")
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary.to_dict(),
-                    backbone_weights=config.weights, knn=knn, condition=preset.condition)
+                    backbone_weights=config.weights, knn=knn, condition=preset.condition, kinds=kinds)
     if 0 < len(val_rows) < MIN_CALIBRATION_PHOTOS:
         summary.warnings.append(
             f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "
