@@ -8,7 +8,9 @@
     word_vectors.npz       the skip-gram vectors of the vocabulary words
     knn.npz                the kNN baseline: PCA-reduced training features and their tags (optional;
                            required when the generator is conditioned on neighbour votes)
-    calibration.json       per method, the map from raw score to probability (optional)
+    calibration.json       per method, the map from raw score to the probability that the owner uses the tag (optional)
+    acceptance.json        per method, the map from raw score to the probability that a person looking at the
+                           photo agrees, fitted on concept-labelled photos (optional; when present, it is what users see)
     kinds.json             each word's kind and keyword (embeddings.kinds; optional: without it every word
                            is shown as it is, as bundles made before the kinds tag)
 
@@ -49,8 +51,9 @@ from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # format versions this tagger loads
-CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS = (
-    "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json", "kinds.json")
+CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS, ACCEPTANCE = (
+    "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json", "kinds.json",
+    "acceptance.json")
 
 
 # A real config.json is a few KB and a calibration.json a few hundred; these are far above and still small.
@@ -108,6 +111,8 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
             tagger.kinds.save(tmp / KINDS)
         if tagger.calibration:
             (tmp / CALIBRATION).write_text(json.dumps({m: c.to_dict() for m, c in tagger.calibration.items()}))
+        if tagger.acceptance:
+            (tmp / ACCEPTANCE).write_text(json.dumps({m: c.to_dict() for m, c in tagger.acceptance.items()}))
         for name, file in (extras or {}).items():
             shutil.copyfile(file, tmp / name)
         # config.json last: a folder without it is not a bundle.
@@ -184,10 +189,12 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
     calibration = {}
     if (path / CALIBRATION).is_file():
         calibration = _load_part(path / CALIBRATION, "the calibration", _read_calibration)
+    acceptance = _load_part(path / ACCEPTANCE, "the acceptance map", _read_calibration) if (path / ACCEPTANCE).is_file() else {}
     try:
         return Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                       info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
-                      calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path), kinds=kinds)
+                      calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path), kinds=kinds,
+                      acceptance=acceptance)
     except ValueError as e:
         where = path / CALIBRATION if str(e).startswith("calibrates") else path / KINDS if "word kinds" in str(e) else cfg_file
         raise BundleError(f"{where}: {e}") from None

@@ -79,6 +79,7 @@ class Tagger:
         runtime: str | None = None,
         fingerprint: str = "",
         kinds: WordKinds | None = None,
+        acceptance: dict[str, Calibration] | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise ValueError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -95,7 +96,8 @@ class Tagger:
         self.info = dict(info or {})
         self.knn = knn
         self.condition = condition
-        self.calibration = dict(calibration or {})
+        self.calibration = dict(calibration or {})  # per method: raw score -> probability the owner uses the tag
+        self.acceptance = dict(acceptance or {})  # per method: raw score -> probability a person looking at the photo agrees
         self.runtime = runtime  # the backbone's runtime: torch, onnx, onnx-int8 (None: choose_runtime's pick for the device)
         self.fingerprint = fingerprint  # content hash of the bundle it was loaded from ("" when built in memory)
         self.kinds = kinds  # each word's kind and keyword (embeddings.kinds); None: every word is shown, as it is
@@ -113,7 +115,7 @@ class Tagger:
         self.default_method = method or self.family
         if self.default_method not in self.scorers:
             raise ValueError(f"default method {self.default_method!r} is not one of the bundle's ({', '.join(self.scorers)})")
-        unknown = sorted(set(self.calibration) - set(self.scorers))
+        unknown = sorted((set(self.calibration) | set(self.acceptance)) - set(self.scorers))
         if unknown:
             raise ValueError(f"calibrates {', '.join(unknown)}, which this bundle does not have")
         missing = [w for w in self.words if kinds is not None and w not in kinds.kinds]
@@ -141,7 +143,7 @@ class Tagger:
         given = dict(generator=self.generator, vocabulary=self.vocabulary, word_vectors=self.word_vectors, backbone=self.backbone_name,
                      words=self.words_config, sampling=self.sampling, info=self.info, backbone_weights=self.backbone_weights,
                      knn=self.knn, condition=self.condition, calibration=self.calibration, method=self.default_method,
-                     runtime=self.runtime, fingerprint=self.fingerprint, kinds=self.kinds)
+                     runtime=self.runtime, fingerprint=self.fingerprint, kinds=self.kinds, acceptance=self.acceptance)
         unknown = set(changes) - set(given)
         if unknown:
             raise TypeError(f"Tagger has no part {', '.join(sorted(unknown))}")
@@ -210,6 +212,14 @@ class Tagger:
             return (ALL_KINDS,)
         return tuple(sorted(options.kinds or DEFAULT_KINDS))
 
+    def shown_truth(self, truth: Sequence[set[int]], options: TagOptions = TagOptions()) -> list[set[int]]:
+        """Each photo's true word ids as the tags `options` shows can match them: filed under their keyword's
+        word (an owner's `flowers` is matched by a shown `flower`) and of the kinds shown."""
+        head = {m: h for h, members in self._groups for m in members}
+        kinds = self.kinds_of(options)
+        shows = np.ones(len(self.words), dtype=bool) if ALL_KINDS in kinds else np.isin(self._kind, kinds)
+        return [{head.get(w, w) for w in t if shows[w]} for t in truth]
+
     def excluded_ids(self, tags: Sequence[str]) -> np.ndarray:
         """Vocabulary ids of tags to leave out, given as users type them (normalized like training tags)."""
         pos = {w: i for i, w in enumerate(self.words)}
@@ -221,8 +231,10 @@ class Tagger:
 
     def score(self, evidence: Evidence, options: TagOptions = TagOptions(), calibrated: bool = True) -> Scores:
         """Score tables for the photos of `evidence`: the method's raw scores with what the pixels rule out
-        removed (`order`), and as users see them (`shown`: probabilities where the method is calibrated and
-        `calibrated`, else vote shares for plain votes, else relative to each photo's best)."""
+        removed (`order`), and as users see them (`shown`, when `calibrated`: the probability that a person
+        looking at the photo agrees where the bundle has that map for the method, else the probability that
+        the owner uses the tag where it has that one; else vote shares for plain votes, else relative to
+        each photo's best)."""
         method, config = self.method_of(options), self.sampling_for(options)
         ok = evidence.finite
         order = np.full((len(evidence), len(self.words)), -np.inf, dtype=np.float32)
@@ -235,7 +247,9 @@ class Tagger:
             kinds = self.kinds_of(options)
             if ALL_KINDS not in kinds:
                 order[:, ~np.isin(self._kind, kinds)] = -np.inf
-        if calibrated and method in self.calibration:
+        if calibrated and method in self.acceptance:
+            shown = self.acceptance[method](order)
+        elif calibrated and method in self.calibration:
             shown = self.calibration[method](order)
         elif self.scorers[method].shares(config) or not calibrated:
             shown = order

@@ -28,9 +28,25 @@ def test_the_fitted_map_is_monotone_keeps_the_ranking_and_holds_on_new_photos():
     assert expected_calibration_error(probs, hits) < 0.03  # the calibrated ones are, on photos it never saw
     # Monotone, with the raw score breaking the map's ties: a photo's tags keep their order.
     assert np.array_equal(top_ids(cal(new), 10), top_ids(new, 10))
-    assert cal(np.array([-5.0, 5.0])).tolist() == pytest.approx([cal.probs[0], cal.probs[-1]], abs=1e-6)
+    # Beyond the fitted range: still rising, towards 0 below, and above by at most a tenth of the way to 1.
+    ends = cal(np.array([-5.0, -1.0, cal.knots[0], cal.knots[-1], 5.0, 50.0]))
+    assert np.all(np.diff(ends) > 0) and ends[0] >= 0
+    assert ends[-1] <= cal.probs[-1] + (1 - cal.probs[-1]) / 10 + 1e-6
     assert cal(np.array([[-np.inf, 0.5]]))[0, 0] == 0.0  # a ruled-out word is never shown
     assert Calibration.from_dict(cal.to_dict()).knots.tolist() == cal.knots.tolist()
+
+
+def test_no_two_tags_of_a_photo_share_a_probability():
+    # The isotonic fit is a step function; a step map gives every raw score of a step one probability.
+    table, truth = scored_photos(3000, 2)
+    cal = Calibration.fit(table, truth, top=10)
+    assert np.all(np.diff(cal.probs) > 0) and np.all(np.diff(cal.knots) > 0)
+    new = scored_photos(500, 3)[0]
+    raw = np.take_along_axis(new, top_ids(new, 5), axis=1)
+    shown = np.take_along_axis(cal(new), top_ids(new, 5), axis=1)
+    apart = np.diff(raw, axis=1) < -0.002  # tags whose raw scores differ visibly
+    # Strictly falling down each photo's list by more than the raw-score tie-break (1e-6): no ties.
+    assert apart.sum() > 1000 and np.all(np.diff(shown, axis=1)[apart] < -1e-6)
 
 
 def test_reliability_bins_count_every_prediction():

@@ -22,39 +22,11 @@ from tagger.scoring.calibration import candidates, expected_calibration_error, r
 from tagger.evaluation.metrics import paired_difference, report
 from tagger.model import Tagger
 from tagger.scoring.evidence import Evidence
+from tagger.scoring.concepts import LABEL_WORDS
 from tagger.scoring.options import TagOptions
 
 # Calibration is judged on each photo's best words, as many as a photo shows by default.
 CALIBRATION_TOP = 10
-
-# Words that name each MIRFLICKR concept; those missing from a model's vocabulary are ignored.
-LABEL_WORDS: dict[str, tuple[str, ...]] = {
-    "animals": ("animal", "animals", "dog", "cat", "bird", "horse", "cow", "sheep", "pet", "wildlife", "zoo", "insect"),
-    "baby": ("baby", "babies", "newborn", "infant"),
-    "bird": ("bird", "birds", "gull", "seagull", "duck", "pigeon"),
-    "car": ("car", "cars", "auto", "automobile"),
-    "clouds": ("clouds", "cloud", "cloudy"),
-    "dog": ("dog", "dogs", "puppy"),
-    "female": ("woman", "girl", "female", "lady", "women", "girls"),
-    "flower": ("flower", "flowers", "blossom", "bloom", "rose", "tulip", "daisy"),
-    "food": ("food", "cake", "dinner", "lunch", "breakfast", "fruit", "dessert", "chocolate"),
-    "indoor": ("indoor", "indoors", "interior", "room", "home", "kitchen"),
-    "lake": ("lake", "pond"),
-    "male": ("man", "boy", "male", "guy", "men", "boys"),
-    "night": ("night", "nighttime", "nightshot", "dark"),
-    "people": ("people", "person", "portrait", "man", "woman", "girl", "boy", "child", "kids", "friends", "family", "me", "selfportrait"),
-    "plant_life": ("plant", "plants", "tree", "trees", "flower", "flowers", "garden", "leaf", "leaves", "grass", "forest"),
-    "portrait": ("portrait", "selfportrait", "face", "self"),
-    "river": ("river", "stream", "creek"),
-    "sea": ("sea", "ocean", "beach", "coast", "waves"),
-    "sky": ("sky", "skies", "clouds", "blue sky"),
-    "structures": ("architecture", "building", "buildings", "house", "bridge", "church", "tower", "city", "castle"),
-    "sunset": ("sunset", "sunrise", "dusk"),
-    "transport": ("car", "train", "bus", "bike", "bicycle", "boat", "airplane", "plane", "truck", "motorcycle", "transport"),
-    "tree": ("tree", "trees"),
-    "water": ("water", "sea", "lake", "river", "ocean", "waterfall"),
-}
-
 
 @dataclass
 class Evaluation:

@@ -2,7 +2,9 @@
 
 Fitted on validation photos: every photo's `top` best words by raw score, each a hit if the owner
 tagged the photo with it, and an isotonic regression (pool-adjacent-violators, scipy's) of hit on raw
-score. The map is monotone, so it never reorders a photo's tags: P@k is unchanged, and a score of 0.5
+score, its constant blocks then joined by lines through their centres (smooth tails beyond the ends),
+so the map rises strictly: no two tags of a photo share a probability unless their raw scores are
+equal. The map is monotone, so it never reorders a photo's tags: P@k is unchanged, and a score of 0.5
 means that about half of the tags given that score were the owner's own on photos the model did not
 train on. `reliability` and `expected_calibration_error` check it on other photos.
 
@@ -24,10 +26,13 @@ from embeddings.checks import check_type, check_values
 from tagger.scoring.voting import top_ids
 
 
-def candidates(table: np.ndarray, truth: Sequence[set[int]], top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores, hits (0/1) and word ids of each photo's `top` best words; photos without a true tag, and
-    words ruled out (score -inf, or 0 once calibrated), are left out."""
-    keep = [i for i, t in enumerate(truth) if t]
+def candidates(table: np.ndarray, truth: Sequence[set[int]], top: int, known: np.ndarray | None = None,
+               photos: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, hits (0/1) and word ids of each photo's `top` best words; words ruled out (score -inf, or 0
+    once calibrated) are left out, and so are photos without a true tag, unless `photos` says which photos
+    to keep (the concept labels: a photo without any of the concepts is still judged). `known`: a (V,)
+    mask of the words whose truth is complete; the others among the best words are left out."""
+    keep = [i for i, t in enumerate(truth) if t] if photos is None else list(np.flatnonzero(photos))
     if not keep:
         return np.zeros(0, np.float64), np.zeros(0, np.float64), np.zeros(0, np.int64)
     ids = top_ids(table[keep], top)
@@ -35,7 +40,12 @@ def candidates(table: np.ndarray, truth: Sequence[set[int]], top: int) -> tuple[
     hits = np.array([[w in truth[i] for w in row] for i, row in zip(keep, ids.tolist())], dtype=np.float64)
     scores, hits, ids = scores.ravel().astype(np.float64), hits.ravel(), ids.ravel()
     shown = np.isfinite(scores)  # words the tagger ruled out (-inf) are not among what it shows
+    if known is not None:
+        shown &= known[ids]
     return scores[shown], hits[shown], ids[shown]
+
+
+TOP_TAIL = 0.1  # above the fitted range a score gains at most this share of the way from the last knot's probability to 1
 
 
 @dataclass
@@ -48,18 +58,33 @@ class Calibration:
     top: int = 10  # words per photo it was fitted on
 
     def __call__(self, table: np.ndarray) -> np.ndarray:
-        """Probabilities for raw scores of any shape; outside the fitted range, the end values; ruled-out words
-        (-inf) get 0. Where the map is flat, the raw score still orders (by less than 1e-6), so ranking by
-        the probabilities ranks as the raw scores do."""
+        """Probabilities for raw scores of any shape, strictly increasing in the raw score: linear between
+        the knots; below the first knot a smooth decay to 0, above the last a smooth rise that continues the
+        last segment's slope but gains at most a tenth of the way to 1 (validation never saw such scores:
+        it orders them, it does not vouch for them); ruled-out words (-inf) get 0. Two tags of a photo with different raw scores
+        so never show the same probability. (Bundles calibrated before the knots were block centres hold
+        flat steps; there the raw score still orders, by less than 1e-6.)"""
         table = np.asarray(table, dtype=np.float64)  # the tie-break below is under float32's resolution
-        p = np.interp(table, self.knots, self.probs)
+        x, y = self.knots, self.probs
+        p = np.interp(table, x, y)
         finite = np.isfinite(table)
+        if len(x) >= 2:
+            t = np.where(finite, table, 0.0)
+            low_slope, high_slope = (y[1] - y[0]) / max(x[1] - x[0], 1e-12), (y[-1] - y[-2]) / max(x[-1] - x[-2], 1e-12)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if y[0] > 0 and low_slope > 0:
+                    p = np.where(t < x[0], y[0] * np.exp(np.minimum(low_slope * (t - x[0]) / y[0], 0.0)), p)
+                gain = (1 - y[-1]) * TOP_TAIL
+                if gain > 0 and high_slope > 0:
+                    p = np.where(t > x[-1], y[-1] + gain * (1 - np.exp(-high_slope * np.maximum(t - x[-1], 0.0) / gain)), p)
         p = p + 1e-6 * (np.arctan(np.where(finite, table, 0)) / np.pi + 0.5)
-        return np.where(finite, p, 0.0)
+        return np.where(finite, np.clip(p, 0.0, 1.0), 0.0)
 
     @classmethod
-    def fit(cls, table: np.ndarray, truth: Sequence[set[int]], top: int = 10) -> "Calibration":
-        scores, hits, _ = candidates(table, truth, top)
+    def fit(cls, table: np.ndarray, truth: Sequence[set[int]], top: int = 10, known: np.ndarray | None = None,
+            photos: Sequence[bool] | None = None) -> "Calibration":
+        """The map fitted on `table`'s raw scores (`candidates` says which words count as hits)."""
+        scores, hits, _ = candidates(table, truth, top, known, photos)
         if len(scores) == 0:
             raise ValueError("calibration needs photos with at least one true tag")
         # Equal scores must get one probability: pool them first (the prior scores every photo alike, and a
@@ -67,10 +92,14 @@ class Calibration:
         x, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
         rate = np.bincount(inverse, weights=hits) / counts
         fitted = isotonic_regression(rate, weights=counts.astype(np.float64)).x
-        # Keep the ends of each constant block: the step function with linear joins between blocks.
-        change = np.flatnonzero(np.diff(fitted)) + 1
-        ends = np.unique(np.concatenate([[0], change - 1, change, [len(x) - 1]]))
-        return cls(x[ends].astype(np.float64), np.clip(fitted[ends], 0, 1), photos=sum(1 for t in truth if t), top=top)
+        # One knot per constant block of the isotonic fit, at the block's count-weighted mean score: lines
+        # between them rise strictly, where the step function gave every score of a block (seven tags of a
+        # photo, once) the same probability.
+        block = np.concatenate([[0], np.cumsum(np.diff(fitted) != 0)])
+        weight = np.bincount(block, weights=counts.astype(np.float64))
+        centres = np.bincount(block, weights=x * counts) / weight
+        probs = np.bincount(block, weights=fitted * counts) / weight
+        return cls(centres.astype(np.float64), np.clip(probs, 0, 1), photos=sum(1 for t in truth if t), top=top)
 
     def to_dict(self) -> dict:
         return {"knots": self.knots.tolist(), "probs": self.probs.tolist(), "photos": self.photos, "top": self.top}

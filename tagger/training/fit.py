@@ -28,7 +28,8 @@ from pipelines.device import choose_device
 from pipelines.cache import default_cache_dir
 from pipelines.features import FeatureConfig, extract_features
 from tagger.scoring.knn import KNNTagger
-from tagger.scoring.calibration import Calibration
+from tagger.scoring.calibration import Calibration, candidates
+from tagger.scoring.concepts import concept_truth
 from tagger.scoring.condition import build_condition
 from tagger.evaluation.metrics import precision_at_k, top_ids
 from tagger.bundle import save
@@ -69,6 +70,9 @@ class FitConfig:
     # training lists; lists of the dataset's own photos in it are left out, so held-out tags never leak.
     corpus: Path | None = None
     sampling: SamplingConfig | None = None  # None: the preset's
+    # The default rule of what is shown: a tag whose probability that a person agrees passes the lowest
+    # threshold at which this share of the validation photos' shown concept tags were right.
+    precision: float = 0.8
     ray: RayOptions | None = None  # extract the features on Ray (tagger.library.ray_engine) with these options; None: in this process
 
 
@@ -279,12 +283,23 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     if len(val_rows) >= MIN_CALIBRATION_PHOTOS:
         val = Evidence(features[val_rows], prep.chroma[val_rows])
         tagger = tagger.replace(calibration=calibrate(tagger, val, val_truth))
-        # The default method: the generator alone or with kNN, whichever tags the validation photos better.
+        # The default method: the generator alone or with kNN, whichever tags the validation photos better
+        # (against the owners' tags of the kinds a photo shows by default).
         choices = [m for m, scorer in tagger.scorers.items() if not scorer.baseline]
-        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.score(val, TagOptions(method=m)).shown, 5), val_truth, 5)
+        shown_truth = tagger.shown_truth(val_truth)
+        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.score(val, TagOptions(method=m)).shown, 5), shown_truth, 5)
                                  for m in choices}
         summary.method = max(choices, key=summary.method_val_p5.get)
         tagger = tagger.replace(method=summary.method)
+        labelled = [i for i in np.flatnonzero(is_val) if frame["labels"].iloc[i] is not None]
+        if len(labelled) >= MIN_ACCEPTANCE_PHOTOS:
+            lval = Evidence(features[labelled], prep.chroma[labelled])
+            known, truth = concept_truth(tagger.words, list(frame["labels"].iloc[labelled]))
+            tagger = tagger.replace(acceptance=accept(tagger, lval, known, truth))
+            summary.accepted_photos = len(labelled)
+            summary.threshold, summary.threshold_precision, summary.threshold_tags = choose_threshold(
+                tagger.score(lval), known, truth, tagger.sampling.top_k, config.precision)
+            tagger = tagger.replace(sampling=replace(tagger.sampling, min_score=summary.threshold))
     summary.warnings += collapse_warnings(tagger, features[train_rows], state.best_p5 if val_rows else None, preset_name)
     stages.calibration = time.perf_counter() - t
 
@@ -300,6 +315,37 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
 
 
 MIN_CALIBRATION_PHOTOS = 20  # fewer validation photos than this give a calibration map of noise
+MIN_ACCEPTANCE_PHOTOS = 100  # concept-labelled validation photos: each gives only its few concept words among its best
+
+
+def accept(tagger: Tagger, evidence: Evidence, known: np.ndarray, truth: list[set[int]]) -> dict[str, Calibration]:
+    """Every method's map from raw score to the probability that a person looking at the photo agrees: fitted
+    on the concept words among each labelled photo's best words, right when the photo has that concept
+    (tagger.scoring.concepts), and used for every word: the labels are the only complete truth there is."""
+    every = np.ones(len(truth), dtype=bool)
+    return {m: Calibration.fit(tagger.score(evidence, TagOptions(method=m), calibrated=False).order, truth, known=known, photos=every)
+            for m in tagger.methods}
+
+
+def choose_threshold(scores, known: np.ndarray, truth: list[set[int]], top_k: int, precision: float) -> tuple[float, float, float]:
+    """The lowest probability at which the concept tags a labelled photo shows (among its `top_k` best)
+    were right at least `precision` of the time; with the precision reached and the tags per photo it
+    shows. When no threshold reaches it, the one with the best precision among those leaving a tag on at
+    least a tenth of the photos."""
+    every = np.ones(len(truth), dtype=bool)
+    probs, hits, _ = candidates(scores.shown, truth, top_k, known=known, photos=every)
+    order = np.argsort(-probs, kind="stable")
+    probs, hits = probs[order], hits[order]
+    running = np.cumsum(hits) / np.arange(1, len(hits) + 1)  # precision of the tags at or above each probability
+    last = np.flatnonzero(running >= precision)
+    top = np.sort(scores.shown, axis=1)[:, ::-1][:, :top_k]
+    if len(last):
+        threshold = float(probs[last[-1]])
+    else:
+        enough = [i for i in range(len(probs)) if (top[:, 0] >= probs[i]).mean() >= 0.1] or [len(probs) - 1]
+        threshold = float(probs[max(enough, key=lambda i: running[i])])
+    reached = float(hits[probs >= threshold].mean()) if (probs >= threshold).any() else float("nan")
+    return threshold, reached, float((top >= threshold).sum(axis=1).mean())
 
 
 def collapse_warnings(tagger: Tagger, features: np.ndarray, val_p5: float | None, preset: str, photos: int = 200) -> list[str]:

@@ -30,7 +30,11 @@ class TrainingSummary:
     knn_val_p5: float = math.nan
     train: dict = field(default_factory=dict)  # the TrainConfig, as a dict
     method: str | None = None  # the default method chosen on validation photos (None: none were calibrated)
-    method_val_p5: dict[str, float] = field(default_factory=dict)
+    method_val_p5: dict[str, float] = field(default_factory=dict)  # P@5 against the owners' tags of the kinds shown
+    accepted_photos: int = 0  # concept-labelled validation photos the acceptance maps were fitted on (0: none fitted)
+    threshold: float = math.nan  # the default min_score, chosen on those photos (NaN: none chosen)
+    threshold_precision: float = math.nan  # share of validation concept tags at or above it that were right
+    threshold_tags: float = math.nan  # tags per validation photo it shows (at most the bundle's top_k)
     warnings: list[str] = field(default_factory=list)  # what the run said loudly (small vocabulary, collapse, ...)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
