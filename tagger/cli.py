@@ -441,7 +441,7 @@ def evaluate(
     import time
 
     from tagger.evaluation.evaluate import evaluate as run_evaluation
-    from tagger.evaluation.evaluate import format_audit, format_table, format_versus_knn
+    from tagger.evaluation.evaluate import format_audit, format_shown, format_table, format_versus_knn
     from pipelines.cache import default_cache_dir
 
     paths = model or [None]
@@ -459,6 +459,8 @@ def evaluate(
         typer.echo("\nconcept labels:\n" + format_table(ev, "labels"))
     if ev.versus_knn:
         typer.echo("\nP@5 minus kNN's, photo by photo (user tags):\n" + format_versus_knn(ev))
+        typer.echo("\nthe same against the owners' tags of the kinds shown:\n" + format_versus_knn(ev, "versus_knn_shown"))
+    typer.echo("\nwhat each method shows by default (its top_k and min_score), and of which kinds of words:\n" + format_shown(ev))
     typer.echo("\nphotos given a place name, me/self, or blackandwhite on a colour photo in their top 5:\n" + format_audit(ev))
     typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
                + f" (total with features {time.perf_counter() - start:.0f} s)")

@@ -59,6 +59,11 @@ def test_every_method_on_the_same_photos(tmp_path):
     assert set(ev.versus_knn) == {"cgan", "cgan+knn", "prior"}
     vs = ev.versus_knn["prior"]
     assert vs["diff"] == pytest.approx(ev.tags["prior"]["P@5"] - ev.tags["knn"]["P@5"]) and vs["high"] < 0
+    # What the default rule shows: at most top_k tags a photo; kNN's shown tags are its own photo's tags.
+    shown = ev.shown["knn"]
+    assert 0 < shown["tags/photo"] <= shown["top_k"] and sum(k["share"] for k in shown["kinds"].values()) == pytest.approx(1)
+    assert ev.shown["knn"]["owners"] > ev.shown["prior"]["owners"]
+    assert ev.tags["knn"]["shown P@5"] == pytest.approx(ev.tags["knn"]["P@5"])  # no kinds, no keyword groups: the same truth
 
 
 def test_cli_prints_and_writes_reports(tmp_path):

@@ -19,10 +19,10 @@ from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
 from tagger.evaluation.audit import audit
 from tagger.scoring.calibration import candidates, expected_calibration_error, reliability
-from tagger.evaluation.metrics import paired_difference, report
+from tagger.evaluation.metrics import paired_difference, precision_at_k, report, top_ids
 from tagger.model import Tagger
 from tagger.scoring.evidence import Evidence
-from tagger.scoring.concepts import LABEL_WORDS
+from tagger.scoring.concepts import LABEL_WORDS, concept_truth
 from tagger.scoring.options import TagOptions
 
 # Calibration is judged on each photo's best words, as many as a photo shows by default.
@@ -39,8 +39,10 @@ class Evaluation:
     label_words: dict[str, list[str]] = field(default_factory=dict)  # label -> words used for it
     samples: list[dict] = field(default_factory=list)  # a few photos with truth and each row's tags
     versus_knn: dict[str, dict] = field(default_factory=dict)  # row -> its P@5 minus its bundle's kNN's, per photo
+    versus_knn_shown: dict[str, dict] = field(default_factory=dict)  # the same against the owners' tags of the kinds shown
     calibration: dict[str, dict] = field(default_factory=dict)  # row -> ECE and reliability bins of its calibrated scores
     audit: dict[str, dict] = field(default_factory=dict)  # row -> place / self / blackandwhite-on-colour counts (tagger.evaluation.audit)
+    shown: dict[str, dict] = field(default_factory=dict)  # row -> what its default rule shows (top_k, min_score): counts, precision, kinds
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -51,6 +53,38 @@ def _table(tagger: Tagger, evidence: Evidence, method: str) -> np.ndarray:
     scores (not scaled to each photo's best, which would change how photos rank for one tag, MiAP's order)."""
     scores = tagger.score(evidence, TagOptions(method=method))
     return scores.shown if method in tagger.calibration else scores.order
+
+
+def shown_report(tagger: Tagger, table: np.ndarray, truth: list[set[int]], concepts: tuple[np.ndarray, list[set[int]], np.ndarray]) -> dict:
+    """What the bundle's default rule shows (its top_k best tags scored at least its min_score): tags per
+    photo, photos with none, how often a shown tag is the owner's (of the photos with an owner's tag), how
+    often a shown concept word is right by the labels, and per kind of word its share of the shown tags and
+    how often those were the owner's."""
+    config = tagger.sampling_for(TagOptions())
+    ids = top_ids(table, config.top_k)
+    given = [[w for w, s in zip(row, table[i, row]) if np.isfinite(s) and s > 0 and s >= config.min_score]
+             for i, row in enumerate(ids.tolist())]
+    counts = np.array([len(g) for g in given])
+    judged = [(g, t) for g, t in zip(given, truth) if t]
+    known, ctruth, labelled = concepts
+    concept_hits = [w in ctruth[i] for i in np.flatnonzero(labelled) for w in given[i] if known[w]]
+    kinds: dict[str, dict] = {}
+    total = max(int(counts.sum()), 1)
+    for g, t in zip(given, truth):
+        for w in g:
+            k = kinds.setdefault(str(tagger._kind[w]) or "all", {"tags": 0, "right": 0, "judged": 0})
+            k["tags"] += 1
+            if t:
+                k["judged"] += 1
+                k["right"] += int(w in t)
+    return {
+        "top_k": config.top_k, "min_score": config.min_score, "tags/photo": float(counts.mean()) if len(counts) else float("nan"),
+        "none": float((counts == 0).mean()) if len(counts) else float("nan"),
+        "owners": float(sum(len(set(g) & t) for g, t in judged) / max(sum(len(g) for g, _ in judged), 1)),
+        "concepts": float(np.mean(concept_hits)) if concept_hits else float("nan"), "concept tags": len(concept_hits),
+        "kinds": {k: {"share": v["tags"] / total, "right": v["right"] / v["judged"] if v["judged"] else float("nan")}
+                  for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]["tags"])},
+    }
 
 
 def label_table(word_table: np.ndarray, words: list[str]) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
@@ -126,6 +160,10 @@ def evaluate(
             for m in chosen:
                 tagger.method_of(TagOptions(method=m))  # an unknown method is an error that lists the model's
         knn_table = _table(tagger, x, "knn") if "knn" in tagger.methods else None
+        # The owners' tags a shown tag can match (keyword groups, the kinds shown), and the concept truth.
+        visible = tagger.shown_truth(truth)
+        labelled = frame["labels"].map(lambda x: x is not None).to_numpy()
+        known, ctruth = concept_truth(tagger.words, list(frame["labels"]))
         for method in (m for m in chosen if m in tagger.methods):
             start = time.perf_counter()
             table = knn_table if method == "knn" else _table(tagger, x, method)
@@ -138,13 +176,22 @@ def evaluate(
             tables[row], words[row] = table, tagger.words
             ev.seconds[row] = seconds
             ev.tags[row] = report(table, truth)
-            if method in tagger.calibration:
+            ev.tags[row]["shown P@5"] = precision_at_k(top_ids(table, 5), visible, 5)
+            ev.shown[row] = shown_report(tagger, table, visible, (known, ctruth, labelled))
+            if method in tagger.acceptance and labelled.any():
+                # The probabilities shown are a person's agreement: checked against the concept labels.
+                probs, hits, _ = candidates(table, ctruth, CALIBRATION_TOP, known=known, photos=labelled)
+                ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
+                ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP,
+                                       "against": "concept labels"}
+            elif method in tagger.calibration:
                 probs, hits, _ = candidates(table, truth, CALIBRATION_TOP)  # the table holds probabilities
                 ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
                 ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP}
             ev.audit[row] = audit(table, truth, tagger.words, x.colour)
             if knn_table is not None and method != "knn":
                 ev.versus_knn[row] = paired_difference(table, knn_table, truth, k=5)
+                ev.versus_knn_shown[row] = paired_difference(table, knn_table, visible, k=5)
             if has_labels.any():
                 lt, labels, ev.label_words = label_table(table[has_labels], tagger.words)
                 lpos = {l: i for i, l in enumerate(labels)}
@@ -163,13 +210,26 @@ def evaluate(
     return ev
 
 
-def format_versus_knn(ev: Evaluation) -> str:
+def format_versus_knn(ev: Evaluation, which: str = "versus_knn") -> str:
     """One line per method: its P@5 minus kNN's on the same photos, with a 95% bootstrap interval."""
-    width = max(map(len, ev.versus_knn), default=0)
+    results = getattr(ev, which)
+    width = max(map(len, results), default=0)
     return "\n".join(
         f"{m:<{width}} {d['diff']:+.4f} (standard error {d['se']:.4f}, 95% [{d['low']:+.4f}, {d['high']:+.4f}]; "
         f"better on {d['a_better']} photos, worse on {d['b_better']})"
-        for m, d in ev.versus_knn.items())
+        for m, d in results.items())
+
+
+def format_shown(ev: Evaluation) -> str:
+    """One line per row: what its default rule shows, how often it is right, and of which kinds."""
+    width = max(map(len, ev.shown), default=0)
+    lines = []
+    for row, r in ev.shown.items():
+        kinds = ", ".join(f"{k} {v['share']:.0%}" + (f" ({v['right']:.0%} owners')" if v["right"] == v["right"] else "")
+                          for k, v in r["kinds"].items())
+        lines.append(f"{row:<{width}} top {r['top_k']} at >= {r['min_score']:.2f}: {r['tags/photo']:.2f} tags/photo, none on {r['none']:.0%}; "
+                     f"owners' {r['owners']:.1%}, concepts right {r['concepts']:.1%} of {r['concept tags']}; {kinds}")
+    return "\n".join(lines)
 
 
 def format_audit(ev: Evaluation) -> str:
