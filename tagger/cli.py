@@ -461,6 +461,10 @@ def evaluate(
         typer.echo("\nP@5 minus kNN's, photo by photo (user tags):\n" + format_versus_knn(ev))
         typer.echo("\nthe same against the owners' tags of the kinds shown:\n" + format_versus_knn(ev, "versus_knn_shown"))
     typer.echo("\nwhat each method shows by default (its top_k and min_score), and of which kinds of words:\n" + format_shown(ev))
+    if ev.visualness:
+        ranked = list(ev.visualness.items())
+        line = lambda part: ", ".join(f"{w} {v['lift']:.1f}x" for w, v in part)  # noqa: E731
+        typer.echo(f"\nvisualness (AP over prior, {len(ranked)} words on 5+ photos): most {line(ranked[:10])}; least {line(ranked[-10:])}")
     typer.echo("\nphotos given a place name, me/self, or blackandwhite on a colour photo in their top 5:\n" + format_audit(ev))
     typer.echo("\nseconds per method: " + ", ".join(f"{m} {s:.1f}" for m, s in ev.seconds.items())
                + f" (total with features {time.perf_counter() - start:.0f} s)")

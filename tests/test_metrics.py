@@ -79,3 +79,16 @@ def test_paired_difference_interval_shrinks_with_photos_and_finds_a_real_gap():
     assert big["low"] > 0 and 0.05 < big["diff"] < 0.15
     same = paired_difference(a, a, truth, k=1, resamples=200)
     assert same["diff"] == 0 and same["a_better"] == same["b_better"] == 0
+
+
+def test_visualness_tells_a_word_the_pixels_know_from_one_they_do_not():
+    from tagger.evaluation.metrics import visualness
+
+    rng = np.random.default_rng(0)
+    truth = [({0} if i % 4 == 0 else set()) | ({1} if rng.random() < 0.25 else set()) | {2} for i in range(400)]
+    table = rng.random((400, 3))
+    table[:, 0] += [1.0 if 0 in t else 0.0 for t in truth]  # word 0 is seen; word 1's score is noise
+    v = visualness(table, truth)
+    assert v[0]["ap"] == pytest.approx(1.0) and v[0]["lift"] == pytest.approx(1 / v[0]["prior"])
+    assert 0.7 < v[1]["lift"] < 1.5 and v[0]["lift"] > 3
+    assert v[2]["prior"] == 1.0 and v[2]["lift"] == pytest.approx(1.0)  # on every photo: nothing to rank

@@ -19,7 +19,7 @@ from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
 from tagger.evaluation.audit import audit
 from tagger.scoring.calibration import candidates, expected_calibration_error, reliability
-from tagger.evaluation.metrics import paired_difference, precision_at_k, report, top_ids
+from tagger.evaluation.metrics import paired_difference, precision_at_k, report, top_ids, visualness
 from tagger.model import Tagger
 from tagger.scoring.evidence import Evidence
 from tagger.scoring.concepts import LABEL_WORDS, concept_truth
@@ -42,6 +42,7 @@ class Evaluation:
     versus_knn_shown: dict[str, dict] = field(default_factory=dict)  # the same against the owners' tags of the kinds shown
     calibration: dict[str, dict] = field(default_factory=dict)  # row -> ECE and reliability bins of its calibrated scores
     audit: dict[str, dict] = field(default_factory=dict)  # row -> place / self / blackandwhite-on-colour counts (tagger.evaluation.audit)
+    visualness: dict[str, dict] = field(default_factory=dict)  # word -> AP, prior and lift under the first bundle's default method (--kinds all)
     shown: dict[str, dict] = field(default_factory=dict)  # row -> what its default rule shows (top_k, min_score): counts, precision, kinds
 
     def to_dict(self) -> dict:
@@ -160,6 +161,11 @@ def evaluate(
             for m in chosen:
                 tagger.method_of(TagOptions(method=m))  # an unknown method is an error that lists the model's
         knn_table = _table(tagger, x, "knn") if "knn" in tagger.methods else None
+        if not ev.visualness:
+            # Every word, whatever its kind: how much the pixels say about it.
+            every = tagger.score(x, TagOptions(kinds=("all",))).order
+            ev.visualness = {tagger.words[w]: {**v, "kind": str(tagger._kind[w]) or "all"}
+                             for w, v in sorted(visualness(every, truth).items(), key=lambda kv: -kv[1]["lift"])}
         # The owners' tags a shown tag can match (keyword groups, the kinds shown), and the concept truth.
         visible = tagger.shown_truth(truth)
         labelled = frame["labels"].map(lambda x: x is not None).to_numpy()

@@ -100,6 +100,22 @@ def tag_map(table: np.ndarray, truth: Sequence[set[int]]) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
+def visualness(table: np.ndarray, truth: Sequence[set[int]], min_photos: int = 5) -> dict[int, dict]:
+    """Per word on at least `min_photos` photos' truth: its AP of ranking the photos by its score, the AP a
+    ranking by chance would get (its prior: the share of photos with it), and their ratio. A word whose AP
+    is barely above its prior is one the pixels say little about (a place, a month, `me`)."""
+    keep = [i for i, t in enumerate(truth) if t]
+    table = table[keep]
+    rel = np.zeros(table.shape, dtype=bool)
+    for row, i in enumerate(keep):
+        rel[row, list(truth[i])] = True
+    out = {}
+    for w in np.flatnonzero(rel.sum(axis=0) >= min_photos):
+        ap, prior = average_precision(np.nan_to_num(table[:, w], neginf=-1e9), rel[:, w]), float(rel[:, w].mean())
+        out[int(w)] = {"photos": int(rel[:, w].sum()), "ap": ap, "prior": prior, "lift": ap / prior}
+    return out
+
+
 def n_plus(ranked: np.ndarray, truth: Sequence[set[int]], k: int) -> int:
     correct = set()
     for r, t in zip(ranked, truth):
