@@ -10,7 +10,7 @@ SHIPPED_SPLIT ?= 0.9,0.1,0
 CORPUS ?= $(wildcard $(DATA)/tags_corpus.tsv)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast train model evaluate bench clean
+.PHONY: help install test test-fast train model kinds evaluate bench clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ train: ## train a model bundle on DATA into MODEL
 model: ## rebuild the shipped model (tagger/assets/model) from the MIRFLICKR subset at DATA
 	@test -f $(DATA)/annotations.jsonl || { echo "MIRFLICKR subset not found at $(DATA): set DATA=folder (with annotations.jsonl)"; exit 1; }
 	tagger train $(DATA) --out tagger/assets/model --generator $(SHIPPED_GENERATOR) --preset $(SHIPPED_PRESET) --split $(SHIPPED_SPLIT) --half $(if $(CORPUS),--corpus $(CORPUS))
+
+kinds: ## rewrite the shipped model's kinds.json (kinds, keywords, categories) from its vocabulary; needs WordNet
+	$(PYTHON) -m embeddings.kinds tagger/assets/model
 
 evaluate: ## evaluate MODEL on the test split of DATA into reports/
 	tagger evaluate $(DATA) --model $(MODEL) --out reports

@@ -70,6 +70,33 @@ write most when they are Vocabulary.words, as Vocabulary.build names a plural gr
 written as tags are (`blackandwhite`, not "black and white"): the keywords a photo manager already
 has normalize to it (`normalize_tag("Black and White") == "blackandwhite"`), and the spaced form
 for display is the writer's to make.
+
+Categories: a photo manager shows tagger's keywords as a tree, `tagger|animal|cat`, so each word
+also gets a category (`WordKinds.categories`), one of a few top-level branches. A word that is not
+content is filed under its kind's name: `style`, `place`, `self`, `gear`, `community`, `date`,
+`other`. A content word is filed by the WordNet sense its kind was decided by (step 5; a variant
+by its canonical form's, a compound by its head's, a demonym-like adjective by the noun it pertains
+to: `urban` -> city): first by that sense's hypernyms, in this order (`CATEGORY_ROOTS`),
+
+    conveyance.n.03 -> vehicle        (car, bike, boat, train, plane)
+    structure.n.01  -> architecture   (building, bridge, tower, house, church)
+    way.n.06, location.n.01 -> place  (street, road, city, park, garden, landscape)
+    art.n.01        -> art            (painting, graffiti, sculpture, streetart)
+    color.n.01      -> color          (red, blue, white, black)
+    person.n.01 -> people, plant.n.02 -> plant, animal.n.01 -> animal, food.n.01 -> food
+
+then by its lexicographer file (`CATEGORY_OF_LEXNAME`): noun.animal -> animal, noun.plant -> plant,
+noun.food -> food; noun.person, noun.body and noun.group -> people (girl, hand, family); noun.artifact
+-> object; noun.object, noun.phenomenon, noun.process and verb.weather -> nature (sky, sea, clouds,
+snow, fire's flames); noun.substance -> material (glass, wood, metal, sand); noun.location -> place;
+noun.time -> time (sunset, winter, christmas); noun.event -> event (wedding, race); noun.act and the
+verbs of motion, contact and sport -> activity (travel, hiking, jump); noun.shape -> shape (circle,
+square). A sense of any other file (a smile is communication, cold an attribute) is `other`.
+Where several senses can be shown, the category's sense is the one SemCor counts most, except that
+a group (the church as a body of Christians, a table of people, a forest as trees), a person named
+only with a capital (White, a Caucasian) and a noun.person sense that is no person (nature as a
+causal agent) yield to another shown sense that SemCor counted (or to any, when it counted none):
+a photo of a church shows the building.
 """
 from __future__ import annotations
 
@@ -202,6 +229,24 @@ MIN_COMPOUND_PART = 3
 PLACE_LEXNAMES = ("noun.location", "noun.object")
 PLACE_LEVELS = ("country", "continent", "state", "city")
 
+# Categories (see the module docstring): a content sense's hypernyms first, in this order, then its lexicographer file.
+CATEGORY_ROOTS = (
+    ("conveyance.n.03", "vehicle"), ("structure.n.01", "architecture"), ("way.n.06", "place"), ("location.n.01", "place"),
+    ("art.n.01", "art"), ("color.n.01", "color"), ("person.n.01", "people"), ("plant.n.02", "plant"),
+    ("animal.n.01", "animal"), ("food.n.01", "food"), ("food.n.02", "food"))
+CATEGORY_OF_LEXNAME = {
+    "noun.animal": "animal", "noun.plant": "plant", "noun.food": "food",
+    "noun.person": "people", "noun.body": "people", "noun.group": "people",
+    "noun.artifact": "object",
+    "noun.object": "nature", "noun.phenomenon": "nature", "noun.process": "nature", "verb.weather": "nature",
+    "noun.substance": "material", "noun.location": "place", "noun.time": "time", "noun.event": "event",
+    "noun.act": "activity", "verb.motion": "activity", "verb.contact": "activity", "verb.competition": "activity",
+    "noun.shape": "shape"}
+# A content sense in no root and no file above.
+OTHER_CATEGORY = Kind.OTHER.value
+# Every category a word can have: the content ones, and the kinds' names.
+CATEGORIES = frozenset({c for _, c in CATEGORY_ROOTS} | set(CATEGORY_OF_LEXNAME.values()) | {k.value for k in Kind} - {Kind.CONTENT.value})
+
 
 @dataclass(frozen=True)
 class Place:
@@ -254,22 +299,41 @@ class WordKinds:
 
     kinds: dict[str, Kind]
     keywords: dict[str, str]
+    # word -> its branch of the keyword tree (see the module docstring); None: each word's kind name,
+    # as for a file saved before categories were.
+    categories: dict[str, str] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "kinds", {w: Kind(k) for w, k in self.kinds.items()})
-        if set(self.keywords) != set(self.kinds):
-            extra = next(iter(set(self.keywords) ^ set(self.kinds)))
-            raise ValueError(f"kinds and keywords must have the same words: {short(extra)} is in one only")
+        if self.categories is None:
+            object.__setattr__(self, "categories", {w: k.value for w, k in self.kinds.items()})
+        for name, other in (("keywords", self.keywords), ("categories", self.categories)):
+            if set(other) != set(self.kinds):
+                extra = next(iter(set(other) ^ set(self.kinds)))
+                raise ValueError(f"kinds and {name} must have the same words: {short(extra)} is in one only")
         for word in self.kinds:
             if not 0 < len(word) <= MAX_WORD_LENGTH or not 0 < len(self.keywords[word]) <= MAX_WORD_LENGTH:
                 raise ValueError(f"{short(word)} or its keyword is empty or over {MAX_WORD_LENGTH} characters")
+            category = self.categories[word]
+            # A category is one level of a keyword path: a plain word, never a separator of either form.
+            if not isinstance(category, str) or normalize_tag(category) != category or "|" in category or "/" in category:
+                raise ValueError(f"category {short(category)} of {short(word)} is not a plain lowercase word")
 
     @classmethod
     def build(cls, words: Sequence[str], wn=None) -> WordKinds:
-        """The kinds and keywords of `words`, most frequent first (Vocabulary.words); needs WordNet."""
+        """The kinds, keywords and categories of `words`, most frequent first (Vocabulary.words); needs WordNet."""
         c = classifier() if wn is None else Classifier(wn)
-        kinds = c.classify(words)
-        return cls(kinds, c.keywords(words, kinds))
+        decided = {w: c.decide(w) for w in words}
+        kinds = {w: d[0] for w, d in decided.items()}
+        return cls(kinds, c.keywords(words, kinds), {w: d[2] for w, d in decided.items()})
+
+    def keyword_categories(self) -> dict[str, str]:
+        """keyword -> category: the category of the first word filed under the keyword, the word that
+        stands for the group when a model tags (the most frequent: `kids`, `child`, `children` -> kid)."""
+        out: dict[str, str] = {}
+        for word, keyword in self.keywords.items():
+            out.setdefault(keyword, self.categories[word])
+        return out
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -283,7 +347,7 @@ class WordKinds:
 
     def save(self, path: str | Path) -> None:
         data = {"format": FORMAT, "version": VERSION, "kinds": {w: k.value for w, k in self.kinds.items()},
-                "keywords": self.keywords}
+                "keywords": self.keywords, "categories": self.categories}
         atomic_write(path, json.dumps(data, ensure_ascii=False, indent=0).encode("utf-8"))
 
     @classmethod
@@ -295,13 +359,13 @@ class WordKinds:
             if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
                 found = f"{data.get('format')!r} v{data.get('version')!r}" if isinstance(data, dict) else short(data)
                 raise ValueError(f"not a {FORMAT} v{VERSION} file (found {found})")
-            check_values(data, {"kinds": dict[str, str], "keywords": dict[str, str]})
+            check_values(data, {"kinds": dict[str, str], "keywords": dict[str, str], "categories": dict[str, str]})
             if len(data.get("kinds", ())) > MAX_WORDS:
                 raise ValueError(f"{len(data['kinds'])} words, over the limit of {MAX_WORDS}")
             bad = next((k for k in data.get("kinds", {}).values() if k not in set(Kind)), None)
             if bad is not None:
                 raise ValueError(f"kind {short(bad)} is not one of {', '.join(k.value for k in Kind)}")
-            return cls(data["kinds"], data["keywords"])
+            return cls(data["kinds"], data["keywords"], data.get("categories"))  # no categories: a file from before them
         except KeyError as e:
             raise ValueError(f"{path}: {e.args[0]} missing") from None
         except ValueError as e:
@@ -349,27 +413,36 @@ class Classifier:
 
     def explain(self, word: str) -> tuple[Kind, str]:
         """The word's kind and the rule that gave it, in a few words."""
+        kind, why, _ = self.decide(word)
+        return kind, why
+
+    def category(self, word: str) -> str:
+        """The word's category: its branch of the keyword tree (see the module docstring)."""
+        return self.decide(word)[2]
+
+    def decide(self, word: str) -> tuple[Kind, str, str]:
+        """The word's kind, the rule that gave it, and its category."""
         canonical = self.synonyms.get(word)
         if canonical is not None:
-            kind, why = self.explain(canonical)
-            return kind, f"synonyms.tsv: {canonical}; {why}"
+            kind, why, category = self.decide(canonical)
+            return kind, f"synonyms.tsv: {canonical}; {why}", category
         if YEAR.search(word) or word in CALENDAR_WORDS:
-            return Kind.DATE, "year" if YEAR.search(word) else "calendar"
+            return Kind.DATE, "year" if YEAR.search(word) else "calendar", Kind.DATE.value
         for kind, words in self.lists.items():
             if word in words:
-                return kind, f"{kind.value} list"
+                return kind, f"{kind.value} list", kind.value
         place = self._place(word)
         if place:
-            return Kind.PLACE, place
+            return Kind.PLACE, place, Kind.PLACE.value
         lemmas = self._lemmas(word)
         if lemmas:
             return self._sense_kind(lemmas)
         head = self._head(word)
         if head:
             place = self._place(head) if not self._small_town(head) else None
-            kind, why = (Kind.PLACE, place) if place else self._sense_kind(self._lemmas(head))
-            return kind, f"compound, head {head}: {why}"
-        return Kind.OTHER, "no source"
+            kind, why, category = (Kind.PLACE, place, Kind.PLACE.value) if place else self._sense_kind(self._lemmas(head))
+            return kind, f"compound, head {head}: {why}", category
+        return Kind.OTHER, "no source", Kind.OTHER.value
 
     def classify(self, words: Sequence[str]) -> dict[str, Kind]:
         return {w: self.explain(w)[0] for w in words}
@@ -397,11 +470,12 @@ class Classifier:
     def _squashed(self) -> dict[str, tuple[str, ...]]:
         return self._squashed_names
 
-    def _sense_kind(self, lemmas) -> tuple[Kind, str]:
+    def _sense_kind(self, lemmas) -> tuple[Kind, str, str]:
+        """(kind, why, category) of a word that is these WordNet lemmas."""
         # Named things (Paris of Troy, Lego) are not content; Christmas and Persian are concepts, not instances.
         common = [lemma for lemma in lemmas if not lemma.synset().instance_hypernyms()]
         if not common:
-            return Kind.OTHER, "wordnet: a name"
+            return Kind.OTHER, "wordnet: a name", Kind.OTHER.value
         # Tags are mostly nouns: the nouns decide when SemCor counted one, or counted nothing else.
         nouns = [lemma for lemma in common if lemma.synset().pos() == "n"]
         if nouns and (sum(lemma.count() for lemma in nouns) or not sum(lemma.count() for lemma in common)):
@@ -412,17 +486,60 @@ class Classifier:
                 share = sum(lemma.count() for lemma in shown) / total
                 kind = Kind.CONTENT if share >= MIN_CONTENT_SHARE else Kind.OTHER
                 best = max(shown, key=lambda lemma: lemma.count()) if kind is Kind.CONTENT else best
-                return kind, f"wordnet: {best.synset().lexname()} ({best.synset().name()}, {share:.0%} of noun counts)"
-            # SemCor counted no sense: a rare word, whose few senses are all as likely.
-            best = next((lemma for lemma in nouns if self._shows(lemma.synset())), best)
-            kind = Kind.CONTENT if self._shows(best.synset()) else Kind.OTHER
-            return kind, f"wordnet: {best.synset().lexname()} ({best.synset().name()}, no noun counted)"
+                why = f"wordnet: {best.synset().lexname()} ({best.synset().name()}, {share:.0%} of noun counts)"
+            else:
+                # SemCor counted no sense: a rare word, whose few senses are all as likely.
+                best = next((lemma for lemma in nouns if self._shows(lemma.synset())), best)
+                kind = Kind.CONTENT if self._shows(best.synset()) else Kind.OTHER
+                why = f"wordnet: {best.synset().lexname()} ({best.synset().name()}, no noun counted)"
+            if kind is not Kind.CONTENT:
+                return kind, why, kind.value
+            return kind, why, self._sense_category(self._category_sense(shown))
         best = max(common, key=lambda lemma: lemma.count())
         synset = best.synset()
         # A relational adjective is of its noun (`urban` -> city, `industrial` -> industry).
-        shows = synset.lexname() in CONTENT_LEXNAMES or any(self._shows(p.synset()) for p in best.pertainyms())
+        of_noun = [p.synset() for p in best.pertainyms() if self._shows(p.synset())]
+        shows = synset.lexname() in CONTENT_LEXNAMES or bool(of_noun)
         kind = Kind.CONTENT if shows else Kind.OTHER
-        return kind, f"wordnet: {synset.lexname()} ({synset.name()}, count {best.count()})"
+        category = (self._sense_category(synset if synset.lexname() in CONTENT_LEXNAMES else of_noun[0]) if shows
+                    else kind.value)
+        return kind, f"wordnet: {synset.lexname()} ({synset.name()}, count {best.count()})", category
+
+    # --- categories ---
+    def _category_sense(self, shown: list):
+        """Of the shown noun senses (lemmas), the one a word's category is taken from: the most counted
+        (WordNet's first of ties); a group, a capitalized person or a person-file sense that is no person
+        only when no other sense is left (see the module docstring)."""
+        def weak(lemma) -> bool:
+            synset = lemma.synset()
+            if synset.lexname() == "noun.person":
+                return not lemma.name().islower() or self._root("person.n.01") not in self._ancestors(synset)
+            return synset.lexname() == "noun.group"
+
+        # A weak sense yields to a counted strong one (not to an uncounted one: a couple is two people, not
+        # the never-counted pair of forces), or to any strong one when SemCor counted none of the senses.
+        counted = any(lemma.count() for lemma in shown)
+        yields = any(lemma.count() or not counted for lemma in shown if not weak(lemma))
+        return min(enumerate(shown), key=lambda il: (yields and weak(il[1]), -il[1].count(), il[0]))[1].synset()
+
+    def _sense_category(self, synset) -> str:
+        """A shown sense's category: by its hypernyms (CATEGORY_ROOTS), else by its lexicographer file."""
+        ancestors = self._ancestors(synset)
+        for name, category in CATEGORY_ROOTS:
+            if self._root(name) in ancestors:
+                return category
+        return CATEGORY_OF_LEXNAME.get(synset.lexname(), OTHER_CATEGORY)
+
+    def _ancestors(self, synset) -> set:
+        """The synset and all its hypernyms (of instances too)."""
+        return {synset, *synset.closure(lambda s: s.hypernyms() + s.instance_hypernyms())}
+
+    def _root(self, name: str):
+        return self._roots[name]
+
+    @functools.cached_property
+    def _roots(self) -> dict:
+        return {name: self.wn.synset(name) for name, _ in CATEGORY_ROOTS} | {"person.n.01": self.wn.synset("person.n.01")}
 
     def _shows(self, synset) -> bool:
         """A sense a photo can show: in a content lexicographer file, or a physical thing, a visual
@@ -553,3 +670,30 @@ class Classifier:
         lemmas = [lemma for s in self.wn.synsets(word, "n") for lemma in s.lemmas() if lemma.name().lower() == word]
         total = sum(lemma.count() for lemma in lemmas)
         return lemmas[0].synset() if total and 2 * lemmas[0].count() >= total else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m embeddings.kinds BUNDLE`: rewrite a model bundle's kinds.json from its vocabulary (needs WordNet).
+
+    What `make kinds` runs on the shipped model; the words are the bundle's vocabulary.json words, in
+    their order, as `tagger train` passes them.
+    """
+    import argparse
+
+    from .tags import Vocabulary
+
+    parser = argparse.ArgumentParser(prog="python -m embeddings.kinds", description=main.__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path, help="a model bundle folder (with vocabulary.json)")
+    args = parser.parse_args(argv)
+    vocabulary = args.bundle / "vocabulary.json"
+    if not vocabulary.is_file():
+        parser.error(f"{vocabulary}: no such file (give a model bundle folder)")
+    kinds = WordKinds.build(list(Vocabulary.load(vocabulary).words))
+    kinds.save(args.bundle / "kinds.json")
+    counts = Counter(kinds.categories.values())
+    print(f"{args.bundle / 'kinds.json'}: {len(kinds)} words; categories: "
+          + ", ".join(f"{c} {n}" for c, n in counts.most_common()))
+
+
+if __name__ == "__main__":
+    main()

@@ -329,7 +329,8 @@ def tag(
     method: MethodOpt = None,
     sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (keywords in dc:subject and lr:hierarchicalSubject, for digiKam, Lightroom, darktable) or txt (one tag a line)")] = None,
     sidecar_name: Annotated[SidecarNaming, typer.Option(help="XMP sidecar name: full (IMG_1.jpg.xmp), stem (IMG_1.xmp), or auto (stem where the library already has one, else full)")] = SidecarNaming.auto,
-    keyword_root: Annotated[str, typer.Option(help="machine tags go under this root of the keyword tree (tagger|beach), so re-tagging replaces only them")] = DEFAULT_ROOT,
+    keyword_root: Annotated[str, typer.Option(help="machine tags go under this root of the keyword tree (tagger|animal|cat), so re-tagging replaces only them")] = DEFAULT_ROOT,
+    flat: Annotated[bool, typer.Option("--flat", help="with --sidecar xmp or --embed: write each keyword right under the root (tagger|cat), as earlier versions did, not under its category (tagger|animal|cat)")] = False,
     embed: Annotated[bool, typer.Option("--embed", help="also write the tags into each photo's own XMP with exiftool (for Lightroom, which ignores sidecars of JPEGs); the first original is kept as PHOTO_original")] = False,
     exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
     skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
@@ -357,13 +358,17 @@ def tag(
 
     from tqdm import tqdm
 
+    from dataclasses import replace
+
     from tagger.library.batch import tag_folder
+    from tagger.library.keyword_tree import KeywordTree
     from tagger.library.results import output_format
     from tagger.library.sidecar import SidecarConfig
 
     output_format(Path(out))
     try:
-        side = SidecarConfig(sidecar.value, sidecar_name.value, keyword_root) if sidecar else None
+        side = SidecarConfig(sidecar.value, sidecar_name.value) if sidecar else None
+        tree = KeywordTree(keyword_root, flat)
     except ValueError as e:
         raise UserError(str(e)) from None
     if embed and shutil.which("exiftool") is None:
@@ -383,6 +388,8 @@ def tag(
     sources, out = [Path(s) for s in sources], Path(out)
     tagger = load_tagger(model, device, runtime)
     tagger.method_of(opts)  # an unknown method is refused before the scan, and before any file is made
+    # Each keyword under its category (the bundle's word kinds); a bundle without them files every keyword flat.
+    tree = replace(tree, categories=tagger.kinds.keyword_categories() if tagger.kinds is not None else {})
     bar = tqdm(unit="photo", desc="tagging", disable=None if not dry_run else True)
 
     def plan(p):
@@ -396,7 +403,7 @@ def tag(
 
     features_dir = (cache_dir or default_cache_dir()) / "features" if feature_cache else None
     summary = tag_folder(sources, out, lambda paths: tag_paths(tagger, paths, opts, batch_size=batch_size, cache_dir=features_dir),
-                         settings=tagger.settings(opts), sidecar=side, embed=embed,
+                         settings=tagger.settings(opts), sidecar=side, embed=embed, tree=tree,
                          exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
                          retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
     bar.close()

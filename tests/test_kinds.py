@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from embeddings.kinds import (COMMUNITY_WORDS, GEAR_WORDS, PHOTO_WORDS, SELF_WORDS, STYLE_WORDS, Kind, WordKinds,
-                              gazetteer)
+from embeddings.kinds import (CATEGORIES, COMMUNITY_WORDS, GEAR_WORDS, PHOTO_WORDS, SELF_WORDS, STYLE_WORDS, Kind,
+                              WordKinds, gazetteer)
 from embeddings.tags import Stoplist, Vocabulary
 from embeddings.wordnet import WordNetMissing, wordnet
 
@@ -150,6 +150,73 @@ def test_word_kinds_round_trip(c, tmp_path):
     assert all(isinstance(k, Kind) for k in again.kinds.values())
 
 
+@pytest.mark.parametrize("word, expected", [
+    # the lexicographer file of the sense that made the word content
+    ("cat", "animal"), ("dog", "animal"), ("pizza", "food"), ("tree", "plant"), ("girl", "people"), ("eyes", "people"),
+    ("sky", "nature"), ("snow", "nature"), ("winter", "time"), ("wedding", "event"), ("hiking", "activity"),
+    ("circle", "shape"), ("glass", "material"), ("chair", "object"), ("city", "place"),
+    # hypernyms before the file: a car is a vehicle, a bridge architecture, red a colour, a painting art
+    ("car", "vehicle"), ("boat", "vehicle"), ("bridge", "architecture"), ("red", "color"), ("painting", "art"),
+    ("street", "place"), ("garden", "place"),
+    # a group yields to a counted sense a photo shows: the building, the furniture; a White person to the colour
+    ("church", "architecture"), ("table", "object"), ("forest", "nature"), ("white", "color"), ("family", "people"),
+    # a variant as its canonical form, a compound by its head, a relational adjective by its noun
+    ("cielo", "nature"), ("streetart", "art"), ("urban", "place"),
+    # every other kind by its name
+    ("paris", "place"), ("japanese", "place"), ("blackandwhite", "style"), ("bw", "style"), ("macro", "style"),
+    ("nikon", "gear"), ("me", "self"), ("explore", "community"), ("2008", "date"), ("love", "other"), ("photo", "other"),
+])
+def test_category(c, word, expected):
+    assert c.category(word) == expected, c.decide(word)
+
+
+def test_categories_are_of_the_kind_and_from_the_set(c):
+    words = Vocabulary.load(SHIPPED_VOCABULARY).words[:300]
+    kinds = WordKinds.build(words)
+    assert set(kinds.categories.values()) <= CATEGORIES
+    for word in words:
+        if kinds.kinds[word] is not Kind.CONTENT:
+            assert kinds.categories[word] == kinds.kinds[word].value, word
+    content = {kinds.categories[w] for w in kinds.of(Kind.CONTENT)}
+    assert len(content) >= 8 and "content" not in content  # content is spread over branches, never one branch of its own
+
+
+def test_word_kinds_categories_round_trip(c, tmp_path):
+    words = ["cat", "cats", "pizza", "paris", "bw", "blackandwhite", "me", "selfportrait"]
+    kinds = WordKinds.build(words)
+    assert kinds.categories == {w: c.category(w) for w in words}
+    # A keyword's category is its first word's, the word that stands for the group when tagging.
+    assert kinds.keyword_categories() == {"cat": c.category("cat"), "pizza": c.category("pizza"), "paris": "place",
+                                          "blackandwhite": "style", "selfportrait": "self"}
+    kinds.save(tmp_path / "kinds.json")
+    assert json.loads((tmp_path / "kinds.json").read_text())["categories"] == kinds.categories
+    again = WordKinds.load(tmp_path / "kinds.json")
+    assert again == kinds and again.categories == kinds.categories
+
+
+def test_a_file_saved_before_categories_loads_with_the_kind_names(tmp_path):
+    path = tmp_path / "kinds.json"
+    path.write_text(json.dumps({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "content", "paris": "place"},
+                                "keywords": {"cat": "cat", "paris": "paris"}}))
+    kinds = WordKinds.load(path)
+    assert kinds.categories == {"cat": "content", "paris": "place"}
+    assert kinds.keyword_categories() == {"cat": "content", "paris": "place"}
+
+
+def test_the_shipped_kinds_are_what_the_command_makes(c, tmp_path):
+    """tagger/assets/model/kinds.json is `python -m embeddings.kinds tagger/assets/model` (make kinds), categories too."""
+    import shutil
+
+    from embeddings.kinds import main
+
+    shipped = SHIPPED_VOCABULARY.parent
+    shutil.copy(SHIPPED_VOCABULARY, tmp_path / "vocabulary.json")
+    main([str(tmp_path)])
+    made = WordKinds.load(tmp_path / "kinds.json")
+    assert made == WordKinds.load(shipped / "kinds.json")
+    assert (tmp_path / "kinds.json").read_bytes() == (shipped / "kinds.json").read_bytes()
+
+
 @pytest.mark.parametrize("data, message", [
     ({"format": "tagger.vocabulary", "version": 1}, "not a tagger.word_kinds v1 file"),
     ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "animal"}, "keywords": {"cat": "cat"}},
@@ -158,6 +225,14 @@ def test_word_kinds_round_trip(c, tmp_path):
     ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": 3}, "keywords": {"cat": "cat"}}, r"kinds\['cat'\]"),
     ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "content"}}, "keywords"),
     ({"format": "tagger.word_kinds", "version": 1, "kinds": {"": "content"}, "keywords": {"": "x"}}, "empty"),
+    ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "content"}, "keywords": {"cat": "cat"},
+      "categories": {"dog": "animal"}}, "same words"),
+    ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "content"}, "keywords": {"cat": "cat"},
+      "categories": {"cat": "pets|cats"}}, "plain lowercase word"),
+    ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "content"}, "keywords": {"cat": "cat"},
+      "categories": {"cat": "Animal"}}, "plain lowercase word"),
+    ({"format": "tagger.word_kinds", "version": 1, "kinds": {"cat": "content"}, "keywords": {"cat": "cat"},
+      "categories": {"cat": 7}}, r"categories\['cat'\]"),
 ])
 def test_load_refuses_a_bad_file(tmp_path, data, message):
     path = tmp_path / "kinds.json"

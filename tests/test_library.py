@@ -266,3 +266,83 @@ def test_embed_writes_into_the_photo_with_a_backup(tmp_path, tiny_bundle):
                                     capture_output=True, text=True, check=True).stdout)[0]
     assert len([h for h in rec["HierarchicalSubject"] if h.startswith("tagger|")]) == 1
     assert photo.with_name("IMG_1.jpg_original").read_bytes() == originals[photo]
+
+
+@pytest.fixture
+def kinds_bundle(tiny_bundle):
+    """The tiny bundle with the word kinds `tagger train` gives it where WordNet is: each tag filed under its category."""
+    from embeddings.kinds import WordKinds
+    from embeddings.tags import Vocabulary
+    from embeddings.wordnet import WordNetMissing, wordnet
+
+    try:
+        wordnet()
+    except WordNetMissing as e:
+        pytest.skip(f"WordNet not installed: {e}")
+    WordKinds.build(list(Vocabulary.load(tiny_bundle / "vocabulary.json").words)).save(tiny_bundle / "kinds.json")
+    return tiny_bundle
+
+
+def machine_paths(kw):
+    return [h for h in kw.hierarchical if h.startswith("tagger|")], [t for t in kw.tags_list if t.startswith("tagger/")]
+
+
+def test_sidecars_file_keywords_under_their_category_and_flat_switches_without_tagging_again(tmp_path, kinds_bundle):
+    from embeddings.kinds import WordKinds
+
+    categories = WordKinds.load(kinds_bundle / "kinds.json").keyword_categories()
+    lib = tmp_path / "lib"
+    photos = make_photo_files(lib, 4, size=48)
+    (lib / "photo000.jpg.xmp").write_text(owner_xmp(["Anna"]))
+    out = tmp_path / "tags.csv"
+    args = [lib, "--out", out, "--model", kinds_bundle, "--sidecar", "xmp", "--top-k", "3"]
+
+    def check(flat: bool):
+        rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+        for p in photos:
+            tags = json.loads(rows.loc[str(p), "tags"])
+            kw = read_sidecar(p.with_name(p.name + ".xmp"))
+            want = [["tagger", t] if flat else ["tagger", categories[t], t] for t in tags]
+            assert machine_paths(kw) == (["|".join(w) for w in want], ["/".join(w) for w in want])
+            assert kw.subject[-len(tags):] == tags  # dc:subject stays flat
+        assert read_sidecar(lib / "photo000.jpg.xmp").hierarchical[0] == "People|Anna"
+        return sum(map(len, (json.loads(t) for t in rows["tags"])))
+
+    r = tag(*args)
+    assert r.exit_code == 0 and "sidecars: 4 written" in r.output, r.output
+    assert check(flat=False) > 0
+    r = tag(*args, "--flat")  # no setting of the rows: nothing tagged again, every sidecar rewritten to the flat form
+    assert r.exit_code == 0 and "0 tagged, 4 unchanged (kept), 0 failed; sidecars: 4 written" in r.output, r.output
+    check(flat=True)
+    r = tag(*args, "--flat")
+    assert "sidecars: 0 written" in r.output, r.output
+    r = tag(*args)
+    assert "sidecars: 4 written" in r.output, r.output
+    check(flat=False)
+    assert "sidecars: 0 written" in tag(*args).output
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_files_keywords_under_their_category_and_the_root_given(tmp_path, kinds_bundle):
+    """--embed alone (no --sidecar) once wrote under `tagger` whatever --keyword-root said."""
+    from embeddings.kinds import WordKinds
+
+    categories = WordKinds.load(kinds_bundle / "kinds.json").keyword_categories()
+    lib = tmp_path / "lib"
+    photo = save(lib / "IMG_1.jpg", xmp=owner_xmp(["Paris"]).encode())
+    out = tmp_path / "tags.csv"
+
+    def hierarchy():
+        rec = json.loads(subprocess.run(["exiftool", "-j", "-XMP-lr:HierarchicalSubject", "-XMP-digiKam:TagsList", str(photo)],
+                                        capture_output=True, text=True, check=True).stdout)[0]
+        return rec["HierarchicalSubject"], rec.get("TagsList")
+
+    args = [lib, "--out", out, "--model", kinds_bundle, "--embed", "--top-k", "3", "--keyword-root", "auto"]
+    r = tag(*args)
+    assert r.exit_code == 0 and "keywords written into 1 photos" in r.output, r.output
+    tags = json.loads(pd.read_csv(out, keep_default_na=False)["tags"][0])
+    assert hierarchy() == (["People|Anna"] + [f"auto|{categories[t]}|{t}" for t in tags], [f"auto/{categories[t]}/{t}" for t in tags])
+    r = tag(*args, "--flat")
+    assert "0 tagged, 1 unchanged (kept)" in r.output and "keywords written into 1 photos" in r.output, r.output
+    assert hierarchy() == (["People|Anna"] + [f"auto|{t}" for t in tags], [f"auto/{t}" for t in tags])
+    assert "keywords written into 0 photos" in tag(*args, "--flat").output

@@ -252,7 +252,8 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
 @pytest.mark.slow
 def test_both_engines_take_every_tag_option_and_give_the_same_results(cluster, tmp_path):
     """`--engine ray` once ignored --runtime, --exclude-dir, --skip-owner-tagged and --no-retry-failed, and exited 0
-    on a folder with a bad photo. Every option of `tag`, on both engines, through the command line."""
+    on a folder with a bad photo. Every option of `tag`, on both engines, through the command line (--flat and
+    --keyword-root say how sidecars file the keywords: taken by both, the rows the same with them or without)."""
     from typer.testing import CliRunner
 
     from conftest import make_photo_files
@@ -277,7 +278,7 @@ def test_both_engines_take_every_tag_option_and_give_the_same_results(cluster, t
     def run(engine: str, out: Path, *more: str):
         args = ["tag", str(lib), "--out", str(out), "--model", str(bundle), "--method", "cgan+knn", "--top-k", "3",
                 "--min-score", "0.01", "--exclude", word, "--seed", "5", "--exclude-dir", "skipme", "--skip-owner-tagged",
-                "--runtime", "torch", "--batch-size", "4", "--engine", engine, *more]
+                "--runtime", "torch", "--batch-size", "4", "--flat", "--keyword-root", "machine", "--engine", engine, *more]
         return runner.invoke(app, args + (["--workers", "1"] if engine == "ray" else []))
 
     local, on_ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"

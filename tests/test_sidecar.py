@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from pipelines.keywords import KeywordError, embedded_keywords, owner_keywords, read_sidecar, sidecar_path
-from tagger.library.sidecar import SidecarConfig, SidecarError, sync
+from tagger.library.keyword_tree import KeywordTree
+from tagger.library.sidecar import SidecarConfig, SidecarError, embed, sync
 
 XMP = SidecarConfig("xmp")
 RDF_HEAD = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -146,8 +147,12 @@ def test_config_is_checked():
         SidecarConfig("json")
     with pytest.raises(ValueError, match="naming"):
         SidecarConfig("xmp", naming="lightroom")
-    with pytest.raises(ValueError, match="keyword root"):
-        SidecarConfig("xmp", root="auto|tags")
+    for root in ("auto|tags", "auto/tags", "", " tagger"):
+        with pytest.raises(ValueError, match="keyword root"):
+            KeywordTree(root)
+    for category in ("pets|cats", "pets/cats", ""):
+        with pytest.raises(ValueError, match="keyword category"):
+            KeywordTree(categories={"cat": category})
 
 
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
@@ -180,3 +185,108 @@ def test_a_sidecar_that_rebinds_our_prefixes_does_not_change_how_later_sidecars_
     sync(plain, ["beach"], XMP)
     text = plain.with_name("plain.jpg.xmp").read_text()
     assert "<rdf:RDF" in text and "<dc:subject>" in text and "ns0:" not in text and "ns1:" not in text
+
+
+# Categories as a model bundle's word kinds give them (WordKinds.keyword_categories); which word gets which is
+# embeddings.kinds' to decide and test_kinds' to check: here only where they are written.
+CATEGORIES = {"cat": "animal", "pizza": "food", "paris": "place", "blackandwhite": "style"}
+TREE = KeywordTree(categories=CATEGORIES)
+
+
+def machine_entries(kw):
+    return [h for h in kw.hierarchical if h.startswith("tagger|")], [t for t in kw.tags_list if t.startswith("tagger/")]
+
+
+def test_keywords_go_under_their_category_and_flat_right_under_the_root(tmp_path):
+    photo = tmp_path / "IMG_1.jpg"
+    Image.new("RGB", (16, 16)).save(photo)
+    side = photo.with_name("IMG_1.jpg.xmp")
+    side.write_text(owner_sidecar(["Anna"], ["People|Anna"]))
+    tags = ["cat", "pizza", "unknownword", "blackandwhite"]
+    assert sync(photo, tags, XMP, tree=TREE)
+    kw = read_sidecar(side)
+    # A keyword the tree has no category for (a bundle from before categories) goes right under the root.
+    path = lambda t, sep: sep.join(["tagger", CATEGORIES[t], t] if t in CATEGORIES else ["tagger", t])  # noqa: E731
+    assert kw.hierarchical == ["People|Anna"] + [path(t, "|") for t in tags]
+    assert kw.tags_list == [path(t, "/") for t in tags]
+    assert kw.subject == ["Anna"] + tags and kw.machine == tags and kw.owner() == ["Anna"]  # dc:subject stays flat
+    assert not sync(photo, tags, XMP, tree=TREE)  # in step: not rewritten
+    assert sync(photo, tags, XMP, tree=KeywordTree(flat=True, categories=CATEGORIES))
+    kw = read_sidecar(side)
+    assert machine_entries(kw) == ([f"tagger|{t}" for t in tags], [f"tagger/{t}" for t in tags])
+
+
+@pytest.mark.parametrize("first, then", [(KeywordTree(flat=True), TREE), (TREE, KeywordTree(flat=True)),
+                                         (KeywordTree(flat=True, categories=CATEGORIES), TREE)])
+def test_switching_forms_leaves_one_form_only(tmp_path, first, then):
+    photo = tmp_path / "IMG_2.jpg"
+    Image.new("RGB", (16, 16)).save(photo)
+    side = photo.with_name("IMG_2.jpg.xmp")
+    side.write_text(owner_sidecar(["Anna", "cat"], ["People|Anna", "Pets|cat"]))
+    sync(photo, ["cat", "paris"], XMP, tree=first)
+    sync(photo, ["cat", "paris"], XMP, tree=then)
+    written = side.read_bytes()
+    kw = read_sidecar(side)
+    assert machine_entries(kw) == ([then.path(t) for t in ("cat", "paris")], [then.path(t, "/") for t in ("cat", "paris")])
+    assert kw.hierarchical[:2] == ["People|Anna", "Pets|cat"]  # the owner's, untouched
+    assert kw.subject == ["Anna", "cat", "paris"] and kw.machine == ["paris"]  # `cat` was the owner's before tagger came
+    assert not sync(photo, ["cat", "paris"], XMP, tree=then) and side.read_bytes() == written  # a no-op re-run: same bytes
+
+
+def test_an_old_flat_sidecar_is_taken_over_by_the_hierarchy(tmp_path):
+    """What an earlier version wrote (tagger|cat, tagger/cat, written by hand here as it was then) is tagger's own."""
+    photo = tmp_path / "IMG_3.jpg"
+    Image.new("RGB", (16, 16)).save(photo)
+    side = photo.with_name("IMG_3.jpg.xmp")
+    side.write_text(RDF_HEAD.replace('xmp:Rating="4">', 'xmlns:tagger="urn:tagger:xmp:1.0/" xmp:Rating="4">')
+                    + "<dc:subject><rdf:Bag><rdf:li>Anna</rdf:li><rdf:li>cat</rdf:li><rdf:li>sofa</rdf:li></rdf:Bag></dc:subject>"
+                    "<lr:hierarchicalSubject><rdf:Bag><rdf:li>People|Anna</rdf:li><rdf:li>tagger|cat</rdf:li><rdf:li>tagger|sofa</rdf:li>"
+                    "</rdf:Bag></lr:hierarchicalSubject><digiKam:TagsList><rdf:Seq><rdf:li>tagger/cat</rdf:li><rdf:li>tagger/sofa</rdf:li>"
+                    "</rdf:Seq></digiKam:TagsList><tagger:Keywords><rdf:Bag><rdf:li>cat</rdf:li><rdf:li>sofa</rdf:li></rdf:Bag>"
+                    "</tagger:Keywords>" + RDF_TAIL)
+    assert sync(photo, ["cat", "pizza"], XMP, tree=TREE)
+    kw = read_sidecar(side)
+    assert kw.hierarchical == ["People|Anna", TREE.path("cat"), TREE.path("pizza")]
+    assert kw.tags_list == [TREE.path("cat", "/"), TREE.path("pizza", "/")]
+    assert kw.subject == ["Anna", "cat", "pizza"] and kw.machine == ["cat", "pizza"]  # sofa, tagger's, is gone
+    assert 'xmp:Rating="4"' in side.read_text()
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_exiftool_reads_the_hierarchy(tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(photo)
+    side = photo.with_name("p.jpg.xmp")
+
+    def exiftool():
+        out = subprocess.run(["exiftool", "-j", "-s", "-HierarchicalSubject", "-TagsList", "-Subject", "-validate", "-warning", str(side)],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out)[0]
+
+    sync(photo, ["cat", "paris"], XMP, tree=TREE)
+    rec = exiftool()
+    assert rec["HierarchicalSubject"] == [f"tagger|{CATEGORIES['cat']}|cat", f"tagger|{CATEGORIES['paris']}|paris"]
+    assert rec["TagsList"] == [f"tagger/{CATEGORIES['cat']}/cat", f"tagger/{CATEGORIES['paris']}/paris"]
+    assert rec["Subject"] == ["cat", "paris"] and rec["Validate"] == "OK", rec
+    sync(photo, ["cat", "paris"], XMP, tree=KeywordTree(flat=True, categories=CATEGORIES))
+    rec = exiftool()
+    assert rec["HierarchicalSubject"] == ["tagger|cat", "tagger|paris"] and rec["TagsList"] == ["tagger/cat", "tagger/paris"]
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_writes_the_hierarchy_into_the_photo_and_switches_forms(tmp_path):
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(photo)
+
+    def hierarchy():
+        out = subprocess.run(["exiftool", "-j", "-HierarchicalSubject", "-TagsList", str(photo)], check=True, capture_output=True,
+                             text=True).stdout
+        rec = json.loads(out)[0]
+        return rec.get("HierarchicalSubject"), rec.get("TagsList")
+
+    assert embed(photo, ["cat", "pizza"], TREE)
+    assert hierarchy() == ([TREE.path("cat"), TREE.path("pizza")], [TREE.path("cat", "/"), TREE.path("pizza", "/")])
+    before = photo.read_bytes()
+    assert not embed(photo, ["cat", "pizza"], TREE) and photo.read_bytes() == before  # in step: not rewritten
+    assert embed(photo, ["cat", "pizza"], KeywordTree(flat=True, categories=CATEGORIES))
+    assert hierarchy() == (["tagger|cat", "tagger|pizza"], ["tagger/cat", "tagger/pizza"])

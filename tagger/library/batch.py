@@ -33,11 +33,11 @@ import pandas as pd
 
 from embeddings.files import content_hash, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
-from pipelines.keywords import DEFAULT_ROOT
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS
 from tagger.library.plan import Plan, Summary, decide, select_photos
 from tagger.library.results import (BatchError, failures_path, journal_path, latest, lock_path, output_format, read_rows, text,
                                     write_failures, write_results)
+from tagger.library.keyword_tree import KeywordTree
 from tagger.library.sidecar import SidecarConfig, SidecarError, embed, sync
 
 class Lock:
@@ -115,6 +115,7 @@ def tag_folder(
     settings: str = "",
     sidecar: SidecarConfig | None = None,
     embed: bool = False,
+    tree: KeywordTree = KeywordTree(),
     exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
     skip_owner_tagged: bool = False,
     retry_failed: bool = True,
@@ -129,6 +130,8 @@ def tag_folder(
     settings: the model and options the tags come from; rows made with other settings are tagged again.
     embed: also write the tags into each photo's own XMP (`tagger.library.sidecar.embed`, with a backup); the
     row then holds the rewritten file's hash, so the next run does not take it for a changed photo.
+    tree: where XMP sidecars and embedded XMP file the tags (root, categories, flat); it is no setting of
+    the rows, so a run with another tree rewrites the sidecars and tags nothing again.
     retry_failed: try photos that failed in an earlier run again, changed or not (False: only if changed).
     dry_run: scan, hash and plan, but tag nothing and write nothing (no lock, journal or output).
     """
@@ -147,14 +150,15 @@ def tag_folder(
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
     _refuse_links(out)
     if dry_run:
-        return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, True, progress, on_plan)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, True, progress,
+                    on_plan)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with Lock(out):
             # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
             for name in (out.name, failures_path(out).name):
                 remove_stale(out.parent, stale_pattern(name))
-            return _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, False,
+            return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, False,
                         progress, on_plan)
     except OSError as e:
         # Disk full, a read-only or missing folder: what was tagged is in the journal, and the next run goes on from it.
@@ -163,12 +167,12 @@ def tag_folder(
                          f"{journal_path(out).name} for the next run") from None
 
 
-def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
+def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
          on_plan) -> Summary:
     every = read_rows(out)
     previous = latest(every)
     naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
-    found = select_photos(sources, exclude_dirs, skip_owner_tagged, naming, sidecar.root if sidecar else DEFAULT_ROOT)
+    found = select_photos(sources, exclude_dirs, skip_owner_tagged, naming, tree.root)
     library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
     photos = found.photos
     hashes = {}
@@ -187,9 +191,9 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
         summary.to_tag = [path_key(p) for p in todo]
         rows = previous[previous["path"].isin(unchanged) & (previous["error"] == "")]
         if sidecar:
-            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, summary, library, every, dry_run=True)
+            summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, tree, summary, library, every, dry_run=True)
         if embed:
-            summary.embedded = len(todo) + len(_embed_all(rows, photos, sidecar, summary, dry_run=True))
+            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, dry_run=True))
         return summary
     journal = journal_path(out)
     if todo:
@@ -221,12 +225,12 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
     # The journal is safe on disk: a sidecar that cannot be written costs the run nothing, and the next run retries it.
     # Synced before the journal goes, so a run killed among them still knows every tag list it gave a .txt sidecar.
     if sidecar:
-        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, summary, library, every)
+        summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, tree, summary, library, every)
     write_results(rows, out)
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
     if embed:
-        rewritten = _embed_all(rows[rows["error"] == ""], photos, sidecar, summary)
+        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary)
         summary.embedded = len(rewritten)
         if rewritten:
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
@@ -234,8 +238,8 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, exclude_dirs, skip_o
     return summary
 
 
-def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, summary: Summary, library: list[Path],
-                   every: pd.DataFrame, dry_run: bool = False) -> int:
+def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, tree: KeywordTree, summary: Summary,
+                   library: list[Path], every: pd.DataFrame, dry_run: bool = False) -> int:
     """Make every tagged photo's sidecar match its row; the number written (or that would be).
 
     every: all rows the output and journal hold, several for a photo tagged again: the tag lists a
@@ -248,19 +252,19 @@ def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarC
     written = 0
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            written += sync(photos[key], list(tags), config, dry_run=dry_run, library=library, earlier=earlier.get(key, ()))
+            written += sync(photos[key], list(tags), config, dry_run=dry_run, library=library, earlier=earlier.get(key, ()), tree=tree)
         except SidecarError as e:
             summary.sidecar_errors.append(path_key(str(e)))  # names the sidecar as results name its photo
     return written
 
 
-def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig | None, summary: Summary,
+def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, summary: Summary,
                dry_run: bool = False) -> dict[str, str]:
     """Write every tagged photo's tags into the photo itself; {path: its new content hash} of those rewritten."""
     rewritten = {}
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            if embed(photos[key], list(tags), config.root if config else DEFAULT_ROOT, dry_run=dry_run):
+            if embed(photos[key], list(tags), tree, dry_run=dry_run):
                 rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(path_key(str(e)))

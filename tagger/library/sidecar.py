@@ -3,10 +3,13 @@
 `sync` is idempotent: it reads the sidecar, replaces the keywords tagger wrote last time with the
 current ones, keeps every keyword and field the owner or a photo manager put there, and writes
 only when something changed. Tags go to the fields photo managers read: `dc:subject` (flat),
-`lr:hierarchicalSubject` under a root (`tagger|beach`), which digiKam, Lightroom and darktable
-show as a branch of the keyword tree, and digiKam's own `digiKam:TagsList` (`tagger/beach`), which
-digiKam and Immich read before the others. The flat ones tagger added are listed in `tagger:Keywords`,
-so a later run knows them; a keyword the owner already had is theirs and is never listed.
+`lr:hierarchicalSubject` under a root and each keyword's category (`tagger|nature|beach`; see
+`tagger.library.keyword_tree`), which digiKam, Lightroom and darktable show as a branch of the keyword
+tree, and digiKam's own `digiKam:TagsList` (`tagger/nature/beach`), which digiKam and Immich read before
+the others. Every hierarchical entry under the root is tagger's, at any depth, so the flat form of
+earlier versions (`tagger|beach`, or `--flat`) is replaced by the current one, not kept beside it.
+The flat ones tagger added are listed in `tagger:Keywords`, so a later run knows them; a keyword the
+owner already had is theirs and is never listed.
 A new sidecar of a photo with embedded keywords starts with those keywords, so a manager that
 prefers the sidecar still shows them.
 
@@ -35,8 +38,8 @@ from defusedxml import ElementTree as SafeET
 
 from embeddings.files import atomic_write
 from pipelines.errors import OptionError, TaggerError
-from pipelines.keywords import (DEFAULT_ROOT, NS, SIDECAR_NAMINGS, Keywords, clean_keyword, embedded_keywords, embedded_xmp, parse_xmp,
-                                sidecar_path, under_root)
+from pipelines.keywords import NS, SIDECAR_NAMINGS, Keywords, clean_keyword, embedded_keywords, embedded_xmp, parse_xmp, sidecar_path
+from tagger.library.keyword_tree import KeywordTree
 
 KINDS = ("xmp", "txt")
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -58,15 +61,12 @@ class SidecarError(TaggerError):
 class SidecarConfig:
     kind: str = "xmp"  # xmp, or txt (one tag a line, all ours)
     naming: str = "auto"  # auto, full (IMG_1.jpg.xmp) or stem (IMG_1.xmp); see pipelines.keywords.sidecar_path
-    root: str = DEFAULT_ROOT  # machine tags' branch of the keyword tree
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise OptionError(f"unknown sidecar kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.naming not in SIDECAR_NAMINGS:
             raise OptionError(f"unknown sidecar naming {self.naming!r}; choose from {', '.join(SIDECAR_NAMINGS)}")
-        if not self.root or "|" in self.root or self.root != clean_keyword(self.root):
-            raise OptionError(f"keyword root must be one non-empty word without '|', not {self.root!r}")
 
 
 def path_for(photo: Path, config: SidecarConfig) -> Path:
@@ -76,8 +76,10 @@ def path_for(photo: Path, config: SidecarConfig) -> Path:
 
 
 def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConfig(), dry_run: bool = False, *,
-         library: Sequence[str | Path] | None = None, earlier: Iterable[list[str]] = ()) -> bool:
+         library: Sequence[str | Path] | None = None, earlier: Iterable[list[str]] = (), tree: KeywordTree = KeywordTree()) -> bool:
     """Make the photo's sidecar carry `tags` as its machine tags; True if it was (or, dry, would be) written.
+
+    tree: where an XMP sidecar files them (root, categories, flat); a .txt sidecar has one tag a line.
 
     library: the folders the photo was found in (default: its own folder); a symlinked sidecar is
     written through only to a regular file inside them. earlier: tag lists tagger gave this photo
@@ -98,7 +100,7 @@ def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConf
             raise SidecarError(f"{target}: not written by tagger (it holds other text than the tags tagger gave this photo), left alone; "
                                "move it away to let tagger write its tags there")
     else:
-        new = _xmp(photo, old, tags, config.root, target)
+        new = _xmp(photo, old, tags, tree, target)
     if new == old:
         return False
     if not dry_run:
@@ -144,7 +146,7 @@ def _read(path: Path) -> bytes | None:
         return f.read()
 
 
-def embed(photo: str | Path, tags: list[str], root: str = DEFAULT_ROOT, dry_run: bool = False) -> bool:
+def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(), dry_run: bool = False) -> bool:
     """Write the machine tags into the photo's own XMP (for managers that ignore sidecars of JPEGs, like Lightroom).
 
     The same reconciliation as a sidecar, on the packet inside the photo; exiftool writes it, every
@@ -157,7 +159,7 @@ def embed(photo: str | Path, tags: list[str], root: str = DEFAULT_ROOT, dry_run:
         raise SidecarError(f"{photo}: writing keywords into photos needs exiftool (Debian/Ubuntu: apt install libimage-exiftool-perl; "
                            "macOS: brew install exiftool; Windows: exiftool.org)")
     old = embedded_xmp(photo)
-    new = _xmp(photo, old, tags, root, photo)
+    new = _xmp(photo, old, _clean(tags), tree, photo)
     if new == old:
         return False
     if dry_run:
@@ -179,18 +181,19 @@ def _txt(tags: list[str]) -> bytes:
     return "".join(t + "\n" for t in tags).encode("utf-8")
 
 
-def _xmp(photo: Path, old: bytes | None, tags: list[str], root: str, target: Path) -> bytes:
+def _xmp(photo: Path, old: bytes | None, tags: list[str], tree: KeywordTree, target: Path) -> bytes:
+    root = tree.root
     if old is None:
         embedded = embedded_keywords(photo)
-        have = Keywords(embedded.owner(root), [h for h in embedded.hierarchical if not under_root(h, root)],
-                        [t for t in embedded.tags_list if not under_root(t, root, "/")])
-        tree = ET.Element("{%s}xmpmeta" % NS["x"])
-        ET.SubElement(ET.SubElement(tree, RDF + "RDF"), RDF + "Description", {RDF + "about": ""})
+        have = Keywords(embedded.owner(root), [h for h in embedded.hierarchical if not tree.is_machine(h)],
+                        [t for t in embedded.tags_list if not tree.is_machine(t, "/")])
+        packet = ET.Element("{%s}xmpmeta" % NS["x"])
+        ET.SubElement(ET.SubElement(packet, RDF + "RDF"), RDF + "Description", {RDF + "about": ""})
     else:
         try:
             have = parse_xmp(old, target)
             _register_prefixes(old)
-            tree = SafeET.fromstring(old)
+            packet = SafeET.fromstring(old)
         except Exception as e:  # noqa: BLE001 - KeywordError, or a packet our checks let through and ET does not
             raise SidecarError(f"{target}: existing sidecar is not valid XMP, left untouched ({e})") from None
     owner = set(have.owner(root))
@@ -198,15 +201,17 @@ def _xmp(photo: Path, old: bytes | None, tags: list[str], root: str, target: Pat
     added = [t for t in tags if t not in kept]
     want = Keywords(
         subject=kept + added,
-        hierarchical=[h for h in have.hierarchical if not under_root(h, root)] + [f"{root}|{t}" for t in tags],
-        tags_list=[h for h in have.tags_list if not under_root(h, root, "/")] + [f"{root}/{t}" for t in tags],
+        # Every entry under the root is ours, whatever its depth (tagger|cat of earlier versions, tagger|animal|cat):
+        # it is replaced by the current form, so a switch to or from --flat leaves one form, not both.
+        hierarchical=[h for h in have.hierarchical if not tree.is_machine(h)] + [tree.path(t) for t in tags],
+        tags_list=[h for h in have.tags_list if not tree.is_machine(h, "/")] + [tree.path(t, "/") for t in tags],
         machine=added,
     )
     if old is not None and want == have:
         return old
-    _set_fields(tree, want)
-    ET.indent(tree)
-    return (PACKET_BEGIN + ET.tostring(tree, encoding="unicode") + PACKET_END).encode("utf-8")
+    _set_fields(packet, want)
+    ET.indent(packet)
+    return (PACKET_BEGIN + ET.tostring(packet, encoding="unicode") + PACKET_END).encode("utf-8")
 
 
 def _set_fields(tree: ET.Element, want: Keywords) -> None:
