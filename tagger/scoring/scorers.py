@@ -4,8 +4,9 @@
   of every sample (`tagger.scoring.sampling`); named after its family (cgan, cvae, caae).
 - `KNNScorer`: TagVote over the training photos' tags (`tagger.scoring.knn`).
 - `PriorScorer`: the training frequency of each word, the same for every photo.
-- `SumScorer`: several methods together, each scaled to a best of 1 per photo, then summed, so
-  words that the methods agree on win (e.g. "cgan+knn").
+- `SumScorer`: several methods together, each scaled to a best of 1 per photo, then summed (each
+  times its weight, 1 unless given), so words that the methods agree on win (e.g. "cgan+knn").
+- `HeadScorer` (tagger.scoring.head): the backbone's ImageNet classifier, read as words.
 
 A `Tagger` holds its bundle's scorers by name and never branches on a method's name.
 """
@@ -78,11 +79,19 @@ class PriorScorer(Scorer):
 
 
 class SumScorer(Scorer):
-    def __init__(self, parts: Sequence[Scorer]):
+    def __init__(self, parts: Sequence[Scorer], weights: Sequence[float] | None = None):
         self.parts = list(parts)
+        self.weights = [1.0] * len(self.parts) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.parts):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.parts)} parts")
         self.name = "+".join(p.name for p in self.parts)
         self.baseline = all(p.baseline for p in self.parts)
 
     def scores(self, features: np.ndarray, config: SamplingConfig) -> np.ndarray:
-        tables = (p.scores(features, config) for p in self.parts)
-        return sum(np.clip(t, 0, None) / np.maximum(t.max(axis=1, keepdims=True), 1e-12) for t in tables)
+        return combine([p.scores(features, config) for p in self.parts], self.weights)
+
+
+def combine(tables: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """SumScorer's sum: each table scaled to a best of 1 per photo (negative scores as 0), times its weight."""
+    weights = [1.0] * len(tables) if weights is None else weights
+    return sum(w * np.clip(t, 0, None) / np.maximum(t.max(axis=1, keepdims=True), 1e-12) for w, t in zip(weights, tables))
