@@ -11,8 +11,8 @@ hypernyms, at the distance of that hypernym (0: the class itself):
     links.save("head.json"); ClassWords.load("head.json")    # loading needs no WordNet
 
 A word's score for a photo is then p(class) summed over its classes, each weighted by decay **
-distance (tagger.scoring.head): `cat` collects every cat breed, `animal` every animal class, less
-for being further from what the classifier saw. A word's senses come as in embeddings.kinds (by
+distance (tagger.scoring.head): `cat` collects every cat breed, `animal` every animal class (less
+for being further from what the classifier saw when decay < 1). A word's senses come as in embeddings.kinds (by
 name, squashed multi-word name, noun base form); named things (instances) are left out.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 WNIDS_FILE = Path(__file__).parent / "data" / "imagenet_synsets.txt"
 NUM_CLASSES = 1000
-MIN_SHARE = 0.1  # a word's noun sense must have this share of SemCor's counts of its noun senses to link
+MIN_SHARE = 0.0  # share of SemCor's counts a noun sense needs to link (0: every sense; chosen in bench/study_head.py)
 FORMAT = "tagger.imagenet_words"
 VERSION = 1
 
@@ -80,7 +80,8 @@ class ClassWords:
     @classmethod
     def build(cls, words: Sequence[str], wn=None, min_share: float = MIN_SHARE) -> "ClassWords":
         """Links for `words`; a noun sense counts when SemCor counts it for at least `min_share` of the
-        word's noun uses (every sense, when SemCor counted none): `wind` is weather, not a wind instrument."""
+        word's noun uses (every sense, when SemCor counted none): at 0.1 `wind` is only weather, not a wind
+        instrument. The default, 0, links every sense: it ranked training photos best (bench/study_head.py)."""
         from .kinds import Classifier
         from .wordnet import wordnet
 
