@@ -161,3 +161,15 @@ def test_the_bundle_keeps_the_links(shipped, chelsea_features, tmp_path):
     # Without the file the bundle has no head methods, as before.
     (tmp_path / "m" / "head.json").unlink()
     assert "head" not in load(tmp_path / "m", device="cpu").methods
+
+
+def test_a_sum_adds_probabilities_as_they_are_and_scales_the_rest():
+    from tagger.scoring.scorers import combine
+
+    votes = np.array([[4.0, 2.0, -1.0], [1.0, 0.0, 0.5]])
+    probs = np.array([[0.1, 0.0, 0.0], [0.0, 0.9, 0.0]])
+    got = combine([votes, probs], [1.0, 2.0], [False, True])
+    # Votes scaled to each photo's best (negative as 0); the probabilities unscaled, times their weight.
+    assert np.allclose(got, [[1.0 + 0.2, 0.5, 0.0], [1.0, 1.8, 0.5]])
+    # Scaled too, an unsure head (0.1) would count as much as a sure one.
+    assert np.allclose(combine([votes, probs])[0], [2.0, 0.5, 0.0])
