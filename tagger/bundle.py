@@ -13,6 +13,8 @@
                            photo agrees, fitted on concept-labelled photos (optional; when present, it is what users see)
     kinds.json             each word's kind and keyword (embeddings.kinds; optional: without it every word
                            is shown as it is, as bundles made before the kinds tag)
+    head.json              the ImageNet classes each word names (embeddings.imagenet; optional: with it the
+                           bundle has the head methods, whose classifier weights are the backbone's own)
 
 The FAISS index is rebuilt from the word vectors on load: for vocabularies of a few thousand words
 that takes milliseconds and keeps the bundle free of a second copy of the same numbers. Bundles
@@ -34,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from embeddings.checks import check_type, check_values, field_types, read_json
 from embeddings.files import atomic_dir, content_hash
+from embeddings.imagenet import ClassWords
 from embeddings.kinds import WordKinds
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
@@ -51,9 +54,9 @@ from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # format versions this tagger loads
-CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS, ACCEPTANCE = (
+CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS, ACCEPTANCE, HEAD = (
     "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json", "kinds.json",
-    "acceptance.json")
+    "acceptance.json", "head.json")
 
 
 # A real config.json is a few KB and a calibration.json a few hundred; these are far above and still small.
@@ -109,6 +112,8 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
             tagger.knn.save(tmp / KNN)
         if tagger.kinds is not None:
             tagger.kinds.save(tmp / KINDS)
+        if tagger.head is not None:
+            tagger.head.save(tmp / HEAD)
         if tagger.calibration:
             (tmp / CALIBRATION).write_text(json.dumps({m: c.to_dict() for m, c in tagger.calibration.items()}))
         if tagger.acceptance:
@@ -186,6 +191,9 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
     elif condition.neighbour_votes:
         raise BundleError(f"{path / KNN}: missing from the bundle (the generator is conditioned on neighbour votes)")
     kinds = _load_part(path / KINDS, "the word kinds", WordKinds.load) if (path / KINDS).is_file() else None
+    head = _load_part(path / HEAD, "the class -> word links", ClassWords.load) if (path / HEAD).is_file() else None
+    if head is not None:
+        _check_head(path / HEAD, head, backbone, wv.words)
     calibration = {}
     if (path / CALIBRATION).is_file():
         calibration = _load_part(path / CALIBRATION, "the calibration", _read_calibration)
@@ -194,7 +202,7 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
         return Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                       info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
                       calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path), kinds=kinds,
-                      acceptance=acceptance)
+                      acceptance=acceptance, head=head)
     except ValueError as e:
         where = path / CALIBRATION if str(e).startswith("calibrates") else path / KINDS if "word kinds" in str(e) else cfg_file
         raise BundleError(f"{where}: {e}") from None
@@ -248,6 +256,18 @@ def _read_calibration(file: Path) -> dict[str, Calibration]:
         except ValueError as e:
             raise ValueError(f"{method}: {e}") from None
     return out
+
+
+def _check_head(file: Path, head: ClassWords, backbone: str, words) -> None:
+    """The links name words of this vocabulary and classes of this backbone's head."""
+    classes = get_spec(backbone).num_classes
+    if classes is None:
+        raise BundleError(f"{file}: backbone {backbone} has no classification head to link words to")
+    if head.classes != classes:
+        raise BundleError(f"{file}: links {head.classes} classes, backbone {backbone}'s head has {classes}")
+    unknown = sorted(set(head.links) - set(words))
+    if unknown:
+        raise BundleError(f"{file}: {len(unknown)} words are not in the vocabulary (e.g. {unknown[0]!r})")
 
 
 def _check_backbone(cfg_file: Path, name: str, feature_dim: int) -> None:

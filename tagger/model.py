@@ -9,7 +9,9 @@ a calibration for the method (otherwise scores relative to the photo's best, or 
 the paper's plain votes), ranked.
 
 The bundle's methods (`Tagger.methods`): the generator, named after its family (cgan, cvae,
-caae); knn and the generator + knn combination when the bundle has the kNN baseline; prior. A
+caae); knn and the generator + knn combination when the bundle has the kNN baseline; head (the
+backbone's ImageNet classifier read as words, tagger.scoring.head) and the generator + knn + head
+combination when the bundle has the class -> word links; prior. A
 `Tagger` is built complete and never changed: `replace` makes a new one (training adds the
 calibration that way). Loading and saving live in `tagger.bundle` (`tagger.load`).
 """
@@ -23,11 +25,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from embeddings.imagenet import ClassWords
 from embeddings.index import TagIndex
 from embeddings.kinds import WordKinds
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
-from pipelines.backbones import create_backbone
+from pipelines.backbones import create_backbone, load_classifier
 from pipelines.errors import OptionError
 from pipelines.features import extract_images
 from pipelines.images import ImageError, chroma, load_image
@@ -35,6 +38,7 @@ from tagger.generators import WordGenerator, family_for
 from tagger.scoring.calibration import Calibration
 from tagger.scoring.condition import ConditionConfig, build_condition
 from tagger.scoring.evidence import Evidence, rule_out
+from tagger.scoring.head import HEAD_WEIGHT, HeadScorer
 from tagger.scoring.knn import KNNTagger
 from tagger.scoring.options import ALL_KINDS, DEFAULT_KINDS, TagOptions
 from tagger.scoring.scorers import GeneratorScorer, KNNScorer, PriorScorer, Scorer, SumScorer, word_prior
@@ -80,6 +84,7 @@ class Tagger:
         fingerprint: str = "",
         kinds: WordKinds | None = None,
         acceptance: dict[str, Calibration] | None = None,
+        head: ClassWords | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise ValueError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -101,6 +106,7 @@ class Tagger:
         self.runtime = runtime  # the backbone's runtime: torch, onnx, onnx-int8 (None: choose_runtime's pick for the device)
         self.fingerprint = fingerprint  # content hash of the bundle it was loaded from ("" when built in memory)
         self.kinds = kinds  # each word's kind and keyword (embeddings.kinds); None: every word is shown, as it is
+        self.head = head  # ImageNet class -> word links (embeddings.imagenet); None: no head methods
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
         self.summary = TrainingSummary.from_dict(self.info)
@@ -110,6 +116,7 @@ class Tagger:
         found: list[Scorer] = [gen]
         if knn is not None:
             found += [KNNScorer(knn), SumScorer([gen, KNNScorer(knn)])]
+        found += self._head_scorers(gen)
         found.append(PriorScorer(self.prior))
         self.scorers = {s.name: s for s in found}
         self.default_method = method or self.family
@@ -133,6 +140,13 @@ class Tagger:
         self._backbone = None
         self._built = True
 
+    def _head_scorers(self, gen: Scorer) -> list[Scorer]:
+        """head, and generator + knn + head, where the bundle has class -> word links (the classifier is read on first use)."""
+        if self.head is None:
+            return []
+        head = HeadScorer(lambda: load_classifier(self.backbone_name, self.backbone_weights), self.head, self.words)
+        return [head] + ([SumScorer([gen, KNNScorer(self.knn), head], weights=[1.0, 1.0, HEAD_WEIGHT])] if self.knn is not None else [])
+
     def __setattr__(self, name, value):
         if getattr(self, "_built", False):
             raise AttributeError(f"a Tagger is not changed once built (set {name!r}): use tagger.replace({name}=...)")
@@ -143,7 +157,8 @@ class Tagger:
         given = dict(generator=self.generator, vocabulary=self.vocabulary, word_vectors=self.word_vectors, backbone=self.backbone_name,
                      words=self.words_config, sampling=self.sampling, info=self.info, backbone_weights=self.backbone_weights,
                      knn=self.knn, condition=self.condition, calibration=self.calibration, method=self.default_method,
-                     runtime=self.runtime, fingerprint=self.fingerprint, kinds=self.kinds, acceptance=self.acceptance)
+                     runtime=self.runtime, fingerprint=self.fingerprint, kinds=self.kinds, acceptance=self.acceptance,
+                     head=self.head)
         unknown = set(changes) - set(given)
         if unknown:
             raise TypeError(f"Tagger has no part {', '.join(sorted(unknown))}")
@@ -239,14 +254,7 @@ class Tagger:
         ok = evidence.finite
         order = np.full((len(evidence), len(self.words)), -np.inf, dtype=np.float32)
         if ok.any():
-            raw = self.scorers[method].scores(evidence.features[ok], config)
-            order[ok] = rule_out(raw, self.words, evidence.colour[ok])
-            for head, members in self._groups:
-                order[:, head] = order[:, members].max(axis=1)
-                order[:, [m for m in members if m != head]] = -np.inf
-            kinds = self.kinds_of(options)
-            if ALL_KINDS not in kinds:
-                order[:, ~np.isin(self._kind, kinds)] = -np.inf
+            order[ok] = self.arrange(self.scorers[method].scores(evidence.features[ok], config), evidence.colour[ok], options)
         if calibrated and method in self.acceptance:
             shown = self.acceptance[method](order)
         elif calibrated and method in self.calibration:
@@ -257,6 +265,18 @@ class Tagger:
             shown = order / np.maximum(order.max(axis=1, keepdims=True), 1e-12)
         shown = np.where(ok[:, None], shown, -np.inf)
         return Scores(shown, order, ok)
+
+    def arrange(self, raw: np.ndarray, colour: np.ndarray, options: TagOptions = TagOptions()) -> np.ndarray:
+        """A method's raw scores (N, V) -> the scores photos rank by: what the pixels (`colour`, (N,)) rule out
+        removed, a keyword's words as one (its first word, with their best score), only the kinds `options` shows."""
+        order = np.array(rule_out(raw, self.words, colour), dtype=np.float32)  # a copy: the scorer's table stays as it was
+        for head, members in self._groups:
+            order[:, head] = order[:, members].max(axis=1)
+            order[:, [m for m in members if m != head]] = -np.inf
+        kinds = self.kinds_of(options)
+        if ALL_KINDS not in kinds:
+            order[:, ~np.isin(self._kind, kinds)] = -np.inf
+        return order
 
     def tag(self, evidence: Evidence, options: TagOptions = TagOptions()) -> list[Tagged]:
         """Tags with scores, best first, for each photo of `evidence`; a photo without usable features gets the reason."""

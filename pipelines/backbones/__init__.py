@@ -49,7 +49,21 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     return load_onnx_backbone(spec, path, runtime, cache_dir, functools.partial(torch_backbone, spec, path, device))
 
 
+def load_classifier(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> torch.nn.Module:
+    """The backbone's ImageNet classifier alone, on the CPU in eval mode: pooled features (N, dim) -> logits (N, 1000).
+
+    The features are those `forward_features` gives under either runtime (the ONNX file holds the same
+    pooled features), so the head applies to cached features too. Its weights are read from the same
+    file as the backbone's (`resolve_weights`); a backbone without a head is a ValueError.
+    """
+    spec = get_spec(name)
+    if spec.num_classes is None:
+        raise ValueError(f"backbone {name!r} has no classification head")
+    model = torch_backbone(spec, resolve_weights(spec, weights), torch.device("cpu")).model
+    head = model._fc if hasattr(model, "_fc") else model.head  # EfficientNet-Lite's Linear; torchvision's split head
+    return head.eval().requires_grad_(False)
+
 
 __all__ = ["CPU_CHUNK", "DEFAULT_BACKBONE", "Backbone", "BackboneSpec", "BackboneWeightsError", "OnnxBackbone", "Preprocessing",
-           "create_backbone", "get_spec", "imagenet_categories", "list_backbones", "make_pixels_transform", "make_transform",
+           "create_backbone", "get_spec", "imagenet_categories", "list_backbones", "load_classifier", "make_pixels_transform", "make_transform",
            "register_backbone", "resolve_weights", "weights_id"]

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from embeddings.files import content_hash, remove_stale, stale_pattern
+from embeddings.imagenet import NUM_CLASSES, ClassWords
 from embeddings.index import TagIndex
 from embeddings.kinds import WordKinds
 from embeddings.tags import TagConfig, Vocabulary
 from embeddings.word2vec import Word2VecConfig, WordVectors
 from embeddings.wordnet import WordNetMissing
-from pipelines.backbones import DEFAULT_BACKBONE
+from pipelines.backbones import DEFAULT_BACKBONE, get_spec
 from pipelines.datasets import DatasetError, check_photos, count_untagged, read_dataset, read_tag_lists, split_ids
 from pipelines.device import choose_device
 from pipelines.cache import default_cache_dir
@@ -274,8 +275,11 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     except WordNetMissing as e:
         kinds = None
         summary.warnings.append(f"no word kinds ({e}): the model will show every kind of word, places and `me` too")
+    head = None  # the ImageNet classes each word names, for the head methods (tagger.scoring.head), where the backbone has a head
+    if kinds is not None and get_spec(config.backbone).num_classes == NUM_CLASSES:
+        head = ClassWords.build(list(wv.words))
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary.to_dict(),
-                    backbone_weights=config.weights, knn=knn, condition=preset.condition, kinds=kinds)
+                    backbone_weights=config.weights, knn=knn, condition=preset.condition, kinds=kinds, head=head)
     if 0 < len(val_rows) < MIN_CALIBRATION_PHOTOS:
         summary.warnings.append(
             f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "
