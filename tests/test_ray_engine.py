@@ -163,7 +163,7 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
     assert summary.tagged == 12
     rows = read_output(tmp_path / "tags.parquet")
     tagger = load(bundle)
-    local = {str(p): [t for t, _ in tags] for p, tags, _ in tag_paths(tagger, paths, batch_size=4)}
+    local = {str(p): [t for t, _ in r.tags] for p, r in tag_paths(tagger, paths, batch_size=4)}
     assert {Path(p.removeprefix("file://")).as_posix(): list(t) for p, t in zip(rows["path"], rows["tags"])} == local
 
     config = FeatureConfig(backbone="tiny", batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
