@@ -40,7 +40,7 @@ def predict_rate(tagger: Tagger, paths: list[Path]) -> float:
 
 def tag_rate(tagger: Tagger, paths: list[Path]) -> float:
     start = time.perf_counter()
-    done = sum(1 for _, tags, _ in tag_paths(tagger, paths, batch_size=64) if tags is not None)
+    done = sum(1 for _, result in tag_paths(tagger, paths, batch_size=64) if result.tags is not None)
     assert done == len(paths)
     return len(paths) / (time.perf_counter() - start)
 

@@ -1,11 +1,14 @@
-"""The feature cache: a photo's backbone features (and its chroma) kept by content hash, per backbone.
+"""The feature cache: a photo's backbone features (and what decoding measured of it) kept by content hash, per backbone.
 
 `FeatureCache(root, backbone)` is one folder per backbone, weights and preprocessing (their hash is
-in its name), of shards: `NAME.features.npy` (n, D), `NAME.hashes.npy` (n,), `NAME.chroma.npy` (n,)
-and `NAME.sum`, a checksum of the others written last, which makes the shard visible. `tagger
-train`, `tagger features` and `tagger tag` share it, and the ONNX exports of the backbones live
-beside it (pipelines/backbones/onnx_backbone.py). Past `MAX_CACHE_BYTES` per backbone the oldest
-shards are removed (`FeatureCache.trim`).
+in its name), of shards: `NAME.features.npy` (n, D), `NAME.hashes.npy` (n,), the measures of each
+photo (`pipelines.measures`: `NAME.chroma.npy`, `NAME.blank.npy`, `NAME.places.npy`, each (n,)) and
+`NAME.sum`, a checksum of the others written last, which makes the shard visible. A shard written
+before a measure was kept lacks its file and still loads: its photos have that measure "not
+measured", and the engines decode them again to measure it. `tagger train`, `tagger features` and
+`tagger tag` share it, and the ONNX exports of the backbones live beside it
+(pipelines/backbones/onnx_backbone.py). Past `MAX_CACHE_BYTES` per backbone the oldest shards are
+removed (`FeatureCache.trim`).
 """
 from __future__ import annotations
 
@@ -19,13 +22,19 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from embeddings.files import atomic_write, content_hash, remove_stale
+from pipelines.images import Blank
+from pipelines.measures import NOT_MEASURED, Measures, columns, join_places, split_places
 
 if TYPE_CHECKING:
     from pipelines.backbones.torch_backbone import Backbone
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when decoding or the cache layout changes, so old entries are not reused
+# Bump when decoding changes, so old entries are not reused. A new measure needs no bump (old shards lack its
+# file); changing how one is measured (pipelines.images.blank_frame's thresholds, the gazetteer's rules) does.
+CACHE_VERSION = 1
+# The files of a shard, the sum first: removed in this order, a shard disappears whole.
+SUFFIXES = (".sum", ".hashes.npy", ".features.npy", ".chroma.npy", ".blank.npy", ".places.npy")
 # Per backbone folder: 4 GB holds the features of about 800,000 photos at 1280-d; past it the oldest shards go.
 MAX_CACHE_BYTES = int(os.environ.get("TAGGER_CACHE_MAX_BYTES", 4 << 30))
 
@@ -39,9 +48,9 @@ def default_cache_dir() -> Path:
 
 class FeatureCache:
     """A folder of shards per backbone; a shard is `NAME.features.npy` (n, D) + `NAME.hashes.npy` (n,) + `NAME.sum`,
-    and `NAME.chroma.npy` (n,) where the shard was written with each photo's chroma.
+    and `NAME.chroma.npy`, `NAME.blank.npy`, `NAME.places.npy` (n,) where the shard was written with those measures.
 
-    `NAME.sum` holds a checksum of the other two and is written last: it is what makes a shard
+    `NAME.sum` holds a checksum of the others and is written last: it is what makes a shard
     visible, so a crash mid-write leaves nothing half-read, and a shard whose files were damaged or
     edited since (random bytes, plausible floats, two rows swapped) no longer matches its sum and is
     ignored: its photos are extracted again. A shard is checked once per process (by size and time).
@@ -66,48 +75,59 @@ class FeatureCache:
         """hash -> features of the wanted photos the cache holds."""
         return {h: f for h, (f, _) in self.lookup_rows(wanted).items()}
 
-    def lookup_rows(self, wanted: set[str]) -> dict[str, tuple[np.ndarray, float]]:
-        """hash -> (features, chroma) of the wanted photos the cache holds; chroma NaN where its shard has none."""
-        found: dict[str, tuple[np.ndarray, float]] = {}
+    def lookup_rows(self, wanted: set[str]) -> dict[str, tuple[np.ndarray, Measures]]:
+        """hash -> (features, measures) of the wanted photos the cache holds; a measure its shard lacks is not measured.
+
+        A photo in several shards (cached again once it was measured more fully) is taken from one that measured it all.
+        """
+        found: dict[str, tuple[np.ndarray, Measures]] = {}
         for hashes_file in self.shards():
             name = hashes_file.name.removesuffix(".hashes.npy")
             try:
                 # The hashes alone say whether a shard is wanted; only a wanted one is read whole and checked.
                 hashes = np.load(hashes_file, allow_pickle=False)
-                idx = [i for i, h in enumerate(hashes.tolist()) if h in wanted and h not in found]
+                idx = [i for i, h in enumerate(hashes.tolist()) if h in wanted and not (h in found and found[h][1].complete)]
                 if not idx:
                     continue
-                hashes, feats, chroma = self._open(name)
+                hashes, feats, kept = self._open(name)
                 rows = np.asarray(feats[idx], dtype=np.float32)
-                chromas = chroma[idx] if chroma is not None else np.full(len(idx), np.nan, dtype=np.float32)
+                measures = [_measures(kept, i) for i in idx]
             except Exception as e:  # noqa: BLE001 - a damaged shard fails in numpy's many ways (EOFError for an empty one)
                 # A damaged shard costs a re-extraction, never a wrong feature.
                 log.warning("feature cache: ignoring shard %s (%s); its photos are extracted again", hashes_file, e)
                 continue
-            for i, r, c in zip(idx, rows, chromas.tolist()):
-                found[hashes[i]] = (r, c)
+            for i, r, m in zip(idx, rows, measures):
+                if hashes[i] not in found or m.complete:
+                    found[hashes[i]] = (r, m)
         return found
 
-    def write(self, name: str, hashes: Sequence[str], features: np.ndarray, chroma: Sequence[float] | None = None) -> None:
-        """Save a shard; a cache that cannot be written (disk full, read-only) is said once and then left alone."""
+    def write(self, name: str, hashes: Sequence[str], features: np.ndarray, measures: Sequence[Measures] | None = None) -> None:
+        """Save a shard; a cache that cannot be written (disk full, read-only) is said once and then left alone.
+
+        measures: each photo's (`pipelines.measures`); the blank-frame verdicts and places are kept when every photo has them.
+        """
         assert features.shape == (len(hashes), self.dim)
         if self.read_only:
             return
-        feats = _npy(np.ascontiguousarray(features, dtype=np.float32))
-        keys = _npy(np.asarray(hashes, dtype="U32"))
-        colour = b"" if chroma is None else _npy(np.asarray(chroma, dtype=np.float32).reshape(len(hashes)))
+        parts = {".features.npy": _npy(np.ascontiguousarray(features, dtype=np.float32)),
+                 ".hashes.npy": _npy(np.asarray(hashes, dtype="U32"))}
+        if measures is not None:
+            assert len(measures) == len(hashes)
+            chroma, blank, places = columns(measures)
+            parts[".chroma.npy"] = _npy(chroma)
+            if len(measures) and (blank != Blank.UNMEASURED).all() and all(p is not None for p in places):
+                parts[".blank.npy"] = _npy(blank)
+                parts[".places.npy"] = _npy(np.asarray([join_places(p) for p in places], dtype=str))
         try:
-            atomic_write(self.dir / f"{name}.features.npy", feats)
-            atomic_write(self.dir / f"{name}.hashes.npy", keys)
-            if colour:
-                atomic_write(self.dir / f"{name}.chroma.npy", colour)
-            atomic_write(self.dir / f"{name}.sum", _checksum(feats, keys, colour).encode())  # last: this commits the shard
+            for suffix, data in parts.items():
+                atomic_write(self.dir / f"{name}{suffix}", data)
+            atomic_write(self.dir / f"{name}.sum", _checksum(parts).encode())  # last: this commits the shard
         except OSError as e:
             self.read_only = True
             log.warning("feature cache %s cannot be written (%s); features of this run are not cached", self.dir, e.strerror or e)
 
     def remove(self, name: str) -> None:
-        for suffix in (".sum", ".hashes.npy", ".features.npy", ".chroma.npy"):  # the sum first: the shard disappears whole
+        for suffix in SUFFIXES:
             (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
 
     def trim(self) -> list[str]:
@@ -129,30 +149,39 @@ class FeatureCache:
             removed.append(name)
         return removed
 
-    def _open(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """A shard's hashes, (memory-mapped) features and chroma (None if it has none), once checked against its sum."""
-        feats_file, hashes_file, sum_file, chroma_file = (self.dir / f"{name}{s}" for s in (".features.npy", ".hashes.npy", ".sum",
-                                                                                          ".chroma.npy"))
-        has_chroma = chroma_file.is_file()
-        files = (feats_file, hashes_file) + ((chroma_file,) if has_chroma else ())
-        stamp = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, files))
-        if _VERIFIED.get(str(hashes_file)) != stamp:
-            feats, keys = feats_file.read_bytes(), hashes_file.read_bytes()
-            colour = chroma_file.read_bytes() if has_chroma else b""
-            if sum_file.is_file():
-                if sum_file.read_text().strip() != _checksum(feats, keys, colour):
+    def _open(self, name: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """A shard's hashes, (memory-mapped) features and the measures it has (suffix -> (n,) array), once checked against its sum."""
+        paths = {suffix: self.dir / f"{name}{suffix}" for suffix in SUFFIXES}
+        files = {suffix: path for suffix, path in paths.items() if suffix != ".sum" and
+                 (suffix in (".features.npy", ".hashes.npy") or path.is_file())}
+        stamp = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, files.values()))
+        if _VERIFIED.get(str(paths[".hashes.npy"])) != stamp:
+            parts = {suffix: path.read_bytes() for suffix, path in files.items()}
+            if paths[".sum"].is_file():
+                if paths[".sum"].read_text().strip() != _checksum(parts):
                     raise ValueError("its files do not match their checksum (damaged or edited)")
             else:
-                atomic_write(sum_file, _checksum(feats, keys, colour).encode())  # a shard from before the sums
-            _VERIFIED[str(hashes_file)] = stamp
-        hashes = np.load(hashes_file, allow_pickle=False)
-        feats = np.load(feats_file, mmap_mode="r", allow_pickle=False)
+                atomic_write(paths[".sum"], _checksum(parts).encode())  # a shard from before the sums
+            _VERIFIED[str(paths[".hashes.npy"])] = stamp
+        hashes = np.load(files[".hashes.npy"], allow_pickle=False)
+        feats = np.load(files[".features.npy"], mmap_mode="r", allow_pickle=False)
         if hashes.ndim != 1 or feats.shape != (len(hashes), self.dim):
             raise ValueError(f"shape {feats.shape} does not match {len(hashes)} hashes of {self.dim}-d features")
-        chroma = np.load(chroma_file, allow_pickle=False) if has_chroma else None
-        if chroma is not None and chroma.shape != hashes.shape:
-            raise ValueError(f"{len(chroma)} chroma values for {len(hashes)} photos")
-        return hashes, feats, chroma
+        kept = {suffix: np.load(path, allow_pickle=False) for suffix, path in files.items() if suffix not in (".features.npy", ".hashes.npy")}
+        for suffix, values in kept.items():
+            if values.shape != hashes.shape:
+                raise ValueError(f"{len(values)} values in {name}{suffix} for {len(hashes)} photos")
+        return hashes, feats, kept
+
+
+def _measures(kept: dict[str, np.ndarray], i: int) -> Measures:
+    """Photo i's measures from a shard's files (a file it lacks: that measure not measured)."""
+    if not kept:
+        return NOT_MEASURED
+    has_all = ".blank.npy" in kept and ".places.npy" in kept
+    return Measures(float(kept[".chroma.npy"][i]) if ".chroma.npy" in kept else float("nan"),
+                    Blank(int(kept[".blank.npy"][i])) if has_all else Blank.UNMEASURED,
+                    split_places(str(kept[".places.npy"][i])) if has_all else None)
 
 
 _VERIFIED: dict[str, tuple] = {}  # shard -> (size, mtime) of its files when they last matched their sum
@@ -164,9 +193,11 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _checksum(features: bytes, hashes: bytes, chroma: bytes = b"") -> str:
-    h = hashlib.blake2b(features, digest_size=16)
-    h.update(b"\0" + hashes)
-    if chroma:  # shards without chroma keep the sums they were written with
-        h.update(b"\1" + chroma)
+def _checksum(parts: dict[str, bytes]) -> str:
+    """The sum of a shard's files: features and hashes, then each measure it has (shards from before one keep their sums)."""
+    h = hashlib.blake2b(parts[".features.npy"], digest_size=16)
+    h.update(b"\0" + parts[".hashes.npy"])
+    for mark, suffix in ((b"\1", ".chroma.npy"), (b"\2", ".blank.npy"), (b"\3", ".places.npy")):
+        if parts.get(suffix):
+            h.update(mark + parts[suffix])
     return h.hexdigest()

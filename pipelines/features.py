@@ -11,8 +11,9 @@ The cache is keyed by the photo's content (blake2b of the file bytes) and the ba
 weights hash, preprocessing), so a renamed or copied photo is not extracted again and an edited
 one is. Each batch is written as its own shard (an atomic `os.replace`), so an interrupted run
 keeps everything it finished; a run that completes merges its batch shards into one. Beside the
-features a shard keeps each photo's chroma (the colour evidence measured on the decoded pixels),
-so `tagger tag` answers a cached photo without decoding it. The cache itself is `pipelines/cache.py`.
+features a shard keeps what the worker that decoded each photo measured of it (`pipelines.measures`:
+its chroma, whether it is a blank frame, the places of its GPS EXIF), so `tagger tag` answers a cached
+photo without decoding it. The cache itself is `pipelines/cache.py`.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from tqdm.auto import tqdm
 from embeddings.files import content_hash
 from pipelines.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from pipelines.cache import FeatureCache
-from pipelines.images import ImageError, cap_aspect, chroma, decode_image, read_bytes, to_rgb
+from pipelines.images import ImageError, cap_aspect, decode_image, read_bytes, to_rgb
+from pipelines.measures import NOT_MEASURED, Measures, columns, measure
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +65,30 @@ class FeatureResult:
     errors: dict[int, str]  # row -> "path: reason" for every photo that failed
     n_extracted: int = 0  # photos run through the backbone in this call
     n_cached: int = 0  # photos answered from the cache
-    # (N,) each photo's mean chroma (pipelines.images.chroma), measured by the worker that decoded it; NaN
-    # where it was not decoded in this call (cached, duplicate or failed): colour evidence without a second decode.
-    chroma: np.ndarray | None = None
+    # What decoding measured of each photo (pipelines.measures), by the worker that decoded it or from the cache;
+    # a photo that failed has nothing measured (NaN chroma, Blank.UNMEASURED, places None).
+    measures: list[Measures] = field(default_factory=list)
+
+    @property
+    def chroma(self) -> np.ndarray:
+        """(N,) each photo's mean chroma (pipelines.images.chroma), NaN where it failed."""
+        return columns(self.measures)[0]
+
+    @property
+    def blank(self) -> np.ndarray:
+        """(N,) int8 each photo's pipelines.images.Blank verdict."""
+        return columns(self.measures)[1]
+
+    @property
+    def places(self) -> list[tuple[str, ...] | None]:
+        return columns(self.measures)[2]
 
 
 # --- decoding in DataLoader workers -----------------------------------------------------------------
 
 
 class _PhotoDataset(Dataset):
-    """Item i: (row, content hash, uint8 CHW tensor or None, failure reason or None, chroma). Never raises for a bad photo."""
+    """Item i: (row, content hash, uint8 CHW tensor or None, failure reason or None, measures). Never raises for a bad photo."""
 
     def __init__(self, paths: Sequence[Path], rows: Sequence[int], transform, min_side: int, hash: bool = True):
         self.paths, self.rows, self.transform, self.min_side, self.hash = paths, rows, transform, min_side, hash
@@ -89,11 +105,11 @@ class _PhotoDataset(Dataset):
             # without a cache there is nothing to key (a batch run has hashed the file already).
             digest = content_hash(data) if self.hash else None
             image = decode_image(data, path, min_side=self.min_side)
-            return row, digest, self.transform(image), None, chroma(image)
+            return row, digest, self.transform(image), None, measure(image)
         except ImageError as e:
-            return row, None, None, e.reason, float("nan")
+            return row, None, None, e.reason, NOT_MEASURED
         except Exception as e:  # noqa: BLE001 - one odd photo must not end a run over thousands
-            return row, None, None, f"{type(e).__name__}: {e}", float("nan")
+            return row, None, None, f"{type(e).__name__}: {e}", NOT_MEASURED
 
 
 def _collate(items):
@@ -142,7 +158,8 @@ def extract_features(
     features = np.full((n, backbone.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     reasons: dict[int, str] = {}
-    result = FeatureResult(features, ok, {}, chroma=np.full(n, np.nan, dtype=np.float32))
+    measures = [NOT_MEASURED] * n
+    result = FeatureResult(features, ok, {}, measures=measures)
 
     cache = None
     if config.cache_dir is not None:
@@ -165,7 +182,7 @@ def extract_features(
                 if report:
                     log.warning("skipping %s", h)
             elif h in known:
-                features[row], result.chroma[row] = known[h]
+                features[row], measures[row] = known[h]
             elif h in first:
                 duplicates[row] = first[h]
             else:
@@ -177,24 +194,30 @@ def extract_features(
     if todo:
         run = f"{time.time_ns():x}-{os.getpid()}"
         new_rows, new_hashes, batch_shards = _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report,
-                                                  chroma_out=result.chroma)
+                                                  measures_out=measures)
         result.n_extracted = len(new_rows)
         if cache is not None and new_rows:
             # One shard per completed run instead of one per batch keeps lookups quick.
-            cache.write(f"{run}-all", new_hashes, features[new_rows], result.chroma[new_rows])
+            cache.write(f"{run}-all", new_hashes, features[new_rows], [measures[r] for r in new_rows])
             for name in batch_shards:
                 cache.remove(name)
             cache.trim()
 
     for row, rep in duplicates.items():
-        features[row], result.chroma[row] = features[rep], result.chroma[rep]
+        features[row], measures[row] = features[rep], measures[rep]
         if rep in reasons:
             reasons[row] = reasons[rep]
     ok[:] = ~np.isnan(features).any(axis=1)
-    # Shards written before the cache kept chroma: measure it as a decoding worker does (on the photo
-    # decoded for the backbone), so that every photo's colour evidence is measured one way.
-    for row in np.flatnonzero(ok & np.isnan(result.chroma)):
-        result.chroma[row] = _chroma_of(paths[row], backbone.preprocessing.resize)
+    # Shards written before the cache kept a measure: measure the photo as a decoding worker does (on the photo
+    # decoded for the backbone), so that every photo's evidence is measured one way.
+    # Kept in a shard of their own, so that the next run takes them from the cache (lookup_rows prefers it).
+    again = [int(row) for row in np.flatnonzero(ok) if not measures[row].complete]
+    for row in again:
+        measures[row] = _measures_of(paths[row], backbone.preprocessing.resize)
+    again = list({hashes[row]: row for row in again if measures[row].complete}.values()) if cache is not None else []
+    if again:
+        cache.write(f"{time.time_ns():x}-{os.getpid()}-measured", [hashes[row] for row in again], features[again],
+                    [measures[row] for row in again])
     for row in np.flatnonzero(~ok):
         # Only when the backbone gives NaN, or a file changed between hashing and decoding.
         reasons.setdefault(int(row), "no features (non-finite output, or the file changed during the run)")
@@ -204,12 +227,12 @@ def extract_features(
     return result
 
 
-def _chroma_of(path: Path, min_side: int) -> float:
-    """The chroma `_PhotoDataset` measures for a photo (NaN when it no longer decodes)."""
+def _measures_of(path: Path, min_side: int) -> Measures:
+    """The measures `_PhotoDataset` takes of a photo (nothing measured when it no longer decodes)."""
     try:
-        return chroma(decode_image(read_bytes(path), path, min_side=min_side))
+        return measure(decode_image(read_bytes(path), path, min_side=min_side))
     except (ImageError, OSError):
-        return float("nan")
+        return NOT_MEASURED
 
 
 @dataclass
@@ -219,7 +242,7 @@ class Batch:
     rows: list[int]  # positions in the paths given, ascending
     features: np.ndarray  # (len(rows), D) float32
     hashes: list[str | None]  # content hash of the bytes decoded (None unless hashing was asked for)
-    chroma: list[float]  # mean chroma of each decoded photo (pipelines.images.chroma)
+    measures: list[Measures]  # what was measured of each decoded photo (pipelines.measures)
     failed: list[tuple[int, str]]  # (position, reason) of the photos that did not decode
 
 
@@ -235,13 +258,13 @@ def iter_batches(paths: Sequence[Path], backbone: Backbone, batch_size: int = 64
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=_default_workers() if num_workers is None else num_workers,
                         collate_fn=_collate, pin_memory=backbone.device.type == "cuda")
     with torch.inference_mode():
-        for good, hashes, x, failed, chromas in loader:
+        for good, hashes, x, failed, measures in loader:
             out = backbone.forward_features(x).cpu().numpy() if good else np.zeros((0, backbone.dim), dtype=np.float32)
-            yield Batch(good, out, hashes, chromas, failed)
+            yield Batch(good, out, hashes, measures, failed)
 
 
-def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True, chroma_out=None):
-    """Decode and forward the `todo` rows, filling `features`, `reasons` (and `chroma`) in place; a cache shard per batch."""
+def _run(paths, todo, backbone, config, progress, features, reasons, cache, run, report=True, measures_out=None):
+    """Decode and forward the `todo` rows, filling `features`, `reasons` (and `measures_out`) in place; a cache shard per batch."""
     new_rows: list[int] = []
     new_hashes: list[str] = []
     shards: list[str] = []
@@ -254,13 +277,14 @@ def _run(paths, todo, backbone, config, progress, features, reasons, cache, run,
                     log.warning("skipping %s: %s", paths[row], reason)
             if batch.rows:
                 features[batch.rows] = batch.features
-                if chroma_out is not None:
-                    chroma_out[batch.rows] = batch.chroma
+                if measures_out is not None:
+                    for row, m in zip(batch.rows, batch.measures):
+                        measures_out[row] = m
                 new_rows += batch.rows
                 new_hashes += batch.hashes
                 if cache is not None:
                     shards.append(f"{run}-b{i:06d}")
-                    cache.write(shards[-1], batch.hashes, batch.features, batch.chroma)
+                    cache.write(shards[-1], batch.hashes, batch.features, batch.measures)
             bar.update(len(batch.rows) + len(batch.failed))
     return new_rows, new_hashes, shards
 

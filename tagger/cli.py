@@ -71,7 +71,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="ta
 MinScoreOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="leave out tags scoring below this")]
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="a tag never to output (repeatable)")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
-KindsOpt = Annotated[Optional[str], typer.Option(help="kinds of words to show, comma-separated: content, style, place, self, gear, community, date, other, or all (default: content,style: what is in the photo and how it was taken)")]
+KindsOpt = Annotated[Optional[str], typer.Option(help="kinds of words to show, comma-separated: content, style, place, self, gear, community, date, other, or all (default: content,style: what is in the photo and how it was taken, and the places of its GPS, shown with place or all too)")]
 EngineOpt = Annotated[Engine, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
@@ -188,7 +188,8 @@ def report(summary, out: Path, sidecars: str = "") -> None:
     for line in summary.sidecar_errors:
         typer.echo(f"tagger: sidecar failed: {line}", err=True)
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
-    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}")
+    untagged = f"; {summary.untagged} blank frames given no tags (the note column says why)" if summary.untagged else ""
+    typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}{untagged}")
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -277,14 +278,15 @@ def predict(
     seed: SeedOpt = None,
     kinds: KindsOpt = None,
     method: MethodOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error, and existing (the keywords the photo already carries from its owner)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines: path, tags, scores, error, note (why a blank frame has no tags), and existing (the keywords the photo already carries from its owner)")] = False,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
 ):
     """Print tags with scores for each photo, best first.
 
     A photo that cannot be read is reported with the reason; the others are still tagged, and the
-    exit code is 1.
+    exit code is 1. A blank frame (lens cap on, blown out, a blank scan) gets no tags and says why. A photo
+    with GPS gets its city and country first, scored 1.00.
 
     Example:  tagger predict beach.jpg dog.png --top-k 5
     """
@@ -299,15 +301,17 @@ def predict(
                       kinds=tuple(k.strip() for k in kinds.split(",")) if kinds else None)
     failed = 0
     # The batched path of `tag`, decoding in this process: a few photos do not pay for worker processes.
-    for path, tags, error in tag_paths(tagger, images, opts, num_workers=0):
-        tags = tags or []
+    for path, result in tag_paths(tagger, images, opts, num_workers=0):
+        tags, error = result.tags or [], result.error
         failed += bool(error)
         if as_json:
             rec = {"path": printable_path(path), "tags": [t for t, _ in tags], "scores": [round(s, 4) for _, s in tags], "error": error,
-                   "existing": [] if error else owner_keywords(path)}
+                   "note": result.note, "existing": [] if error else owner_keywords(path)}
             typer.echo(json.dumps(rec, ensure_ascii=False))
         elif error:
             typer.echo(f"tagger: error: {printable_path(path)}: {error}", err=True)
+        elif result.note:
+            typer.echo(f"{printable_path(path)}: ({result.note})")
         else:
             typer.echo(f"{printable_path(path)}: " + ", ".join(f"{t} {s:.2f}" for t, s in tags))
     if failed:

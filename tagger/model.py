@@ -1,12 +1,13 @@
 """`Tagger`: a loaded model bundle, and the one function that tags photos with it.
 
 Every entry point (predict, `tagger tag` on either engine, the service, evaluate, calibration)
-hands photos as `Evidence` (image features + the chroma of the decoded pixels) and a `TagOptions`
-to `Tagger.tag` (tags with scores, or the reason a photo has none) or `Tagger.score` (the score
-tables evaluation and calibration need); nothing else calls the scorers. Inside: the non-finite
-check, the method's raw scores, what the pixels rule out, then probabilities where the bundle has
-a calibration for the method (otherwise scores relative to the photo's best, or vote shares for
-the paper's plain votes), ranked.
+hands photos as `Evidence` (image features + what decoding measured: chroma, blank frame, GPS
+places) and a `TagOptions` to `Tagger.tag` (tags with scores, or the reason a photo has none) or
+`Tagger.score` (the score tables evaluation and calibration need); nothing else calls the scorers.
+Inside: the non-finite check, the method's raw scores, what the pixels rule out, then probabilities
+where the bundle has a calibration for the method (otherwise scores relative to the photo's best, or
+vote shares for the paper's plain votes), ranked. `tag` then gives a blank frame no tags and a note
+saying why, and puts the places of a photo's GPS before its content tags.
 
 The bundle's methods (`Tagger.methods`): the generator, named after its family (cgan, cvae,
 caae); knn and the generator + knn combination when the bundle has the kNN baseline; head (the
@@ -27,13 +28,14 @@ import torch
 
 from embeddings.imagenet import ClassWords
 from embeddings.index import TagIndex
-from embeddings.kinds import WordKinds
-from embeddings.tags import Vocabulary
+from embeddings.kinds import Kind, WordKinds
+from embeddings.tags import Vocabulary, normalize_tag
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import create_backbone, load_classifier
 from pipelines.errors import OptionError
 from pipelines.features import extract_images
-from pipelines.images import ImageError, chroma, load_image
+from pipelines.images import ImageError, load_image
+from pipelines.measures import measure
 from tagger.generators import WordGenerator, family_for
 from tagger.scoring.calibration import Calibration
 from tagger.scoring.condition import ConditionConfig, build_condition
@@ -47,13 +49,21 @@ from tagger.scoring.words import WordSpaceConfig, prepare_word_vectors
 from tagger.training.summary import TrainingSummary
 
 NON_FINITE = "no features (non-finite output)"
+# The score of a place named by the photo's own GPS: where it was taken is known, not guessed (a content tag's
+# score is the probability that its owner would use it). Being the highest score, the places come first, the
+# city then the country, and they come in addition to the top_k content tags.
+PLACE_SCORE = 1.0
 
 
 class Tagged(NamedTuple):
-    """One photo's result: its tags with scores, best first, or None and the reason."""
+    """One photo's result: its tags with scores, best first, or None and the error.
+
+    note: why a photo that did not fail has no tags ("no tags: near-black frame"); it is not an error.
+    """
 
     tags: list[tuple[str, float]] | None
     error: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,7 +229,7 @@ class Tagger:
         config = self.sampling_for(options)
         return (f"model={self.fingerprint[:16] or 'unsaved'} method={self.method_of(options)} top_k={config.top_k} "
                 f"min_score={config.min_score:g} seed={config.seed} exclude={','.join(sorted(config.exclude))} "
-                f"kinds={','.join(self.kinds_of(options))}")
+                f"kinds={','.join(self.kinds_of(options))} evidence=chroma,blank{',gps' if self.shows_places(options) else ''}")
 
     def kinds_of(self, options: TagOptions) -> tuple[str, ...]:
         """The kinds of words `options` shows (("all",) for a bundle without word kinds, which shows every word)."""
@@ -234,6 +244,11 @@ class Tagger:
         kinds = self.kinds_of(options)
         shows = np.ones(len(self.words), dtype=bool) if ALL_KINDS in kinds else np.isin(self._kind, kinds)
         return [{head.get(w, w) for w in t if shows[w]} for t in truth]
+
+    def shows_places(self, options: TagOptions) -> bool:
+        """Whether the places of a photo's GPS are shown: by default, with "all" and with "place" among the kinds."""
+        kinds = options.kinds
+        return kinds is None or self.kinds is None or ALL_KINDS in kinds or Kind.PLACE.value in kinds
 
     def excluded_ids(self, tags: Sequence[str]) -> np.ndarray:
         """Vocabulary ids of tags to leave out, given as users type them (normalized like training tags)."""
@@ -279,23 +294,41 @@ class Tagger:
         return order
 
     def tag(self, evidence: Evidence, options: TagOptions = TagOptions()) -> list[Tagged]:
-        """Tags with scores, best first, for each photo of `evidence`; a photo without usable features gets the reason."""
+        """Tags with scores, best first, for each photo of `evidence`.
+
+        A photo without usable features gets the error; a blank frame no tags and a note saying why (its GPS
+        place too: a blank frame shows nothing of it); any other photo with places from its GPS gets them
+        first, scored PLACE_SCORE, then its top_k content tags (a content tag of the same name is left out).
+        """
         config = self.sampling_for(options)
         scores = self.score(evidence, options)
         ranked = rank(scores.shown, self.shown_words, config, self.excluded_ids(config.exclude), order=scores.order)
-        return [Tagged(tags) if ok else Tagged(None, NON_FINITE) for tags, ok in zip(ranked, scores.ok)]
+        shown = self.shows_places(options)
+        excluded = {normalize_tag(t) for t in config.exclude} | {self.vocabulary.lookup(t) for t in config.exclude}
+        out = []
+        for tags, ok, blank, places in zip(ranked, scores.ok, evidence.blank_reasons, evidence.places):
+            if not ok:
+                out.append(Tagged(None, NON_FINITE))
+            elif blank:
+                out.append(Tagged([], note=f"no tags: {blank}"))
+            else:
+                known = [p for p in (places or ()) if shown and p not in excluded]
+                out.append(Tagged([(p, PLACE_SCORE) for p in known] + [(t, s) for t, s in tags if t not in known]))
+        return out
 
     # -- photos in memory --------------------------------------------------------------------------
 
     def read(self, images: Sequence) -> Evidence:
-        """The evidence of photos given as paths, bytes or decoded PIL images: their features, and their chroma
-        measured on the same pixels (a file that cannot be read raises ImageError)."""
+        """The evidence of photos given as paths, bytes or decoded PIL images: their features, and what is measured
+        on the same pixels and their EXIF (`pipelines.measures`; a file that cannot be read raises ImageError)."""
         min_side = self.backbone.preprocessing.resize  # big JPEGs decode at reduced size
         pil = [load_image(im, min_side=min_side) if isinstance(im, (str, Path, bytes)) else im for im in images]
-        return Evidence(extract_images(pil, self.backbone, self.device), np.array([chroma(im) for im in pil], dtype=np.float32))
+        return Evidence.of(extract_images(pil, self.backbone, self.device), [measure(im) for im in pil])
 
     def predict(self, images: Sequence, options: TagOptions = TagOptions()) -> list[list[tuple[str, float]]]:
-        """Tags with scores, best first, for each photo (paths, bytes or PIL images); a photo that cannot be read raises ImageError."""
+        """Tags with scores, best first, for each photo (paths, bytes or PIL images); a photo that cannot be read raises ImageError.
+
+        A blank frame gets an empty list (`tag` says why)."""
         out = []
         for image, result in zip(images, self.tag(self.read(images), options)):
             if result.tags is None:

@@ -12,6 +12,7 @@ from PIL import Image
 from tagger.library.batch import tag_folder
 
 from tagger.library.results import BatchError, failures_path, journal_path, read_results
+from tagger.model import Tagged
 
 
 def make_photos(folder, n):
@@ -30,9 +31,9 @@ def fake_tagger(calls):
         for p in paths:
             calls.append(str(p))
             if "bad" in p.name:
-                yield p, None, "not an image"
+                yield p, Tagged(None, "not an image")
             else:
-                yield p, [(f"t{len(p.name)}", 0.5), ("photo", 0.25)], ""
+                yield p, Tagged([(f"t{len(p.name)}", 0.5), ("photo", 0.25)])
 
     return tag_batch
 
@@ -202,9 +203,9 @@ def test_a_photo_read_while_rewritten_is_retried_when_whole_again(tmp_path):
     def rewritten_once(paths):
         for p in paths:
             if p.name == "p001.jpg" and flaky.pop("first", False):
-                yield p, None, "corrupt or truncated: image file is truncated"  # caught mid-copy
+                yield p, Tagged(None, "corrupt or truncated: image file is truncated")  # caught mid-copy
             else:
-                yield p, [("t", 0.5)], ""
+                yield p, Tagged([("t", 0.5)])
 
     assert tag_folder(tmp_path / "photos", out, rewritten_once).failed_now == 1
     calls = []

@@ -144,7 +144,7 @@ def test_interrupted_run_resumes(photos, tmp_path, monkeypatch):
     # The completed run merged its batch shards (the interrupted run's one shard stays).
     (cache_dir,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: the backbone's ONNX file
     names = sorted(p.name for p in cache_dir.iterdir())
-    assert len(names) == 8 and sum(n.endswith("-all.sum") for n in names) == 1  # two shards of 4 files (with chroma)
+    assert len(names) == 12 and sum(n.endswith("-all.sum") for n in names) == 1  # two shards of 6 files (with the measures)
     assert not any(n.endswith(".tmp") for n in names)
 
 

@@ -30,8 +30,10 @@ def owner_xmp(keywords) -> str:
 
 
 def save(path, colour=(180, 40, 40), **kw):
+    """A small photo mostly of `colour`, with the texture of a scene (one colour all over is a blank frame: no tags)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (48, 32), colour).save(path, **kw)
+    pixels = np.asarray(colour, dtype=np.float64) + np.random.default_rng(sum(colour)).normal(0, 40, (32, 48, 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, **kw)
     return path
 
 

@@ -73,8 +73,8 @@ def test_tag_paths_reports_bad_files_and_tags_the_rest(tmp_path, photos):
     tagger = build_tiny_tagger()
     rows = list(tag_paths(tagger, photos[:3] + [bad], TagOptions(seed=0), chunk=2, num_workers=0))
     assert [r[0] for r in rows] == photos[:3] + [bad]
-    assert [t for t, _ in rows[0][1]] == [t for t, _ in tagger.predict([photos[0]], TagOptions(seed=0))[0]]
-    assert rows[3][1] is None and rows[3][2] and str(bad) not in rows[3][2]
+    assert [t for t, _ in rows[0][1].tags] == [t for t, _ in tagger.predict([photos[0]], TagOptions(seed=0))[0]]
+    assert rows[3][1].tags is None and rows[3][1].error and str(bad) not in rows[3][1].error
 
 
 def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_path, photos, monkeypatch):
@@ -86,16 +86,16 @@ def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_pa
     bad = tmp_path / "photos" / "broken.jpg"
     bad.write_bytes(b"not a photo")
     files = photos + [bad]
-    plain = {p: (t, e) for p, t, e in tag_paths(tagger, files, TagOptions(seed=0, top_k=3), chunk=4, num_workers=0)}
-    first = {p: (t, e) for p, t, e in tag_paths(tagger, files, TagOptions(seed=0, top_k=3), chunk=4, num_workers=0, cache_dir=cache)}
-    assert first == plain and plain[bad][0] is None
+    plain = {p: r for p, r in tag_paths(tagger, files, TagOptions(seed=0, top_k=3), chunk=4, num_workers=0)}
+    first = {p: r for p, r in tag_paths(tagger, files, TagOptions(seed=0, top_k=3), chunk=4, num_workers=0, cache_dir=cache)}
+    assert first == plain and plain[bad].tags is None
     calls = []
     forward = tagger.backbone.forward_features
     monkeypatch.setattr(tagger.backbone, "forward_features", lambda x: calls.append(len(x)) or forward(x))
     again = list(tag_paths(tagger, files, TagOptions(seed=0, top_k=2), chunk=4, num_workers=0, cache_dir=cache))
     # The broken file is tried again (it is not cached), nothing else reaches the network.
-    assert calls == [] and {p for p, _, _ in again} == set(files)
-    assert {p: (t, e) for p, t, e in again} == {p: (t, e) for p, t, e in tag_paths(tagger, files, TagOptions(seed=0, top_k=2), chunk=4, num_workers=0)}
+    assert calls == [] and {p for p, _ in again} == set(files)
+    assert dict(again) == dict(tag_paths(tagger, files, TagOptions(seed=0, top_k=2), chunk=4, num_workers=0))
     # Colour evidence comes from the cache as measured on the decoded pixels.
     [shard] = FeatureCache(cache, tagger.backbone).shards()
     assert (shard.parent / shard.name.replace(".hashes.npy", ".chroma.npy")).is_file()
@@ -103,15 +103,17 @@ def test_tag_paths_with_a_feature_cache_skips_the_network_the_second_time(tmp_pa
 
 def test_feature_cache_is_bounded(tmp_path, photos):
     from pipelines.cache import FeatureCache
+    from pipelines.images import Blank
+    from pipelines.measures import Measures
 
     tagger = build_tiny_tagger()
     cache = FeatureCache(tmp_path / "cache", tagger.backbone, max_bytes=0)
     for i, p in enumerate(photos[:3]):
-        cache.write(f"s{i}", [f"{i:032x}"], np.zeros((1, tagger.feature_dim), dtype=np.float32), [1.0])
+        cache.write(f"s{i}", [f"{i:032x}"], np.zeros((1, tagger.feature_dim), dtype=np.float32), [Measures(1.0, Blank.NONE, ())])
     for i, age in enumerate((5, 9, 1)):  # s2, written last, is the oldest by its times: the times count, not the order
         for f in cache.dir.glob(f"s{i}.*"):
             os.utime(f, ns=(age * 10**9, age * 10**9))
-    one = sum(f.stat().st_size for f in cache.dir.glob("s0.*.npy") if "chroma" not in f.name)
+    one = sum(f.stat().st_size for f in cache.dir.glob("s0.*.npy") if f.name.endswith((".features.npy", ".hashes.npy")))
     cache.max_bytes = 2 * one
     assert cache.trim() == ["s2"]  # the oldest goes first, until the rest fits
     assert sorted(p.name for p in cache.shards()) == ["s0.hashes.npy", "s1.hashes.npy"]
@@ -278,7 +280,7 @@ def test_a_photo_without_usable_features_gets_the_reason_and_the_others_their_ta
     features = np.random.default_rng(0).normal(size=(3, tagger.feature_dim)).astype(np.float32)
     features[1, 0] = np.nan
     results = tagger.tag(Evidence(features, None), TagOptions(top_k=3))
-    assert results[1] == (None, "no features (non-finite output)")
+    assert (results[1].tags, results[1].error, results[1].note) == (None, "no features (non-finite output)", "")
     assert results[0].tags and results[2].tags and not results[0].error
     alone = tagger.tag(Evidence(features[[0, 2]], None), TagOptions(top_k=3))
     assert [r.tags for r in alone] == [results[0].tags, results[2].tags]  # the bad row changes nothing for the others

@@ -161,7 +161,7 @@ def test_torch_and_onnx_tag_200_subset_photos_alike(subset_dir, tmp_path):
                                  backbone=tagger.backbone)
         assert feats.ok.all()
         tags = list(tag_paths(tagger, paths, TagOptions(top_k=5), batch_size=64))
-        results[runtime] = feats.features, [t for _, t, _ in tags]
+        results[runtime] = feats.features, [r.tags for _, r in tags]
     (f_torch, t_torch), (f_onnx, t_onnx) = results["torch"], results["onnx"]
     diff = np.abs(f_torch - f_onnx).max()
     print(f"largest feature difference over 200 photos: {diff:.2e}")

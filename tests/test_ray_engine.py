@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import build_tiny_tagger
 
@@ -81,7 +82,7 @@ def test_tags_equal_the_local_engine_a_bad_photo_is_reported_and_a_rerun_tags_no
     assert summary.failures == [f"{photos / 'broken.jpg'}: {reason}"]
     assert summary.failures_file.read_text().splitlines() == ["path\terror", f"{photos / 'broken.jpg'}\t{reason}"]
     rows = read_output(out)
-    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash", "settings"]
+    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash", "settings", "note"]
     assert list(rows["path"]) == list(local_rows["path"])
     assert [list(t) for t in rows["tags"]] == [list(t) for t in local_rows["tags"]]
     # Scores to their 4 decimals, give or take the last: ONNX Runtime's result moves in the last bits with its thread
@@ -163,7 +164,7 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
     assert summary.tagged == 12
     rows = read_output(tmp_path / "tags.parquet")
     tagger = load(bundle)
-    local = {str(p): [t for t, _ in tags] for p, tags, _ in tag_paths(tagger, paths, batch_size=4)}
+    local = {str(p): [t for t, _ in r.tags] for p, r in tag_paths(tagger, paths, batch_size=4)}
     assert {Path(p.removeprefix("file://")).as_posix(): list(t) for p, t in zip(rows["path"], rows["tags"])} == local
 
     config = FeatureConfig(backbone="tiny", batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
@@ -173,6 +174,9 @@ def test_a_file_uri_source_and_features_for_train(cluster, tmp_path):
     assert cached.n_cached == 12 and cached.n_extracted == 0
     fresh = extract_features(paths, FeatureConfig(backbone="tiny", batch_size=4, num_workers=0), progress=False)
     np.testing.assert_array_equal(cached.features, fresh.features)
+    # What the Ray workers measured is kept beside the features, as the local engine keeps it.
+    np.testing.assert_array_equal(cached.chroma, fresh.chroma)  # float32 in either
+    assert cached.blank.tolist() == fresh.blank.tolist() and cached.places == fresh.places == [()] * 12
 
 
 @pytest.mark.slow
@@ -270,6 +274,11 @@ def test_both_engines_take_every_tag_option_and_give_the_same_results(cluster, t
         '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag><rdf:li>Tante Rose</rdf:li>'
         '</rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>')
     (lib / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    # A lens-cap frame (no tags, a note) and a photo with GPS EXIF (its place first), measured by each engine's decoders.
+    Image.fromarray(np.clip(np.random.default_rng(0).normal(3, 2, (300, 400, 3)), 0, 255).astype(np.uint8)).save(lib / "cap.jpg")
+    exif = Image.Exif()
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.24), 3: "E", 4: (2.0, 17.0, 40.2)})
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(lib / "paris.jpg", exif=exif)
     tagger = build_tiny_tagger(knn_photos=20)
     bundle = save(tagger, tmp_path / "bundle")
     word = tagger.words[0]
@@ -285,21 +294,26 @@ def test_both_engines_take_every_tag_option_and_give_the_same_results(cluster, t
     first = {engine: run(engine, out) for engine, out in (("local", local), ("ray", on_ray))}
     for result in first.values():
         assert result.exit_code == 1, result.output  # the bad photo failed in this run, on both
-        assert "10 photos" in result.output and "broken.jpg" in result.output, result.output
+        assert "12 photos" in result.output and "broken.jpg" in result.output, result.output
+        assert "1 blank frames given no tags" in result.output, result.output
     a, b = read_results(local).sort_values("path").reset_index(drop=True), read_output(on_ray)
-    assert list(a["path"]) == list(b["path"]) and len(a) == 10  # 9 photos + the broken one; skipme/ and owned/ left out
+    assert list(a["path"]) == list(b["path"]) and len(a) == 12  # 9 photos, cap, paris + the broken one; skipme/ and owned/ left out
     assert not any("skipme" in p or "owned" in p for p in a["path"])
     assert [list(t) for t in a["tags"]] == [list(t) for t in b["tags"]]
-    assert all(len(t) <= 3 and word not in t for t in a["tags"]) and sum(map(len, a["tags"])) > 0
+    # top_k content tags, and the GPS places in addition to them
+    assert all(len([w for w in t if w not in ("paris", "france")]) <= 3 and word not in t for t in a["tags"]) and sum(map(len, a["tags"])) > 0
     for x, y in zip(a["scores"], b["scores"]):
         assert list(x) == pytest.approx(list(y), abs=1e-4)
     assert list(a["error"]) == list(b["error"]) and (a["error"] != "").sum() == 1
+    assert list(a["note"]) == list(b["note"]) and list(a["note"]).count("no tags: near-black frame") == 1
+    by_name = {Path(p).name: list(t) for p, t in zip(a["path"], a["tags"])}
+    assert by_name["cap.jpg"] == [] and by_name["paris.jpg"][:2] == ["paris", "france"]
     assert list(a["settings"]) == list(b["settings"]) and "method=cgan+knn top_k=3 min_score=0.01 seed=5" in a["settings"][0]
 
     again = {engine: run(engine, out, "--no-retry-failed") for engine, out in (("local", local), ("ray", on_ray))}
     for result in again.values():
         assert result.exit_code == 0, result.output  # the failure is an old one, kept, not retried
-        assert "0 tagged, 9 unchanged (kept), 1 failed" in result.output, result.output
+        assert "0 tagged, 11 unchanged (kept), 1 failed" in result.output, result.output
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def test_tags_one_photo_from_a_saved_bundle(tiny_bundle):
     assert r.status_code == 200
     (result,) = r.json()["results"]
     tags, scores = expected(tagger, photo)
-    assert result == {"filename": "beach.jpg", "tags": tags, "scores": scores, "error": None}
+    assert result == {"filename": "beach.jpg", "tags": tags, "scores": scores, "error": None, "note": None}
     assert 0 < len(tags) <= tagger.sampling.top_k
     assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
 
@@ -107,7 +107,7 @@ def test_a_bad_photo_is_reported_and_the_others_are_tagged(tagger):
     assert r.status_code == 200
     ok, text, cut = r.json()["results"]
     assert ok["error"] is None and (ok["tags"], ok["scores"]) == expected(tagger, good)
-    assert text == {"filename": "notes.jpg", "tags": [], "scores": [], "error": "not an image (unknown format)"}
+    assert text == {"filename": "notes.jpg", "tags": [], "scores": [], "error": "not an image (unknown format)", "note": None}
     assert cut["filename"] == "cut.jpg" and cut["tags"] == [] and "truncated" in cut["error"]
     # A request whose photos all fail still answers per photo, and runs no forward pass for them.
     assert alone.status_code == 200 and alone.json()["results"][0]["error"] == "not an image (unknown format)"
@@ -261,7 +261,9 @@ def test_a_thin_image_fails_nobody(tagger):
     with serve(tagger) as client:
         r = client.post("/v1/tag", files=upload(("thin.png", thin), ("ok.jpg", jpeg(3))))
     assert r.status_code == 200, r.text
-    assert [bool(p["tags"]) for p in r.json()["results"]] == [True, True]
+    thin_result, ok = r.json()["results"]
+    # Grey all over, it is a blank frame: no tags and the reason, not an error; the photo beside it is tagged.
+    assert thin_result["error"] is None and thin_result["note"] == "no tags: uniform frame" and ok["tags"]
 
 
 def test_decoded_pixels_per_request_are_bounded(tagger):
@@ -273,7 +275,8 @@ def test_decoded_pixels_per_request_are_bounded(tagger):
         r = client.post("/v1/tag", files=upload(*[(f"big{i}.png", big) for i in range(3)], ("ok.jpg", jpeg(3))))
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert results[0]["tags"] and results[3]["tags"]  # the first big one fits, and so does the small photo after it
+    # The first big one fits (white all over: a blank frame, so no tags and the reason), and so does the small photo after it.
+    assert results[0]["error"] is None and results[0]["note"] == "no tags: near-white frame" and results[3]["tags"]
     for res in results[1:3]:
         assert not res["tags"] and "past this request's budget of 150 MP" in res["error"]
 

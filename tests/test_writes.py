@@ -16,6 +16,7 @@ from pipelines.images import printable_path
 from pipelines.keywords import embedded_keywords, read_sidecar
 from tagger.library.batch import tag_folder
 from tagger.library.results import BatchError, failures_path, journal_path, read_results
+from tagger.model import Tagged
 from tagger.library.sidecar import SidecarConfig, SidecarError, sync
 
 XMP, TXT = SidecarConfig("xmp"), SidecarConfig("txt")
@@ -42,9 +43,9 @@ def tagger_of(tags=("beach", "sea"), calls=None):
             if calls is not None:
                 calls.append(p)
             if p.name.startswith("bad"):
-                yield p, None, "not an image"
+                yield p, Tagged(None, "not an image")
             else:
-                yield p, [(t, round(0.9 - 0.05 * i, 4)) for i, t in enumerate(tags)], ""
+                yield p, Tagged([(t, round(0.9 - 0.05 * i, 4)) for i, t in enumerate(tags)])
 
     return tag_batch
 
@@ -318,7 +319,7 @@ def test_failures_file_cells_are_never_formulas(tmp_path, monkeypatch):
 
     def fails(paths):
         for p in paths:
-            yield p, None, error
+            yield p, Tagged(None, error)
 
     out = tmp_path / "o.csv"
     tag_folder(".", out, fails)

@@ -8,7 +8,8 @@ interruption, or on a folder that gained or changed photos, reads both back and 
 whose content hash is new, or whose row was made with another model or other options (the
 `settings` column), so nothing is lost and nothing is tagged twice. A lock file keeps two runs off
 the same output: the second is refused at once. Photos that could not be tagged are listed, with
-the reason, in `OUT.failed.tsv` (as well as in the output's `error` column). The output, journal,
+the reason, in `OUT.failed.tsv` (as well as in the output's `error` column); a blank frame is tagged
+with no tags and a `note` saying why, which is not a failure. The output, journal,
 lock and failures file are never written through a symlink: a run with one of them a link is refused.
 
 In CSV the tags and scores cells are JSON arrays (a word may hold `;` or `,`; outputs from before,
@@ -28,6 +29,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -39,6 +41,9 @@ from tagger.library.results import (BatchError, failures_path, journal_path, lat
                                     write_failures, write_results)
 from tagger.library.keyword_tree import KeywordTree
 from tagger.library.sidecar import SidecarConfig, SidecarError, embed, sync
+
+if TYPE_CHECKING:
+    from tagger.model import Tagged
 
 class Lock:
     """An exclusive lock on the output, held for the run; a second run is refused, not queued.
@@ -110,7 +115,7 @@ def _open_own(path: Path, flags: int) -> int:
 def tag_folder(
     sources: str | Path | Sequence[str | Path],
     out: Path,
-    tag_batch: Callable[[list[Path]], Iterator[tuple[Path, list[tuple[str, float]] | None, str]]],
+    tag_batch: Callable[[list[Path]], Iterator[tuple[Path, Tagged]]],
     *,
     settings: str = "",
     sidecar: SidecarConfig | None = None,
@@ -125,7 +130,7 @@ def tag_folder(
 ) -> Summary:
     """Tag the photos of `sources` (folders and files) that `out` does not already hold, write `out`, then sync sidecars.
 
-    `tag_batch(paths)` yields (path, tags or None, error) per photo in batches of its choosing; the
+    `tag_batch(paths)` yields (path, `tagger.model.Tagged`) per photo in batches of its choosing; the
     journal is flushed after every photo it yields, so a kill loses at most the photos in flight.
     settings: the model and options the tags come from; rows made with other settings are tagged again.
     embed: also write the tags into each photo's own XMP (`tagger.library.sidecar.embed`, with a backup); the
@@ -202,19 +207,20 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
                 jf.seek(jf.tell() - 1)
                 if jf.read(1) != "\n":
                     jf.write("\n")  # end a line torn by a kill, or our first row would join it
-            for path, tags, error in tag_batch(todo):
-                error = text(error or "")
+            for path, result in tag_batch(todo):
+                error = text(result.error or "")
                 rec = {
                     "path": path_key(path),
-                    "tags": [t for t, _ in tags or []],
-                    "scores": [round(float(s), 4) for _, s in tags or []],
+                    "tags": [t for t, _ in result.tags or []],
+                    "scores": [round(float(s), 4) for _, s in result.tags or []],
                     "error": error,
                     "hash": hashes.get(path_key(path), ""),
                     "settings": settings,
+                    "note": result.note,
                 }
                 jf.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 jf.flush()
-                summary.record(path_key(path), error)
+                summary.record(path_key(path), error, result.note)
                 if progress:
                     progress(1)
             os.fsync(jf.fileno())

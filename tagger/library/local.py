@@ -29,11 +29,12 @@ CACHE_SHARD = 4096  # photos per feature-cache shard tag_paths writes (20 MB at 
 
 def tag_paths(tagger: Tagger, paths: Sequence[Path], options: TagOptions = TagOptions(), *, batch_size: int = 64,
               chunk: int | None = None, num_workers: int | None = None,
-              cache_dir: str | Path | None = None) -> Iterator[tuple[Path, list[tuple[str, float]] | None, str]]:
-    """Yield (path, tags, error) for photo files; a photo that cannot be read gets tags None and the reason.
+              cache_dir: str | Path | None = None) -> Iterator[tuple[Path, Tagged]]:
+    """Yield (path, `Tagged`) for photo files: its tags, or tags None and the error of a photo that cannot be read,
+    or no tags and a note (a blank frame).
 
     cache_dir: a feature cache (`pipelines.cache.FeatureCache`, shared with `tagger train` and
-    `tagger features`): photos whose features and chroma it holds are tagged first, without decoding,
+    `tagger features`): photos whose features and measures it holds are tagged first, without decoding,
     and the others are added to it, so tagging the same photos again with other options or another
     bundle on the same backbone does not run the network. Without it, photos are yielded in order.
     """
@@ -45,8 +46,9 @@ def tag_paths(tagger: Tagger, paths: Sequence[Path], options: TagOptions = TagOp
     if cache is not None:
         hashes = hash_files(paths)
         known = cache.lookup_rows({h for h in hashes if isinstance(h, str)})
-        # A shard written without chroma cannot say the photo's colour: such photos are decoded again.
-        hit = [i for i, h in enumerate(hashes) if isinstance(h, str) and h in known and np.isfinite(known[h][1])]
+        # A shard written before a measure was kept cannot say it (the photo's colour, a blank frame, its places):
+        # such photos are decoded again.
+        hit = [i for i, h in enumerate(hashes) if isinstance(h, str) and h in known and known[h][1].complete]
         for start in range(0, len(hit), chunk):
             rows = hit[start:start + chunk]
             cached = Batch(rows, np.stack([known[hashes[i]][0] for i in rows]), [hashes[i] for i in rows],
@@ -75,20 +77,19 @@ def tag_paths(tagger: Tagger, paths: Sequence[Path], options: TagOptions = TagOp
 
 def _cache_batches(cache: FeatureCache, batches: list[Batch]) -> None:
     """One shard for the photos of `batches` that decoded to finite features."""
-    rows = [(h, f, c) for b in batches for h, f, c in zip(b.hashes, b.features, b.chroma) if h and np.isfinite(f).all()]
+    rows = [(h, f, m) for b in batches for h, f, m in zip(b.hashes, b.features, b.measures) if h and np.isfinite(f).all()]
     if rows:
         cache.write(f"tag-{time.time_ns():x}-{os.getpid()}", [h for h, _, _ in rows], np.stack([f for _, f, _ in rows]),
                     [c for _, _, c in rows])
 
 
 def _tag_batches(tagger: Tagger, paths: list[Path], positions: list[int], batches: list[Batch], options: TagOptions):
-    """(path, tags, error) for paths[i], i in `positions`: the photos `batches` decoded or failed."""
+    """(path, Tagged) for paths[i], i in `positions`: the photos `batches` decoded or failed."""
     rows = [r for b in batches for r in b.rows]
     failed = {r: reason for b in batches for r, reason in b.failed}
     by_row: dict[int, Tagged] = {}
     if rows:
-        evidence = Evidence(np.concatenate([b.features for b in batches]), np.array([c for b in batches for c in b.chroma], dtype=np.float32))
+        evidence = Evidence.of(np.concatenate([b.features for b in batches]), [m for b in batches for m in b.measures])
         by_row = dict(zip(rows, tagger.tag(evidence, options)))
     for i in positions:
-        result = by_row.get(i, Tagged(None, failed.get(i, "not tagged")))
-        yield paths[i], result.tags, result.error
+        yield paths[i], by_row.get(i, Tagged(None, failed.get(i, "not tagged")))

@@ -93,6 +93,7 @@ class Summary:
     failed: int = 0  # could not be read as a photo (reported with the reason), in this run or before on the same file
     failed_now: int = 0  # of failed: in this run
     failures: list[str] = field(default_factory=list)
+    untagged: int = 0  # of tagged: photos given no tags, with a note why (blank frames), in this run
     failures_file: Path | None = None  # OUT.failed.tsv: every photo of the folder that could not be tagged, with why
     skipped: Counter = field(default_factory=Counter)  # reason -> files not taken (pipelines.scan reasons, OWNER_TAGGED)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> the first file skipped for it
@@ -121,11 +122,12 @@ class Summary:
         return cls(kept=len(decision.unchanged) - len(old), failed=len(old),
                    failures=[f"{p}: {e}" for p, e in zip(old["path"], old["error"])], **fields)
 
-    def record(self, key: str, error: str) -> None:
-        """One photo tagged in this run (error "" when it got its tags)."""
+    def record(self, key: str, error: str, note: str = "") -> None:
+        """One photo tagged in this run (error "" when it got its tags; a note when it got none, as a blank frame)."""
         if error:
             self.failed += 1
             self.failed_now += 1
             self.failures.append(f"{key}: {error}")
         else:
             self.tagged += 1
+            self.untagged += bool(note)

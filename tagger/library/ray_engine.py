@@ -13,8 +13,8 @@ with `--engine local` (CPU convolutions give results that differ in the last bit
 around a photo differs).
 
 The output is a Parquet dataset, a folder with one file per unit (`part-RUN-...parquet`), with
-the local engine's columns (path, tags, scores, error, hash, settings); photos that could not be tagged get
-a row with the reason and are listed in `OUT.failed.tsv`. A run reads what earlier runs wrote
+the local engine's columns (path, tags, scores, error, hash, settings, note); photos that could not be tagged get
+a row with the reason and are listed in `OUT.failed.tsv`, a blank frame a row with no tags and the note why. A run reads what earlier runs wrote
 (later runs win), hashes the photos it already has rows for, and tags only new or changed ones.
 A worker killed mid-run is restarted by Ray and its unit tried again; a file is written only
 when its unit is done, so a killed driver loses only units in flight. Ray is imported only here
@@ -271,9 +271,10 @@ class FeatureWorker:
         self.pool = ThreadPoolExecutor(max(1, read_threads))
 
     def decode(self, key_location: tuple[str, bytes]):
-        """(hash, pixels, chroma, error) of one photo; never raises (the local engine's `_PhotoDataset` item)."""
+        """(hash, pixels, measures, error) of one photo; never raises (the local engine's `_PhotoDataset` item)."""
         from embeddings.files import content_hash
-        from pipelines.images import ImageError, chroma, decode_image
+        from pipelines.images import ImageError, decode_image
+        from pipelines.measures import NOT_MEASURED, measure
 
         key, location = key_location
         digest = ""
@@ -281,14 +282,14 @@ class FeatureWorker:
             data = self.reader.read(location, key)
             digest = content_hash(data)
             image = decode_image(data, key, min_side=self.backbone.preprocessing.resize)
-            return digest, self.backbone.pixels_transform(image), chroma(image), ""
+            return digest, self.backbone.pixels_transform(image), measure(image), ""
         except ImageError as e:
-            return digest, None, float("nan"), e.reason
+            return digest, None, NOT_MEASURED, e.reason
         except Exception as e:  # noqa: BLE001 - one odd photo must not end a run over millions
-            return digest, None, float("nan"), f"{type(e).__name__}: {e}"
+            return digest, None, NOT_MEASURED, f"{type(e).__name__}: {e}"
 
     def features(self, keys: list[str], locations: list[bytes]):
-        """Features (n, D), NaN where a photo failed, with hashes, chroma and errors; batched as the local DataLoader batches."""
+        """Features (n, D), NaN where a photo failed, with hashes, measures and errors; batched as the local DataLoader batches."""
         import torch
 
         decoded = list(self.pool.map(self.decode, zip(keys, locations)))
@@ -300,20 +301,26 @@ class FeatureWorker:
                 if rows:
                     features[rows] = self.backbone.forward_features(torch.stack([decoded[i][1] for i in rows])).cpu().numpy()
         hashes = [d[0] for d in decoded]
-        chromas = np.array([d[2] for d in decoded], dtype=np.float32)
+        measures = [d[2] for d in decoded]
         errors = [d[3] for d in decoded]  # decoding's; a non-finite output is the caller's to report
-        return features, hashes, chromas, errors
+        return features, hashes, measures, errors
 
     def __call__(self, batch):
         import pyarrow as pa
 
         from tagger.model import NON_FINITE
 
+        from pipelines.measures import columns, join_places
+
         keys, locations = _unit_lists(batch)
-        features, hashes, _, errors = self.features(keys, locations)
+        features, hashes, measures, errors = self.features(keys, locations)
         errors = [e or ("" if np.isfinite(f).all() else NON_FINITE) for e, f in zip(errors, features)]
+        chroma, blank, places = columns(measures)
         return pa.table({"path": pa.array(keys, pa.string()), "hash": pa.array(hashes, pa.string()), "error": pa.array(errors, pa.string()),
-                         "features": pa.FixedSizeListArray.from_arrays(pa.array(features.ravel(), pa.float32()), features.shape[1])})
+                         "features": pa.FixedSizeListArray.from_arrays(pa.array(features.ravel(), pa.float32()), features.shape[1]),
+                         # What decoding measured, for the feature cache (a failed photo's are never kept).
+                         "chroma": pa.array(chroma, pa.float32()), "blank": pa.array(blank, pa.int8()),
+                         "places": pa.array([join_places(p or ()) for p in places], pa.string())})
 
 
 class TagWorker(FeatureWorker):
@@ -345,15 +352,15 @@ class TagWorker(FeatureWorker):
         from tagger.scoring.evidence import Evidence
 
         keys, locations = _unit_lists(batch)
-        features, hashes, chromas, errors = self.features(keys, locations)
+        features, hashes, measures, errors = self.features(keys, locations)
         rows = [i for i in range(len(keys)) if not errors[i]]  # decoded: Tagger.tag checks their features
-        results = self.tagger.tag(Evidence(features[rows], chromas[rows]), self.options) if rows else []
-        by_row = {}
+        results = self.tagger.tag(Evidence.of(features[rows], [measures[i] for i in rows]), self.options) if rows else []
+        by_row, notes = {}, [""] * len(keys)
         for i, result in zip(rows, results):
             if result.tags is None:
                 errors[i] = result.error
             else:
-                by_row[i] = result.tags
+                by_row[i], notes[i] = result.tags, result.note
         return pa.table({
             "path": pa.array(keys, pa.string()),
             "tags": pa.array([[t for t, _ in by_row.get(i, [])] for i in range(len(keys))], pa.list_(pa.string())),
@@ -361,6 +368,7 @@ class TagWorker(FeatureWorker):
             "error": pa.array(errors, pa.string()),
             "hash": pa.array(hashes, pa.string()),
             "settings": pa.array([self.settings] * len(keys), pa.string()),
+            "note": pa.array(notes, pa.string()),
         })
 
 
@@ -411,9 +419,9 @@ class Output:
         if not frames:
             return pd.DataFrame(columns=[*(columns or COLUMNS), "file"])
         rows = pd.concat(frames, ignore_index=True)
-        for col in ("error", "hash", "settings"):
+        for col in ("error", "hash", "settings", "note"):
             if col in rows or columns is None:
-                rows[col] = rows[col].fillna("").astype(str) if col in rows else ""  # settings: files from before the column
+                rows[col] = rows[col].fillna("").astype(str) if col in rows else ""  # settings, note: files from before the column
         return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
 
     def prune(self, keep: set[str]) -> None:
@@ -536,10 +544,10 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
             # Writing a file is IO, not compute: it must not wait for a CPU that the model actors hold.
             ds.write_parquet(output.root if output.local else output.name, filename_provider=_file_names(run),
                              ray_remote_args={"num_cpus": 0})
-        rows = output.read(["path", "error", "hash"])
+        rows = output.read(["path", "error", "hash", "note"])
         ours = rows[rows["file"].map(lambda f: Path(f).name.startswith(f"part-{run}-"))]
-        for key, error in zip(ours["path"], ours["error"]):
-            summary.record(key, error)
+        for key, error, note in zip(ours["path"], ours["error"], ours["note"]):
+            summary.record(key, error, note)
         rows = rows[rows["path"].isin(keys)]
         if output.rows_in_files > len(rows):  # rows superseded by a later run, or of photos that left the source
             output.prune(keys)
@@ -562,6 +570,8 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
     """
     from pipelines.backbones import create_backbone
     from pipelines.cache import FeatureCache
+    from pipelines.images import Blank
+    from pipelines.measures import Measures, split_places
     from embeddings.files import content_hash
 
     if config.cache_dir is None:
@@ -587,7 +597,7 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
     if not todo:
         return 0
     run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    done_hashes, done_features, shards = [], [], []
+    done_hashes, done_features, done_measures, shards = [], [], [], []
     with ray_session(options.address) as ray:
         workers, device, resources = _placement(ray, options)
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
@@ -605,12 +615,15 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
                 continue
             feats = np.asarray(batch.column("features").combine_chunks().flatten(), dtype=np.float32).reshape(len(batch), -1)[ok]
             hashes_ok = [h for h, good in zip(batch.column("hash").to_pylist(), ok) if good]
+            measures = [Measures(c, Blank(b), split_places(p)) for c, b, p, good in
+                        zip(batch.column("chroma").to_pylist(), batch.column("blank").to_pylist(), batch.column("places").to_pylist(), ok) if good]
             shards.append(f"ray-{run}-b{i:06d}")
-            cache.write(shards[-1], hashes_ok, feats)  # as it comes: an interrupted run keeps what it finished
+            cache.write(shards[-1], hashes_ok, feats, measures)  # as it comes: an interrupted run keeps what it finished
             done_hashes += hashes_ok
             done_features.append(feats)
+            done_measures += measures
     if shards:
-        cache.write(f"ray-{run}-all", done_hashes, np.concatenate(done_features))
+        cache.write(f"ray-{run}-all", done_hashes, np.concatenate(done_features), done_measures)
         for name in shards:
             cache.remove(name)
     return len(done_hashes)

@@ -1,11 +1,12 @@
-"""The results of a batch run: one row per photo (path, tags, scores, error, hash, settings), read and written.
+"""The results of a batch run: one row per photo (path, tags, scores, error, hash, settings, note), read and written.
 
 Both engines write these columns: the local engine one file (CSV, JSONL or Parquet, by extension)
 plus its journal, the Ray engine a Parquet dataset. In CSV the tags and scores cells are JSON
 arrays (a word may hold `;` or `,`; outputs from before, joined with `;`, still read), and a cell
 that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, tab, CR) starts with `'`, as does
 one that starts with `'` itself; reading takes it off. `OUT.failed.tsv` lists the photos that could
-not be tagged, with the reason.
+not be tagged, with the reason. `note` says why a photo that did not fail has no tags (a blank frame:
+"no tags: near-black frame"); outputs from before the column read with it empty.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from embeddings.files import atomic_write
 from pipelines.errors import TaggerError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-COLUMNS = ["path", "tags", "scores", "error", "hash", "settings"]
+COLUMNS = ["path", "tags", "scores", "error", "hash", "settings", "note"]
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is a formula to a spreadsheet (OWASP, CSV injection)
 
 
@@ -79,7 +80,7 @@ def read_rows(out: Path) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in rows:
             rows[col] = ""
-    for col in ("error", "hash", "settings"):
+    for col in ("error", "hash", "settings", "note"):
         rows[col] = rows[col].fillna("").astype(str)
     return rows
 

@@ -7,7 +7,8 @@
     GET  /docs        the OpenAPI docs (FastAPI's default)
 
 A photo that does not decode does not fail the request: its result carries an `error` (the reason)
-and no tags, and the other photos are tagged, as `tagger predict` does. Limits refuse the whole
+and no tags, and the other photos are tagged, as `tagger predict` does. A blank frame is no error:
+it gets no tags and a `note` saying why; a photo with GPS EXIF gets its city and country first. Limits refuse the whole
 request instead (413): a photo over the size limit, or too many photos. Query parameters out of
 range are refused (422) before the request goes near a batch.
 
@@ -94,6 +95,7 @@ class PhotoTags(BaseModel):
     tags: list[str]  # best first
     scores: list[float]  # vote shares in 0..1, one per tag
     error: str | None = None  # why the photo could not be tagged; then tags and scores are empty
+    note: str | None = None  # why a photo that did not fail has no tags ("no tags: near-black frame")
 
 
 class TagResponse(BaseModel):
@@ -354,8 +356,10 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
                 freed = sum(n for _, _, n in batch)
                 held -= freed
                 pixels.give(freed)
-            for (i, _, _), (t, error) in zip(batch, tagged):
-                results[i] = PhotoTags(filename=names[i], tags=[w for w, _ in t or []], scores=[round(x, 4) for _, x in t or []], error=error or None)
+            for (i, _, _), result in zip(batch, tagged):
+                t = result.tags or []
+                results[i] = PhotoTags(filename=names[i], tags=[w for w, _ in t], scores=[round(x, 4) for _, x in t],
+                                       error=result.error or None, note=result.note or None)
 
         try:
             for i, (name, f) in enumerate(zip(names, files)):

@@ -60,7 +60,7 @@ function showTags(card, result) {
     state.textContent = result.error;
     return;
   }
-  state.textContent = result.tags.length ? "" : "no tags above the threshold";
+  state.textContent = result.tags.length ? "" : result.note || "no tags above the threshold";
   state.hidden = result.tags.length > 0;
   const list = card.querySelector(".tags");
   result.tags.forEach((tag, i) => {
