@@ -2,7 +2,8 @@
 
     python bench/judge.py sheets --model tagger/assets/model --out /tmp/sheets   # contact sheets to look at, and
                                                                                 # docs/judged/verdicts.tsv with a row per shown tag
-    (fill the verdict column: y sensible, n not; a photo shown no tags has one row, tag empty)
+    (fill the verdict column: y sensible, n not; a photo shown no tags has one row, tag empty: y for a
+    blank frame, n for a scene it missed; docs/judged/README.md)
     python bench/judge.py score docs/judged/verdicts.tsv                         # the figures
 
 The photos (`photos()`): 30 MIRFLICKR photos of the shipped model's validation tenth (it never trained
