@@ -206,6 +206,8 @@ def train(
     backbone: BackboneOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
     min_count: Annotated[int, typer.Option(min=1, help="least number of training photos a tag needs to enter the vocabulary")] = 10,
+    precision: Annotated[float, typer.Option(min=0.05, max=1.0, help="the default threshold shows tags right this share of the time "
+                                                                     "on concept-labelled validation photos")] = 0.8,
     split: Annotated[str, typer.Option(help="train,val,test shares of the photos, split by photo id")] = "0.8,0.1,0.1",
     half: Annotated[bool, typer.Option("--half", help="store the generator in float16 (half the size)")] = False,
     seed: Annotated[int, typer.Option(help="seed of word2vec, the generator and sampling")] = 0,
@@ -242,6 +244,7 @@ def train(
         backbone=backbone,
         weights=str(weights) if weights else None,
         min_count=min_count,
+        precision=precision,
         epochs=epochs,
         max_steps=max_steps,
         seed=seed,
@@ -260,6 +263,9 @@ def train(
     if summary.method:
         scores = ", ".join(f"{m} {p:.4f}" for m, p in summary.method_val_p5.items())
         typer.echo(f"default method: {summary.method} (validation P@5 {scores})")
+    if summary.accepted_photos:
+        typer.echo(f"shown by default: tags a person agrees with at probability >= {summary.threshold:.2f} (on {summary.accepted_photos:,} "
+                   f"concept-labelled validation photos, {summary.threshold_precision:.0%} right, {summary.threshold_tags:.2f} tags a photo)")
     typer.echo(f"stages: {stages}")
     for warning in summary.warnings:
         typer.echo(f"tagger: WARNING: {warning}", err=True)
