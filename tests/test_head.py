@@ -158,8 +158,13 @@ def test_the_bundle_keeps_the_links(shipped, chelsea_features, tmp_path):
     (tmp_path / "m" / "head.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="head.json.*notaword"):
         load(tmp_path / "m", device="cpu")
-    # Without the file the bundle has no head methods, as before.
+    # Without the file the bundle has no head methods, so maps fitted for them name a method it lacks.
     (tmp_path / "m" / "head.json").unlink()
+    with pytest.raises(BundleError, match="calibrates .*head"):
+        load(tmp_path / "m", device="cpu")
+    for name in ("calibration.json", "acceptance.json"):
+        maps = json.loads((tmp_path / "m" / name).read_text())
+        (tmp_path / "m" / name).write_text(json.dumps({m: c for m, c in maps.items() if "head" not in m}))
     assert "head" not in load(tmp_path / "m", device="cpu").methods
 
 
