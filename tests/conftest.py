@@ -87,3 +87,14 @@ def build_tiny_tagger(seed: int = 0, joint: int = 0, heads: int = 1, unit: bool 
 @pytest.fixture
 def tiny_bundle(tmp_path) -> Path:
     return save(build_tiny_tagger(), tmp_path / "bundle")
+
+
+@pytest.fixture(scope="module")
+def wn():
+    """WordNet 3.0 (Debian's wordnet-base), skipped where it is not installed."""
+    from embeddings.wordnet import WordNetMissing, wordnet
+
+    try:
+        return wordnet()
+    except WordNetMissing as e:
+        pytest.skip(f"WordNet not installed: {e}")

@@ -7,19 +7,10 @@ import pytest
 
 from conftest import REPO
 from embeddings.imagenet import ClassWords, class_synsets, hypernym_distances, wnids
-from embeddings.wordnet import WordNetMissing, wordnet
 from pipelines.backbones import imagenet_categories
 
 SHIPPED = REPO / "tagger" / "assets" / "model"
 WORDS = ["cat", "animal", "airplane", "plane", "dog", "sky", "wind", "nikon", "me", "golden", "flower"]
-
-
-@pytest.fixture(scope="module")
-def wn():
-    try:
-        return wordnet()
-    except WordNetMissing as e:
-        pytest.skip(f"WordNet not installed: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,6 @@ def test_wordnet_dir_defaults_to_debians(monkeypatch):
     assert wordnet_dir() == DEFAULT_DIR
 
 
-@pytest.fixture(scope="module")
-def wn():
-    try:
-        return wordnet()
-    except WordNetMissing as e:
-        pytest.skip(f"WordNet not installed: {e}")
-
-
 def test_reads_debians_wordnet(wn):
     assert wn.get_version() == "3.0"
     assert wn.synsets("dog")[0].name() == "dog.n.01"
