@@ -5,7 +5,7 @@ hands photos as `Evidence` (image features + what decoding measured: chroma, bla
 places) and a `TagOptions` to `Tagger.tag` (tags with scores, or the reason a photo has none) or
 `Tagger.score` (the score tables evaluation and calibration need); nothing else calls the scorers.
 Inside: the non-finite check, the method's raw scores, what the pixels rule out, then probabilities
-where the bundle has a calibration for the method (otherwise scores relative to the photo's best, or
+where the bundle has a map for the method (that a person agrees, else that the owner uses the tag; otherwise scores relative to the photo's best, or
 vote shares for the paper's plain votes), ranked. `tag` then gives a blank frame no tags and a note
 saying why, and puts the places of a photo's GPS before its content tags.
 
@@ -50,7 +50,7 @@ from tagger.training.summary import TrainingSummary
 
 NON_FINITE = "no features (non-finite output)"
 # The score of a place named by the photo's own GPS: where it was taken is known, not guessed (a content tag's
-# score is the probability that its owner would use it). Being the highest score, the places come first, the
+# score is the probability that a person looking at the photo agrees with it). Being the highest score, the places come first, the
 # city then the country, and they come in addition to the top_k content tags.
 PLACE_SCORE = 1.0
 
