@@ -36,7 +36,7 @@ import pandas as pd
 from embeddings.files import content_hash, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS
-from tagger.library.plan import Plan, Summary, decide, select_photos
+from tagger.library.plan import LISTING, Plan, Summary, decide, listing_of, listing_table, select_photos
 from tagger.library.results import (BatchError, failures_path, journal_path, latest, lock_path, output_format, read_rows, text,
                                     write_failures, write_results)
 from tagger.library.keyword_tree import KeywordTree
@@ -124,6 +124,7 @@ def tag_folder(
     exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
     skip_owner_tagged: bool = False,
     retry_failed: bool = True,
+    rehash: bool = False,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
@@ -138,6 +139,7 @@ def tag_folder(
     tree: where XMP sidecars and embedded XMP file the tags (root, categories, flat); it is no setting of
     the rows, so a run with another tree rewrites the sidecars and tags nothing again.
     retry_failed: try photos that failed in an earlier run again, changed or not (False: only if changed).
+    rehash: read and hash every photo that has a row, even where its size and mtime say it is unchanged.
     dry_run: scan, hash and plan, but tag nothing and write nothing (no lock, journal or output).
     """
     sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
@@ -156,7 +158,7 @@ def tag_folder(
     _refuse_links(out)
     if dry_run:
         return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, True, progress,
-                    on_plan)
+                    on_plan, rehash)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with Lock(out):
@@ -164,7 +166,7 @@ def tag_folder(
             for name in (out.name, failures_path(out).name):
                 remove_stale(out.parent, stale_pattern(name))
             return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, False,
-                        progress, on_plan)
+                        progress, on_plan, rehash)
     except OSError as e:
         # Disk full, a read-only or missing folder: what was tagged is in the journal, and the next run goes on from it.
         where = e.filename or out
@@ -173,21 +175,18 @@ def tag_folder(
 
 
 def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
-         on_plan) -> Summary:
+         on_plan, rehash=False) -> Summary:
     every = read_rows(out)
     previous = latest(every)
     naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
     found = select_photos(sources, exclude_dirs, skip_owner_tagged, naming, tree.root)
     library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
     photos = found.photos
-    hashes = {}
-    for key, p in photos.items():
-        try:
-            hashes[key] = content_hash(p)
-        except OSError:
-            hashes[key] = ""  # unreadable: the tagging step reports why
-    decision = decide(list(photos), previous, hashes, settings, retry_failed)
-    todo = [photos[key] for key in decision.todo]
+    listing = {key: listing_of(p) for key, p in photos.items()}  # before any read: a photo changed while read is seen next run
+    decision = decide(listing_table(list(listing), list(listing.values())), previous,
+                      lambda rows: [_hash(photos[key]) for key in rows["key"].to_pylist()], settings, retry_failed, rehash)
+    hashes = dict(zip(decision.todo["key"].to_pylist(), decision.todo["hash"].to_pylist()))  # "": not read to plan
+    todo = [photos[key] for key in hashes]
     unchanged, retag = decision.unchanged, decision.retag
     summary = Summary.planned(decision, skipped=found.skipped, examples=found.examples, dry_run=dry_run)
     if on_plan:
@@ -201,6 +200,8 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
             summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, dry_run=True))
         return summary
     journal = journal_path(out)
+    for key, digest in hashes.items():
+        hashes[key] = digest or _hash(photos[key])  # a new photo's row keeps its hash too
     if todo:
         with os.fdopen(_open_own(journal, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+", encoding="utf-8") as jf:
             if jf.tell() > 0:
@@ -217,6 +218,8 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
                     "hash": hashes.get(path_key(path), ""),
                     "settings": settings,
                     "note": result.note,
+                    "size": listing[path_key(path)][0],
+                    "mtime": listing[path_key(path)][1],
                 }
                 jf.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 jf.flush()
@@ -227,7 +230,10 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
     every = read_rows(out)
     # Photos that left the folder leave the results too.
     rows = latest(every)
-    rows = rows[rows["path"].isin(set(photos))]
+    rows = rows[rows["path"].isin(set(photos))].copy()
+    if decision.relisted.num_rows:  # unchanged in content, not in listing (touched, copied): the row takes the new listing
+        relisted = rows["path"].isin(set(decision.relisted["key"].to_pylist()))
+        rows.loc[relisted, list(LISTING)] = [listing[key] for key in rows.loc[relisted, "path"]]
     # The journal is safe on disk: a sidecar that cannot be written costs the run nothing, and the next run retries it.
     # Synced before the journal goes, so a run killed among them still knows every tag list it gave a .txt sidecar.
     if sidecar:
@@ -242,6 +248,13 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
             write_results(rows, out)
     return summary
+
+
+def _hash(path: Path) -> str:
+    try:
+        return content_hash(path)
+    except OSError:
+        return ""  # unreadable: the tagging step reports why
 
 
 def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarConfig, tree: KeywordTree, summary: Summary,

@@ -3,16 +3,23 @@
 A photo is tagged when the results have no row for it, when its content hash changed, when its row
 was made with other settings (another model or other options: `Tagger.settings`), or when it
 failed before (unless retry_failed is off: then an unchanged photo keeps its failure). Everything
-else keeps its row. `Summary` is what a run reports, whichever engine ran it.
+else keeps its row. Whether a photo changed is first asked of its listing, as rsync's quick check
+does: a size and modification time equal to its row's mean unchanged, without reading the photo;
+only the others are read and hashed (all of them with rehash). `Summary` is what a run reports,
+whichever engine ran it.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.images import printable_path as path_key
 from pipelines.keywords import DEFAULT_ROOT, owner_keywords
@@ -55,35 +62,97 @@ def select_photos(sources: Sequence[Path], exclude_dirs: Sequence[str] = DEFAULT
     return chosen
 
 
+LISTING = ("size", "mtime")  # what a listing says of a photo without reading it: bytes, and modification time (ns)
+UNKNOWN = -1  # a listing field not known (a manifest's URI not listed, a row from before the columns): the photo is hashed
+
+
+def listing_of(path: str | Path) -> tuple[int, int]:
+    """(size, mtime in ns) of a local file, what its folder's listing says; (UNKNOWN, UNKNOWN) where it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return UNKNOWN, UNKNOWN
+    return st.st_size, st.st_mtime_ns
+
+
+def listing_table(keys: Sequence[str], listings: Sequence[tuple[int, int]], **more: Sequence) -> pa.Table:
+    """A listing as `decide` takes it: key, size, mtime, and any other columns (carried to Decision.todo)."""
+    sizes, mtimes = zip(*listings) if listings else ((), ())
+    return pa.table({"key": pa.array(keys, pa.string()), "size": pa.array(sizes, pa.int64()), "mtime": pa.array(mtimes, pa.int64()),
+                     **{name: pa.array(values) for name, values in more.items()}})
+
+
 @dataclass
 class Decision:
     """The plan itself: the photos to tag (in the order given) and what happens to the rest."""
 
-    todo: list[str]  # keys of the photos to tag
+    todo: pa.Table  # the listing's rows of the photos to tag, in order, with `hash`: read while planning, else ""
     retag: int  # of todo: unchanged photos whose model or options changed
-    unchanged: set[str]  # keys whose rows are kept
-    old_failed: pd.DataFrame  # rows of unchanged photos that failed before and are not retried
+    kept: pa.Array  # keys whose rows are kept
+    old_failed: pd.DataFrame  # path and error of the kept photos that failed before and are not retried
+    relisted: pa.Table  # key, size, mtime of kept photos whose listing changed (their content did not): rows to update
+    hashed: int  # photos read and hashed to decide (a listing that matched its row spares the read)
+
+    @property
+    def unchanged(self) -> set[str]:
+        return set(self.kept.to_pylist())
 
 
-def decide(keys: Sequence[str], previous: pd.DataFrame, hashes: Mapping[str, str], settings: str,
-           retry_failed: bool = True) -> Decision:
-    """Which of `keys` to tag, given the latest row of each photo (`previous`) and the current content
-    hashes of the photos that have one ("" or missing: unreadable now, so tagged, and the tagging step says why)."""
-    done = {path: (h, s) for path, h, s in zip(previous["path"], previous["hash"], previous["settings"])}
-    failed_before = set(previous.loc[previous["error"] != "", "path"])
-    todo, retag = [], 0
-    for key in keys:
-        old, now = done.get(key), hashes.get(key, "")
-        if old is None or not now or old[0] != now or (retry_failed and key in failed_before):
-            # A failure is retried even when the hash is the same: the photo may have been read while
-            # being copied or rewritten (its hash taken before), or from a share that was briefly away.
-            todo.append(key)
-        elif old[1] != settings:
-            todo.append(key)
-            retag += 1
-    unchanged = set(keys) - set(todo)
-    old_failed = previous[(previous["error"] != "") & previous["path"].isin(unchanged)]
-    return Decision(todo, retag, unchanged, old_failed)
+def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Callable[[pa.Table], Sequence[str]], settings: str,
+           retry_failed: bool = True, rehash: bool = False) -> Decision:
+    """Which photos of `listing` (key, size, mtime, ...) to tag, given the latest row of each photo (`previous`).
+
+    rsync's quick check: a photo whose size and modification time equal its row's is taken as
+    unchanged without reading it; the others with a row are hashed, `hash_photos(rows of the
+    listing)` giving their content hashes ("" where unreadable: tagged, and the tagging step says
+    why), and compared with the row's. rehash: hash every photo with a row, whatever its listing.
+    In Arrow, column by column: a plan of millions of photos holds no Python object per photo.
+    """
+    if isinstance(previous, pd.DataFrame):
+        previous = pa.Table.from_pandas(_previous_columns(previous), preserve_index=False)
+    prev = previous.select(["path", "hash", "settings", "error", *LISTING]).rename_columns(
+        ["key", "_hash", "_settings", "_error", "_size", "_mtime"])
+    prev = prev.cast(pa.schema([("key", pa.string()), ("_hash", pa.string()), ("_settings", pa.string()), ("_error", pa.string()),
+                                ("_size", pa.int64()), ("_mtime", pa.int64())]))
+    order = listing.append_column("_i", pa.array(np.arange(listing.num_rows, dtype=np.int64)))
+    # Table.join does not keep the order, and the order is the tagging order: sorted back by position.
+    joined = order.join(prev, "key", join_type="left outer").sort_by("_i")
+
+    def mask(expr) -> np.ndarray:
+        return pc.fill_null(expr, False).to_numpy(zero_copy_only=False)
+
+    has_row = mask(pc.is_valid(joined["_hash"]))
+    same = has_row & mask(pc.and_(pc.and_(pc.greater_equal(joined["size"], 0), pc.equal(joined["size"], joined["_size"])),
+                                  pc.equal(joined["mtime"], joined["_mtime"])))
+    if rehash:
+        same[:] = False
+    need = has_row & ~same
+    hashes = pc.if_else(pa.array(same), pc.fill_null(joined["_hash"], ""), pa.scalar("", pa.string()))
+    if need.any():
+        read = pa.array(list(hash_photos(joined.filter(pa.array(need)).select(listing.column_names))), pa.string())
+        hashes = pc.replace_with_mask(hashes, pa.array(need), read)
+    changed = ~has_row | mask(pc.equal(hashes, "")) | ~mask(pc.equal(hashes, pc.fill_null(joined["_hash"], "")))
+    failed_before = has_row & ~mask(pc.equal(pc.fill_null(joined["_error"], ""), ""))
+    # A failure is retried even when the hash is the same: the photo may have been read while being
+    # copied or rewritten (its hash taken before), or from a share that was briefly away.
+    todo = changed | (failed_before if retry_failed else False)
+    retag = ~todo & ~mask(pc.equal(pc.fill_null(joined["_settings"], ""), settings))
+    todo |= retag
+    kept = ~todo
+    rows = joined.select(listing.column_names).append_column("hash", hashes)
+    old = joined.filter(pa.array(kept & failed_before))
+    return Decision(todo=rows.filter(pa.array(todo)), retag=int(retag.sum()), kept=joined["key"].filter(pa.array(kept)).combine_chunks(),
+                    old_failed=pd.DataFrame({"path": old["key"].to_pylist(), "error": old["_error"].to_pylist()}),
+                    relisted=joined.filter(pa.array(kept & ~same & has_row)).select(["key", *LISTING]), hashed=int(need.sum()))
+
+
+def _previous_columns(previous: pd.DataFrame) -> pd.DataFrame:
+    """The columns `decide` reads, from results of any age (no listing columns: UNKNOWN, so those photos are hashed)."""
+    frame = pd.DataFrame({c: previous[c].astype(str) if c in previous else pd.Series([""] * len(previous), dtype=str)
+                          for c in ("path", "hash", "settings", "error")})
+    for c in LISTING:
+        frame[c] = previous[c].astype("int64") if c in previous else pd.Series([UNKNOWN] * len(previous), dtype="int64")
+    return frame
 
 
 @dataclass
@@ -102,24 +171,26 @@ class Summary:
     sidecar_errors: list[str] = field(default_factory=list)
     dry_run: bool = False
     to_tag: list[str] = field(default_factory=list)  # dry run: the photos a run would tag
+    missing: list[str] = field(default_factory=list)  # planned to be tagged, but no row of theirs came back: a failed run
+    hashed: int = 0  # photos read and hashed to plan (the others' listing matched their row)
 
     @property
     def total(self) -> int:
-        return self.tagged + self.kept + self.failed
+        return self.tagged + self.kept + self.failed + len(self.missing)
 
     @property
     def ok(self) -> bool:
-        """No photo failed in this run and every sidecar is in step (the exit code of a run).
+        """No photo failed or went missing in this run and every sidecar is in step (the exit code of a run).
 
         A file that failed before and has not changed is still listed, but does not fail every later run.
         """
-        return not self.failed_now and not self.sidecar_errors
+        return not self.failed_now and not self.sidecar_errors and not self.missing
 
     @classmethod
     def planned(cls, decision: Decision, **fields) -> "Summary":
         """The summary before any photo is tagged: kept rows and earlier failures counted."""
         old = decision.old_failed
-        return cls(kept=len(decision.unchanged) - len(old), failed=len(old),
+        return cls(kept=len(decision.kept) - len(old), failed=len(old), hashed=decision.hashed,
                    failures=[f"{p}: {e}" for p, e in zip(old["path"], old["error"])], **fields)
 
     def record(self, key: str, error: str, note: str = "") -> None:

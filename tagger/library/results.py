@@ -1,4 +1,4 @@
-"""The results of a batch run: one row per photo (path, tags, scores, error, hash, settings, note), read and written.
+"""The results of a batch run: one row per photo (path, tags, scores, error, hash, settings, note, size, mtime), read and written.
 
 Both engines write these columns: the local engine one file (CSV, JSONL or Parquet, by extension)
 plus its journal, the Ray engine a Parquet dataset. In CSV the tags and scores cells are JSON
@@ -6,7 +6,10 @@ arrays (a word may hold `;` or `,`; outputs from before, joined with `;`, still 
 that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, tab, CR) starts with `'`, as does
 one that starts with `'` itself; reading takes it off. `OUT.failed.tsv` lists the photos that could
 not be tagged, with the reason. `note` says why a photo that did not fail has no tags (a blank frame:
-"no tags: near-black frame"); outputs from before the column read with it empty.
+"no tags: near-black frame"); outputs from before the column read with it empty. `size` and `mtime`
+(bytes, and modification time in ns) are what the photo's listing said when it was hashed, so that
+a later run knows it unchanged without reading it (`tagger.library.plan.decide`); -1 where not known,
+as in outputs from before the columns.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from embeddings.files import atomic_write
 from pipelines.errors import TaggerError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-COLUMNS = ["path", "tags", "scores", "error", "hash", "settings", "note"]
+COLUMNS = ["path", "tags", "scores", "error", "hash", "settings", "note", "size", "mtime"]
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is a formula to a spreadsheet (OWASP, CSV injection)
 
 
@@ -82,6 +85,8 @@ def read_rows(out: Path) -> pd.DataFrame:
             rows[col] = ""
     for col in ("error", "hash", "settings", "note"):
         rows[col] = rows[col].fillna("").astype(str)
+    for col in ("size", "mtime"):
+        rows[col] = pd.to_numeric(rows[col], errors="coerce").fillna(-1).astype("int64")
     return rows
 
 
