@@ -73,7 +73,7 @@ ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help
 SeedOpt = Annotated[Optional[int], typer.Option(help="noise seed: the same seed gives the same tags")]
 KindsOpt = Annotated[Optional[str], typer.Option(help="kinds of words to show, comma-separated: content, style, place, self, gear, community, date, other, or all (default: content,style: what is in the photo and how it was taken, and the places of its GPS, shown with place or all too)")]
 EngineOpt = Annotated[Engine, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
-AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or HEAD_IP:6379), from one of its nodes; default: start Ray on this machine")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
 
@@ -154,7 +154,8 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
     from tagger.library.ray_engine import RayOptions, import_ray
 
     import_ray()  # without Ray, say how to install it before any work starts
-    return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size, runtime=_value(runtime))
+    # Ray Data's progress bars on: a run over an archive lasts hours (they draw only on a terminal).
+    return RayOptions(address=address, workers=workers, device=device, batch_size=batch_size, runtime=_value(runtime), progress=True)
 
 
 def tag_on_ray(source: str, out: str, model: Path | None, options, sidecar: str | None, tag_options, **plan_options):
@@ -171,9 +172,10 @@ def tag_on_ray(source: str, out: str, model: Path | None, options, sidecar: str 
     def plan(p):
         typer.echo(f"{source}: {p.photos} photos, {p.photos - p.todo} already tagged, {p.todo} to tag", err=True)
 
-    if options.address and not all(is_uri(p) for p in (source, out)):
-        typer.echo("tagger: note: on a cluster, the photos and --out must be where every node reaches them "
-                   "(object storage, or a file system mounted on every node at the same path)", err=True)
+    if options.address and not is_uri(source):
+        typer.echo("tagger: note: on a cluster, the photos must be where every node reaches them "
+                   "(object storage, or a file system mounted on every node at the same path); --out is written by this machine",
+                   err=True)
     summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=tagger.settings(tag_options),
                          **plan_options)
     report(summary, out)
@@ -187,6 +189,9 @@ def report(summary, out: Path, sidecars: str = "") -> None:
         typer.echo(f"tagger: failed: {line}", err=True)  # printable already: paths as the results hold them
     for line in summary.sidecar_errors:
         typer.echo(f"tagger: sidecar failed: {line}", err=True)
+    if summary.missing:
+        shown = ", ".join(summary.missing[:5]) + (f" and {len(summary.missing) - 5} more" if len(summary.missing) > 5 else "")
+        typer.echo(f"tagger: error: {len(summary.missing)} photos planned got no row in {out}: {shown}; run again to tag them", err=True)
     listed = f" (listed in {summary.failures_file})" if summary.failures_file else ""
     untagged = f"; {summary.untagged} blank frames given no tags (the note column says why)" if summary.untagged else ""
     typer.echo(f"{out}: {summary.tagged} tagged, {summary.kept} unchanged (kept), {summary.failed} failed{listed}{sidecars}{untagged}")
@@ -345,6 +350,7 @@ def tag(
     exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
     skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="try photos that failed before again, even if unchanged (a photo read while being copied fails once)")] = True,
+    rehash: Annotated[bool, typer.Option("--rehash", help="read and hash every photo already tagged, to find a change that kept the size and modification time (without it, a photo whose size and mtime match its row is not read)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be tagged and written, and change nothing")] = False,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = None,
@@ -394,7 +400,7 @@ def tag(
         if len(sources) != 1 or embed or dry_run:
             raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
         return tag_on_ray(sources[0], out, model, on_ray, side, opts, exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()),
-                          skip_owner_tagged=skip_owner_tagged, retry_failed=retry_failed)
+                          skip_owner_tagged=skip_owner_tagged, retry_failed=retry_failed, rehash=rehash)
     sources, out = [Path(s) for s in sources], Path(out)
     tagger = load_tagger(model, device, runtime)
     tagger.method_of(opts)  # an unknown method is refused before the scan, and before any file is made
@@ -415,7 +421,7 @@ def tag(
     summary = tag_folder(sources, out, lambda paths: tag_paths(tagger, paths, opts, batch_size=batch_size, cache_dir=features_dir),
                          settings=tagger.settings(opts), sidecar=side, embed=embed, tree=tree,
                          exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
-                         retry_failed=retry_failed, dry_run=dry_run, progress=bar.update, on_plan=plan)
+                         retry_failed=retry_failed, rehash=rehash, dry_run=dry_run, progress=bar.update, on_plan=plan)
     bar.close()
     if dry_run:
         for reason, n in summary.skipped.most_common():
@@ -430,6 +436,22 @@ def tag(
     sidecars = f"; sidecars: {summary.sidecars_written} written, {len(summary.sidecar_errors)} failed" if side else ""
     sidecars += f"; keywords written into {summary.embedded} photos" if embed else ""
     report(summary, out, sidecars)
+
+
+@app.command()
+@command
+def compact(
+    out: Annotated[str, typer.Argument(help="the Parquet folder `tagger tag --engine ray` wrote (or its URI)")],
+    rows_per_file: Annotated[int, typer.Option(min=1, help="rows of each merged file")] = 100_000,
+):
+    """Merge the files of a finished `--engine ray` output into few large ones (the latest row of each photo, by path).
+
+    Example:  tagger compact tags.parquet
+    """
+    from tagger.library.ray_engine import compact as merge
+
+    before, after, rows = merge(out, rows_per_file)
+    typer.echo(f"{out}: {rows} rows, {before} files merged into {after}")
 
 
 @app.command()

@@ -82,14 +82,14 @@ def test_tags_equal_the_local_engine_a_bad_photo_is_reported_and_a_rerun_tags_no
     assert summary.failures == [f"{photos / 'broken.jpg'}: {reason}"]
     assert summary.failures_file.read_text().splitlines() == ["path\terror", f"{photos / 'broken.jpg'}\t{reason}"]
     rows = read_output(out)
-    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash", "settings", "note"]
+    assert list(rows.columns) == list(local_rows.columns) == ["path", "tags", "scores", "error", "hash", "settings", "note", "size", "mtime"]
     assert list(rows["path"]) == list(local_rows["path"])
     assert [list(t) for t in rows["tags"]] == [list(t) for t in local_rows["tags"]]
     # Scores to their 4 decimals, give or take the last: ONNX Runtime's result moves in the last bits with its thread
     # count (a Ray worker runs one thread, the local engine as many as the machine has), which can tip a rounding.
     assert all(len(a) == len(b) and np.allclose(a, b, atol=1.01e-4) for a, b in zip(rows["scores"], local_rows["scores"]))
     assert list(rows["error"]) == list(local_rows["error"]) and list(rows["hash"]) == list(local_rows["hash"])
-    assert len(Output(out).files()) == 2  # one file per unit of 128 photos
+    assert len(Output(out).files()) == 1  # rows gathered on the driver into files of 100,000 by default
 
     again = tag_source(photos, out, default_model_path(), options)
     assert (again.tagged, again.kept, again.failed) == (0, 200, 1)
@@ -122,8 +122,8 @@ def test_a_worker_killed_mid_run_loses_nothing_and_repeats_nothing(cluster, phot
 
     killer = threading.Thread(target=kill_one_worker_once_a_unit_is_written)
     killer.start()
-    # Units of 8 x 4 = 32 photos: 7 units, so the workers are mid-way through the run when the first file appears.
-    summary = tag_source(photos, out, default_model_path(), RayOptions(workers=2, batch_size=4))
+    # Units of 2 x 4 = 8 photos in files of 32 rows: the workers are mid-way through the run when the first file appears.
+    summary = tag_source(photos, out, default_model_path(), RayOptions(workers=2, batch_size=4, rows_per_file=32))
     killer.join()
     assert killed, "no worker was killed: the run ended first"
     assert [a["NumRestarts"] for a in ray._private.state.actors().values() if a["ActorID"] == killed[0]] == [1]
@@ -132,6 +132,14 @@ def test_a_worker_killed_mid_run_loses_nothing_and_repeats_nothing(cluster, phot
     assert len(counts) == 201 and counts.max() == 1  # every photo exactly once
     rows = read_output(out)
     assert set(rows.loc[rows["error"] == "", "path"]) == set(local_rows.loc[local_rows["error"] == "", "path"])
+    assert len(Output(out).files()) == 7  # 201 rows in files of 32 (the last 9)
+
+    from tagger.library.ray_engine import compact
+
+    assert compact(out) == (7, 1, 201)  # merged into one file of up to 100,000 rows
+    merged = read_output(out)
+    pd.testing.assert_frame_equal(merged, rows)
+    assert rows_per_path(out).max() == 1
 
 
 @pytest.mark.slow
@@ -142,11 +150,16 @@ def test_a_manifest_and_a_file_uri_give_the_folders_photos(tmp_path):
     (tmp_path / "photos" / ".hidden.jpg").write_bytes(b"x")
     manifest = tmp_path / "list.csv"
     pd.DataFrame({"path": ["photos/sub/" + p.name for p in paths]}).to_csv(manifest, index=False)
-    from_folder = [p.key for p in list_photos(tmp_path / "photos")[0]]
-    assert from_folder == [str(p) for p in paths]
-    assert [p.key for p in list_photos(manifest)[0]] == [str(p) for p in paths]
+    from_folder = list_photos(tmp_path / "photos")[0]
+    assert from_folder["key"].to_pylist() == [str(p) for p in paths]
+    assert list_photos(manifest)[0]["key"].to_pylist() == [str(p) for p in paths]
     uri = (tmp_path / "photos").as_uri()
-    assert [p.key for p in list_photos(uri)[0]] == [f"file://{p}" for p in paths]
+    from_uri = list_photos(uri)[0]
+    assert from_uri["key"].to_pylist() == [f"file://{p}" for p in paths]
+    # Every listing says each photo's size and mtime, as a stat does: what a rerun compares before reading anything.
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    for listing in (from_folder, list_photos(manifest)[0], from_uri):
+        assert list(zip(listing["size"].to_pylist(), listing["mtime"].to_pylist())) == stats
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def listing_table(keys: Sequence[str], listings: Sequence[tuple[int, int]], **mo
     """A listing as `decide` takes it: key, size, mtime, and any other columns (carried to Decision.todo)."""
     sizes, mtimes = zip(*listings) if listings else ((), ())
     return pa.table({"key": pa.array(keys, pa.string()), "size": pa.array(sizes, pa.int64()), "mtime": pa.array(mtimes, pa.int64()),
-                     **{name: pa.array(values) for name, values in more.items()}})
+                     **{name: values if isinstance(values, pa.Array) else pa.array(values) for name, values in more.items()}})
 
 
 @dataclass

@@ -3,31 +3,39 @@
     tag_source("photos/", "tags.parquet", model_path, RayOptions(workers=2))
 
 The driver lists the photos (a local folder, a CSV/Parquet manifest with a path column, or any URI
-that `pyarrow.fs` reads: s3://, gs://, file://) and cuts the ones to tag into units of
-8 x batch_size photos, in the order the local engine tags them. Ray Data hands each unit to a
-`TagWorker` actor (one model per actor, a GPU each where there are GPUs), which reads the bytes,
-hashes and decodes them with the project's own decoder, runs the backbone in batches of
-batch_size and tags the unit with the model. These are the chunks and batches of
-`tagger.library.local.tag_paths`, so every photo meets the same arithmetic and gets the same tags and scores as
-with `--engine local` (CPU convolutions give results that differ in the last bits when the batch
-around a photo differs).
+that `pyarrow.fs` reads: s3://, gs://, file://), with each one's size and modification time, and
+plans the run as the local engine does (`tagger.library.plan.decide`: a photo whose listing matches
+its row is not read again). Before any photo is read, a probe task on every node checks that it
+reaches SOURCE (and can use `--device`): a run that would fail on one node is refused in one line
+naming the node. The photos to tag are cut into units of 2 x batch_size photos, in the order the
+local engine tags them. Ray Data hands each unit to a `TagWorker` actor (one model per actor, a GPU
+each where there are GPUs), which reads the bytes, hashes and decodes them with the project's own
+decoder, runs the backbone in batches of batch_size and tags the unit with the model. These are the
+chunks and batches of `tagger.library.local.tag_paths`, so every photo meets the same arithmetic and
+gets the same tags and scores as with `--engine local` (CPU convolutions give results that differ
+in the last bits when the batch around a photo differs).
 
-The output is a Parquet dataset, a folder with one file per unit (`part-RUN-...parquet`), with
-the local engine's columns (path, tags, scores, error, hash, settings, note); photos that could not be tagged get
-a row with the reason and are listed in `OUT.failed.tsv`, a blank frame a row with no tags and the note why. A run reads what earlier runs wrote
-(later runs win), hashes the photos it already has rows for, and tags only new or changed ones.
-A worker killed mid-run is restarted by Ray and its unit tried again; a file is written only
-when its unit is done, so a killed driver loses only units in flight. Ray is imported only here
-and only when used: `pip install "tagger[ray]"`.
+The rows come back to the driver, which counts them into the summary (so it reports what every
+node did, and a progress line every few minutes) and writes them to the output, a Parquet dataset:
+a folder of `part-RUN-N.parquet` files of up to `rows_per_file` rows each (or `bytes_per_file`, or
+what `file_seconds` gathered), with the local engine's columns. Only the driver writes: OUT need not
+be shared by the nodes. After the run the files are read back, and a photo planned but without a
+row is named and fails the run. Photos that could not be tagged get a row with the reason and are
+listed in `OUT.failed.tsv`, a blank frame a row with no tags and the note why. A worker killed
+mid-run is restarted by Ray and its unit tried again; a killed driver loses the rows not yet in a
+file (at most `file_seconds` of work). `compact` merges a finished output's files. Ray is imported
+only here and only when used: `pip install "tagger[ray]"`.
 """
 from __future__ import annotations
 
 import fnmatch
-import io
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -37,13 +45,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.datasets import PATH_COLUMNS
 from pipelines.images import printable_path
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, PHOTO_EXTENSIONS
 from tagger.library.batch import Lock
 from tagger.library.results import COLUMNS, BatchError, failures_tsv, output_format, write_failures
-from tagger.library.plan import Plan, Selection, Summary, decide, select_photos
+from tagger.library.plan import (LISTING, UNKNOWN, Plan, Selection, Summary, decide, listing_of, listing_table,
+                                 select_photos)
 from tagger.library.local import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of tag_paths, so the batches match
 from tagger.scoring.options import TagOptions
 
@@ -51,26 +62,40 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the ray engine needs Ray: pip install "tagger[ray]" (or pip install "ray[data]")'
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+MANIFEST_BATCH = 65_536  # manifest rows read at a time: the driver holds the listing in Arrow, never a Python object per photo
+SCHEMA = pa.schema([("path", pa.string()), ("tags", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())), ("error", pa.string()),
+                    ("hash", pa.string()), ("settings", pa.string()), ("note", pa.string()), ("size", pa.int64()), ("mtime", pa.int64())])
+DEVICES = re.compile(r"^(cpu|cuda|mps)$")  # on Ray each actor is given its GPU: cuda:N means nothing there
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how wide the Ray engine runs."""
+    """Where and how wide the Ray engine runs, and how it writes and reports."""
 
-    address: str | None = None  # "auto", "ray://host:10001" or host:port of a running cluster; None: start a local Ray
+    address: str | None = None  # "auto" or host:port of a running cluster; None: start a local Ray
     workers: int | None = None  # model actors; None: one per GPU with a GPU device, else one per CPU of the cluster
     cpus_per_worker: int = 1  # CPUs (and torch threads) each actor holds
-    device: str | None = None  # "cpu", "cuda", ...; None: "cuda" where the cluster has GPUs, else "cpu"
+    device: str | None = None  # "cpu", "cuda", "mps"; None: "cuda" where the cluster has GPUs, else "cpu"
     batch_size: int = 64  # photos per backbone forward pass (as `tagger tag --batch-size`)
     read_threads: int = 4  # threads reading and decoding a unit's photos inside each actor
     runtime: str | None = None  # what runs the backbone in each actor (torch, onnx, onnx-int8; None: the device's default)
     progress: bool = False  # Ray Data's progress bars
+    progress_every: float = 300.0  # seconds between the progress lines (done, rate, ETA) on stderr; 0: none
+    rows_per_file: int = 100_000  # rows of an output file: 100M photos make 1,000 files
+    bytes_per_file: int = 64 * 2**20  # ... or fewer, once the rows held for a file reach this size in memory
+    file_seconds: float = 600.0  # ... or fewer, once the oldest row held is this old: what a killed driver can lose
 
-
-@dataclass(slots=True)
-class Photo:
-    key: str  # what the output's path column says: the path as listed (printable), or the URI
-    location: bytes  # what a worker opens: a local path (os.fsencode) or a URI (UTF-8)
+    def __post_init__(self):
+        for name in ("cpus_per_worker", "batch_size", "read_threads", "rows_per_file", "bytes_per_file"):
+            if getattr(self, name) < 1:
+                raise BatchError(f"ray options: {name} must be at least 1, not {getattr(self, name)}")
+        if self.workers is not None and self.workers < 1:
+            raise BatchError(f"--workers must be at least 1, not {self.workers}")
+        if self.progress_every < 0 or self.file_seconds <= 0:
+            raise BatchError("ray options: progress_every must be 0 or more, file_seconds more than 0")
+        if self.device is not None and not DEVICES.match(self.device):
+            hint = "; on Ray each worker is given a GPU of its own: use --device cuda" if self.device.startswith("cuda:") else ""
+            raise BatchError(f"--device {self.device}: the ray engine runs on cpu, cuda or mps{hint}")
 
 
 # -- Ray itself ----------------------------------------------------------------------------------
@@ -95,10 +120,14 @@ def ray_session(address: str | None = None):
         return
     kwargs = {"include_dashboard": False, "log_to_driver": False}
     if address:
+        if address.startswith("ray://"):
+            raise BatchError(f"--address {address}: the Ray client (ray://) is not supported; run tagger on a node of the cluster "
+                             "with --address auto (or HEAD_IP:6379)")
         try:
-            ray.init(address=address, **({} if address.startswith("ray://") else kwargs))
+            ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise BatchError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0]}); start one with `ray start --head`") from None
+            raise BatchError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0]}); on a node of the cluster, "
+                             "`ray status` says whether it runs (README: Starting a cluster)") from None
     else:
         ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
     try:
@@ -112,12 +141,79 @@ def _placement(ray, options: RayOptions) -> tuple[int, str, dict]:
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     device = options.device or ("cuda" if gpus else "cpu")
-    if device.startswith("cuda"):
+    if device == "cuda":
         if not gpus:
             raise BatchError(f"--device {device}: the Ray cluster has no GPUs")
         return options.workers or gpus, device, {"num_gpus": 1, "num_cpus": options.cpus_per_worker}
     workers = options.workers or max(1, cpus // options.cpus_per_worker)
     return workers, device, {"num_cpus": options.cpus_per_worker}
+
+
+def _check_runtime(device: str, runtime: str | None) -> None:
+    """The runtime for the device, checked on the driver (ONNX Runtime on a GPU is refused) before any actor starts."""
+    import torch
+
+    from pipelines.device import choose_runtime
+
+    choose_runtime(runtime, torch.device(device))
+
+
+# -- the probe: what every node must reach, checked before any work ---------------------------------
+
+
+def probe_node(samples: list[tuple[str, bytes]], device: str) -> str:
+    """Ray task, on one node: "" when it reads the sample photos and has the device, else what is wrong (one line)."""
+    from pipelines.images import ImageError
+
+    reader = Reader()
+    for key, location in samples:
+        try:
+            reader.read(location, key)
+        except ImageError as e:
+            return f"{key}: {e.reason}"
+    if device != "cpu":
+        from pipelines.device import choose_device
+        from pipelines.errors import OptionError
+
+        try:
+            choose_device(device)
+        except OptionError as e:
+            return f"--device {device}: {e}"
+    return ""
+
+
+def probe_nodes(ray, source: str, samples: list[tuple[str, bytes]], device: str) -> None:
+    """Run `probe_node` on every node that can run a worker, and refuse the run in one line if one of them fails.
+
+    The samples are photos the driver has just read: a node that cannot read them does not see SOURCE
+    as the driver does (a folder on the driver only, another mount), and every photo it was given
+    would fail with "no such file".
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    resource = "GPU" if device == "cuda" else "CPU"
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(resource, 0) > 0]
+    task = ray.remote(num_cpus=0, max_retries=0)(probe_node)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(samples, device)
+            for n in nodes]
+    for node, problem in zip(nodes, ray.get(refs)):
+        if problem:
+            raise BatchError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): {problem}; "
+                             f"SOURCE ({source}) must be at the same path on every node, or in object storage")
+
+
+def _samples(photos: pa.Table, reader: "Reader", most: int = 3) -> list[tuple[str, bytes]]:
+    """Up to `most` of the first photos that the driver itself reads: what the probe asks each node for."""
+    found = []
+    for key, location in zip(photos["key"].to_pylist()[: 4 * most], photos["location"].to_pylist()[: 4 * most]):
+        try:
+            reader.read(location, key)
+        except Exception:  # noqa: BLE001 - a photo the driver cannot read says nothing about the nodes
+            continue
+        found.append((key, location))
+        if len(found) == most:
+            break
+    return found
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -128,9 +224,11 @@ def is_uri(source: str | Path) -> bool:
 
 
 def list_photos(source: str | Path, exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
-                skip_owner_tagged: bool = False) -> tuple[list[Photo], Selection]:
-    """The photos of a folder, a manifest (CSV/Parquet with a path column) or a URI (pyarrow.fs), in tagging order,
-    and what was left out. A local folder is scanned as the local engine scans it (`tagger.library.plan.select_photos`)."""
+                skip_owner_tagged: bool = False) -> tuple[pa.Table, Selection]:
+    """The photos of a folder, a manifest (CSV/Parquet with a path column) or a URI (pyarrow.fs), in tagging order, and
+    what was left out: a table of key (what the results call it), location (what a worker opens: a local path's bytes
+    or the URI), size and mtime (ns; UNKNOWN where the listing does not say). A local folder is scanned as the local
+    engine scans it (`tagger.library.plan.select_photos`)."""
     if is_uri(source):
         if skip_owner_tagged:
             raise BatchError(f"{source}: --skip-owner-tagged reads each photo's keywords on this machine; it takes a local folder")
@@ -138,15 +236,17 @@ def list_photos(source: str | Path, exclude_dirs: Sequence[str] = DEFAULT_EXCLUD
     source = Path(source)
     if source.is_dir():
         chosen = select_photos([source], exclude_dirs, skip_owner_tagged)
-        return [Photo(key, os.fsencode(p)) for key, p in chosen.photos.items()], chosen
+        paths = list(chosen.photos.values())
+        return listing_table(list(chosen.photos), [listing_of(p) for p in paths], location=[os.fsencode(p) for p in paths]), chosen
     if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
         if skip_owner_tagged:
             raise BatchError(f"{source}: --skip-owner-tagged takes a folder of photos, not a manifest")
-        return _from_manifest(_read_manifest(source), base=str(source.parent)), Selection({})
+        with open(source, "rb") as f:
+            return _read_manifest(f, str(source), base=str(source.parent)), Selection({})
     raise BatchError(f"{source}: no such folder or manifest (a .csv or .parquet file with a path column)")
 
 
-def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> list[Photo]:
+def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> pa.Table:
     from pyarrow import fs as pafs
 
     try:
@@ -159,8 +259,7 @@ def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> list[Photo]:
         if Path(root).suffix.lower() not in MANIFEST_SUFFIXES:
             raise BatchError(f"{uri}: not a folder or a manifest (.csv or .parquet)")
         with filesystem.open_input_file(root) as f:
-            table = _read_manifest(io.BytesIO(f.read()), name=uri)
-        return _from_manifest(table, base=uri.rsplit("/", 1)[0])
+            return _read_manifest(f, uri, base=uri.rsplit("/", 1)[0])
     if info.type != pafs.FileType.Directory:
         raise BatchError(f"{uri}: no such folder or manifest")
     found = []
@@ -170,29 +269,75 @@ def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> list[Photo]:
         if entry.type == pafs.FileType.File and not any(part.startswith(".") for part in rel.split("/")) \
                 and not any(fnmatch.fnmatch(f, pattern) for f in folders for pattern in exclude_dirs) \
                 and os.path.splitext(entry.path)[1].lower() in PHOTO_EXTENSIONS:
-            found.append(f"{scheme}://{entry.path}")
-    return [Photo(u, u.encode()) for u in sorted(found)]
+            # The object store's listing gives size and modification time with the name: nothing more to ask.
+            found.append((f"{scheme}://{entry.path}", entry.size, entry.mtime_ns if entry.mtime_ns is not None else UNKNOWN))
+    found.sort()
+    return listing_table([u for u, _, _ in found], [(s, m) for _, s, m in found], location=[u.encode() for u, _, _ in found])
 
 
-def _read_manifest(file, name: str | None = None) -> pd.DataFrame:
-    name = name or str(file)
+def _manifest_batches(file, name: str):
+    """The manifest's record batches, MANIFEST_BATCH rows at a time (CSV cells as text)."""
     if name.lower().endswith((".parquet", ".pq")):
-        return pd.read_parquet(file)
-    return pd.read_csv(file, dtype=str, keep_default_na=False, sep="\t" if name.lower().endswith(".tsv") else ",")
+        import pyarrow.parquet as pq
+
+        yield from pq.ParquetFile(file).iter_batches(batch_size=MANIFEST_BATCH)
+        return
+    from pyarrow import csv
+
+    parse = csv.ParseOptions(delimiter="\t" if name.lower().endswith(".tsv") else ",")
+    names = csv.open_csv(file, parse_options=parse).schema.names
+    file.seek(0)
+    # Every column as text, as a manifest is a list of names: the types of its first block would decide the rest.
+    yield from csv.open_csv(file, read_options=csv.ReadOptions(block_size=1 << 20), parse_options=parse,
+                            convert_options=csv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False))
 
 
-def _from_manifest(table: pd.DataFrame, base: str) -> list[Photo]:
-    column = next((c for c in PATH_COLUMNS if c in table.columns), None)
-    if column is None:
-        raise BatchError(f"manifest has no path column (one of {', '.join(PATH_COLUMNS)}); it has {', '.join(map(str, table.columns))}")
-    photos = []
-    for value in table[column].astype(str).str.strip():
+def _read_manifest(file, name: str, base: str) -> pa.Table:
+    """A manifest's photos as a listing (see `list_photos`): relative paths taken from `base`; size and mtime from the
+    manifest's own columns where it has them, else from a stat of each local path (a URI's: UNKNOWN, so it is hashed)."""
+    parts, columns = [], None
+    try:
+        for batch in _manifest_batches(file, name):
+            if columns is None:
+                columns = batch.schema.names
+                column = next((c for c in PATH_COLUMNS if c in columns), None)
+                if column is None:
+                    raise BatchError(f"{name}: manifest has no path column (one of {', '.join(PATH_COLUMNS)}); it has {', '.join(columns)}")
+            parts.append(_manifest_part(batch, column, base))
+    except pa.ArrowInvalid as e:
+        raise BatchError(f"{name}: cannot read the manifest ({str(e).splitlines()[0]})") from None
+    if not parts:
+        return listing_table([], [], location=pa.array([], pa.binary()))
+    return pa.concat_tables(parts)
+
+
+def _manifest_part(batch: pa.RecordBatch, column: str, base: str) -> pa.Table:
+    given = {c: batch.column(c) for c in LISTING if c in batch.schema.names}
+    keys, locations, listings = [], [], []
+    sizes = given["size"].to_pylist() if len(given) == 2 else None
+    mtimes = given["mtime"].to_pylist() if len(given) == 2 else None
+    for i, value in enumerate(batch.column(column).to_pylist()):
+        value = (value or "").strip() if isinstance(value, str) else str(value or "").strip()
         if not value:
             continue
-        if not is_uri(value) and not os.path.isabs(value):
+        uri = is_uri(value)
+        if not uri and not os.path.isabs(value):
             value = f"{base}/{value}" if is_uri(base) else os.path.join(base, value)
-        photos.append(Photo(value if is_uri(value) else printable_path(value), value.encode() if is_uri(value) else os.fsencode(value)))
-    return photos
+            uri = is_uri(value)
+        keys.append(value if uri else printable_path(value))
+        locations.append(value.encode() if uri else os.fsencode(value))
+        if sizes is not None:
+            listings.append((_int(sizes[i]), _int(mtimes[i])))
+        else:
+            listings.append((UNKNOWN, UNKNOWN) if uri else listing_of(value))
+    return listing_table(keys, listings, location=pa.array(locations, pa.binary()))
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return UNKNOWN
 
 
 # -- reading photos (in workers) ------------------------------------------------------------------
@@ -226,17 +371,25 @@ class Reader:
             raise ImageError(key, f"cannot read: {e}") from None
 
 
-def _units(photos: Sequence[Photo], size: int) -> list[dict]:
-    return [{"keys": [p.key for p in photos[i : i + size]], "locations": [p.location for p in photos[i : i + size]]}
-            for i in range(0, len(photos), size)]
+def _units(photos: pa.Table, size: int) -> pa.Table:
+    """The photos cut into units of `size`: one row per unit, each column a list (keys, locations, sizes, mtimes)."""
+    n = photos.num_rows
+    offsets = pa.array(np.append(np.arange(0, n, size), n).astype(np.int32)) if n else pa.array([0], pa.int32())
+    return pa.table({name: pa.ListArray.from_arrays(offsets, photos[column].combine_chunks())
+                     for name, column in (("keys", "key"), ("locations", "location"), ("sizes", "size"), ("mtimes", "mtime"))})
 
 
-def _unit_lists(batch) -> tuple[list[str], list[bytes]]:
-    """The one unit in a Ray batch of size 1 (a dict of numpy columns)."""
-    return [str(k) for k in batch["keys"][0]], [bytes(x) for x in batch["locations"][0]]
+def _dataset(ray, units: pa.Table):
+    """A Ray dataset of one block per unit: a task's one output is one unit, so a retried task gives no row twice."""
+    return ray.data.from_arrow([units.slice(i, 1) for i in range(units.num_rows)])
 
 
-def hash_unit(batch) -> dict:
+def _unit_lists(batch: pa.Table) -> tuple[list[str], list[bytes]]:
+    """The one unit in a Ray batch of size 1."""
+    return batch.column("keys")[0].as_py(), batch.column("locations")[0].as_py()
+
+
+def hash_unit(batch: pa.Table) -> pa.Table:
     """Ray task: the content hash of each photo of a unit ("" where it cannot be read)."""
     from embeddings.files import content_hash
     from pipelines.images import ImageError
@@ -252,7 +405,7 @@ def hash_unit(batch) -> dict:
 
     with ThreadPoolExecutor(8) as pool:
         hashes = list(pool.map(one, zip(keys, locations)))
-    return {"path": np.array(keys, dtype=object), "hash": np.array(hashes, dtype=object)}
+    return pa.table({"path": pa.array(keys, pa.string()), "hash": pa.array(hashes, pa.string())})
 
 
 class FeatureWorker:
@@ -369,14 +522,22 @@ class TagWorker(FeatureWorker):
             "hash": pa.array(hashes, pa.string()),
             "settings": pa.array([self.settings] * len(keys), pa.string()),
             "note": pa.array(notes, pa.string()),
+            # The listing as the driver saw it before any read: a photo changed since is seen as changed next run.
+            "size": batch.column("sizes")[0].values,
+            "mtime": batch.column("mtimes")[0].values,
         })
 
 
 # -- the output dataset -------------------------------------------------------------------------
 
 
+def _run_name() -> str:
+    """A run's name: its start in UTC, so that the files of later runs sort last (and win)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+
+
 class Output:
-    """The Parquet dataset folder (local or any pyarrow.fs URI) and the files in it."""
+    """The Parquet dataset folder (local or any pyarrow.fs URI) and the files in it, read with `pyarrow.dataset`."""
 
     def __init__(self, out: str | Path):
         from pyarrow import fs as pafs
@@ -401,49 +562,95 @@ class Output:
         return sorted(e.path for e in entries if e.type == pafs.FileType.File and e.base_name.startswith("part-")
                       and e.base_name.endswith(".parquet"))
 
-    def read(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The latest row of each path written so far, with the file that holds it; `self.rows_in_files` counts every row."""
+    def check_writable(self) -> bool:
+        """Make the folder and write a file in it, before any work: a read-only or missing place fails the run at once.
+        True when the folder was made here (`remove_if_empty` takes it away again after a refused run)."""
+        from pyarrow import fs as pafs
+
+        marker = f"{self.root}/.probe-{_run_name()}"
+        try:
+            made = self.fs.get_file_info(self.root).type == pafs.FileType.NotFound
+            self.fs.create_dir(self.root, recursive=True)
+            with self.fs.open_output_stream(marker) as f:
+                f.write(b"tagger")
+            self.fs.delete_file(marker)
+        except (OSError, ValueError) as e:
+            raise BatchError(f"{self.name}: cannot write there ({str(e).splitlines()[0]})") from None
+        return made
+
+    def remove_if_empty(self) -> None:
+        from pyarrow import fs as pafs
+
+        if not self.fs.get_file_info(pafs.FileSelector(self.root)):
+            self.fs.delete_dir(self.root)
+
+    def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None) -> pa.Table:
+        """Every row of `files` (default: all), in file order, the columns asked for and `_file` (the file's index in
+        `files`); a column a file lacks (written before it existed) reads as null. One scan of the dataset; a file torn
+        by a killed run is removed (its photos are tagged again) and the scan repeated."""
+        import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
-        frames = []
-        for path in self.files():
+        files = self.files() if files is None else list(files)
+        while True:
             try:
-                table = pq.read_table(path, columns=list(columns) if columns else None, filesystem=self.fs)
-            except (OSError, ValueError) as e:
-                # A file torn by a killed run: its photos are tagged again and it goes.
-                log.warning("%s: unreadable part of the output, removed (%s)", path, e)
-                self.fs.delete_file(path)
-                continue
-            frames.append(table.to_pandas().assign(file=path))
-        self.rows_in_files = sum(len(f) for f in frames)
-        if not frames:
-            return pd.DataFrame(columns=[*(columns or COLUMNS), "file"])
-        rows = pd.concat(frames, ignore_index=True)
-        for col in ("error", "hash", "settings", "note"):
-            if col in rows or columns is None:
-                rows[col] = rows[col].fillna("").astype(str) if col in rows else ""  # settings, note: files from before the column
-        return rows.drop_duplicates("path", keep="last").reset_index(drop=True)
+                dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=self.fs)
+                counts = [fragment.metadata.num_rows for fragment in dataset.get_fragments()]
+                table = dataset.to_table(columns=list(columns))
+                break
+            except (OSError, pa.ArrowInvalid) as e:
+                torn = []
+                for path in files:
+                    try:
+                        pq.read_metadata(path, filesystem=self.fs)
+                    except (OSError, pa.ArrowInvalid):
+                        torn.append(path)
+                if not torn:
+                    raise BatchError(f"{self.name}: cannot read the output ({str(e).splitlines()[0]})") from None
+                for path in torn:
+                    log.warning("%s: unreadable part of the output, removed (its photos are tagged again)", path)
+                    self.fs.delete_file(path)
+                files = [f for f in files if f not in torn]
+        self.read_files, self.file_rows = files, counts
+        index = np.repeat(np.arange(len(files), dtype=np.int32), counts) if files else np.zeros(0, np.int32)
+        return table.append_column("_file", pa.array(index))
 
-    def prune(self, keep: set[str]) -> None:
-        """Rewrite the files holding rows that a later run superseded, or of photos no longer in the source."""
-        import pyarrow as pa
+    def latest(self, columns: Sequence[str] = tuple(SCHEMA.names)) -> pa.Table:
+        """The latest row of each path (later runs win), with `_file`; `self.rows_in_files` counts every row."""
+        table = self.table(tuple(dict.fromkeys(["path", *columns])))
+        self.rows_in_files = table.num_rows
+        return _filled(_latest_only(table))
+
+    def read(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The latest row of each path written so far, as a frame (`read_output` sorts it)."""
+        return self.latest(columns or tuple(SCHEMA.names)).drop_columns(["_file"]).to_pandas()
+
+    def write(self, table: pa.Table, name: str) -> str:
+        """A file of the output, whole or not at all: written beside, then moved in place."""
         import pyarrow.parquet as pq
 
-        latest = self.read(["path", "error", "hash"])
-        wanted = {(f, p) for f, p in zip(latest["file"], latest["path"]) if p in keep}
-        for path in self.files():
-            table = pq.read_table(path, filesystem=self.fs)
-            mask = [(path, p) in wanted for p in table.column("path").to_pylist()]
-            if all(mask):
+        path, tmp = f"{self.root}/{name}", f"{self.root}/.tmp-{name}"
+        with self.fs.open_output_stream(tmp) as f:
+            pq.write_table(table, f)
+        self.fs.move(tmp, path)
+        return path
+
+    def prune(self, keep: pa.Array) -> None:
+        """Rewrite the files holding rows that a later run superseded, or of photos not in `keep` (they left the source)."""
+        latest = self.latest(["path"])
+        files, file_rows = self.read_files, self.file_rows
+        wanted = latest.filter(pc.is_in(latest["path"], value_set=keep))
+        per_file = np.bincount(wanted["_file"].to_numpy(), minlength=len(files))
+        for i, path in enumerate(files):
+            if per_file[i] == file_rows[i]:
                 continue
-            table = table.filter(pa.array(mask))
-            if table.num_rows == 0:
+            if per_file[i] == 0:
                 self.fs.delete_file(path)
                 continue
-            tmp = path.rsplit("/", 1)[0] + "/.tmp-" + path.rsplit("/", 1)[1]
-            with self.fs.open_output_stream(tmp) as f:
-                pq.write_table(table, f)
-            self.fs.move(tmp, path)
+            # The rows of this file that are their photo's latest (a photo may be twice in one file: the last wins).
+            table = _latest_only(self.table(tuple(SCHEMA.names), [path]).drop_columns(["_file"]))
+            paths = wanted.filter(pc.equal(wanted["_file"], i))["path"]
+            self.write(table.filter(pc.is_in(table["path"], value_set=paths)), path.rsplit("/", 1)[1])
 
     def write_failures(self, rows: pd.DataFrame) -> str | None:
         """OUT.failed.tsv, as the local engine writes it."""
@@ -462,15 +669,83 @@ class Output:
         return target
 
 
-def _file_names(run: str):
-    """Ray Data's file names for one run, `part-RUN-WRITE-TASK-I.parquet`: RUN is the run's start (UTC), so names sort by run."""
-    from ray.data.datasource import FilenameProvider
+def _filled(table: pa.Table) -> pa.Table:
+    """Nulls of columns older files lack as the local engine reads them: "" for text, UNKNOWN for the listing."""
+    for name in table.column_names:
+        if name in ("error", "hash", "settings", "note"):
+            table = table.set_column(table.schema.get_field_index(name), name, pc.fill_null(table[name], ""))
+        elif name in LISTING:
+            table = table.set_column(table.schema.get_field_index(name), name, pc.fill_null(table[name], UNKNOWN))
+    return table
 
-    class Names(FilenameProvider):
-        def get_filename_for_task(self, write_uuid, task_index):
-            return f"part-{run}-{write_uuid}-{task_index:06d}.parquet"  # Ray insists on its write id in the name
 
-    return Names()
+class Writer:
+    """The run's rows, gathered on the driver into files of the output: a file when `rows_per_file` rows or
+    `bytes_per_file` bytes are held, or the oldest held row is `file_seconds` old, and at the end."""
+
+    def __init__(self, output: Output, run: str, options: RayOptions):
+        self.output, self.run, self.options = output, run, options
+        self.held: list[pa.Table] = []
+        self.since = None
+        self.files: list[str] = []
+
+    def add(self, rows: pa.Table) -> None:
+        rows = rows.select(SCHEMA.names).cast(SCHEMA)
+        if not self.held:
+            self.since = time.monotonic()
+        self.held.append(rows)
+        held = sum(t.num_rows for t in self.held)
+        while held >= self.options.rows_per_file:
+            table = pa.concat_tables(self.held)
+            self._file(table.slice(0, self.options.rows_per_file))
+            rest = table.slice(self.options.rows_per_file)
+            self.held, held = ([rest] if rest.num_rows else []), rest.num_rows
+            self.since = time.monotonic()
+        if self.held and (sum(t.nbytes for t in self.held) >= self.options.bytes_per_file
+                          or time.monotonic() - self.since >= self.options.file_seconds):
+            self.close()
+
+    def close(self) -> None:
+        if self.held:
+            self._file(pa.concat_tables(self.held))
+            self.held = []
+
+    def _file(self, table: pa.Table) -> None:
+        self.files.append(self.output.write(table, f"part-{self.run}-{len(self.files):06d}.parquet"))
+
+
+class ProgressLine:
+    """Every `every` seconds, a line on stderr: photos done of the run's, the rate since the work started, and the ETA."""
+
+    def __init__(self, total: int, every: float, stream=None):
+        self.total, self.every, self.stream = total, every, stream
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.every and now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            print(f"tagger: {self.done:,} of {self.total:,} photos done, {rate:.1f} photos/s, about {_duration(eta)} to go",
+                  file=self.stream or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "an unknown time"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _latest_only(table: pa.Table) -> pa.Table:
+    """The last row of each path (in the table's order: file by file, files in run order)."""
+    if not table.num_rows or pc.count_distinct(table["path"]).as_py() == table.num_rows:
+        return table
+    order = table.append_column("_row", pa.array(np.arange(table.num_rows)))
+    return table.take(np.sort(order.group_by("path").aggregate([("_row", "max")])["_row_max"].to_numpy()))
 
 
 # -- the runs ----------------------------------------------------------------------------------
@@ -482,84 +757,148 @@ def bundle_files(model_path: str | Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in (".json", ".npz", ".safetensors")}
 
 
-def _current_hashes(ray, photos: list[Photo], unit: int) -> dict[str, str]:
-    """Content hashes of `photos`, read by Ray tasks (on whichever nodes reach the storage)."""
-    if not photos:
-        return {}
-    units = _units(photos, unit)
-    ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(hash_unit, batch_size=1)
+def _current_hashes(ray, photos: pa.Table, unit: int) -> list[str]:
+    """Content hashes of `photos` (in order), read by Ray tasks (on whichever nodes reach the storage)."""
+    if not photos.num_rows:
+        return []
     hashes = {}
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        hashes.update(zip(map(str, batch["path"]), map(str, batch["hash"])))
-    return hashes
+    ds = _dataset(ray, _units(photos, unit)).map_batches(hash_unit, batch_size=1, batch_format="pyarrow")
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        hashes.update(zip(batch["path"].to_pylist(), batch["hash"].to_pylist()))
+    return [hashes.get(k, "") for k in photos["key"].to_pylist()]
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
                tag_options: TagOptions = TagOptions(), on_plan=None, settings: str = "", *,
                exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS, skip_owner_tagged: bool = False,
-               retry_failed: bool = True) -> Summary:
+               retry_failed: bool = True, rehash: bool = False, progress_stream=None) -> Summary:
     """Tag the photos of `source` that `out` does not already hold, on Ray; returns what happened.
 
-    The plan is the local engine's (`tagger.library.plan`): new, changed and earlier-failed photos
-    (unless retry_failed is off) are tagged, rows made with other `settings` (`Tagger.settings`) are
-    tagged again, and a local folder is scanned as the local engine scans it (exclude_dirs,
-    skip_owner_tagged). on_plan gets the `Plan`.
+    The plan is the local engine's (`tagger.library.plan.decide`): new, changed and earlier-failed
+    photos (unless retry_failed is off) are tagged, rows made with other `settings` (`Tagger.settings`)
+    are tagged again, a photo whose size and mtime match its row is not read (rehash: every photo with
+    a row is read and hashed), and a local folder is scanned as the local engine scans it
+    (exclude_dirs, skip_owner_tagged). on_plan gets the `Plan`; the progress lines go to
+    progress_stream (default stderr).
     """
     if output_format(Path(str(out))) != "parquet":
         raise BatchError(f"{out}: the ray engine writes a Parquet dataset (a folder): use --out NAME.parquet")
+    if options.device:
+        _check_runtime(options.device, options.runtime)
     photos, chosen = list_photos(source, exclude_dirs, skip_owner_tagged)
     output = Output(out)
     lock = Lock(Path(output.root)) if output.local else None
     if output.local:
         Path(output.root).parent.mkdir(parents=True, exist_ok=True)
-    with (lock or nullcontext()), ray_session(options.address) as ray:
-        previous = output.read()
-        known = set(previous["path"])
-        unit = CHUNK_BATCHES * options.batch_size
-        # Only photos with a row need hashing to plan: the workers hash the others as they tag them.
-        current = _current_hashes(ray, [p for p in photos if p.key in known], unit)
-        by_key = {p.key: p for p in photos}
-        decision = decide(list(by_key), previous, current, settings, retry_failed)
-        todo = [by_key[k] for k in decision.todo]
-        keys = set(by_key)
-        summary = Summary.planned(decision, skipped=chosen.skipped, examples=chosen.examples)
-        if on_plan:
-            on_plan(Plan(photos=len(photos), todo=len(todo), retag=decision.retag, skipped=sum(chosen.skipped.values())))
-        run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        if todo:
-            workers, device, resources = _placement(ray, options)
-            ray.data.DataContext.get_current().enable_progress_bars = options.progress
-            # The driver holds the bundle's reference for the whole run, so a restarted actor can still fetch it.
-            bundle = ray.put(bundle_files(model_path))
-            units = _units(todo, unit)
-            ds = ray.data.from_items(units, override_num_blocks=len(units))
-            ds = ds.map_batches(TagWorker, batch_size=1,
-                                # A unit takes seconds to minutes, the hand-over milliseconds: one at a time per actor, so
-                                # that the first actor up does not queue the units the others are starting for.
-                                compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
-                                fn_constructor_kwargs=dict(bundle=[bundle], device=device, options=tag_options, runtime=options.runtime,
-                                                           batch_size=options.batch_size, read_threads=options.read_threads,
-                                                           threads=options.cpus_per_worker, settings=settings),
-                                **resources)
-            # Writing a file is IO, not compute: it must not wait for a CPU that the model actors hold.
-            ds.write_parquet(output.root if output.local else output.name, filename_provider=_file_names(run),
-                             ray_remote_args={"num_cpus": 0})
-        rows = output.read(["path", "error", "hash", "note"])
-        ours = rows[rows["file"].map(lambda f: Path(f).name.startswith(f"part-{run}-"))]
-        for key, error, note in zip(ours["path"], ours["error"], ours["note"]):
-            summary.record(key, error, note)
-        rows = rows[rows["path"].isin(keys)]
-        if output.rows_in_files > len(rows):  # rows superseded by a later run, or of photos that left the source
-            output.prune(keys)
-        failures = output.write_failures(rows)
-        summary.failures_file = Path(failures) if failures else None
+    with (lock or nullcontext()):
+        made = output.check_writable()
+        try:
+            with ray_session(options.address) as ray:
+                return _tag_on(ray, source, output, photos, chosen, model_path, options, tag_options, on_plan, settings,
+                               retry_failed, rehash, progress_stream)
+        finally:
+            if made:
+                output.remove_if_empty()  # a run refused (a node, the device) leaves no empty folder behind
+
+
+def _tag_on(ray, source, output: Output, photos: pa.Table, chosen: Selection, model_path, options: RayOptions,
+            tag_options: TagOptions, on_plan, settings: str, retry_failed: bool, rehash: bool, progress_stream) -> Summary:
+    unit = CHUNK_BATCHES * options.batch_size
+    workers, device, resources = _placement(ray, options)  # a device the cluster lacks: refused before anything is read
+    previous = output.latest(["path", "hash", "settings", "error", *LISTING])
+    probed = []
+
+    def probe_once(rows: pa.Table) -> None:
+        # Before the first task that reads photos: each node must see them as the driver does.
+        if not probed:
+            probe_nodes(ray, str(source), _samples(rows, Reader()), device)
+            probed.append(True)
+
+    def hash_photos(rows: pa.Table) -> list[str]:
+        probe_once(rows)
+        return _current_hashes(ray, rows, unit)
+
+    decision = decide(photos, previous.drop_columns(["_file"]), hash_photos, settings, retry_failed, rehash)
+    todo = decision.todo
+    summary = Summary.planned(decision, skipped=chosen.skipped, examples=chosen.examples)
+    if on_plan:
+        on_plan(Plan(photos=photos.num_rows, todo=todo.num_rows, retag=decision.retag, skipped=sum(chosen.skipped.values())))
+    run = _run_name()
+    writer = Writer(output, run, options)
+    if decision.relisted.num_rows:
+        # Unchanged in content, not in listing (touched, copied back): their rows again, with the new listing (later runs win).
+        latest = output.latest()
+        old = latest.filter(pc.is_in(latest["path"], value_set=decision.relisted["key"]))
+        writer.add(_relisted(old, decision.relisted))
+    if todo.num_rows:
+        probe_once(todo)
+        ray.data.DataContext.get_current().enable_progress_bars = options.progress
+        # The driver holds the bundle's reference for the whole run, so a restarted actor can still fetch it.
+        bundle = ray.put(bundle_files(model_path))
+        units = _units(todo, unit)
+        ds = _dataset(ray, units).map_batches(
+            TagWorker, batch_size=1, batch_format="pyarrow",
+            # A unit takes seconds to minutes, the hand-over milliseconds: one at a time per actor, so
+            # that the first actor up does not queue the units the others are starting for.
+            compute=ray.data.ActorPoolStrategy(size=min(workers, units.num_rows), max_tasks_in_flight_per_actor=1),
+            fn_constructor_kwargs=dict(bundle=[bundle], device=device, options=tag_options, runtime=options.runtime,
+                                       batch_size=options.batch_size, read_threads=options.read_threads,
+                                       threads=options.cpus_per_worker, settings=settings),
+            **resources)
+        progress = ProgressLine(todo.num_rows, options.progress_every, progress_stream)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+            for key, error, note in zip(batch["path"].to_pylist(), batch["error"].to_pylist(), batch["note"].to_pylist()):
+                summary.record(key, error, note)
+            progress.update(batch.num_rows)
+    writer.close()
+    # The truth is what the files hold: every photo planned must have its row there.
+    found = output.table(["path"], writer.files)["path"] if writer.files else pa.array([], pa.string())
+    missing = todo["key"].filter(pc.invert(pc.is_in(todo["key"], value_set=found)))
+    summary.missing = missing.to_pylist()
+    keep = photos["key"]
+    rows = output.latest(["path", "error"])
+    rows = rows.filter(pc.is_in(rows["path"], value_set=keep))
+    if output.rows_in_files > rows.num_rows:  # rows superseded by a later run, or of photos that left the source
+        output.prune(keep)
+    failures = output.write_failures(rows.drop_columns(["_file"]).to_pandas())
+    summary.failures_file = Path(failures) if failures else None
     return summary
+
+
+def _relisted(old: pa.Table, listing: pa.Table) -> pa.Table:
+    """Rows `old` with the size and mtime of `listing` (key, size, mtime)."""
+    where = pc.index_in(old["path"], value_set=listing["key"])
+    for name in LISTING:
+        old = old.set_column(old.schema.get_field_index(name), name, listing[name].take(where))
+    return old.select(SCHEMA.names)
 
 
 def read_output(out: str | Path) -> pd.DataFrame:
     """The results a ray run wrote (the local engine's columns, one row per photo, sorted by path)."""
     rows = Output(out).read()
     return rows[COLUMNS].sort_values("path").reset_index(drop=True)
+
+
+def compact(out: str | Path, rows_per_file: int = RayOptions.rows_per_file) -> tuple[int, int, int]:
+    """Merge a finished output's files into files of `rows_per_file` rows (the latest row of each photo, sorted by
+    path); returns (files before, files after, rows). The new files are written before the old ones go, so a kill
+    midway leaves every row readable (the new files sort last and win)."""
+    if rows_per_file < 1:
+        raise BatchError(f"--rows-per-file must be at least 1, not {rows_per_file}")
+    output = Output(out)
+    if not output.files():
+        raise BatchError(f"{out}: no output of the ray engine there (a folder of part-*.parquet files)")
+    lock = Lock(Path(output.root)) if output.local else None
+    with (lock or nullcontext()):
+        old = output.files()
+        rows = output.latest().drop_columns(["_file"]).sort_by("path").select(SCHEMA.names)
+        run = _run_name()
+        written = [output.write(rows.slice(i, rows_per_file), f"part-{run}-{i // rows_per_file:06d}.parquet")
+                   for i in range(0, rows.num_rows, rows_per_file)]
+        for path in old:
+            output.fs.delete_file(path)
+    return len(old), len(written), rows.num_rows
 
 
 def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions = RayOptions()) -> int:
@@ -593,18 +932,19 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
     for path, h in zip(paths, hashes):
         if h and h not in known and h not in seen:  # the first photo of each content, as extract_features does
             seen.add(h)
-            todo.append(Photo(printable_path(path), os.fsencode(path)))
+            todo.append(path)
     if not todo:
         return 0
-    run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    todo = listing_table([printable_path(p) for p in todo], [(UNKNOWN, UNKNOWN)] * len(todo), location=[os.fsencode(p) for p in todo])
+    run = _run_name()
     done_hashes, done_features, done_measures, shards = [], [], [], []
     with ray_session(options.address) as ray:
         workers, device, resources = _placement(ray, options)
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
         units = _units(todo, CHUNK_BATCHES * options.batch_size)
-        ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
-            FeatureWorker, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(workers, len(units)), max_tasks_in_flight_per_actor=1),
+        ds = _dataset(ray, units).map_batches(
+            FeatureWorker, batch_size=1, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(workers, units.num_rows), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(backbone=config.backbone, weights=str(config.weights) if config.weights else None, device=device,
                                        batch_size=options.batch_size, read_threads=options.read_threads, threads=options.cpus_per_worker,
                                        runtime=config.runtime),
