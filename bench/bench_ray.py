@@ -1,6 +1,6 @@
-"""The Ray engine's overhead on one machine: photos/s of `tagger tag --engine ray` against the local engine.
+"""The Ray engine on one machine: photos/s against the local engine, start-up, reruns, output files, the plan's memory.
 
-    python bench/bench_ray.py --n 1000 --workers 1,2
+    python bench/bench_ray.py --n 1000 --workers 1,2 --plan-rows 2000000
 
 Both tag the same photos with the shipped model and batch size into fresh outputs, in this
 process: the local engine with the model already loaded (`tag_folder` + `tagger.library.local.tag_paths`, as
@@ -10,6 +10,13 @@ run pays it. Ray gets one CPU per worker, so 1 worker uses one core of this mach
 both; the local engine uses every core (torch threads plus decoding workers). Each run's tags are
 compared with the local engine's: the figures count only if they are the same. Needs the ray
 extra (`pip install "tagger[ray]"`).
+
+On the same Ray, in the same run: the start-up cost (a run of one photo), a rerun of the n photos
+already tagged (nothing to do: no photo read, as their size and mtime match their rows) against the
+same rerun with --rehash (every photo read and hashed, what every rerun did before), and the number
+of output files. Then, in a fresh process, the driver's peak memory planning a synthetic manifest of
+--plan-rows photos, a first run and a rerun over an output that holds them all. The README's
+arithmetic for 100 million photos is worked out from these figures (`archive` in the JSON).
 """
 from __future__ import annotations
 
@@ -29,6 +36,60 @@ from tagger.library.results import read_results  # noqa: E402
 from tagger.bundle import load  # noqa: E402
 from tagger.library.ray_engine import Output, RayOptions, read_output, tag_source  # noqa: E402
 from tagger.shipped import default_model_path  # noqa: E402
+
+PLAN_CHILD = """
+import resource, sys
+from tagger.library.ray_engine import Output, list_photos, plan
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+def refuse(rows):
+    raise AssertionError("the listing matches every row: no photo is read")
+
+before = rss_mb()
+photos, _ = list_photos(sys.argv[1])
+decision = plan(photos, Output(sys.argv[2]), "settings", refuse)
+print(decision.todo.num_rows, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def plan_memory(rows: int, tmp: Path) -> dict:
+    """Peak RSS (MB) of a fresh process planning a `rows`-photo manifest: first (empty output) and rerun (all done)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness import child_env
+    from tagger.library.ray_engine import SCHEMA
+
+    names = pa.array([f"2019/{i // 1000:05d}/IMG_{i:08d}.jpg" for i in range(rows)])
+    size, mtime = pa.array(np.arange(rows, dtype=np.int64)), pa.array(np.full(rows, 10**18, dtype=np.int64))
+    pq.write_table(pa.table({"path": names, "size": size, "mtime": mtime}), tmp / "manifest.parquet")
+    done = tmp / "done.parquet"
+    done.mkdir()
+    # The rows a finished run leaves: paths as the manifest resolves them, a real-length settings string, 3 tags each.
+    paths = pa.array([f"{tmp}/2019/{i // 1000:05d}/IMG_{i:08d}.jpg" for i in range(rows)])
+    settings = "bundle=0123456789abcdef backbone=efficientnet_lite0 runtime=onnx method=cgan+knn top_k=10 min_score=None seed=0"
+    for start in range(0, rows, 100_000):
+        k = min(100_000, rows - start)
+        pq.write_table(pa.table({
+            "path": paths.slice(start, k), "tags": pa.array([["sky", "sea", "beach"]] * k, pa.list_(pa.string())),
+            "scores": pa.array([[0.9, 0.5, 0.3]] * k, pa.list_(pa.float64())), "error": pa.array([""] * k),
+            "hash": pa.array([f"{i:064x}" for i in range(start, start + k)]), "settings": pa.array([settings] * k), "note": pa.array([""] * k),
+            "size": size.slice(start, k), "mtime": mtime.slice(start, k)}, schema=SCHEMA), done / f"part-20260101T000000000000-{start // 100_000:06d}.parquet")
+    result = {}
+    for case, out, settings_now in (("first", tmp / "empty.parquet", "settings"), ("rerun", done, settings)):
+        child = PLAN_CHILD.replace('"settings", refuse', repr(settings_now) + ", refuse")
+        run = subprocess.run([sys.executable, "-c", child, str(tmp / "manifest.parquet"), str(out)], capture_output=True, text=True,
+                             env=child_env(), check=True)
+        todo, before, peak = map(float, run.stdout.split())
+        result[case] = {"todo": int(todo), "rss_after_imports_mb": round(before), "peak_mb": round(peak),
+                        "bytes_per_photo": round((peak - before) * 2**20 / rows)}
+    return result
 
 
 def same_rows(a, b) -> bool:
@@ -55,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=1000, help="number of photos")
     parser.add_argument("--batch-size", type=int, default=64, help="as `tagger tag --batch-size` (its default)")
     parser.add_argument("--workers", default="1,2", help="Ray worker counts to measure, comma-separated")
+    parser.add_argument("--plan-rows", type=int, default=2_000_000, help="photos of the synthetic manifest whose plan's memory is measured")
     parser.add_argument("--json", type=Path, default=None, help="write the figures and table rows to this file")
     args = parser.parse_args(argv)
     import ray
@@ -86,8 +148,22 @@ def main(argv: list[str] | None = None) -> dict:
                 assert summary.tagged == len(paths), summary.failures[:3]
                 same[w] = same_rows(read_output(out), local)
                 steady[w] = steady_rate(out) if w == 1 else None
+            files = len(Output(tmp / f"ray{counts[0]}.parquet").files())
+            # A run of one photo on the running Ray: what every run pays before its first photo (the actors' start).
+            start = time.perf_counter()
+            tag_source(link_folder(paths[:1], tmp / "one"), tmp / "one.parquet", model, RayOptions(workers=1, batch_size=args.batch_size))
+            startup_s = time.perf_counter() - start
+            out = tmp / f"ray{counts[0]}.parquet"
+            rerun_s, rehash_s = {}, {}
+            for rehash, seconds in ((False, rerun_s), (True, rehash_s), (False, rerun_s), (True, rehash_s)):  # alternated, best of 2
+                start = time.perf_counter()
+                again = tag_source(folder, out, model, RayOptions(workers=counts[0], batch_size=args.batch_size), rehash=rehash)
+                seconds[len(seconds)] = time.perf_counter() - start
+                assert (again.tagged, again.kept, again.hashed) == (0, len(paths), len(paths) if rehash else 0), again
+            rerun_s, rehash_s = min(rerun_s.values()), min(rehash_s.values())
         finally:
             ray.shutdown()
+        memory = plan_memory(args.plan_rows, tmp / "plan") if args.plan_rows else None
 
     n = len(paths)
     local_rate = n / local_s
@@ -99,18 +175,45 @@ def main(argv: list[str] | None = None) -> dict:
                 f"tags and scores {'identical to' if same[w] else 'DIFFERENT from'} --engine local on all {n} photos"
                 + (f"; past its start the worker ran {steady[w]:.1f} photos/s (its last unit)" if steady.get(w) else ""))
             for w in counts]
+    n_per_s = steady[1] if steady.get(1) else n / ray_s[counts[0]]
+    rows.append(row("ray engine: rerun of photos already tagged (nothing to do)", f"{rerun_s:.2f} s for {n}",
+                    f"{rehash_s:.2f} s with --rehash (every photo read and hashed)", rerun_s / rehash_s, "ratio <= 0.1",
+                    f"{rerun_s / n * 1000:.2f} s per 1,000 photos already done; the listing's size and mtime match each row, so no "
+                    "photo is read; best of two of each, alternated"))
+    rows.append(row("ray engine: start-up, a run of one photo on a running Ray", f"{startup_s:.1f} s",
+                    f"{n / n_per_s:.1f} s for {n} photos past start-up (1 worker)", None, None,
+                    "the actor's start (torch, ONNX Runtime, the model) and Ray Data's; Ray's own start not counted"))
+    rows.append(row("ray engine: output files of a run", f"{files} file(s) for {n} photos", "default 100,000 rows a file (or 64 MB, or 10 min)",
+                    None, None, f"10,000 photos: 1 file at the measured rate ({10_000 / n_per_s / 60:.1f} min of work at one worker, "
+                    "under the 10 minutes after which a file is written anyway)"))
+    if memory:
+        for case, m in memory.items():
+            rows.append(row(f"ray engine: planning a {args.plan_rows:,}-row manifest, {case} run", f"{m['peak_mb']} MB peak RSS",
+                            "1,024 MB", m["peak_mb"] / 1024, "ratio <= 1.0",
+                            f"a fresh driver process; {m['rss_after_imports_mb']} MB once the engine is imported (torch and all), "
+                            f"so the plan adds {m['bytes_per_photo']} bytes a photo; {m['todo']:,} photos to tag"))
+    # The README's arithmetic for 100 million photos, from this run's figures.
+    archive = {"photos": 100_000_000, "photos_per_s_per_worker": round(n_per_s, 2), "startup_s": round(startup_s, 1),
+               "rerun_s_per_1000": round(rerun_s / n * 1000, 3)}
+    archive["worker_hours"] = round(archive["photos"] / n_per_s / 3600)
+    archive["hours_on_256_workers"] = round(archive["photos"] / n_per_s / 256 / 3600 + startup_s / 3600, 2)
+    archive["rerun_hours_nothing_to_do"] = round(archive["photos"] / 1000 * archive["rerun_s_per_1000"] / 3600, 1)
     result = {"bench": "ray", "n": n, "photos": rel(args.photos), "batch_size": args.batch_size, "torch_threads": threads,
               "local_photos_per_s": round(local_rate, 2), "local_s": round(local_s, 2), "ray_init_s": round(init_s, 2),
               "ray": {str(w): {"seconds": round(ray_s[w], 2), "photos_per_s": round(n / ray_s[w], 2), "identical_to_local": same[w],
                                "steady_photos_per_s": None if steady[w] is None else round(steady[w], 2)}
                       for w in counts},
-              "machine": machine(), "rows": rows}
+              "startup_s": round(startup_s, 2), "rerun_s": round(rerun_s, 3), "rehash_s": round(rehash_s, 3), "files": files,
+              "plan_memory": memory, "archive": archive, "machine": machine(), "rows": rows}
     print(f"tagging {n} photos, batch {args.batch_size}; local engine {threads} torch threads")
     print(f"  --engine local            : {local_rate:8.1f} photos/s  ({local_s:.1f} s)")
     for w in counts:
         print(f"  --engine ray, {w} worker(s) : {n / ray_s[w]:8.1f} photos/s  ({ray_s[w]:.1f} s; identical tags: {same[w]})"
               + (f"; {steady[w]:.1f} photos/s past its start" if steady[w] else ""))
     print(f"  (Ray's own start: {init_s:.1f} s)")
+    print(f"  start-up {startup_s:.1f} s; rerun {rerun_s:.2f} s, with --rehash {rehash_s:.2f} s; {files} output file(s)")
+    print(f"  plan memory: {memory}")
+    print(f"  100M photos: {archive}")
     print_rows(rows)
     if not all(same.values()):
         raise SystemExit("the Ray engine's tags differ from the local engine's")

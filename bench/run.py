@@ -39,7 +39,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
                 ["--n", "8", "--batch-sizes", "1,8", "--repeats", "1"]),
     "threads": ("bench_threads.py", ["--n-predict", "16", "--n-tag", "64", "--train-steps", "5", "--repeats", "3"],
                 ["--n-predict", "2", "--n-tag", "8", "--train-steps", "1", "--repeats", "1"]),
-    "ray": ("bench_ray.py", ["--n", "1000", "--workers", "1,2"], ["--n", "16", "--workers", "1", "--batch-size", "8"]),
+    "ray": ("bench_ray.py", ["--n", "1000", "--workers", "1,2", "--plan-rows", "2000000"],
+            ["--n", "16", "--workers", "1", "--batch-size", "8", "--plan-rows", "20000"]),
     "memory": ("bench_memory.py", ["--sizes", "1000,all"], ["--sizes", "8,16"]),
     "hostile": ("bench_hostile.py", [], ["--clients", "20", "--upload-mb", "64"]),
 }

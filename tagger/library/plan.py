@@ -106,44 +106,59 @@ def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Ca
     unchanged without reading it; the others with a row are hashed, `hash_photos(rows of the
     listing)` giving their content hashes ("" where unreadable: tagged, and the tagging step says
     why), and compared with the row's. rehash: hash every photo with a row, whatever its listing.
-    In Arrow, column by column: a plan of millions of photos holds no Python object per photo.
+    Column by column (Arrow and numpy), not photo by photo.
     """
     if isinstance(previous, pd.DataFrame):
         previous = pa.Table.from_pandas(_previous_columns(previous), preserve_index=False)
-    prev = previous.select(["path", "hash", "settings", "error", *LISTING]).rename_columns(
-        ["key", "_hash", "_settings", "_error", "_size", "_mtime"])
-    prev = prev.cast(pa.schema([("key", pa.string()), ("_hash", pa.string()), ("_settings", pa.string()), ("_error", pa.string()),
-                                ("_size", pa.int64()), ("_mtime", pa.int64())]))
-    order = listing.append_column("_i", pa.array(np.arange(listing.num_rows, dtype=np.int64)))
-    # Table.join does not keep the order, and the order is the tagging order: sorted back by position.
-    joined = order.join(prev, "key", join_type="left outer").sort_by("_i")
+    keys, n = listing["key"], listing.num_rows
+    # Each photo's row by position (index_in keeps the listing's order, the tagging order; -1: no row).
+    where = pc.fill_null(pc.index_in(keys, value_set=previous["path"].cast(pa.string())), -1).to_numpy(zero_copy_only=False)
+    has_row = where >= 0
+    at = np.where(has_row, where, 0)
 
-    def mask(expr) -> np.ndarray:
-        return pc.fill_null(expr, False).to_numpy(zero_copy_only=False)
+    def per_photo(per_row: np.ndarray) -> np.ndarray:
+        """A flag of each previous row, for each photo of the listing (False where it has no row)."""
+        return has_row & per_row[at] if len(per_row) else np.zeros(n, bool)
 
-    has_row = mask(pc.is_valid(joined["_hash"]))
-    same = has_row & mask(pc.and_(pc.and_(pc.greater_equal(joined["size"], 0), pc.equal(joined["size"], joined["_size"])),
-                                  pc.equal(joined["mtime"], joined["_mtime"])))
-    if rehash:
-        same[:] = False
+    def old_text(column: str, rows: np.ndarray) -> pa.Array:
+        return pc.fill_null(previous[column].take(pa.array(at[rows])), "").cast(pa.string())
+
+    size, mtime = (listing[c].to_numpy(zero_copy_only=False) for c in LISTING)
+    same = per_photo(np.zeros(0, bool) if not previous.num_rows else np.ones(previous.num_rows, bool)) & (size >= 0) & (not rehash)
+    if same.any():
+        same &= (size == _ints(previous["size"])[at]) & (mtime == _ints(previous["mtime"])[at])
     need = has_row & ~same
-    hashes = pc.if_else(pa.array(same), pc.fill_null(joined["_hash"], ""), pa.scalar("", pa.string()))
+    changed = ~has_row
+    fresh = pa.array([], pa.string())
     if need.any():
-        read = pa.array(list(hash_photos(joined.filter(pa.array(need)).select(listing.column_names))), pa.string())
-        hashes = pc.replace_with_mask(hashes, pa.array(need), read)
-    changed = ~has_row | mask(pc.equal(hashes, "")) | ~mask(pc.equal(hashes, pc.fill_null(joined["_hash"], "")))
-    failed_before = has_row & ~mask(pc.equal(pc.fill_null(joined["_error"], ""), ""))
+        fresh = pa.array(list(hash_photos(listing.filter(pa.array(need)))), pa.string())
+        changed[need] = _flags(pc.or_(pc.equal(fresh, ""), pc.not_equal(fresh, old_text("hash", need))))
+    failed_before = per_photo(~_flags(pc.equal(pc.fill_null(previous["error"], ""), "")))
     # A failure is retried even when the hash is the same: the photo may have been read while being
     # copied or rewritten (its hash taken before), or from a share that was briefly away.
     todo = changed | (failed_before if retry_failed else False)
-    retag = ~todo & ~mask(pc.equal(pc.fill_null(joined["_settings"], ""), settings))
+    retag = ~todo & per_photo(~_flags(pc.equal(pc.fill_null(previous["settings"], ""), settings)))
     todo |= retag
     kept = ~todo
-    rows = joined.select(listing.column_names).append_column("hash", hashes)
-    old = joined.filter(pa.array(kept & failed_before))
-    return Decision(todo=rows.filter(pa.array(todo)), retag=int(retag.sum()), kept=joined["key"].filter(pa.array(kept)).combine_chunks(),
-                    old_failed=pd.DataFrame({"path": old["key"].to_pylist(), "error": old["_error"].to_pylist()}),
-                    relisted=joined.filter(pa.array(kept & ~same & has_row)).select(["key", *LISTING]), hashed=int(need.sum()))
+    # The hash each photo to tag is known by: read now, its row's (unchanged, tagged again), or "" (new).
+    hashes = pc.if_else(pa.array(has_row[todo]), old_text("hash", todo), "") if previous.num_rows else pa.nulls(int(todo.sum()), pa.string())
+    hashes = pc.fill_null(hashes, "")
+    if need.any():
+        hashes = pc.replace_with_mask(hashes, pa.array(need[todo]), fresh.filter(pa.array(todo[need])))
+    gone = kept & failed_before
+    chosen = listing if todo.all() else listing.filter(pa.array(todo))  # a first run: the listing itself, not a copy
+    return Decision(todo=chosen.append_column("hash", hashes), retag=int(retag.sum()),
+                    kept=keys.filter(pa.array(kept)).combine_chunks(),
+                    old_failed=pd.DataFrame({"path": keys.filter(pa.array(gone)).to_pylist(), "error": old_text("error", gone).to_pylist()}),
+                    relisted=listing.filter(pa.array(kept & ~same)).select(["key", *LISTING]), hashed=int(need.sum()))
+
+
+def _flags(expr) -> np.ndarray:
+    return pc.fill_null(expr, False).to_numpy(zero_copy_only=False)
+
+
+def _ints(column) -> np.ndarray:
+    return pc.fill_null(column, UNKNOWN).to_numpy(zero_copy_only=False)
 
 
 def _previous_columns(previous: pd.DataFrame) -> pd.DataFrame:

@@ -170,7 +170,7 @@ def probe_node(samples: list[tuple[str, bytes]], device: str) -> str:
         try:
             reader.read(location, key)
         except ImageError as e:
-            return f"{key}: {e.reason}"
+            return f"{key}: {e.reason}; SOURCE must be at the same path on every node, or in object storage"
     if device != "cpu":
         from pipelines.device import choose_device
         from pipelines.errors import OptionError
@@ -182,7 +182,7 @@ def probe_node(samples: list[tuple[str, bytes]], device: str) -> str:
     return ""
 
 
-def probe_nodes(ray, source: str, samples: list[tuple[str, bytes]], device: str) -> None:
+def probe_nodes(ray, samples: list[tuple[str, bytes]], device: str) -> None:
     """Run `probe_node` on every node that can run a worker, and refuse the run in one line if one of them fails.
 
     The samples are photos the driver has just read: a node that cannot read them does not see SOURCE
@@ -198,8 +198,7 @@ def probe_nodes(ray, source: str, samples: list[tuple[str, bytes]], device: str)
             for n in nodes]
     for node, problem in zip(nodes, ray.get(refs)):
         if problem:
-            raise BatchError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): {problem}; "
-                             f"SOURCE ({source}) must be at the same path on every node, or in object storage")
+            raise BatchError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): {problem}")
 
 
 def _samples(photos: pa.Table, reader: "Reader", most: int = 3) -> list[tuple[str, bytes]]:
@@ -312,32 +311,32 @@ def _read_manifest(file, name: str, base: str) -> pa.Table:
 
 
 def _manifest_part(batch: pa.RecordBatch, column: str, base: str) -> pa.Table:
-    given = {c: batch.column(c) for c in LISTING if c in batch.schema.names}
-    keys, locations, listings = [], [], []
-    sizes = given["size"].to_pylist() if len(given) == 2 else None
-    mtimes = given["mtime"].to_pylist() if len(given) == 2 else None
-    for i, value in enumerate(batch.column(column).to_pylist()):
-        value = (value or "").strip() if isinstance(value, str) else str(value or "").strip()
-        if not value:
-            continue
-        uri = is_uri(value)
-        if not uri and not os.path.isabs(value):
-            value = f"{base}/{value}" if is_uri(base) else os.path.join(base, value)
-            uri = is_uri(value)
-        keys.append(value if uri else printable_path(value))
-        locations.append(value.encode() if uri else os.fsencode(value))
-        if sizes is not None:
-            listings.append((_int(sizes[i]), _int(mtimes[i])))
-        else:
-            listings.append((UNKNOWN, UNKNOWN) if uri else listing_of(value))
-    return listing_table(keys, listings, location=pa.array(locations, pa.binary()))
+    """One batch of a manifest as a listing, column by column: names trimmed, blanks dropped, relative paths joined to
+    `base`; a local path's key is its printable form (`printable_path`: a backslash doubled), its location its bytes."""
+    values = pc.utf8_trim_whitespace(batch.column(column).cast(pa.string()))
+    given = [batch.column(c) for c in LISTING if c in batch.schema.names]
+    keep = pc.not_equal(values, "")
+    values = values.filter(keep)
+    relative = pc.invert(pc.or_(pc.match_substring(values, "://"), pc.starts_with(values, "/")))
+    values = pc.if_else(relative, pc.binary_join_element_wise(base.rstrip("/"), values, "/"), values)
+    uri = pc.match_substring(values, "://")
+    escaped = pc.any(pc.match_substring(values, "\\")).as_py()
+    # Without a backslash a key is its path's text, and the location the same buffers seen as bytes (no copy).
+    keys = pc.if_else(uri, values, pc.replace_substring(values, "\\", "\\\\")) if escaped else values
+    if len(given) == 2:  # the manifest says each photo's size and mtime (ns): as a listing would
+        size, mtime = (_ints(c.filter(keep)) for c in given)
+    else:  # a stat of each local path (no read); a URI's listing is not asked for, one request a photo: hashed instead
+        listed = [(UNKNOWN, UNKNOWN) if u else listing_of(v) for v, u in zip(values.to_pylist(), uri.to_pylist())]
+        size, mtime = (pa.array([x[i] for x in listed], pa.int64()) for i in (0, 1))
+    return pa.table({"key": keys, "size": size, "mtime": mtime, "location": values.cast(pa.binary())})
 
 
-def _int(value) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return UNKNOWN
+def _ints(column: pa.Array) -> pa.Array:
+    """A manifest's size or mtime column as int64, UNKNOWN where a cell is not a whole number."""
+    if pa.types.is_integer(column.type):
+        return pc.fill_null(column.cast(pa.int64()), UNKNOWN)
+    text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    return pc.if_else(pc.fill_null(pc.match_substring_regex(text, r"^-?[0-9]+$"), False), text, str(UNKNOWN)).cast(pa.int64())
 
 
 # -- reading photos (in workers) ------------------------------------------------------------------
@@ -379,9 +378,11 @@ def _units(photos: pa.Table, size: int) -> pa.Table:
                      for name, column in (("keys", "key"), ("locations", "location"), ("sizes", "size"), ("mtimes", "mtime"))})
 
 
-def _dataset(ray, units: pa.Table):
-    """A Ray dataset of one block per unit: a task's one output is one unit, so a retried task gives no row twice."""
-    return ray.data.from_arrow([units.slice(i, 1) for i in range(units.num_rows)])
+def _dataset(ray, photos: pa.Table, unit: int):
+    """A Ray dataset of `photos` in units, one block per unit: a task's one output is one unit, so a retried task gives
+    no row twice. Each block is cut from its slice of `photos`: no second copy of the list is made."""
+    # Each block into the object store as it is cut: the driver never holds the units all at once.
+    return ray.data.from_arrow_refs([ray.put(_units(photos.slice(i, unit), unit)) for i in range(0, photos.num_rows, unit)])
 
 
 def _unit_lists(batch: pa.Table) -> tuple[list[str], list[bytes]]:
@@ -762,10 +763,17 @@ def _current_hashes(ray, photos: pa.Table, unit: int) -> list[str]:
     if not photos.num_rows:
         return []
     hashes = {}
-    ds = _dataset(ray, _units(photos, unit)).map_batches(hash_unit, batch_size=1, batch_format="pyarrow")
+    ds = _dataset(ray, photos, unit).map_batches(hash_unit, batch_size=1, batch_format="pyarrow")
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         hashes.update(zip(batch["path"].to_pylist(), batch["hash"].to_pylist()))
     return [hashes.get(k, "") for k in photos["key"].to_pylist()]
+
+
+def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_failed: bool = True, rehash: bool = False):
+    """What a run of `photos` (a listing, `list_photos`) into `output` will do: `tagger.library.plan.decide` on the
+    output's latest rows. hash_photos(rows) hashes the photos whose listing does not match their row."""
+    previous = output.latest(["path", "hash", "settings", "error", *LISTING]).drop_columns(["_file"])
+    return decide(photos, previous, hash_photos, settings, retry_failed, rehash)
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
@@ -794,31 +802,30 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
         made = output.check_writable()
         try:
             with ray_session(options.address) as ray:
-                return _tag_on(ray, source, output, photos, chosen, model_path, options, tag_options, on_plan, settings,
+                return _tag_on(ray, output, photos, chosen, model_path, options, tag_options, on_plan, settings,
                                retry_failed, rehash, progress_stream)
         finally:
             if made:
                 output.remove_if_empty()  # a run refused (a node, the device) leaves no empty folder behind
 
 
-def _tag_on(ray, source, output: Output, photos: pa.Table, chosen: Selection, model_path, options: RayOptions,
+def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path, options: RayOptions,
             tag_options: TagOptions, on_plan, settings: str, retry_failed: bool, rehash: bool, progress_stream) -> Summary:
     unit = CHUNK_BATCHES * options.batch_size
     workers, device, resources = _placement(ray, options)  # a device the cluster lacks: refused before anything is read
-    previous = output.latest(["path", "hash", "settings", "error", *LISTING])
     probed = []
 
     def probe_once(rows: pa.Table) -> None:
         # Before the first task that reads photos: each node must see them as the driver does.
         if not probed:
-            probe_nodes(ray, str(source), _samples(rows, Reader()), device)
+            probe_nodes(ray, _samples(rows, Reader()), device)
             probed.append(True)
 
     def hash_photos(rows: pa.Table) -> list[str]:
         probe_once(rows)
         return _current_hashes(ray, rows, unit)
 
-    decision = decide(photos, previous.drop_columns(["_file"]), hash_photos, settings, retry_failed, rehash)
+    decision = plan(photos, output, settings, hash_photos, retry_failed, rehash)
     todo = decision.todo
     summary = Summary.planned(decision, skipped=chosen.skipped, examples=chosen.examples)
     if on_plan:
@@ -835,12 +842,11 @@ def _tag_on(ray, source, output: Output, photos: pa.Table, chosen: Selection, mo
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
         # The driver holds the bundle's reference for the whole run, so a restarted actor can still fetch it.
         bundle = ray.put(bundle_files(model_path))
-        units = _units(todo, unit)
-        ds = _dataset(ray, units).map_batches(
+        ds = _dataset(ray, todo, unit).map_batches(
             TagWorker, batch_size=1, batch_format="pyarrow",
             # A unit takes seconds to minutes, the hand-over milliseconds: one at a time per actor, so
             # that the first actor up does not queue the units the others are starting for.
-            compute=ray.data.ActorPoolStrategy(size=min(workers, units.num_rows), max_tasks_in_flight_per_actor=1),
+            compute=ray.data.ActorPoolStrategy(size=min(workers, -(-todo.num_rows // unit)), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(bundle=[bundle], device=device, options=tag_options, runtime=options.runtime,
                                        batch_size=options.batch_size, read_threads=options.read_threads,
                                        threads=options.cpus_per_worker, settings=settings),
@@ -941,10 +947,10 @@ def warm_feature_cache(paths: Sequence[str | Path], config, options: RayOptions 
     with ray_session(options.address) as ray:
         workers, device, resources = _placement(ray, options)
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
-        units = _units(todo, CHUNK_BATCHES * options.batch_size)
-        ds = _dataset(ray, units).map_batches(
+        unit = CHUNK_BATCHES * options.batch_size
+        ds = _dataset(ray, todo, unit).map_batches(
             FeatureWorker, batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=min(workers, units.num_rows), max_tasks_in_flight_per_actor=1),
+            compute=ray.data.ActorPoolStrategy(size=min(workers, -(-todo.num_rows // unit)), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(backbone=config.backbone, weights=str(config.weights) if config.weights else None, device=device,
                                        batch_size=options.batch_size, read_threads=options.read_threads, threads=options.cpus_per_worker,
                                        runtime=config.runtime),

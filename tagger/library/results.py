@@ -18,6 +18,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from embeddings.files import atomic_write
@@ -86,8 +87,17 @@ def read_rows(out: Path) -> pd.DataFrame:
     for col in ("error", "hash", "settings", "note"):
         rows[col] = rows[col].fillna("").astype(str)
     for col in ("size", "mtime"):
-        rows[col] = pd.to_numeric(rows[col], errors="coerce").fillna(-1).astype("int64")
+        # By value, not pd.to_numeric: a column with a gap would go through float64 and lose an mtime's nanoseconds.
+        rows[col] = pd.Series([_listed(v) for v in rows[col]], index=rows.index, dtype="int64")
     return rows
+
+
+def _listed(value) -> int:
+    """A size or mtime cell as an int; -1 (not known) for a gap."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    text = str(value)
+    return int(text) if text.lstrip("-").isdigit() else -1
 
 
 def _as_list(value) -> list:
