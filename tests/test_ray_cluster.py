@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,11 @@ def test_the_readme_cluster_refuses_a_source_one_node_lacks_and_tags_a_shared_on
         subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {driver_only} && "
                         + join.replace("HEAD_IP", ip).replace("6379", port) + " --num-cpus=1"],
                        env=env, check=True, capture_output=True, timeout=120)
-        status = subprocess.run(["ray", "status", f"--address={ip}:{port}"], env=env, capture_output=True, text=True, timeout=60)
+        for _ in range(30):  # `ray status` shows a node once the autoscaler's report, every few seconds, has it
+            status = subprocess.run(["ray", "status", f"--address={ip}:{port}"], env=env, capture_output=True, text=True, timeout=60)
+            if status.returncode != 0 or status.stdout.count("node_") >= 2:
+                break
+            time.sleep(1)
         assert status.returncode == 0 and status.stdout.count("node_") >= 2, status.stdout + status.stderr
 
         def tag(source: Path, out: Path):

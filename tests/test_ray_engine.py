@@ -170,6 +170,13 @@ def test_a_manifest_and_a_file_uri_give_the_folders_photos(tmp_path):
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     for listing in (from_folder, list_photos(manifest)[0], from_uri):
         assert list(zip(listing["size"].to_pylist(), listing["mtime"].to_pylist())) == stats
+    # A manifest may say them itself (an archive's inventory): taken as they are, -1 (not known: hashed) where a cell is not a number.
+    listed = tmp_path / "listed.tsv"
+    pd.DataFrame({"path": ["photos/sub/" + p.name for p in paths], "size": ["10", "", "12"], "mtime": ["5", "6", "x"]}).to_csv(
+        listed, sep="\t", index=False)
+    given = list_photos(listed)[0]
+    assert given["key"].to_pylist() == [str(p) for p in paths]
+    assert given["size"].to_pylist() == [10, -1, 12] and given["mtime"].to_pylist() == [5, 6, -1]
 
 
 @pytest.mark.slow
@@ -245,6 +252,11 @@ def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
     assert "notes.jpg: not an image (unknown format)" in result.output
     again = CliRunner().invoke(app, args)  # again: only the failed photo is tried, and fails
     assert "0 tagged, 6 unchanged (kept), 1 failed" in again.output and again.exit_code == 1, again.output
+    before = read_output(tmp_path / "t.parquet")
+    merged = CliRunner().invoke(app, ["compact", str(tmp_path / "t.parquet")])  # each run left a file: one now
+    assert merged.exit_code == 0 and f"{tmp_path / 't.parquet'}: 7 rows, 2 files merged into 1" in merged.output, merged.output
+    pd.testing.assert_frame_equal(read_output(tmp_path / "t.parquet"), before)
+    assert len(Output(tmp_path / "t.parquet").files()) == 1
     result = CliRunner().invoke(app, args[:-4] + ["--engine", "ray", "--sidecar", "xmp"])
     assert result.exit_code == 1 and "--sidecar is not supported with --engine ray" in result.output
 

@@ -867,7 +867,7 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
     rows = rows.filter(pc.is_in(rows["path"], value_set=keep))
     if output.rows_in_files > rows.num_rows:  # rows superseded by a later run, or of photos that left the source
         output.prune(keep)
-    failures = output.write_failures(rows.drop_columns(["_file"]).to_pandas())
+    failures = output.write_failures(rows.filter(pc.not_equal(rows["error"], "")).drop_columns(["_file"]).to_pandas())
     summary.failures_file = Path(failures) if failures else None
     return summary
 
