@@ -66,6 +66,7 @@ def plan_memory(rows: int, tmp: Path) -> dict:
     from harness import child_env
     from tagger.library.ray_engine import SCHEMA
 
+    tmp.mkdir(parents=True, exist_ok=True)
     names = pa.array([f"2019/{i // 1000:05d}/IMG_{i:08d}.jpg" for i in range(rows)])
     size, mtime = pa.array(np.arange(rows, dtype=np.int64)), pa.array(np.full(rows, 10**18, dtype=np.int64))
     pq.write_table(pa.table({"path": names, "size": size, "mtime": mtime}), tmp / "manifest.parquet")

@@ -65,6 +65,7 @@ MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 MANIFEST_BATCH = 65_536  # manifest rows read at a time: the driver holds the listing in Arrow, never a Python object per photo
 SCHEMA = pa.schema([("path", pa.string()), ("tags", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())), ("error", pa.string()),
                     ("hash", pa.string()), ("settings", pa.string()), ("note", pa.string()), ("size", pa.int64()), ("mtime", pa.int64())])
+CODED = ("settings", "error", "note")  # few distinct values over millions of rows: read dictionary-encoded to plan
 DEVICES = re.compile(r"^(cpu|cuda|mps)$")  # on Ray each actor is given its GPU: cuda:N means nothing there
 
 
@@ -585,17 +586,22 @@ class Output:
         if not self.fs.get_file_info(pafs.FileSelector(self.root)):
             self.fs.delete_dir(self.root)
 
-    def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None) -> pa.Table:
+    def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None, coded: bool = False) -> pa.Table:
         """Every row of `files` (default: all), in file order, the columns asked for and `_file` (the file's index in
         `files`); a column a file lacks (written before it existed) reads as null. One scan of the dataset; a file torn
-        by a killed run is removed (its photos are tagged again) and the scan repeated."""
+        by a killed run is removed (its photos are tagged again) and the scan repeated. coded: settings, error and
+        note dictionary-encoded, as Parquet stores them (a run's settings are one string, not one a photo)."""
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
         files = self.files() if files is None else list(files)
+        schema, fmt = SCHEMA, "parquet"
+        if coded:
+            schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in CODED else f for f in SCHEMA])
+            fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(CODED)))
         while True:
             try:
-                dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=self.fs)
+                dataset = ds.dataset(files, schema=schema, format=fmt, filesystem=self.fs)
                 counts = [fragment.metadata.num_rows for fragment in dataset.get_fragments()]
                 table = dataset.to_table(columns=list(columns))
                 break
@@ -616,9 +622,9 @@ class Output:
         index = np.repeat(np.arange(len(files), dtype=np.int32), counts) if files else np.zeros(0, np.int32)
         return table.append_column("_file", pa.array(index))
 
-    def latest(self, columns: Sequence[str] = tuple(SCHEMA.names)) -> pa.Table:
+    def latest(self, columns: Sequence[str] = tuple(SCHEMA.names), coded: bool = False) -> pa.Table:
         """The latest row of each path (later runs win), with `_file`; `self.rows_in_files` counts every row."""
-        table = self.table(tuple(dict.fromkeys(["path", *columns])))
+        table = self.table(tuple(dict.fromkeys(["path", *columns])), coded=coded)
         self.rows_in_files = table.num_rows
         return _filled(_latest_only(table))
 
@@ -772,7 +778,7 @@ def _current_hashes(ray, photos: pa.Table, unit: int) -> list[str]:
 def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_failed: bool = True, rehash: bool = False):
     """What a run of `photos` (a listing, `list_photos`) into `output` will do: `tagger.library.plan.decide` on the
     output's latest rows. hash_photos(rows) hashes the photos whose listing does not match their row."""
-    previous = output.latest(["path", "hash", "settings", "error", *LISTING]).drop_columns(["_file"])
+    previous = output.latest(["path", "hash", "settings", "error", *LISTING], coded=True).drop_columns(["_file"])
     return decide(photos, previous, hash_photos, settings, retry_failed, rehash)
 
 
