@@ -56,16 +56,18 @@ def test_retagging_replaces_machine_tags_and_keeps_the_owners(photo):
     sync(photo, ["beach", "sea", "sand"], XMP)
     assert not photo.with_name("IMG_1005.jpg.xmp").exists()  # no second sidecar beside the library's own
     kw = read_sidecar(side)
-    # "sea" was already the owner's: it is not recorded as ours, so it can never be taken away.
-    assert kw.subject == ["holiday", "sea", "beach", "sand"] and kw.machine == ["beach", "sand"]
-    assert kw.hierarchical == ["People|Anna", "tagger|beach", "tagger|sea", "tagger|sand"]
+    # "sea" was already the owner's: it is not recorded as ours, so it can never be taken away, and not filed under tagger|.
+    # The owner's keywords are in every field, each in its form (Anna, a leaf of their tree, in dc:subject too).
+    assert kw.subject == ["holiday", "sea", "Anna", "beach", "sand"] and kw.machine == ["beach", "sand"]
+    assert kw.hierarchical == ["People|Anna", "holiday", "sea", "tagger|beach", "tagger|sand"]
+    assert kw.tags_list == ["People/Anna", "holiday", "sea", "tagger/beach", "tagger/sand"]
     text = side.read_text()
     assert 'xmp:Rating="4"' in text and "<digiKam:ColorLabel>3</digiKam:ColorLabel>" in text  # its prefixes kept, too
     for tags in (["dog", "grass"], ["cat"], ["dog", "grass"]):  # the photo changed, and changed back
         sync(photo, tags, XMP)
         kw = read_sidecar(side)
-        assert kw.subject == ["holiday", "sea"] + tags and kw.machine == tags
-        assert kw.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+        assert kw.subject == ["holiday", "sea", "Anna"] + tags and kw.machine == tags
+        assert kw.hierarchical == ["People|Anna", "holiday", "sea"] + [f"tagger|{t}" for t in tags]
     assert kw.owner() == ["holiday", "sea", "Anna"]
 
 
@@ -167,8 +169,8 @@ def test_exiftool_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
                           str(photo.with_name("p.jpg.xmp"))], check=True, capture_output=True, text=True).stdout
     rec = json.loads(out)[0]
     assert set(rec["Subject"]) == {"Anna", "holiday", "Zürich", "lake", "boat"}
-    assert rec["HierarchicalSubject"] == ["People|Anna", "tagger|lake", "tagger|boat"]
-    assert rec["TagsList"] == ["tagger/lake", "tagger/boat"]
+    assert rec["HierarchicalSubject"] == ["People|Anna", "holiday", "Zürich", "tagger|lake", "tagger|boat"]
+    assert rec["TagsList"] == ["People/Anna", "holiday", "Zürich", "tagger/lake", "tagger/boat"]
     assert rec["Validate"] == "OK", rec
 
 
@@ -208,7 +210,7 @@ def test_keywords_go_under_their_category_and_flat_right_under_the_root(tmp_path
     # A keyword the tree has no category for (a bundle from before categories) goes right under the root.
     path = lambda t, sep: sep.join(["tagger", CATEGORIES[t], t] if t in CATEGORIES else ["tagger", t])  # noqa: E731
     assert kw.hierarchical == ["People|Anna"] + [path(t, "|") for t in tags]
-    assert kw.tags_list == [path(t, "/") for t in tags]
+    assert kw.tags_list == ["People/Anna"] + [path(t, "/") for t in tags]
     assert kw.subject == ["Anna"] + tags and kw.machine == tags and kw.owner() == ["Anna"]  # dc:subject stays flat
     assert not sync(photo, tags, XMP, tree=TREE)  # in step: not rewritten
     assert sync(photo, tags, XMP, tree=KeywordTree(flat=True, categories=CATEGORIES))
@@ -227,9 +229,10 @@ def test_switching_forms_leaves_one_form_only(tmp_path, first, then):
     sync(photo, ["cat", "paris"], XMP, tree=then)
     written = side.read_bytes()
     kw = read_sidecar(side)
-    assert machine_entries(kw) == ([then.path(t) for t in ("cat", "paris")], [then.path(t, "/") for t in ("cat", "paris")])
+    # `cat` was the owner's before tagger came (Pets|cat): it is not filed under tagger| beside it.
+    assert machine_entries(kw) == ([then.path("paris")], [then.path("paris", "/")])
     assert kw.hierarchical[:2] == ["People|Anna", "Pets|cat"]  # the owner's, untouched
-    assert kw.subject == ["Anna", "cat", "paris"] and kw.machine == ["paris"]  # `cat` was the owner's before tagger came
+    assert kw.subject == ["Anna", "cat", "paris"] and kw.machine == ["paris"]
     assert not sync(photo, ["cat", "paris"], XMP, tree=then) and side.read_bytes() == written  # a no-op re-run: same bytes
 
 
@@ -247,7 +250,7 @@ def test_an_old_flat_sidecar_is_taken_over_by_the_hierarchy(tmp_path):
     assert sync(photo, ["cat", "pizza"], XMP, tree=TREE)
     kw = read_sidecar(side)
     assert kw.hierarchical == ["People|Anna", TREE.path("cat"), TREE.path("pizza")]
-    assert kw.tags_list == [TREE.path("cat", "/"), TREE.path("pizza", "/")]
+    assert kw.tags_list == ["People/Anna", TREE.path("cat", "/"), TREE.path("pizza", "/")]
     assert kw.subject == ["Anna", "cat", "pizza"] and kw.machine == ["cat", "pizza"]  # sofa, tagger's, is gone
     assert 'xmp:Rating="4"' in side.read_text()
 

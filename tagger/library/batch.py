@@ -120,6 +120,7 @@ def tag_folder(
     settings: str = "",
     sidecar: SidecarConfig | None = None,
     embed: bool = False,
+    backup: Path | None = None,
     tree: KeywordTree = KeywordTree(),
     exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
     skip_owner_tagged: bool = False,
@@ -133,8 +134,10 @@ def tag_folder(
     `tag_batch(paths)` yields (path, `tagger.model.Tagged`) per photo in batches of its choosing; the
     journal is flushed after every photo it yields, so a kill loses at most the photos in flight.
     settings: the model and options the tags come from; rows made with other settings are tagged again.
-    embed: also write the tags into each photo's own XMP (`tagger.library.sidecar.embed`, with a backup); the
+    embed: also write the tags into each photo's own XMP and IPTC (`tagger.library.sidecar.embed`); the
     row then holds the rewritten file's hash, so the next run does not take it for a changed photo.
+    backup: a folder outside the library where each photo's original is kept before its first rewrite
+    (`backup_path`); None keeps none.
     tree: where XMP sidecars and embedded XMP file the tags (root, categories, flat); it is no setting of
     the rows, so a run with another tree rewrites the sidecars and tags nothing again.
     retry_failed: try photos that failed in an earlier run again, changed or not (False: only if changed).
@@ -153,18 +156,20 @@ def tag_folder(
                 raise BatchError(f"{source}: cannot read folder ({e.strerror or e})") from None
     if out.is_dir():
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
+    if backup is not None:
+        check_backup(backup, sources)
     _refuse_links(out)
     if dry_run:
-        return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, True, progress,
-                    on_plan)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclude_dirs, skip_owner_tagged, retry_failed, True,
+                    progress, on_plan)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with Lock(out):
             # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
             for name in (out.name, failures_path(out).name):
                 remove_stale(out.parent, stale_pattern(name))
-            return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, False,
-                        progress, on_plan)
+            return _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclude_dirs, skip_owner_tagged, retry_failed,
+                        False, progress, on_plan)
     except OSError as e:
         # Disk full, a read-only or missing folder: what was tagged is in the journal, and the next run goes on from it.
         where = e.filename or out
@@ -172,11 +177,12 @@ def tag_folder(
                          f"{journal_path(out).name} for the next run") from None
 
 
-def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
+def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
          on_plan) -> Summary:
     every = read_rows(out)
     previous = latest(every)
     naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
+    backups = backup_path(backup, sources)
     found = select_photos(sources, exclude_dirs, skip_owner_tagged, naming, tree.root)
     library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
     photos = found.photos
@@ -198,7 +204,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
         if sidecar:
             summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, tree, summary, library, every, dry_run=True)
         if embed:
-            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, dry_run=True))
+            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, naming, backups, dry_run=True))
         return summary
     journal = journal_path(out)
     if todo:
@@ -236,7 +242,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
     if embed:
-        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary)
+        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary, naming, backups)
         summary.embedded = len(rewritten)
         if rewritten:
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
@@ -264,14 +270,35 @@ def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarC
     return written
 
 
-def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, summary: Summary,
-               dry_run: bool = False) -> dict[str, str]:
+def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, summary: Summary, naming: str,
+               backups: Callable[[Path], Path | None], dry_run: bool = False) -> dict[str, str]:
     """Write every tagged photo's tags into the photo itself; {path: its new content hash} of those rewritten."""
     rewritten = {}
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            if embed(photos[key], list(tags), tree, dry_run=dry_run):
+            if embed(photos[key], list(tags), tree, dry_run=dry_run, naming=naming, backup=backups(photos[key])):
                 rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(path_key(str(e)))
     return rewritten
+
+
+def check_backup(backup: Path, sources: Sequence[Path]) -> None:
+    """A backup folder inside the library is refused: its copies would be scanned and tagged as photos, and the library doubled."""
+    where = os.path.realpath(backup)
+    for source in sources:
+        root = os.path.realpath(source if source.is_dir() else source.parent)
+        if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
+            raise BatchError(f"{backup}: --backup is inside the library ({source}); choose a folder outside it, "
+                             "or the originals kept there would be tagged as photos")
+    if backup.exists() and not backup.is_dir():
+        raise BatchError(f"{backup}: --backup names a folder, and this is a file")
+
+
+def backup_path(backup: Path | None, sources: Sequence[Path]) -> Callable[[Path], Path | None]:
+    """Where each photo's original goes: its path below the folders given (their common folder), under `backup`."""
+    if backup is None:
+        return lambda photo: None
+    roots = [os.path.abspath(s if s.is_dir() else s.parent) for s in sources]
+    common = os.path.commonpath(roots) if roots else os.sep
+    return lambda photo: Path(backup) / os.path.relpath(os.path.abspath(photo), common)
