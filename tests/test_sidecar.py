@@ -293,3 +293,109 @@ def test_embed_writes_the_hierarchy_into_the_photo_and_switches_forms(tmp_path):
     assert not embed(photo, ["cat", "pizza"], TREE) and photo.read_bytes() == before  # in step: not rewritten
     assert embed(photo, ["cat", "pizza"], KeywordTree(flat=True, categories=CATEGORIES))
     assert hierarchy() == (["tagger|cat", "tagger|pizza"], ["tagger/cat", "tagger/pizza"])
+
+
+# -- one story in every field; the owner's decisions (issue 27) ----------------------------------------
+
+
+def test_keywords_are_one_whatever_their_case_or_plural():
+    from pipelines.keywords import same_keyword, unique_keywords
+
+    for a, b in (("Car", "car"), ("Cats", "cat"), ("boxes", "box"), ("cities", "city"), ("buses", "bus"), ("glasses", "glass"),
+                 ("Tante Rose", "tante rose"), ("holidays", "Holiday")):
+        assert same_keyword(a, b) and same_keyword(b, a), (a, b)
+    for a, b in (("cat", "car"), ("sea", "seas of green"), ("bus", "bu"), ("as", "a"), ("dress", "dres")):
+        assert not same_keyword(a, b), (a, b)
+    assert unique_keywords(["Car", "Auto", "Cats", "car", "auto", "cat", "dog"]) == ["Car", "Auto", "Cats", "dog"]
+
+
+def test_the_owners_spelling_stands_for_the_machines(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text(owner_sidecar(["Car", "Auto", "Cats"]))
+    sync(photo, ["car", "auto", "cat", "dog"], XMP)
+    kw = read_sidecar(side)
+    assert kw.subject == ["Car", "Auto", "Cats", "dog"] and kw.machine == ["dog"]
+    assert kw.hierarchical == ["Car", "Auto", "Cats", "tagger|dog"] and kw.tags_list == ["Car", "Auto", "Cats", "tagger/dog"]
+    assert kw.copied_hierarchical == ["Car", "Auto", "Cats"] and kw.copied_subject == []
+
+
+def test_a_removed_machine_tag_is_rejected_and_never_written_again(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    sync(photo, ["me", "beach", "sea"], XMP)
+    text = side.read_text()
+    for entry in ("<rdf:li>me</rdf:li>", "<rdf:li>tagger|me</rdf:li>", "<rdf:li>tagger/me</rdf:li>"):
+        text = text.replace(entry, "", 1)  # the owner removes `me` from the three fields (tagger's record still lists it)
+    side.write_text(text)
+    for tags in (["me", "beach", "sea"], ["sea", "me", "Me"], ["me"]):
+        sync(photo, tags, XMP)
+        kw = read_sidecar(side)
+        assert "me" not in kw.subject and not [h for h in kw.hierarchical + kw.tags_list if h.endswith("me")] and kw.rejected == ["me"]
+
+
+def test_a_tool_that_drops_a_whole_field_rejects_nothing(photo):
+    """A manager that does not know digiKam:TagsList may drop it: that is no decision of the owner's."""
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    sync(photo, ["beach", "sea"], XMP)
+    text = side.read_text()
+    side.write_text(text[:text.index("<digiKam:TagsList>")] + text[text.index("</digiKam:TagsList>") + len("</digiKam:TagsList>"):])
+    assert read_sidecar(side).tags_list == []
+    sync(photo, ["beach", "sea"], XMP)
+    kw = read_sidecar(side)
+    assert kw.rejected == [] and kw.machine == ["beach", "sea"] and kw.tags_list == ["tagger/beach", "tagger/sea"]
+
+
+def test_without_the_record_the_root_tells_the_machine_tags(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text(owner_sidecar(["Anna", "beach", "sea"], ["People|Anna", "tagger|beach", "tagger|nature|sea"]))  # no tagger:Keywords
+    assert read_sidecar(side).owner() == ["Anna"]
+    sync(photo, ["dog"], XMP)
+    kw = read_sidecar(side)
+    assert kw.subject == ["Anna", "dog"] and kw.hierarchical == ["People|Anna", "tagger|dog"] and kw.machine == ["dog"]
+
+
+def test_a_stem_sidecar_is_the_photos_only_when_no_other_file_shares_the_stem(tmp_path):
+    jpg = tmp_path / "IMG_9.jpg"
+    Image.new("RGB", (8, 8)).save(jpg)
+    (tmp_path / "IMG_9.xmp").write_text(owner_sidecar(["mine"]))
+    assert sidecar_path(jpg) == tmp_path / "IMG_9.xmp"
+    (tmp_path / "IMG_9.txt").write_text("notes")  # a metadata file owns no sidecar
+    (tmp_path / ".IMG_9.jpg").write_text("")
+    assert sidecar_path(jpg) == tmp_path / "IMG_9.xmp"
+    (tmp_path / "IMG_9.NEF").write_bytes(b"raw")
+    assert sidecar_path(jpg) == tmp_path / "IMG_9.jpg.xmp"
+    assert owner_keywords(jpg) == []  # the RAW's keywords are not the JPEG's
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_keeps_iptc_in_step_where_there_is_iptc_and_makes_none(tmp_path):
+    with_iptc, without, png = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.png"
+    for p in (with_iptc, without, png):
+        Image.new("RGB", (16, 16), (10, 120, 200)).save(p)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-IPTC:Keywords=Zürich", "-IPTC:Keywords=Cats", str(with_iptc)], check=True)
+    (tmp_path / "a.jpg.xmp").write_text(owner_sidecar(["Tante Rose", "東京"]))  # the sidecar's keywords go into the photo too
+    for p in (with_iptc, without, png):
+        assert embed(p, ["lake", "cat"])
+        assert not embed(p, ["lake", "cat"])  # in step: not rewritten
+    rec = json.loads(subprocess.run(["exiftool", "-j", "-IPTC:all", "-XMP-dc:Subject", str(with_iptc), str(without), str(png)],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert rec[0]["Keywords"] == ["Zürich", "Cats", "Tante Rose", "東京", "lake"] and rec[0]["CodedCharacterSet"] == "UTF8"
+    assert rec[0]["Subject"] == ["Zürich", "Cats", "Tante Rose", "東京", "lake"]
+    assert "Keywords" not in rec[1] and "Keywords" not in rec[2] and rec[2]["Subject"] == ["lake", "cat"]
+    assert embedded_keywords(with_iptc).iptc == ["Zürich", "Cats", "Tante Rose", "東京", "lake"]
+    assert not list(tmp_path.glob("*_original"))
+
+
+def test_untag_goes_through_no_link_out_of_the_library(tmp_path):
+    from tagger.library.sidecar import unsync
+
+    lib, outside = tmp_path / "lib", tmp_path / "outside.xmp"
+    lib.mkdir()
+    p = lib / "p.jpg"
+    Image.new("RGB", (8, 8)).save(p)
+    sync(p, ["beach"], XMP)
+    outside.write_bytes((lib / "p.jpg.xmp").read_bytes())
+    (lib / "p.jpg.xmp").unlink()
+    (lib / "p.jpg.xmp").symlink_to(outside)
+    with pytest.raises(SidecarError, match="outside the library"):
+        unsync(p, lib / "p.jpg.xmp", library=[lib])
+    assert read_sidecar(outside).machine == ["beach"]

@@ -1,24 +1,31 @@
-"""Sidecars: make a photo's XMP (or .txt) sidecar hold its current machine tags, and nothing else of ours.
+"""Sidecars and embedded XMP: make a photo's XMP (or .txt) sidecar, or its own XMP and IPTC, hold its current machine tags.
 
 `sync` is idempotent: it reads the sidecar, replaces the keywords tagger wrote last time with the
 current ones, keeps every keyword and field the owner or a photo manager put there, and writes
-only when something changed. Tags go to the fields photo managers read: `dc:subject` (flat),
-`lr:hierarchicalSubject` under a root and each keyword's category (`tagger|nature|beach`; see
-`tagger.library.keyword_tree`), which digiKam, Lightroom and darktable show as a branch of the keyword
-tree, and digiKam's own `digiKam:TagsList` (`tagger/nature/beach`), which digiKam and Immich read before
-the others. Every hierarchical entry under the root is tagger's, at any depth, so the flat form of
-earlier versions (`tagger|beach`, or `--flat`) is replaced by the current one, not kept beside it.
-The flat ones tagger added are listed in `tagger:Keywords`, so a later run knows them; a keyword the
-owner already had is theirs and is never listed.
-A new sidecar of a photo with embedded keywords starts with those keywords, so a manager that
-prefers the sidecar still shows them.
+only when something changed. What goes in every keyword field is `tagger.library.merge`'s: the
+owner's keywords of every field and file read (this sidecar, the photo's embedded XMP and IPTC), in
+each field's form, and the machine tags flat in `dc:subject` and under a root and each keyword's
+category in `lr:hierarchicalSubject` (`tagger|nature|beach`; see `tagger.library.keyword_tree`)
+and digiKam's `digiKam:TagsList` (`tagger/nature/beach`), which digiKam and Immich read before the
+others; tags the owner removed are kept out (`tagger:Rejected`). Every hierarchical entry under the
+root is tagger's, at any depth, so the flat form of earlier versions (`tagger|beach`, or `--flat`) is
+replaced by the current one, not kept beside it. tagger's record (`tagger:Keywords`, its copies,
+`tagger:Created` for a sidecar it made) lets a later run, and `unsync`/`unembed` (`tagger untag`),
+tell what is tagger's.
+
+`embed` does the same to the photo's own XMP with exiftool, merging in its sidecar's keywords, and
+writes IPTC Keywords to match where the photo has IPTC already (none is made: the Metadata Working
+Group's rule for the legacy block). exiftool rewrites the photo in place (`-overwrite_original`: a new
+file renamed over it), so no `PHOTO_original` piles up in the library; a backup, where asked for, goes
+to a folder outside it, once per photo.
 
 A library is a stranger's folder, so a sidecar is written only where it belongs: beside its photo
 (no folder is ever made), or through a symlink only to a regular file inside the library; any other
-link, and anything not a regular file, is refused with the reason. A `.txt` sidecar has no room to
-record what tagger wrote, so one that exists is replaced only when it holds exactly tags tagger gave
-the photo before (the results say which); any other is the owner's, and is left alone. Keywords are
-written as one line each (`pipelines.keywords.clean_keyword`).
+link, and anything not a regular file, is refused with the reason. A stem sidecar (`IMG_1.xmp`) that
+another file of the stem may own (a RAW, or `IMG_1.png`) is never the photo's (`sidecar_path`). A
+`.txt` sidecar has no room to record what tagger wrote, so one that exists is replaced only when it
+holds exactly tags tagger gave the photo before (the results say which); any other is the owner's,
+and is left alone. Keywords are written as one line each (`pipelines.keywords.clean_keyword`).
 """
 from __future__ import annotations
 
