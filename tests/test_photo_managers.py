@@ -11,6 +11,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -206,6 +207,8 @@ def test_the_owners_decisions_are_remembered(library, tmp_path):
             assert "tagger/beach" not in tags_list and "Places/beach" in tags_list, path
     kw = read_sidecar(side)
     assert kw.rejected == ["me", "myself"] and "beach" not in kw.machine
+    rows = pd.read_csv(tmp_path / "tags.csv", keep_default_na=False).set_index("path")
+    assert json.loads(rows.loc[str(library / "lightroom" / "IMG_1020.jpg"), "tags"]) == ["car", "auto", "cat", "beach"]  # nor in the results
     assert read_json(side, "-XMP-tagger:all")["XMP-tagger:Rejected"] == ["me", "myself"]  # in tagger's namespace, for exiftool too
     # Re-tagged with other options that propose `me` again: still not written.
     retag = lambda paths: ((p, Tagged([("me", 0.9), ("sky", 0.8)])) for p in paths)  # noqa: E731
@@ -251,3 +254,16 @@ def test_untag_keeps_what_the_owner_added_to_a_sidecar_tagger_made(library, tmp_
     assert not (library / "pair" / "IMG_3000.png.xmp").exists()
     rec = read_json(side, "-XMP-xmp:Rating", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject")
     assert rec["XMP-xmp:Rating"] == 5 and rec["XMP-dc:Subject"] == ["Strand"] and "XMP-lr:HierarchicalSubject" not in rec
+
+
+def test_a_tag_removed_from_the_photo_leaves_its_sidecar_in_the_same_run(library, tmp_path):
+    run_tag(library, tmp_path)
+    jpg = library / "embedded" / "IMG_1030.jpg"
+    # In a manager that writes into the photo (Lightroom, for a JPEG), the owner removes `boat` from its XMP.
+    exiftool("-q", "-overwrite_original", "-XMP-dc:Subject-=boat", "-XMP-lr:HierarchicalSubject-=tagger|boat",
+             "-XMP-digiKam:TagsList-=tagger/boat", jpg)
+    run_tag(library, tmp_path)
+    for path in (jpg, jpg.with_name("IMG_1030.jpg.xmp")):
+        subject, hierarchy, tags_list = keywords(path)[0]
+        assert "boat" not in subject and "tagger|boat" not in hierarchy and "tagger/boat" not in tags_list, path
+    assert read_json(jpg, "-IPTC:Keywords")["IPTC:Keywords"] == ["holiday", "Zürich", "Anna", "lake"]

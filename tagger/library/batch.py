@@ -20,6 +20,9 @@ Sidecars are state of their own, reconciled on every run (`tagger.library.sideca
 stale or earlier-failed sidecar is written whether or not its photo needed tagging. They are
 synced before the output is committed, while the journal still holds every tag list this run and
 the run before gave a photo, so a .txt sidecar tagger wrote is known for its own even after a kill.
+A tag the owner rejected for a photo (removed it; `tagger:Rejected` of its XMP sidecar or, with
+--embed, its own XMP) is left out of its row as well as of its keywords. With --embed, the originals
+are kept only where --backup names a folder, outside the library (`check_backup`, `backup_path`).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import pandas as pd
 
 from embeddings.files import content_hash, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
+from pipelines.keywords import KeywordError, embedded_fields, read_sidecar, same_keyword, sidecar_path
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS
 from tagger.library.plan import Plan, Summary, decide, select_photos
 from tagger.library.results import (BatchError, failures_path, journal_path, latest, lock_path, output_format, read_rows, text,
@@ -247,6 +251,11 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclud
         if rewritten:
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
             write_results(rows, out)
+    xmp = sidecar is not None and sidecar.kind == "xmp"
+    if xmp or embed:
+        kept = _without_rejected(rows, photos, naming if xmp else None, embed)
+        if kept is not None:
+            write_results(kept, out)
     return summary
 
 
@@ -281,6 +290,27 @@ def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, s
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(path_key(str(e)))
     return rewritten
+
+
+def _without_rejected(rows: pd.DataFrame, photos: dict[str, Path], naming: str | None, embedded: bool) -> pd.DataFrame | None:
+    """The rows without the tags the owner rejected for their photo (tagger:Rejected of its sidecar, or of its own XMP
+    when embedded), so the results propose them no more than the photo does; None when no row holds one."""
+    tags_col, scores_col, changed = [], [], False
+    for key, tags, scores in zip(rows["path"], rows["tags"], rows["scores"]):
+        rejected = []
+        if key in photos and len(tags):
+            if naming is not None:
+                try:
+                    rejected += read_sidecar(sidecar_path(photos[key], naming)).rejected
+                except KeywordError:
+                    pass  # a broken sidecar: its sync said so already
+            if embedded:
+                rejected += embedded_fields(photos[key]).rejected
+        keep = [i for i, t in enumerate(tags) if not any(same_keyword(t, r) for r in rejected)]
+        changed |= len(keep) < len(tags)
+        tags_col.append([tags[i] for i in keep])
+        scores_col.append([scores[i] for i in keep])
+    return rows.assign(tags=tags_col, scores=scores_col) if changed else None
 
 
 def check_backup(backup: Path, sources: Sequence[Path]) -> None:

@@ -72,7 +72,8 @@ def merge(have: Keywords, others: Sequence[Keywords], tags: Sequence[str], tree:
     """
     root = tree.root
     owner = owner_of([have, *others], root)
-    rejected = unique_keywords([*have.rejected, *(r for o in others for r in o.rejected), *rejected_now(have, owner, root)])
+    # What the owner removed from any packet of the photo counts for all of them, in this run already.
+    rejected = unique_keywords([r for kw in (have, *others) for r in (*kw.rejected, *rejected_now(kw, owner, root))])
     machine = unique_keywords(t for t in tags if not owner.has(t) and not any(same_keyword(t, r) for r in rejected))
     leaves = [p[-1] for p in owner.paths]
     top = [(k,) for k in owner.flat if not any(same_keyword(k, c) for p in owner.paths for c in p)]
