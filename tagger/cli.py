@@ -474,11 +474,10 @@ def untag(
         typer.echo(line)
     for line in summary.errors:
         typer.echo(f"tagger: failed: {line}", err=True)
-    photos = f", {summary.embedded} photos" if embed else ""
-    what = "would take" if dry_run else "took"
-    typer.echo(f"{'dry run: ' if dry_run else ''}{summary.photos} photos: {what} {summary.keywords} machine keywords out of "
-               f"{summary.sidecars} sidecars{photos}, {'would delete' if dry_run else 'deleted'} {summary.deleted} sidecars tagger made; "
-               f"{len(summary.errors)} failed" + ("; nothing was changed" if dry_run else ""))
+    photos = f", {summary.embedded} photos rewritten" if embed else ""
+    typer.echo(f"{'dry run: ' if dry_run else ''}{summary.photos} photos: {'would take' if dry_run else 'took'} out "
+               f"{summary.keywords} machine keywords: {summary.sidecars} sidecars rewritten, {summary.deleted} deleted "
+               f"(made by tagger, nothing else in them){photos}; {len(summary.errors)} failed" + ("; nothing was changed" if dry_run else ""))
     if summary.errors:
         raise typer.Exit(1)
 
