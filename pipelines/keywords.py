@@ -22,6 +22,7 @@ so a merge keeps the owner's spelling and adds no second one.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -201,15 +202,31 @@ def stem_shared_with(photo: str | Path) -> list[str]:
 
     Sidecars and other metadata files (`.xmp`, `.txt`, `.json`, ...) and hidden files own no sidecar.
     """
-    from pipelines.scan import METADATA_EXTENSIONS
-
     photo = Path(photo)
+    folder = str(photo.parent)
     try:
-        names = os.listdir(photo.parent or ".")
+        st = os.stat(folder)
     except OSError:
         return []
-    return sorted(n for n in names if n != photo.name and not n.startswith(".") and os.path.splitext(n)[0] == photo.stem
-                  and os.path.splitext(n)[1].lower() not in METADATA_EXTENSIONS)
+    return [n for n in _stems(folder, st.st_mtime_ns, st.st_size).get(photo.stem, []) if n != photo.name]
+
+
+@functools.lru_cache(maxsize=16)
+def _stems(folder: str, mtime_ns: int, size: int) -> dict[str, list[str]]:
+    """The folder's files by stem, sidecars left out: listed once while the folder is unchanged (mtime and size are the key),
+    not once per photo of a large folder."""
+    from pipelines.scan import METADATA_EXTENSIONS
+
+    stems: dict[str, list[str]] = {}
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return stems
+    for n in names:
+        stem, ext = os.path.splitext(n)
+        if not n.startswith(".") and ext.lower() not in METADATA_EXTENSIONS:
+            stems.setdefault(stem, []).append(n)
+    return stems
 
 
 def owner_keywords(photo: str | Path, naming: str = "auto", root: str = DEFAULT_ROOT) -> list[str]:

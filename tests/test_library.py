@@ -360,3 +360,22 @@ def test_embed_files_keywords_under_their_category_and_the_root_given(tmp_path, 
     assert "0 tagged, 1 unchanged (kept)" in r.output and "keywords written into 1 photos" in r.output, r.output
     assert hierarchy() == (["People|Anna", "Paris"] + [f"auto|{t}" for t in tags], ["People/Anna", "Paris"] + [f"auto/{t}" for t in tags])
     assert "keywords written into 0 photos" in tag(*args, "--flat").output
+
+
+def test_untag_says_in_one_line_what_is_wrong(tmp_path):
+    r = runner.invoke(app, ["untag", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "nowhere: no such file or folder" in r.output, r.output
+    lib = tmp_path / "lib"
+    save(lib / "p.jpg")
+    r = runner.invoke(app, ["untag", str(lib), "--backup", str(tmp_path / "b")])
+    assert r.exit_code == 1 and "without --embed" in r.output, r.output
+    r = runner.invoke(app, ["untag", str(lib), "--embed", "--backup", str(lib / "b")])
+    assert r.exit_code == 1 and "--backup is inside the library" in r.output, r.output
+    (lib / "p.jpg.xmp").write_text(owner_xmp(["Anna"]))  # the owner's sidecar, nothing of tagger's: not touched
+    before = (lib / "p.jpg.xmp").read_bytes()
+    r = runner.invoke(app, ["untag", str(lib)])
+    assert r.exit_code == 0 and "1 photos: took out 0 machine keywords: 0 sidecars rewritten, 0 deleted" in r.output, r.output
+    assert (lib / "p.jpg.xmp").read_bytes() == before
+    (lib / "p.jpg.xmp").write_text("<x:xmpmeta><unclosed>")
+    r = runner.invoke(app, ["untag", str(lib)])
+    assert r.exit_code == 1 and "p.jpg.xmp: existing sidecar is not valid XMP, left untouched" in r.output, r.output
