@@ -399,3 +399,14 @@ def test_untag_goes_through_no_link_out_of_the_library(tmp_path):
     with pytest.raises(SidecarError, match="outside the library"):
         unsync(p, lib / "p.jpg.xmp", library=[lib])
     assert read_sidecar(outside).machine == ["beach"]
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_and_unembed_leave_a_photo_with_nothing_to_say_as_it_is(tmp_path):
+    from tagger.library.sidecar import unembed
+
+    p = tmp_path / "blank.jpg"
+    Image.new("RGB", (16, 16)).save(p)
+    before = p.read_bytes()
+    assert not embed(p, [])  # a blank frame's empty tag list: no empty packet is added
+    assert unembed(p) == ([], False) and p.read_bytes() == before

@@ -181,6 +181,8 @@ def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(),
     except KeywordError as e:
         raise SidecarError(f"{e}; its keywords cannot be merged, so {photo.name} is left alone") from None
     want = merge(have, [sidecar], _clean(tags), tree)
+    if old is None and replace(want, iptc=None) == Keywords():
+        return False  # no keyword to write (a blank frame's), and no XMP to keep in step: no empty packet is added
     new = _render(old, packet, have, want)
     return _exiftool_write(photo, None if new == old else new, have, want, dry_run, backup)
 
