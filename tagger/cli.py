@@ -1,4 +1,4 @@
-"""The `tagger` command line: train, predict, tag, features. The one outer layer of the project.
+"""The `tagger` command line: train, predict, tag, untag, features. The one outer layer of the project.
 
 Errors a user can cause (a missing file, a bad photo, a broken bundle) print one line naming the
 file and the problem and exit non-zero; `--debug` shows the traceback instead.
@@ -340,7 +340,7 @@ def tag(
     seed: SeedOpt = None,
     kinds: KindsOpt = None,
     method: MethodOpt = None,
-    sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (keywords in dc:subject and lr:hierarchicalSubject, for digiKam, Lightroom, darktable) or txt (one tag a line)")] = None,
+    sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (the owner's and the machine's keywords in dc:subject, lr:hierarchicalSubject and digiKam:TagsList, for digiKam, Lightroom, darktable, Immich) or txt (one tag a line)")] = None,
     sidecar_name: Annotated[SidecarNaming, typer.Option(help="XMP sidecar name: full (IMG_1.jpg.xmp), stem (IMG_1.xmp), or auto (stem where the library already has one, else full)")] = SidecarNaming.auto,
     keyword_root: Annotated[str, typer.Option(help="machine tags go under this root of the keyword tree (tagger|animal|cat), so re-tagging replaces only them")] = DEFAULT_ROOT,
     flat: Annotated[bool, typer.Option("--flat", help="with --sidecar xmp or --embed: write each keyword right under the root (tagger|cat), as earlier versions did, not under its category (tagger|animal|cat)")] = False,
@@ -365,7 +365,8 @@ def tag(
     Run again, it keeps what is done and tags only new or changed photos, or all of them when the
     model or the options changed; an interrupted run resumes the same way. Every run makes each
     sidecar match the results: a missing one is written, a stale one updated, the owner's own
-    keywords are never touched. Photos that cannot be read get a row with the error and are listed
+    keywords are never touched, and a tag the owner removed is never written again (`tagger untag`
+    takes every machine tag out). Photos that cannot be read get a row with the error and are listed
     in OUT.failed.tsv; the exit code is 1 when a photo or a sidecar failed.
 
     Example:  tagger tag ~/Pictures/2024 --out tags.csv --sidecar xmp
