@@ -1,4 +1,4 @@
-"""The `tagger` command line: train, predict, tag, features. The one outer layer of the project.
+"""The `tagger` command line: train, predict, tag, untag, features. The one outer layer of the project.
 
 Errors a user can cause (a missing file, a bad photo, a broken bundle) print one line naming the
 file and the problem and exit non-zero; `--debug` shows the traceback instead.
@@ -75,6 +75,9 @@ KindsOpt = Annotated[Optional[str], typer.Option(help="kinds of words to show, c
 EngineOpt = Annotated[Engine, typer.Option(help="where the work runs: local (this process) or ray (Ray Data: this machine's CPUs, or a cluster with --address; needs the ray extra)")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="with --engine ray: the Ray cluster to join (auto, or HEAD_IP:6379), from one of its nodes; default: start Ray on this machine")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="with --engine ray: model replicas (Ray actors, one CPU or GPU each); default: one per CPU, or per GPU")]
+EmbedOpt = Annotated[bool, typer.Option("--embed", help="also write the tags into each photo's own XMP, and its IPTC Keywords where it has IPTC, with exiftool (for Lightroom, which ignores sidecars of JPEGs)")]
+BackupOpt = Annotated[Optional[Path], typer.Option("--backup", metavar="DIR", help="with --embed: keep each photo's original in DIR (outside the library; its path below the folders given), once: later runs keep the first")]
+NoBackupOpt = Annotated[bool, typer.Option("--no-backup", help="with --embed: keep no original (the default; the photo is rewritten in place, atomically)")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="tagging method: the model's generator (its family: cgan, cvae or caae), knn (neighbour voting baseline), GENERATOR+knn (both combined) or prior (tag frequency); default: the model's choice")]
 
 
@@ -342,11 +345,13 @@ def tag(
     seed: SeedOpt = None,
     kinds: KindsOpt = None,
     method: MethodOpt = None,
-    sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (keywords in dc:subject and lr:hierarchicalSubject, for digiKam, Lightroom, darktable) or txt (one tag a line)")] = None,
+    sidecar: Annotated[Optional[SidecarKind], typer.Option(help="also keep a sidecar per photo: xmp (the owner's and the machine's keywords in dc:subject, lr:hierarchicalSubject and digiKam:TagsList, for digiKam, Lightroom, darktable, Immich) or txt (one tag a line)")] = None,
     sidecar_name: Annotated[SidecarNaming, typer.Option(help="XMP sidecar name: full (IMG_1.jpg.xmp), stem (IMG_1.xmp), or auto (stem where the library already has one, else full)")] = SidecarNaming.auto,
     keyword_root: Annotated[str, typer.Option(help="machine tags go under this root of the keyword tree (tagger|animal|cat), so re-tagging replaces only them")] = DEFAULT_ROOT,
     flat: Annotated[bool, typer.Option("--flat", help="with --sidecar xmp or --embed: write each keyword right under the root (tagger|cat), as earlier versions did, not under its category (tagger|animal|cat)")] = False,
-    embed: Annotated[bool, typer.Option("--embed", help="also write the tags into each photo's own XMP with exiftool (for Lightroom, which ignores sidecars of JPEGs); the first original is kept as PHOTO_original")] = False,
+    embed: EmbedOpt = False,
+    backup: BackupOpt = None,
+    no_backup: NoBackupOpt = False,
     exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
     skip_owner_tagged: Annotated[bool, typer.Option("--skip-owner-tagged", help="leave out photos that already carry their owner's keywords (embedded, IPTC or in a sidecar)")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="try photos that failed before again, even if unchanged (a photo read while being copied fails once)")] = True,
@@ -366,7 +371,8 @@ def tag(
     Run again, it keeps what is done and tags only new or changed photos, or all of them when the
     model or the options changed; an interrupted run resumes the same way. Every run makes each
     sidecar match the results: a missing one is written, a stale one updated, the owner's own
-    keywords are never touched. Photos that cannot be read get a row with the error and are listed
+    keywords are never touched, and a tag the owner removed is never written again (`tagger untag`
+    takes every machine tag out). Photos that cannot be read get a row with the error and are listed
     in OUT.failed.tsv; the exit code is 1 when a photo or a sidecar failed.
 
     Example:  tagger tag ~/Pictures/2024 --out tags.csv --sidecar xmp
@@ -387,9 +393,7 @@ def tag(
         tree = KeywordTree(keyword_root, flat)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if embed and shutil.which("exiftool") is None:
-        raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
-                        "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
+    check_embed(embed, backup, no_backup)
     on_ray = ray_options(engine, address, workers, device, batch_size, runtime)
     from tagger.library.local import tag_paths
     from tagger.scoring.options import TagOptions
@@ -419,7 +423,7 @@ def tag(
 
     features_dir = (cache_dir or default_cache_dir()) / "features" if feature_cache else None
     summary = tag_folder(sources, out, lambda paths: tag_paths(tagger, paths, opts, batch_size=batch_size, cache_dir=features_dir),
-                         settings=tagger.settings(opts), sidecar=side, embed=embed, tree=tree,
+                         settings=tagger.settings(opts), sidecar=side, embed=embed, backup=backup, tree=tree,
                          exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()), skip_owner_tagged=skip_owner_tagged,
                          retry_failed=retry_failed, rehash=rehash, dry_run=dry_run, progress=bar.update, on_plan=plan)
     bar.close()
@@ -452,6 +456,64 @@ def compact(
 
     before, after, rows = merge(out, rows_per_file)
     typer.echo(f"{out}: {rows} rows, {before} files merged into {after}")
+
+
+@app.command()
+@command
+def untag(
+    sources: Annotated[list[Path], typer.Argument(help="photo folders (searched recursively) and photo files, as given to `tagger tag`")],
+    embed: Annotated[bool, typer.Option("--embed", help="also take tagger's keywords out of the photos' own XMP and IPTC (what `tag --embed` wrote), with exiftool")] = False,
+    backup: BackupOpt = None,
+    no_backup: NoBackupOpt = False,
+    keyword_root: Annotated[str, typer.Option(help="the root tagger's keywords were written under (tag's --keyword-root)")] = DEFAULT_ROOT,
+    exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be changed or deleted, and change nothing")] = False,
+):
+    """Take every machine tag tagger wrote out of the sidecars (and, with --embed, the photos) of SOURCES again.
+
+    The owner's keywords, ratings, labels, face regions, edits and every other field stay as they were;
+    a sidecar tagger created that then holds nothing else is deleted. Files with nothing of tagger's
+    in them are not touched. The exit code is 1 when a file could not be read or written.
+
+    Example:  tagger untag ~/Pictures/2024 --dry-run
+    """
+    from tagger.library.batch import backup_path, check_backup
+    from tagger.library.keyword_tree import KeywordTree
+    from tagger.library.untag import untag as run_untag
+
+    try:
+        tree = KeywordTree(keyword_root)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    check_embed(embed, backup, no_backup, need_exiftool=not dry_run)
+    for source in sources:
+        if not source.exists():
+            raise UserError(f"{source}: no such file or folder")
+    if backup is not None:
+        check_backup(backup, sources)
+    summary = run_untag(sources, embed=embed, tree=tree, exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()),
+                        backups=backup_path(backup, sources), dry_run=dry_run)
+    for line in summary.done:
+        typer.echo(line)
+    for line in summary.errors:
+        typer.echo(f"tagger: failed: {line}", err=True)
+    photos = f", {summary.embedded} photos rewritten" if embed else ""
+    typer.echo(f"{'dry run: ' if dry_run else ''}{summary.photos} photos: {'would take' if dry_run else 'took'} out "
+               f"{summary.keywords} machine keywords: {summary.sidecars} sidecars rewritten, {summary.deleted} deleted "
+               f"(made by tagger, nothing else in them){photos}; {len(summary.errors)} failed" + ("; nothing was changed" if dry_run else ""))
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+def check_embed(embed: bool, backup: Path | None, no_backup: bool, need_exiftool: bool = True) -> None:
+    """--embed needs exiftool; --backup and --no-backup go with it, and not together."""
+    if backup is not None and no_backup:
+        raise UserError("--backup DIR and --no-backup contradict each other; give one")
+    if backup is not None and not embed:
+        raise UserError("--backup keeps the originals of photos --embed rewrites; without --embed no photo is rewritten")
+    if embed and need_exiftool and shutil.which("exiftool") is None:
+        raise UserError("--embed writes keywords into photos with exiftool, which is not installed "
+                        "(Debian/Ubuntu: apt install libimage-exiftool-perl; macOS: brew install exiftool)")
 
 
 @app.command()

@@ -4,7 +4,7 @@ from PIL import Image
 
 from conftest import build_tiny_tagger
 from pipelines.images import is_colour
-from tagger.evaluation.audit import audit, place_words
+from tagger.evaluation.audit import audit
 from tagger.scoring.options import TagOptions
 from tagger.scoring.evidence import Evidence
 
@@ -41,15 +41,18 @@ def test_a_colour_photo_never_gets_blackandwhite(tmp_path):
 
 def test_audit_counts_kinds_against_the_owners():
     words = ["sky", "tokyo", "me", "blackandwhite", "paris"]
-    assert {"tokyo", "paris"} <= set(place_words()) and "sky" not in place_words()
+    kinds = ["content", "place", "self", "style", "place"]  # the bundle's word kinds (embeddings.kinds)
     table = np.array([[0.9, 0.8, -1, 0.7, -1],   # tokyo given and right, bw on a colour photo
                       [0.9, -1, 0.8, -1, 0.7],   # paris given, the owner said tokyo; me given and right
                       [0.9, -1, -1, 0.8, 0.1]])  # paris given, bw on a grey photo: not counted
     truth = [{1}, {1, 2}, {3}]
-    out = audit(table, truth, words, colour=np.array([True, True, False]), k=3)
+    out = audit(table, truth, words, colour=np.array([True, True, False]), k=3, word_kinds=kinds)
     assert out["place"] == {"photos": 3, "tagged": 3, "owners": 2, "right": 1}
     assert out["self"] == {"photos": 3, "tagged": 1, "owners": 1, "right": 1}
     assert out["blackandwhite on colour"] == {"photos": 2, "tagged": 1, "owners": 0, "right": 0}
+    # A bundle without kinds: no place row (nothing here says which words are places), self from the common words.
+    old = audit(table, truth, words, colour=np.array([True, True, False]), k=3)
+    assert "place" not in old and old["self"] == out["self"]
 
 
 def test_the_extractor_measures_colour_as_the_photo_would_be_measured(tmp_path):

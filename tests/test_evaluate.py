@@ -112,3 +112,19 @@ def test_several_bundles_side_by_side(tmp_path):
     page = (out / "report.html").read_text()
     assert "Calibration" in page and "B/cgan (ECE" not in page  # the legend is inside the plot image, not the text
     assert json.loads((out / "report.json").read_text())["calibration"]["B/cgan"]["ece"] >= 0
+
+
+def test_evaluation_sees_blank_frames_as_tagging_does(tmp_path):
+    """A lens-cap frame among the photos: evaluate measures it as `tag` does, and shows it no tags."""
+    from PIL import Image
+
+    data, tags = manifest(tmp_path)
+    tagger = tiny_tagger_with_knn(tmp_path, tags, k=3)
+    frame = pd.read_csv(data)
+    Image.new("RGB", (64, 64), (3, 3, 3)).save(tmp_path / "photos" / "black.jpg")
+    frame = pd.concat([frame, pd.DataFrame({"path": ["black.jpg"], "tags": ["sea,beach"], "labels": ["sea"]})])
+    frame.to_csv(data, index=False)
+    ev = evaluate(tagger, data, split="all", progress=False)
+    for row, shown in ev.shown.items():
+        assert shown["blank frames"] == 1 and shown["tags on blank frames"] == 0, row
+    assert ev.shown["knn"]["none"] >= 1 / 25

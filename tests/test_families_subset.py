@@ -48,3 +48,27 @@ def test_each_family_trains_saves_loads_and_tags_real_photos(slice_manifest, sub
     tags = tagger.predict([subset_dir / "images" / "im4484.jpg"], TagOptions(top_k=10))[0]  # a beach
     assert len(tags) == 10 and all(0 <= s <= 1 for _, s in tags)
     assert np.all(np.diff([s for _, s in tags]) <= 1e-9)  # calibrated scores keep the ranking's order
+
+
+def test_training_with_concept_labels_fits_acceptance_and_the_threshold(subset_dir, tmp_path):
+    """Real photos with their 24 concept labels: `train` fits what a person accepts and the default rule on them,
+    and both survive the bundle's round trip."""
+    with open(subset_dir / "annotations.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(600), f)]
+    with open(tmp_path / "photos.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "tags", "labels"])
+        writer.writerows([str(subset_dir / r["file"]), " ".join(r["tags"]), ",".join(r["labels24"] or [])] for r in rows)
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "photos.csv"), "--out", str(tmp_path / "m"), "--preset", "adam",
+                                      "--epochs", "3", "--min-count", "5", "--precision", "0.7", "--split", "0.6,0.4,0",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m" / "acceptance.json").is_file()
+    tagger = load(tmp_path / "m")
+    s = tagger.summary
+    assert tagger.default_method in tagger.acceptance and s.accepted_photos >= 200  # every validation photo has labels
+    # The threshold is the bundle's default rule, and at or above it the validation concept tags were mostly right.
+    assert 0 < s.threshold < 1 and tagger.sampling.min_score == s.threshold
+    assert s.threshold_precision >= 0.6 and 0 < s.threshold_tags <= tagger.sampling.top_k
+    tags = tagger.predict([subset_dir / "images" / "im4484.jpg"])[0]  # a beach: the default rule, shown as probabilities
+    assert all(s.threshold <= score <= 1 for _, score in tags)

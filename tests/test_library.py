@@ -106,7 +106,7 @@ def test_a_library_run_end_to_end(library, tmp_path, tiny_bundle):
     lr = read_sidecar(library / "2019" / "Café de Flore" / "IMG_0002.xmp")
     tags = json.loads(rows.loc[str(library / "2019" / "Café de Flore" / "IMG_0002.jpg"), "tags"])
     assert lr.subject[:2] == ["holiday", "Anna"] and lr.machine == [t for t in tags if t not in ("holiday", "Anna")]
-    assert lr.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    assert lr.hierarchical == ["People|Anna", "holiday"] + [f"tagger|{t}" for t in lr.machine]  # holiday as a top-level keyword
     assert 'xmp:Rating="5"' in (library / "2019" / "Café de Flore" / "IMG_0002.xmp").read_text()
     embedded = read_sidecar(library / "2019" / "Café de Flore" / "IMG_0001.jpg.xmp")
     assert embedded.subject[0] == "Paris" and "Paris" not in embedded.machine
@@ -133,7 +133,7 @@ def test_a_library_run_end_to_end(library, tmp_path, tiny_bundle):
     lr = read_sidecar(library / "2019" / "Café de Flore" / "IMG_0002.xmp")
     tags = json.loads(rows.loc[str(library / "2019" / "Café de Flore" / "IMG_0002.jpg"), "tags"])
     assert lr.subject == ["holiday", "Anna"] + [t for t in tags if t not in ("holiday", "Anna")]
-    assert lr.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    assert lr.hierarchical == ["People|Anna", "holiday"] + [f"tagger|{t}" for t in tags if t not in ("holiday", "Anna")]
     for side in library.rglob("*.jpg.xmp"):
         kw = read_sidecar(side)
         assert len([h for h in kw.hierarchical if h.startswith("tagger|")]) == 2
@@ -240,34 +240,44 @@ def test_a_collapsed_model_is_said_loudly():
 
 
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
-def test_embed_writes_into_the_photo_with_a_backup(tmp_path, tiny_bundle):
+def test_embed_writes_into_the_photo_and_keeps_originals_only_where_asked(tmp_path, tiny_bundle):
     lib = tmp_path / "lib"
     photo = save(lib / "IMG_1.jpg", xmp=owner_xmp(["Paris"]).encode())
-    plain = save(lib / "IMG_2.png", (20, 200, 90))
+    plain = save(lib / "sub" / "IMG_2.png", (20, 200, 90))
     originals = {p: p.read_bytes() for p in (photo, plain)}
-    out = tmp_path / "tags.csv"
-    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "3")
+    out, backups = tmp_path / "tags.csv", tmp_path / "originals"
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "3", "--backup", backups)
     assert r.exit_code == 0, r.output
     assert "keywords written into 2 photos" in r.output
     for p, data in originals.items():
-        assert p.with_name(p.name + "_original").read_bytes() == data  # the untouched original, kept
+        assert (backups / p.relative_to(lib)).read_bytes() == data  # the untouched original, kept outside the library
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(io.BytesIO(data))))  # pixels untouched
+    assert sorted(p.name for p in lib.rglob("*") if p.is_file()) == ["IMG_1.jpg", "IMG_2.png"]  # no PHOTO_original in the library
     rows = pd.read_csv(out, keep_default_na=False).set_index("path")
     tags = json.loads(rows.loc[str(photo), "tags"])
     rec = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-XMP-xmp:Rating", str(photo)],
                                     capture_output=True, text=True, check=True).stdout)[0]
-    assert rec["Subject"] == ["Paris"] + [t for t in tags if t != "Paris"] and rec["Rating"] == 5
-    assert rec["HierarchicalSubject"] == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+    assert rec["Subject"] == ["Paris", "Anna"] + [t for t in tags if t not in ("Paris", "Anna")] and rec["Rating"] == 5
+    assert rec["HierarchicalSubject"] == ["People|Anna", "Paris"] + [f"tagger|{t}" for t in tags if t not in ("Paris", "Anna")]
     # The rewritten photo is not taken for a changed one, and nothing is written again.
-    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "3")
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "3", "--backup", backups)
     assert "0 tagged, 2 unchanged (kept)" in r.output and "keywords written into 0 photos" in r.output
     # New options replace the machine tags inside the photo too; the backup stays the first original.
-    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "1")
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "1", "--backup", backups)
     assert "keywords written into 2 photos" in r.output
     rec = json.loads(subprocess.run(["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(photo)],
                                     capture_output=True, text=True, check=True).stdout)[0]
     assert len([h for h in rec["HierarchicalSubject"] if h.startswith("tagger|")]) == 1
-    assert photo.with_name("IMG_1.jpg_original").read_bytes() == originals[photo]
+    assert (backups / "IMG_1.jpg").read_bytes() == originals[photo]
+    # Without --backup (or with --no-backup) no original is kept anywhere; a backup folder inside the library is refused.
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--top-k", "2", "--no-backup")
+    assert r.exit_code == 0 and "keywords written into 2 photos" in r.output, r.output
+    assert sorted(p.name for p in lib.rglob("*") if p.is_file()) == ["IMG_1.jpg", "IMG_2.png"]
+    r = tag(lib, "--out", out, "--model", tiny_bundle, "--embed", "--backup", lib / "originals")
+    assert r.exit_code == 1 and "originals: --backup is inside the library" in r.output and not (lib / "originals").exists()
+    for bad, said in ((["--embed", "--backup", backups, "--no-backup"], "contradict"), (["--backup", backups], "without --embed")):
+        r = tag(lib, "--out", out, "--model", tiny_bundle, *bad)
+        assert r.exit_code != 0 and said in r.output, r.output
 
 
 @pytest.fixture
@@ -343,8 +353,29 @@ def test_embed_files_keywords_under_their_category_and_the_root_given(tmp_path, 
     r = tag(*args)
     assert r.exit_code == 0 and "keywords written into 1 photos" in r.output, r.output
     tags = json.loads(pd.read_csv(out, keep_default_na=False)["tags"][0])
-    assert hierarchy() == (["People|Anna"] + [f"auto|{categories[t]}|{t}" for t in tags], [f"auto/{categories[t]}/{t}" for t in tags])
+    # The owner's keywords in both trees too: People|Anna, and Paris (flat in dc:subject) as a top-level keyword.
+    assert hierarchy() == (["People|Anna", "Paris"] + [f"auto|{categories[t]}|{t}" for t in tags],
+                           ["People/Anna", "Paris"] + [f"auto/{categories[t]}/{t}" for t in tags])
     r = tag(*args, "--flat")
     assert "0 tagged, 1 unchanged (kept)" in r.output and "keywords written into 1 photos" in r.output, r.output
-    assert hierarchy() == (["People|Anna"] + [f"auto|{t}" for t in tags], [f"auto/{t}" for t in tags])
+    assert hierarchy() == (["People|Anna", "Paris"] + [f"auto|{t}" for t in tags], ["People/Anna", "Paris"] + [f"auto/{t}" for t in tags])
     assert "keywords written into 0 photos" in tag(*args, "--flat").output
+
+
+def test_untag_says_in_one_line_what_is_wrong(tmp_path):
+    r = runner.invoke(app, ["untag", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "nowhere: no such file or folder" in r.output, r.output
+    lib = tmp_path / "lib"
+    save(lib / "p.jpg")
+    r = runner.invoke(app, ["untag", str(lib), "--backup", str(tmp_path / "b")])
+    assert r.exit_code == 1 and "without --embed" in r.output, r.output
+    r = runner.invoke(app, ["untag", str(lib), "--embed", "--backup", str(lib / "b")])
+    assert r.exit_code == 1 and "--backup is inside the library" in r.output, r.output
+    (lib / "p.jpg.xmp").write_text(owner_xmp(["Anna"]))  # the owner's sidecar, nothing of tagger's: not touched
+    before = (lib / "p.jpg.xmp").read_bytes()
+    r = runner.invoke(app, ["untag", str(lib)])
+    assert r.exit_code == 0 and "1 photos: took out 0 machine keywords: 0 sidecars rewritten, 0 deleted" in r.output, r.output
+    assert (lib / "p.jpg.xmp").read_bytes() == before
+    (lib / "p.jpg.xmp").write_text("<x:xmpmeta><unclosed>")
+    r = runner.invoke(app, ["untag", str(lib)])
+    assert r.exit_code == 1 and "p.jpg.xmp: existing sidecar is not valid XMP, left untouched" in r.output, r.output

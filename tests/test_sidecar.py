@@ -56,16 +56,18 @@ def test_retagging_replaces_machine_tags_and_keeps_the_owners(photo):
     sync(photo, ["beach", "sea", "sand"], XMP)
     assert not photo.with_name("IMG_1005.jpg.xmp").exists()  # no second sidecar beside the library's own
     kw = read_sidecar(side)
-    # "sea" was already the owner's: it is not recorded as ours, so it can never be taken away.
-    assert kw.subject == ["holiday", "sea", "beach", "sand"] and kw.machine == ["beach", "sand"]
-    assert kw.hierarchical == ["People|Anna", "tagger|beach", "tagger|sea", "tagger|sand"]
+    # "sea" was already the owner's: it is not recorded as ours, so it can never be taken away, and not filed under tagger|.
+    # The owner's keywords are in every field, each in its form (Anna, a leaf of their tree, in dc:subject too).
+    assert kw.subject == ["holiday", "sea", "Anna", "beach", "sand"] and kw.machine == ["beach", "sand"]
+    assert kw.hierarchical == ["People|Anna", "holiday", "sea", "tagger|beach", "tagger|sand"]
+    assert kw.tags_list == ["People/Anna", "holiday", "sea", "tagger/beach", "tagger/sand"]
     text = side.read_text()
     assert 'xmp:Rating="4"' in text and "<digiKam:ColorLabel>3</digiKam:ColorLabel>" in text  # its prefixes kept, too
     for tags in (["dog", "grass"], ["cat"], ["dog", "grass"]):  # the photo changed, and changed back
         sync(photo, tags, XMP)
         kw = read_sidecar(side)
-        assert kw.subject == ["holiday", "sea"] + tags and kw.machine == tags
-        assert kw.hierarchical == ["People|Anna"] + [f"tagger|{t}" for t in tags]
+        assert kw.subject == ["holiday", "sea", "Anna"] + tags and kw.machine == tags
+        assert kw.hierarchical == ["People|Anna", "holiday", "sea"] + [f"tagger|{t}" for t in tags]
     assert kw.owner() == ["holiday", "sea", "Anna"]
 
 
@@ -167,8 +169,8 @@ def test_exiftool_reads_what_we_write_and_we_read_what_it_writes(tmp_path):
                           str(photo.with_name("p.jpg.xmp"))], check=True, capture_output=True, text=True).stdout
     rec = json.loads(out)[0]
     assert set(rec["Subject"]) == {"Anna", "holiday", "Zürich", "lake", "boat"}
-    assert rec["HierarchicalSubject"] == ["People|Anna", "tagger|lake", "tagger|boat"]
-    assert rec["TagsList"] == ["tagger/lake", "tagger/boat"]
+    assert rec["HierarchicalSubject"] == ["People|Anna", "holiday", "Zürich", "tagger|lake", "tagger|boat"]
+    assert rec["TagsList"] == ["People/Anna", "holiday", "Zürich", "tagger/lake", "tagger/boat"]
     assert rec["Validate"] == "OK", rec
 
 
@@ -208,7 +210,7 @@ def test_keywords_go_under_their_category_and_flat_right_under_the_root(tmp_path
     # A keyword the tree has no category for (a bundle from before categories) goes right under the root.
     path = lambda t, sep: sep.join(["tagger", CATEGORIES[t], t] if t in CATEGORIES else ["tagger", t])  # noqa: E731
     assert kw.hierarchical == ["People|Anna"] + [path(t, "|") for t in tags]
-    assert kw.tags_list == [path(t, "/") for t in tags]
+    assert kw.tags_list == ["People/Anna"] + [path(t, "/") for t in tags]
     assert kw.subject == ["Anna"] + tags and kw.machine == tags and kw.owner() == ["Anna"]  # dc:subject stays flat
     assert not sync(photo, tags, XMP, tree=TREE)  # in step: not rewritten
     assert sync(photo, tags, XMP, tree=KeywordTree(flat=True, categories=CATEGORIES))
@@ -227,9 +229,10 @@ def test_switching_forms_leaves_one_form_only(tmp_path, first, then):
     sync(photo, ["cat", "paris"], XMP, tree=then)
     written = side.read_bytes()
     kw = read_sidecar(side)
-    assert machine_entries(kw) == ([then.path(t) for t in ("cat", "paris")], [then.path(t, "/") for t in ("cat", "paris")])
+    # `cat` was the owner's before tagger came (Pets|cat): it is not filed under tagger| beside it.
+    assert machine_entries(kw) == ([then.path("paris")], [then.path("paris", "/")])
     assert kw.hierarchical[:2] == ["People|Anna", "Pets|cat"]  # the owner's, untouched
-    assert kw.subject == ["Anna", "cat", "paris"] and kw.machine == ["paris"]  # `cat` was the owner's before tagger came
+    assert kw.subject == ["Anna", "cat", "paris"] and kw.machine == ["paris"]
     assert not sync(photo, ["cat", "paris"], XMP, tree=then) and side.read_bytes() == written  # a no-op re-run: same bytes
 
 
@@ -247,7 +250,7 @@ def test_an_old_flat_sidecar_is_taken_over_by_the_hierarchy(tmp_path):
     assert sync(photo, ["cat", "pizza"], XMP, tree=TREE)
     kw = read_sidecar(side)
     assert kw.hierarchical == ["People|Anna", TREE.path("cat"), TREE.path("pizza")]
-    assert kw.tags_list == [TREE.path("cat", "/"), TREE.path("pizza", "/")]
+    assert kw.tags_list == ["People/Anna", TREE.path("cat", "/"), TREE.path("pizza", "/")]
     assert kw.subject == ["Anna", "cat", "pizza"] and kw.machine == ["cat", "pizza"]  # sofa, tagger's, is gone
     assert 'xmp:Rating="4"' in side.read_text()
 
@@ -290,3 +293,120 @@ def test_embed_writes_the_hierarchy_into_the_photo_and_switches_forms(tmp_path):
     assert not embed(photo, ["cat", "pizza"], TREE) and photo.read_bytes() == before  # in step: not rewritten
     assert embed(photo, ["cat", "pizza"], KeywordTree(flat=True, categories=CATEGORIES))
     assert hierarchy() == (["tagger|cat", "tagger|pizza"], ["tagger/cat", "tagger/pizza"])
+
+
+# -- one story in every field; the owner's decisions (issue 27) ----------------------------------------
+
+
+def test_keywords_are_one_whatever_their_case_or_plural():
+    from pipelines.keywords import same_keyword, unique_keywords
+
+    for a, b in (("Car", "car"), ("Cats", "cat"), ("boxes", "box"), ("cities", "city"), ("buses", "bus"), ("glasses", "glass"),
+                 ("Tante Rose", "tante rose"), ("holidays", "Holiday")):
+        assert same_keyword(a, b) and same_keyword(b, a), (a, b)
+    for a, b in (("cat", "car"), ("sea", "seas of green"), ("bus", "bu"), ("as", "a"), ("dress", "dres")):
+        assert not same_keyword(a, b), (a, b)
+    assert unique_keywords(["Car", "Auto", "Cats", "car", "auto", "cat", "dog"]) == ["Car", "Auto", "Cats", "dog"]
+
+
+def test_the_owners_spelling_stands_for_the_machines(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text(owner_sidecar(["Car", "Auto", "Cats"]))
+    sync(photo, ["car", "auto", "cat", "dog"], XMP)
+    kw = read_sidecar(side)
+    assert kw.subject == ["Car", "Auto", "Cats", "dog"] and kw.machine == ["dog"]
+    assert kw.hierarchical == ["Car", "Auto", "Cats", "tagger|dog"] and kw.tags_list == ["Car", "Auto", "Cats", "tagger/dog"]
+    assert kw.copied_hierarchical == ["Car", "Auto", "Cats"] and kw.copied_subject == []
+
+
+def test_a_removed_machine_tag_is_rejected_and_never_written_again(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    sync(photo, ["me", "beach", "sea"], XMP)
+    text = side.read_text()
+    for entry in ("<rdf:li>me</rdf:li>", "<rdf:li>tagger|me</rdf:li>", "<rdf:li>tagger/me</rdf:li>"):
+        text = text.replace(entry, "", 1)  # the owner removes `me` from the three fields (tagger's record still lists it)
+    side.write_text(text)
+    for tags in (["me", "beach", "sea"], ["sea", "me", "Me"], ["me"]):
+        sync(photo, tags, XMP)
+        kw = read_sidecar(side)
+        assert "me" not in kw.subject and not [h for h in kw.hierarchical + kw.tags_list if h.endswith("me")] and kw.rejected == ["me"]
+
+
+def test_a_tool_that_drops_a_whole_field_rejects_nothing(photo):
+    """A manager that does not know digiKam:TagsList may drop it: that is no decision of the owner's."""
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    sync(photo, ["beach", "sea"], XMP)
+    text = side.read_text()
+    side.write_text(text[:text.index("<digiKam:TagsList>")] + text[text.index("</digiKam:TagsList>") + len("</digiKam:TagsList>"):])
+    assert read_sidecar(side).tags_list == []
+    sync(photo, ["beach", "sea"], XMP)
+    kw = read_sidecar(side)
+    assert kw.rejected == [] and kw.machine == ["beach", "sea"] and kw.tags_list == ["tagger/beach", "tagger/sea"]
+
+
+def test_without_the_record_the_root_tells_the_machine_tags(photo):
+    side = photo.with_name("IMG_1005.jpg.xmp")
+    side.write_text(owner_sidecar(["Anna", "beach", "sea"], ["People|Anna", "tagger|beach", "tagger|nature|sea"]))  # no tagger:Keywords
+    assert read_sidecar(side).owner() == ["Anna"]
+    sync(photo, ["dog"], XMP)
+    kw = read_sidecar(side)
+    assert kw.subject == ["Anna", "dog"] and kw.hierarchical == ["People|Anna", "tagger|dog"] and kw.machine == ["dog"]
+
+
+def test_a_stem_sidecar_is_the_photos_only_when_no_other_file_shares_the_stem(tmp_path):
+    jpg = tmp_path / "IMG_9.jpg"
+    Image.new("RGB", (8, 8)).save(jpg)
+    (tmp_path / "IMG_9.xmp").write_text(owner_sidecar(["mine"]))
+    assert sidecar_path(jpg) == tmp_path / "IMG_9.xmp"
+    (tmp_path / "IMG_9.txt").write_text("notes")  # a metadata file owns no sidecar
+    (tmp_path / ".IMG_9.jpg").write_text("")
+    assert sidecar_path(jpg) == tmp_path / "IMG_9.xmp"
+    (tmp_path / "IMG_9.NEF").write_bytes(b"raw")
+    assert sidecar_path(jpg) == tmp_path / "IMG_9.jpg.xmp"
+    assert owner_keywords(jpg) == []  # the RAW's keywords are not the JPEG's
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_keeps_iptc_in_step_where_there_is_iptc_and_makes_none(tmp_path):
+    with_iptc, without, png = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.png"
+    for p in (with_iptc, without, png):
+        Image.new("RGB", (16, 16), (10, 120, 200)).save(p)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-IPTC:Keywords=Zürich", "-IPTC:Keywords=Cats", str(with_iptc)], check=True)
+    (tmp_path / "a.jpg.xmp").write_text(owner_sidecar(["Tante Rose", "東京"]))  # the sidecar's keywords go into the photo too
+    for p in (with_iptc, without, png):
+        assert embed(p, ["lake", "cat"])
+        assert not embed(p, ["lake", "cat"])  # in step: not rewritten
+    rec = json.loads(subprocess.run(["exiftool", "-j", "-IPTC:all", "-XMP-dc:Subject", str(with_iptc), str(without), str(png)],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert rec[0]["Keywords"] == ["Zürich", "Cats", "Tante Rose", "東京", "lake"] and rec[0]["CodedCharacterSet"] == "UTF8"
+    assert rec[0]["Subject"] == ["Zürich", "Cats", "Tante Rose", "東京", "lake"]
+    assert "Keywords" not in rec[1] and "Keywords" not in rec[2] and rec[2]["Subject"] == ["lake", "cat"]
+    assert embedded_keywords(with_iptc).iptc == ["Zürich", "Cats", "Tante Rose", "東京", "lake"]
+    assert not list(tmp_path.glob("*_original"))
+
+
+def test_untag_goes_through_no_link_out_of_the_library(tmp_path):
+    from tagger.library.sidecar import unsync
+
+    lib, outside = tmp_path / "lib", tmp_path / "outside.xmp"
+    lib.mkdir()
+    p = lib / "p.jpg"
+    Image.new("RGB", (8, 8)).save(p)
+    sync(p, ["beach"], XMP)
+    outside.write_bytes((lib / "p.jpg.xmp").read_bytes())
+    (lib / "p.jpg.xmp").unlink()
+    (lib / "p.jpg.xmp").symlink_to(outside)
+    with pytest.raises(SidecarError, match="outside the library"):
+        unsync(p, lib / "p.jpg.xmp", library=[lib])
+    assert read_sidecar(outside).machine == ["beach"]
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_and_unembed_leave_a_photo_with_nothing_to_say_as_it_is(tmp_path):
+    from tagger.library.sidecar import unembed
+
+    p = tmp_path / "blank.jpg"
+    Image.new("RGB", (16, 16)).save(p)
+    before = p.read_bytes()
+    assert not embed(p, [])  # a blank frame's empty tag list: no empty packet is added
+    assert unembed(p) == ([], False) and p.read_bytes() == before

@@ -17,6 +17,7 @@ import pandas as pd
 from pipelines.datasets import check_photos, read_dataset, split_ids
 from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
+from pipelines.images import Blank
 from tagger.evaluation.audit import audit
 from tagger.scoring.calibration import candidates, expected_calibration_error, reliability
 from tagger.evaluation.metrics import paired_difference, precision_at_k, report, top_ids, visualness
@@ -56,24 +57,30 @@ def _table(tagger: Tagger, evidence: Evidence, method: str) -> np.ndarray:
     return scores.shown if method in tagger.calibration else scores.order
 
 
-def shown_report(tagger: Tagger, table: np.ndarray, truth: list[set[int]], concepts: tuple[np.ndarray, list[set[int]], np.ndarray]) -> dict:
-    """What the bundle's default rule shows (its top_k best tags scored at least its min_score): tags per
-    photo, photos with none, how often a shown tag is the owner's (of the photos with an owner's tag), how
-    often a shown concept word is right by the labels, and per kind of word its share of the shown tags and
-    how often those were the owner's."""
+def shown_report(tagger: Tagger, tagged: list, truth: list[set[int]], concepts: tuple[np.ndarray, list[set[int]], np.ndarray],
+                 blank: np.ndarray | None = None) -> dict:
+    """What the bundle's default rule shows, as `Tagger.tag` gives it (tagged: its results, one per photo; its
+    top_k best tags scored at least its min_score, none on a blank frame, GPS places first): tags per photo,
+    photos with none, how often a shown tag is the owner's (of the photos with an owner's tag), how often a
+    shown concept word is right by the labels, per kind of word its share of the shown tags and how often
+    those were the owner's, and the blank frames among the photos (blank: each photo's
+    pipelines.images.Blank) with the tags shown on them (0 when the rule works)."""
     config = tagger.sampling_for(TagOptions())
-    ids = top_ids(table, config.top_k)
-    given = [[w for w, s in zip(row, table[i, row]) if np.isfinite(s) and s > 0 and s >= config.min_score]
-             for i, row in enumerate(ids.tolist())]
-    counts = np.array([len(g) for g in given])
+    home: dict[str, int] = {}
+    for i, keyword in enumerate(tagger.shown_words):
+        home.setdefault(keyword, i)  # a keyword's tag is scored at its group's first word, as shown_truth files the truth
+    # A GPS place outside the vocabulary has no word id (-1): it counts as a tag of kind place, never judged right.
+    given = [[home.get(t, -1) for t, _ in (r.tags or [])] for r in tagged]
+    counts = np.array([len(g) for g in given], dtype=np.int64)
+    is_blank = np.zeros(len(given), bool) if blank is None else np.asarray(blank) > Blank.NONE
     judged = [(g, t) for g, t in zip(given, truth) if t]
     known, ctruth, labelled = concepts
-    concept_hits = [w in ctruth[i] for i in np.flatnonzero(labelled) for w in given[i] if known[w]]
+    concept_hits = [w in ctruth[i] for i in np.flatnonzero(labelled) for w in given[i] if w >= 0 and known[w]]
     kinds: dict[str, dict] = {}
     total = max(int(counts.sum()), 1)
     for g, t in zip(given, truth):
         for w in g:
-            k = kinds.setdefault(str(tagger._kind[w]) or "all", {"tags": 0, "right": 0, "judged": 0})
+            k = kinds.setdefault((str(tagger._kind[w]) or "all") if w >= 0 else "place", {"tags": 0, "right": 0, "judged": 0})
             k["tags"] += 1
             if t:
                 k["judged"] += 1
@@ -85,6 +92,7 @@ def shown_report(tagger: Tagger, table: np.ndarray, truth: list[set[int]], conce
         "concepts": float(np.mean(concept_hits)) if concept_hits else float("nan"), "concept tags": len(concept_hits),
         "kinds": {k: {"share": v["tags"] / total, "right": v["right"] / v["judged"] if v["judged"] else float("nan")}
                   for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]["tags"])},
+        "blank frames": int(is_blank.sum()), "tags on blank frames": int(counts[is_blank].sum()),
     }
 
 
@@ -143,7 +151,8 @@ def evaluate(
             fcfg = FeatureConfig(backbone=t.backbone_name, weights=t.backbone_weights, batch_size=batch_size,
                                  device=str(t.device), cache_dir=cache_dir)
             feats = extract_features(list(frame["path"]), fcfg, progress=progress, backbone=t.backbone)
-            features[key], ok = Evidence(feats.features, feats.chroma), ok & feats.ok
+            # Everything decoding measured, as tagging uses it: blank frames get no tags, GPS gives places.
+            features[key], ok = Evidence.of(feats.features, feats.measures), ok & feats.ok
     frame = frame[ok].reset_index(drop=True)
     features = {k: v.take(ok) for k, v in features.items()}
     has_labels = frame["labels"].map(lambda x: x is not None).to_numpy()
@@ -183,7 +192,7 @@ def evaluate(
             ev.seconds[row] = seconds
             ev.tags[row] = report(table, truth)
             ev.tags[row]["shown P@5"] = precision_at_k(top_ids(table, 5), visible, 5)
-            ev.shown[row] = shown_report(tagger, table, visible, (known, ctruth, labelled))
+            ev.shown[row] = shown_report(tagger, tagger.tag(x, TagOptions(method=method)), visible, (known, ctruth, labelled), x.blank)
             if method in tagger.acceptance and labelled.any():
                 # The probabilities shown are a person's agreement: checked against the concept labels.
                 probs, hits, _ = candidates(table, ctruth, CALIBRATION_TOP, known=known, photos=labelled)
@@ -194,7 +203,8 @@ def evaluate(
                 probs, hits, _ = candidates(table, truth, CALIBRATION_TOP)  # the table holds probabilities
                 ev.tags[row]["ECE"] = expected_calibration_error(probs, hits)
                 ev.calibration[row] = {"ece": ev.tags[row]["ECE"], "bins": reliability(probs, hits), "top": CALIBRATION_TOP}
-            ev.audit[row] = audit(table, truth, tagger.words, x.colour)
+            kinds = [tagger.kinds.kinds[w].value for w in tagger.words] if tagger.kinds is not None else None
+            ev.audit[row] = audit(table, truth, tagger.words, x.colour, word_kinds=kinds)
             if knn_table is not None and method != "knn":
                 ev.versus_knn[row] = paired_difference(table, knn_table, truth, k=5)
                 ev.versus_knn_shown[row] = paired_difference(table, knn_table, visible, k=5)
@@ -234,7 +244,8 @@ def format_shown(ev: Evaluation) -> str:
         kinds = ", ".join(f"{k} {v['share']:.0%}" + (f" ({v['right']:.0%} owners')" if v["right"] == v["right"] else "")
                           for k, v in r["kinds"].items())
         lines.append(f"{row:<{width}} top {r['top_k']} at >= {r['min_score']:.2f}: {r['tags/photo']:.2f} tags/photo, none on {r['none']:.0%}; "
-                     f"owners' {r['owners']:.1%}, concepts right {r['concepts']:.1%} of {r['concept tags']}; {kinds}")
+                     f"owners' {r['owners']:.1%}, concepts right {r['concepts']:.1%} of {r['concept tags']}; {kinds}; "
+                     f"{r['tags on blank frames']} tags on {r['blank frames']} blank frames")
     return "\n".join(lines)
 
 

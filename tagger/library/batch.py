@@ -20,6 +20,9 @@ Sidecars are state of their own, reconciled on every run (`tagger.library.sideca
 stale or earlier-failed sidecar is written whether or not its photo needed tagging. They are
 synced before the output is committed, while the journal still holds every tag list this run and
 the run before gave a photo, so a .txt sidecar tagger wrote is known for its own even after a kill.
+A tag the owner rejected for a photo (removed it; `tagger:Rejected` of its XMP sidecar or, with
+--embed, its own XMP) is left out of its row as well as of its keywords. With --embed, the originals
+are kept only where --backup names a folder, outside the library (`check_backup`, `backup_path`).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import pandas as pd
 
 from embeddings.files import content_hash, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
+from pipelines.keywords import KeywordError, embedded_fields, read_sidecar, same_keyword, sidecar_path
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS
 from tagger.library.plan import LISTING, Plan, Summary, decide, listing_of, listing_table, select_photos
 from tagger.library.results import (BatchError, failures_path, journal_path, latest, lock_path, output_format, read_rows, text,
@@ -120,6 +124,7 @@ def tag_folder(
     settings: str = "",
     sidecar: SidecarConfig | None = None,
     embed: bool = False,
+    backup: Path | None = None,
     tree: KeywordTree = KeywordTree(),
     exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
     skip_owner_tagged: bool = False,
@@ -134,8 +139,10 @@ def tag_folder(
     `tag_batch(paths)` yields (path, `tagger.model.Tagged`) per photo in batches of its choosing; the
     journal is flushed after every photo it yields, so a kill loses at most the photos in flight.
     settings: the model and options the tags come from; rows made with other settings are tagged again.
-    embed: also write the tags into each photo's own XMP (`tagger.library.sidecar.embed`, with a backup); the
+    embed: also write the tags into each photo's own XMP and IPTC (`tagger.library.sidecar.embed`); the
     row then holds the rewritten file's hash, so the next run does not take it for a changed photo.
+    backup: a folder outside the library where each photo's original is kept before its first rewrite
+    (`backup_path`); None keeps none.
     tree: where XMP sidecars and embedded XMP file the tags (root, categories, flat); it is no setting of
     the rows, so a run with another tree rewrites the sidecars and tags nothing again.
     retry_failed: try photos that failed in an earlier run again, changed or not (False: only if changed).
@@ -155,18 +162,20 @@ def tag_folder(
                 raise BatchError(f"{source}: cannot read folder ({e.strerror or e})") from None
     if out.is_dir():
         raise BatchError(f"{out}: is a folder; --out names the results file (.csv, .jsonl or .parquet)")
+    if backup is not None:
+        check_backup(backup, sources)
     _refuse_links(out)
     if dry_run:
-        return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, True, progress,
-                    on_plan, rehash)
+        return _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclude_dirs, skip_owner_tagged, retry_failed, True,
+                    progress, on_plan, rehash)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with Lock(out):
             # A run killed while writing the output left its temporary files behind (the lock says no other run is writing).
             for name in (out.name, failures_path(out).name):
                 remove_stale(out.parent, stale_pattern(name))
-            return _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, False,
-                        progress, on_plan, rehash)
+            return _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclude_dirs, skip_owner_tagged, retry_failed,
+                        False, progress, on_plan, rehash)
     except OSError as e:
         # Disk full, a read-only or missing folder: what was tagged is in the journal, and the next run goes on from it.
         where = e.filename or out
@@ -174,11 +183,12 @@ def tag_folder(
                          f"{journal_path(out).name} for the next run") from None
 
 
-def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
+def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclude_dirs, skip_owner_tagged, retry_failed, dry_run, progress,
          on_plan, rehash=False) -> Summary:
     every = read_rows(out)
     previous = latest(every)
     naming = sidecar.naming if sidecar and sidecar.kind == "xmp" else "auto"
+    backups = backup_path(backup, sources)
     found = select_photos(sources, exclude_dirs, skip_owner_tagged, naming, tree.root)
     library = [s if s.is_dir() else s.parent for s in sources]  # where a sidecar's symlink may lead
     photos = found.photos
@@ -197,7 +207,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
         if sidecar:
             summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, tree, summary, library, every, dry_run=True)
         if embed:
-            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, dry_run=True))
+            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, naming, backups, dry_run=True))
         return summary
     journal = journal_path(out)
     for key, digest in hashes.items():
@@ -242,11 +252,16 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, tree, exclude_dirs, 
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
     if embed:
-        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary)
+        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary, naming, backups)
         summary.embedded = len(rewritten)
         if rewritten:
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
             write_results(rows, out)
+    xmp = sidecar is not None and sidecar.kind == "xmp"
+    if xmp or embed:
+        kept = _without_rejected(rows, photos, naming if xmp else None, embed)
+        if kept is not None:
+            write_results(kept, out)
     return summary
 
 
@@ -277,14 +292,56 @@ def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarC
     return written
 
 
-def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, summary: Summary,
-               dry_run: bool = False) -> dict[str, str]:
+def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, summary: Summary, naming: str,
+               backups: Callable[[Path], Path | None], dry_run: bool = False) -> dict[str, str]:
     """Write every tagged photo's tags into the photo itself; {path: its new content hash} of those rewritten."""
     rewritten = {}
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            if embed(photos[key], list(tags), tree, dry_run=dry_run):
+            if embed(photos[key], list(tags), tree, dry_run=dry_run, naming=naming, backup=backups(photos[key])):
                 rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(path_key(str(e)))
     return rewritten
+
+
+def _without_rejected(rows: pd.DataFrame, photos: dict[str, Path], naming: str | None, embedded: bool) -> pd.DataFrame | None:
+    """The rows without the tags the owner rejected for their photo (tagger:Rejected of its sidecar, or of its own XMP
+    when embedded), so the results propose them no more than the photo does; None when no row holds one."""
+    tags_col, scores_col, changed = [], [], False
+    for key, tags, scores in zip(rows["path"], rows["tags"], rows["scores"]):
+        rejected = []
+        if key in photos and len(tags):
+            if naming is not None:
+                try:
+                    rejected += read_sidecar(sidecar_path(photos[key], naming)).rejected
+                except KeywordError:
+                    pass  # a broken sidecar: its sync said so already
+            if embedded:
+                rejected += embedded_fields(photos[key]).rejected
+        keep = [i for i, t in enumerate(tags) if not any(same_keyword(t, r) for r in rejected)]
+        changed |= len(keep) < len(tags)
+        tags_col.append([tags[i] for i in keep])
+        scores_col.append([scores[i] for i in keep])
+    return rows.assign(tags=tags_col, scores=scores_col) if changed else None
+
+
+def check_backup(backup: Path, sources: Sequence[Path]) -> None:
+    """A backup folder inside the library is refused: its copies would be scanned and tagged as photos, and the library doubled."""
+    where = os.path.realpath(backup)
+    for source in sources:
+        root = os.path.realpath(source if source.is_dir() else source.parent)
+        if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
+            raise BatchError(f"{backup}: --backup is inside the library ({source}); choose a folder outside it, "
+                             "or the originals kept there would be tagged as photos")
+    if backup.exists() and not backup.is_dir():
+        raise BatchError(f"{backup}: --backup names a folder, and this is a file")
+
+
+def backup_path(backup: Path | None, sources: Sequence[Path]) -> Callable[[Path], Path | None]:
+    """Where each photo's original goes: its path below the folders given (their common folder), under `backup`."""
+    if backup is None:
+        return lambda photo: None
+    roots = [os.path.abspath(s if s.is_dir() else s.parent) for s in sources]
+    common = os.path.commonpath(roots) if roots else os.sep
+    return lambda photo: Path(backup) / os.path.relpath(os.path.abspath(photo), common)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -59,18 +60,27 @@ def tag_paths(tagger: Tagger, paths: Sequence[Path], options: TagOptions = TagOp
     pending: list[Batch] = []
     unsaved: list[Batch] = []
     done = 0  # photos of todo yielded so far: the pending batches cover the next ones, in order
-    for batch in iter_batches(paths, tagger.backbone, batch_size, num_workers, rows=todo, hash=cache is not None):
-        pending.append(batch)
-        covered = sum(len(b.rows) + len(b.failed) for b in pending)
-        if covered >= chunk or done + covered == len(todo):
-            yield from _tag_batches(tagger, paths, todo[done:done + covered], pending, options)
-            if cache is not None:
-                unsaved += pending
-                if sum(len(b.rows) for b in unsaved) >= CACHE_SHARD or done + covered == len(todo):
-                    _cache_batches(cache, unsaved)
-                    unsaved = []
-            done, pending = done + covered, []
-            release_free_memory()  # or the heap keeps every chunk's temporaries and grows with the photos
+    # A chunk is tagged in a thread while the network runs on the next one (numpy, faiss and torch let go of
+    # the GIL): on a CPU the tagging then costs little beside extraction. One chunk in flight at a time,
+    # yielded in order, so a caller that records each result still loses at most two chunks when killed.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagger-tag") as pool:
+        flight: Future | None = None
+        for batch in iter_batches(paths, tagger.backbone, batch_size, num_workers, rows=todo, hash=cache is not None):
+            pending.append(batch)
+            covered = sum(len(b.rows) + len(b.failed) for b in pending)
+            if covered >= chunk or done + covered == len(todo):
+                if flight is not None:
+                    yield from flight.result()
+                flight = pool.submit(lambda *a: list(_tag_batches(*a)), tagger, paths, todo[done:done + covered], pending, options)
+                if cache is not None:
+                    unsaved += pending
+                    if sum(len(b.rows) for b in unsaved) >= CACHE_SHARD or done + covered == len(todo):
+                        _cache_batches(cache, unsaved)
+                        unsaved = []
+                done, pending = done + covered, []
+                release_free_memory()  # or the heap keeps every chunk's temporaries and grows with the photos
+        if flight is not None:
+            yield from flight.result()
     if cache is not None:
         cache.trim()
 

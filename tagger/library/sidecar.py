@@ -1,24 +1,31 @@
-"""Sidecars: make a photo's XMP (or .txt) sidecar hold its current machine tags, and nothing else of ours.
+"""Sidecars and embedded XMP: make a photo's XMP (or .txt) sidecar, or its own XMP and IPTC, hold its current machine tags.
 
 `sync` is idempotent: it reads the sidecar, replaces the keywords tagger wrote last time with the
 current ones, keeps every keyword and field the owner or a photo manager put there, and writes
-only when something changed. Tags go to the fields photo managers read: `dc:subject` (flat),
-`lr:hierarchicalSubject` under a root and each keyword's category (`tagger|nature|beach`; see
-`tagger.library.keyword_tree`), which digiKam, Lightroom and darktable show as a branch of the keyword
-tree, and digiKam's own `digiKam:TagsList` (`tagger/nature/beach`), which digiKam and Immich read before
-the others. Every hierarchical entry under the root is tagger's, at any depth, so the flat form of
-earlier versions (`tagger|beach`, or `--flat`) is replaced by the current one, not kept beside it.
-The flat ones tagger added are listed in `tagger:Keywords`, so a later run knows them; a keyword the
-owner already had is theirs and is never listed.
-A new sidecar of a photo with embedded keywords starts with those keywords, so a manager that
-prefers the sidecar still shows them.
+only when something changed. What goes in every keyword field is `tagger.library.merge`'s: the
+owner's keywords of every field and file read (this sidecar, the photo's embedded XMP and IPTC), in
+each field's form, and the machine tags flat in `dc:subject` and under a root and each keyword's
+category in `lr:hierarchicalSubject` (`tagger|nature|beach`; see `tagger.library.keyword_tree`)
+and digiKam's `digiKam:TagsList` (`tagger/nature/beach`), which digiKam and Immich read before the
+others; tags the owner removed are kept out (`tagger:Rejected`). Every hierarchical entry under the
+root is tagger's, at any depth, so the flat form of earlier versions (`tagger|beach`, or `--flat`) is
+replaced by the current one, not kept beside it. tagger's record (`tagger:Keywords`, its copies,
+`tagger:Created` for a sidecar it made) lets a later run, and `unsync`/`unembed` (`tagger untag`),
+tell what is tagger's.
+
+`embed` does the same to the photo's own XMP with exiftool, merging in its sidecar's keywords, and
+writes IPTC Keywords to match where the photo has IPTC already (none is made: the Metadata Working
+Group's rule for the legacy block). exiftool rewrites the photo in place (`-overwrite_original`: a new
+file renamed over it), so no `PHOTO_original` piles up in the library; a backup, where asked for, goes
+to a folder outside it, once per photo.
 
 A library is a stranger's folder, so a sidecar is written only where it belongs: beside its photo
 (no folder is ever made), or through a symlink only to a regular file inside the library; any other
-link, and anything not a regular file, is refused with the reason. A `.txt` sidecar has no room to
-record what tagger wrote, so one that exists is replaced only when it holds exactly tags tagger gave
-the photo before (the results say which); any other is the owner's, and is left alone. Keywords are
-written as one line each (`pipelines.keywords.clean_keyword`).
+link, and anything not a regular file, is refused with the reason. A stem sidecar (`IMG_1.xmp`) that
+another file of the stem may own (a RAW, or `IMG_1.png`) is never the photo's (`sidecar_path`). A
+`.txt` sidecar has no room to record what tagger wrote, so one that exists is replaced only when it
+holds exactly tags tagger gave the photo before (the results say which); any other is the owner's,
+and is left alone. Keywords are written as one line each (`pipelines.keywords.clean_keyword`).
 """
 from __future__ import annotations
 
@@ -31,15 +38,17 @@ import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from defusedxml import ElementTree as SafeET
 
 from embeddings.files import atomic_write
 from pipelines.errors import OptionError, TaggerError
-from pipelines.keywords import NS, SIDECAR_NAMINGS, Keywords, clean_keyword, embedded_keywords, embedded_xmp, parse_xmp, sidecar_path
+from pipelines.keywords import (NS, RECORD, SIDECAR_NAMINGS, KeywordError, Keywords, clean_keyword, embedded_fields, embedded_xmp,
+                                iptc_is_utf8, parse_xmp, read_sidecar, sidecar_path, stem_shared_with)
 from tagger.library.keyword_tree import KeywordTree
+from tagger.library.merge import merge, strip
 
 KINDS = ("xmp", "txt")
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -47,7 +56,7 @@ PACKET_END = '\n<?xpacket end="w"?>\n'
 RDF = "{%s}" % NS["rdf"]
 # Keywords attribute -> (prefix, XMP property, RDF container).
 FIELDS = {"subject": ("dc", "subject", "Bag"), "hierarchical": ("lr", "hierarchicalSubject", "Bag"),
-          "tags_list": ("digiKam", "TagsList", "Seq"), "machine": ("tagger", "Keywords", "Bag")}
+          "tags_list": ("digiKam", "TagsList", "Seq")} | {attr: ("tagger", name, "Bag") for name, attr in RECORD.items()}
 
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
@@ -80,6 +89,8 @@ def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConf
     """Make the photo's sidecar carry `tags` as its machine tags; True if it was (or, dry, would be) written.
 
     tree: where an XMP sidecar files them (root, categories, flat); a .txt sidecar has one tag a line.
+    An XMP sidecar also gets the owner's keywords of the photo's embedded XMP and IPTC, and leaves out
+    the tags the owner rejected (`tagger.library.merge`).
 
     library: the folders the photo was found in (default: its own folder); a symlinked sidecar is
     written through only to a regular file inside them. earlier: tag lists tagger gave this photo
@@ -89,6 +100,9 @@ def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConf
     photo = Path(photo)
     target = path_for(photo, config)
     tags = _clean(tags)
+    if config.kind == "xmp" and config.naming == "stem" and (shared := stem_shared_with(photo)):
+        raise SidecarError(f"{target}: may be the sidecar of {shared[0]} too (the same name before the extension); left alone: "
+                           "use --sidecar-name auto or full, which give this photo its own")
     try:
         real = _resolve(target, [photo.parent] if library is None else library)
         old = _read(real)
@@ -100,7 +114,9 @@ def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConf
             raise SidecarError(f"{target}: not written by tagger (it holds other text than the tags tagger gave this photo), left alone; "
                                "move it away to let tagger write its tags there")
     else:
-        new = _xmp(photo, old, tags, tree, target)
+        have, packet = _parse(old, target)
+        want = merge(have, [embedded_fields(photo)], tags, tree, created=old is None or have.created)
+        new = _render(old, packet, have, want)
     if new == old:
         return False
     if not dry_run:
@@ -146,34 +162,133 @@ def _read(path: Path) -> bytes | None:
         return f.read()
 
 
-def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(), dry_run: bool = False) -> bool:
-    """Write the machine tags into the photo's own XMP (for managers that ignore sidecars of JPEGs, like Lightroom).
+def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,
+          naming: str = "auto", backup: Path | None = None) -> bool:
+    """Write the machine tags into the photo's own XMP, and IPTC Keywords where it has IPTC (for Lightroom, which ignores sidecars of JPEGs).
 
-    The same reconciliation as a sidecar, on the packet inside the photo; exiftool writes it, every
-    other field and the pixels untouched, and keeps the first original as `PHOTO_original` (never
-    overwritten by later runs). True if the photo was (or, dry, would be) rewritten.
+    The same merge as a sidecar (`tagger.library.merge`), with the owner's keywords of the photo's
+    sidecar (named by `naming`) too; exiftool writes it in place, every other field and the pixels
+    untouched. backup: where to keep the photo's original before its first rewrite (never replaced
+    later); None keeps none. True if the photo was (or, dry, would be) rewritten.
     """
     photo = Path(photo)
+    old = embedded_xmp(photo)
+    have, packet = _parse(old, photo)
+    have.iptc = embedded_fields(photo).iptc
+    side = sidecar_path(photo, naming)
+    try:
+        sidecar = read_sidecar(side)
+    except KeywordError as e:
+        raise SidecarError(f"{e}; its keywords cannot be merged, so {photo.name} is left alone") from None
+    want = merge(have, [sidecar], _clean(tags), tree)
+    if old is None and replace(want, iptc=None) == Keywords():
+        return False  # no keyword to write (a blank frame's), and no XMP to keep in step: no empty packet is added
+    new = _render(old, packet, have, want)
+    return _exiftool_write(photo, None if new == old else new, have, want, dry_run, backup)
+
+
+def unembed(photo: str | Path, tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,
+            backup: Path | None = None) -> tuple[list[str], bool]:
+    """Take every machine tag and everything else tagger wrote out of the photo's XMP and IPTC (`tagger untag --embed`).
+
+    (the machine keywords taken out, whether the photo is (or, dry, would be) rewritten); a photo with
+    nothing of tagger's in it is not touched.
+    """
+    photo = Path(photo)
+    old = embedded_xmp(photo)
+    have, packet = _parse(old, photo)
+    have.iptc = embedded_fields(photo).iptc
+    if not have.recorded and not have.machine_words(tree.root):
+        return [], False  # nothing of tagger's in it: not even rewritten
+    want = strip(have, tree)
+    new = _render(old, packet, have, want)
+    changed = _exiftool_write(photo, None if new == old else new, have, want, dry_run, backup)
+    return _removed(have, want, tree.root), changed
+
+
+def unsync(photo: str | Path, target: Path, tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,
+           library: Sequence[str | Path] | None = None) -> tuple[list[str], bool, bool]:
+    """Take everything tagger wrote out of one XMP sidecar (`tagger untag`).
+
+    (the machine keywords taken out, whether it is rewritten, whether it is deleted), done or, dry, that
+    would be. A sidecar tagger created that then holds nothing else is deleted; one reached through a
+    symlink is only rewritten. A sidecar with nothing of tagger's is not touched.
+    """
+    real = _resolve(target, [Path(photo).parent] if library is None else library)
+    try:
+        old = _read(real)
+    except OSError as e:
+        raise SidecarError(f"{target}: cannot read ({e.strerror or e})") from None
+    if old is None:
+        return [], False, False
+    have, packet = _parse(old, target)
+    want = strip(have, tree)
+    new = _render(old, packet, have, want)
+    if new == old:
+        return [], False, False
+    gone = have.created and real == target and _empty(SafeET.fromstring(new))
+    if not dry_run:
+        try:
+            if gone:
+                os.unlink(target)
+            else:
+                atomic_write(real, new, parents=False)
+        except OSError as e:
+            raise SidecarError(f"{target}: cannot write ({e.strerror or e})") from None
+    return _removed(have, want, tree.root), not gone, gone
+
+
+def _removed(have: Keywords, want: Keywords, root: str) -> list[str]:
+    """The machine keywords `want` no longer holds."""
+    return [k for k in have.machine_words(root) if k not in want.subject]
+
+
+def _exiftool_write(photo: Path, packet: bytes | None, have: Keywords, want: Keywords, dry_run: bool, backup: Path | None) -> bool:
+    """Write a new XMP packet (None: keep it) and, where changed, IPTC Keywords into the photo with exiftool; False if nothing to write."""
+    iptc = [] if want.iptc is None or want.iptc == have.iptc else ["-IPTC:Keywords="] + [f"-IPTC:Keywords={k}" for k in want.iptc]
+    if iptc and not iptc_is_utf8(photo) and any(not k.isascii() and not _latin1(k) for k in want.iptc):
+        iptc.append("-IPTC:CodedCharacterSet=UTF8")  # undeclared IPTC is Latin-1, which cannot hold these keywords
+    if packet is None and not iptc:
+        return False
+    if dry_run:
+        return True
     exiftool = shutil.which("exiftool")
     if exiftool is None:
         raise SidecarError(f"{photo}: writing keywords into photos needs exiftool (Debian/Ubuntu: apt install libimage-exiftool-perl; "
                            "macOS: brew install exiftool; Windows: exiftool.org)")
-    old = embedded_xmp(photo)
-    new = _xmp(photo, old, _clean(tags), tree, photo)
-    if new == old:
-        return False
-    if dry_run:
-        return True
-    fd, packet = tempfile.mkstemp(suffix=".xmp")
+    if backup is not None:
+        keep_original(photo, backup)
+    fd, name = tempfile.mkstemp(suffix=".xmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(new)
-        done = subprocess.run([exiftool, "-q", "-q", "-P", "-m", f"-xmp<={packet}", "--", str(photo)],
-                              capture_output=True, text=True, timeout=120)
+            f.write(packet or b"")
+        # -overwrite_original: exiftool writes a new file and renames it over the photo; no PHOTO_original is left in the library.
+        args = [exiftool, "-q", "-q", "-P", "-m", "-overwrite_original"] + ([f"-xmp<={name}"] if packet is not None else []) + iptc
+        done = subprocess.run(args + ["--", str(photo)], capture_output=True, text=True, timeout=120)
     finally:
-        os.unlink(packet)
+        os.unlink(name)
     if done.returncode != 0:
         raise SidecarError(f"{photo}: exiftool could not write the keywords into it ({done.stderr.strip() or done.returncode})")
+    return True
+
+
+def keep_original(photo: Path, backup: Path) -> None:
+    """Copy the photo to `backup` unless a copy is there already: the first original is kept, later runs leave it."""
+    if os.path.lexists(backup):
+        return
+    try:
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(backup, photo.read_bytes(), parents=False)
+        shutil.copystat(photo, backup)
+    except OSError as e:
+        raise SidecarError(f"{backup}: cannot keep the original of {photo.name} there ({e.strerror or e}); the photo is left alone") from None
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
     return True
 
 
@@ -181,33 +296,24 @@ def _txt(tags: list[str]) -> bytes:
     return "".join(t + "\n" for t in tags).encode("utf-8")
 
 
-def _xmp(photo: Path, old: bytes | None, tags: list[str], tree: KeywordTree, target: Path) -> bytes:
-    root = tree.root
+def _parse(old: bytes | None, target: Path) -> tuple[Keywords, ET.Element]:
+    """The packet's keywords and its tree to rewrite (a new empty packet for None); a broken one is a SidecarError."""
     if old is None:
-        embedded = embedded_keywords(photo)
-        have = Keywords(embedded.owner(root), [h for h in embedded.hierarchical if not tree.is_machine(h)],
-                        [t for t in embedded.tags_list if not tree.is_machine(t, "/")])
         packet = ET.Element("{%s}xmpmeta" % NS["x"])
         ET.SubElement(ET.SubElement(packet, RDF + "RDF"), RDF + "Description", {RDF + "about": ""})
-    else:
-        try:
-            have = parse_xmp(old, target)
-            _register_prefixes(old)
-            packet = SafeET.fromstring(old)
-        except Exception as e:  # noqa: BLE001 - KeywordError, or a packet our checks let through and ET does not
-            raise SidecarError(f"{target}: existing sidecar is not valid XMP, left untouched ({e})") from None
-    owner = set(have.owner(root))
-    kept = [k for k in have.subject if k in owner or k not in set(have.machine)]
-    added = [t for t in tags if t not in kept]
-    want = Keywords(
-        subject=kept + added,
-        # Every entry under the root is ours, whatever its depth (tagger|cat of earlier versions, tagger|animal|cat):
-        # it is replaced by the current form, so a switch to or from --flat leaves one form, not both.
-        hierarchical=[h for h in have.hierarchical if not tree.is_machine(h)] + [tree.path(t) for t in tags],
-        tags_list=[h for h in have.tags_list if not tree.is_machine(h, "/")] + [tree.path(t, "/") for t in tags],
-        machine=added,
-    )
-    if old is not None and want == have:
+        return Keywords(), packet
+    try:
+        have = parse_xmp(old, target)
+        _register_prefixes(old)
+        return have, SafeET.fromstring(old)
+    except Exception as e:  # noqa: BLE001 - KeywordError, or a packet our checks let through and ET does not
+        what = "existing sidecar" if target.suffix.lower() == ".xmp" else "its XMP packet"
+        raise SidecarError(f"{target}: {what} is not valid XMP, left untouched ({e})") from None
+
+
+def _render(old: bytes | None, packet: ET.Element, have: Keywords, want: Keywords) -> bytes:
+    """The packet with `want`'s fields; the old bytes themselves when nothing changed (a no-op run writes nothing)."""
+    if old is not None and replace(want, iptc=None) == replace(have, iptc=None):
         return old
     _set_fields(packet, want)
     ET.indent(packet)
@@ -215,8 +321,8 @@ def _xmp(photo: Path, old: bytes | None, tags: list[str], tree: KeywordTree, tar
 
 
 def _set_fields(tree: ET.Element, want: Keywords) -> None:
-    """Replace the three keyword fields wherever they are (element or attribute form) with `want`'s, in one Description."""
-    names = {"{%s}%s" % (NS[p], n) for p, n, _ in FIELDS.values()}
+    """Replace the keyword fields and tagger's record wherever they are (element or attribute form) with `want`'s, in one Description."""
+    names = {"{%s}%s" % (NS[p], n) for p, n, _ in FIELDS.values()} | {"{%s}Created" % NS["tagger"]}
     descriptions = list(tree.iter(RDF + "Description"))
     if not descriptions:
         rdf = tree.find(f".//{RDF}RDF")
@@ -234,6 +340,13 @@ def _set_fields(tree: ET.Element, want: Keywords) -> None:
             bag = ET.SubElement(ET.SubElement(descriptions[0], "{%s}%s" % (NS[prefix], name)), RDF + container)
             for v in values:
                 ET.SubElement(bag, RDF + "li").text = v
+    if want.created:
+        ET.SubElement(descriptions[0], "{%s}Created" % NS["tagger"]).text = "True"
+
+
+def _empty(tree: ET.Element) -> bool:
+    """Whether a packet says nothing: no property in any Description (element or attribute)."""
+    return all(len(d) == 0 and set(d.attrib) <= {RDF + "about"} for d in tree.iter(RDF + "Description"))
 
 
 def _register_prefixes(data: bytes) -> None:

@@ -1,0 +1,133 @@
+"""Merging a photo's keyword fields: one story in every field tagger writes, and the owner's decisions kept.
+
+Photo managers read different fields first: digiKam and Immich `digiKam:TagsList`, Lightroom
+`lr:hierarchicalSubject` and `dc:subject`, older tools IPTC Keywords. So when tagger writes a
+packet (a sidecar, or the XMP inside a photo) every field it writes carries the owner's keywords
+from every field and file it read (this packet, the photo's embedded XMP and IPTC, its sidecar),
+each in the field's form: flat in `dc:subject` and IPTC, `People|Anna` in the hierarchy,
+`People/Anna` in TagsList, a flat keyword as a top-level entry of both trees. What tagger copies
+into a field is recorded (`tagger:CopiedSubject`, ...) so that it can be recomputed on the next run
+and taken out by `tagger untag`; the owner's own entries are never changed or reordered.
+
+The machine keywords go flat into `dc:subject` (and IPTC) and under the root in the trees, except a
+keyword the owner has already, in any case or plural (`Cats` for `cat`), or filed in their own tree
+(`Places|beach`): that one is theirs. A machine keyword of tagger's last record that the owner has
+removed (gone from `dc:subject`, or from a tree the packet still has) is rejected: kept in
+`tagger:Rejected` and never written for that photo again.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipelines.keywords import Keywords, same_keyword, unique_keywords
+from tagger.library.keyword_tree import KeywordTree
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The owner's keywords of a photo, from every field and file read, in the order read."""
+
+    flat: list[str]  # dc:subject and IPTC entries, one spelling each
+    paths: list[tuple[str, ...]]  # hierarchy entries (lr's and digiKam's), as levels
+
+    def has(self, keyword: str) -> bool:
+        """Whether the owner has the keyword already: flat, or as any level of their tree, in any case or plural."""
+        return any(same_keyword(keyword, k) for k in self.flat) or any(same_keyword(keyword, c) for p in self.paths for c in p)
+
+
+def owner_of(packets: Sequence[Keywords], root: str) -> Owner:
+    flat, paths = [], []
+    for kw in packets:
+        flat += kw.owner_flat(root)
+        paths += [p for p in kw.owner_paths(root) if not any(_same_path(p, q) for q in paths)]
+    return Owner(unique_keywords(flat), paths)
+
+
+def rejected_now(have: Keywords, owner: Owner, root: str) -> list[str]:
+    """Machine keywords of the packet's last record the owner has removed since (a tag moved into their tree is not one).
+
+    Removed means gone from dc:subject, or from a tree field the packet still has: a tool that drops a
+    whole field it does not know (TagsList) removes nothing the owner decided.
+    """
+    if not have.recorded:
+        return []  # no record of what tagger wrote: nothing to compare with
+
+    def missing(word: str) -> bool:
+        if not any(same_keyword(word, s) for s in have.subject):
+            return True
+        for entries, sep in ((have.hierarchical, "|"), (have.tags_list, "/")):
+            if entries and not any(same_keyword(word, e.rsplit(sep, 1)[-1]) for e in entries):
+                return True
+        return False
+
+    return [w for w in have.machine if not owner.has(w) and missing(w)]
+
+
+def merge(have: Keywords, others: Sequence[Keywords], tags: Sequence[str], tree: KeywordTree, created: bool = False) -> Keywords:
+    """The fields a packet should hold: `have` (as read) with the owner's keywords of all packets and the machine `tags`.
+
+    others: the photo's other packets (the embedded XMP with its IPTC, or the sidecar). have.iptc, when
+    not None (the photo has an IPTC block), gets the same flat keywords as dc:subject; IPTC is never made.
+    """
+    root = tree.root
+    owner = owner_of([have, *others], root)
+    # What the owner removed from any packet of the photo counts for all of them, in this run already.
+    rejected = unique_keywords([r for kw in (have, *others) for r in (*kw.rejected, *rejected_now(kw, owner, root))])
+    machine = unique_keywords(t for t in tags if not owner.has(t) and not any(same_keyword(t, r) for r in rejected))
+    leaves = [p[-1] for p in owner.paths]
+    top = [(k,) for k in owner.flat if not any(same_keyword(k, c) for p in owner.paths for c in p)]
+
+    subject, copied_subject = _with(_own(have.subject, have, have.copied_subject, owner, root), owner.flat + leaves)
+    hier_own = [h for h in have.hierarchical if not tree.is_machine(h) and h not in have.copied_hierarchical]
+    tags_own = [t for t in have.tags_list if not tree.is_machine(t, "/") and t not in have.copied_tags_list]
+    hierarchical, copied_hierarchical = _paths(hier_own, owner.paths + top, "|")
+    tags_list, copied_tags_list = _paths(tags_own, owner.paths + top, "/")
+    iptc, copied_iptc = None, []
+    if have.iptc is not None:
+        iptc, copied_iptc = _with(_own(have.iptc, have, have.copied_iptc, owner, root), owner.flat + leaves)
+        iptc += machine
+    return Keywords(subject=subject + machine, hierarchical=hierarchical + [tree.path(t) for t in machine],
+                    tags_list=tags_list + [tree.path(t, "/") for t in machine], machine=machine, rejected=rejected,
+                    copied_subject=copied_subject, copied_hierarchical=copied_hierarchical, copied_tags_list=copied_tags_list,
+                    copied_iptc=copied_iptc, created=created, iptc=iptc, recorded=True)
+
+
+def strip(have: Keywords, tree: KeywordTree) -> Keywords:
+    """The packet without anything tagger wrote: machine keywords, the root's entries, copies and its record (`tagger untag`)."""
+    root = tree.root
+    owner = owner_of([have], root)
+    return Keywords(subject=_own(have.subject, have, have.copied_subject, owner, root),
+                    hierarchical=[h for h in have.hierarchical if not tree.is_machine(h) and h not in have.copied_hierarchical],
+                    tags_list=[t for t in have.tags_list if not tree.is_machine(t, "/") and t not in have.copied_tags_list],
+                    iptc=None if have.iptc is None else _own(have.iptc, have, have.copied_iptc, owner, root))
+
+
+def _own(entries: list[str], have: Keywords, copied: list[str], owner: Owner, root: str) -> list[str]:
+    """A flat field's own entries: without copies and tagger's keywords, except a machine keyword the owner filed in their tree."""
+    machine = [m for m in have.machine_words(root) if not any(same_keyword(m, p[-1]) for p in owner.paths)]
+    return [e for e in entries if e not in copied and e not in machine]
+
+
+def _with(own: list[str], wanted: list[str]) -> tuple[list[str], list[str]]:
+    """own plus each wanted keyword it lacks (in any case or plural); and those added."""
+    added = []
+    for w in wanted:
+        if not any(same_keyword(w, e) for e in own + added):
+            added.append(w)
+    return own + added, added
+
+
+def _paths(own: list[str], wanted: list[tuple[str, ...]], sep: str) -> tuple[list[str], list[str]]:
+    """A tree field's own entries plus each wanted path it lacks, written with `sep`; and those added."""
+    have = [tuple(e.split(sep)) for e in own]
+    added = []
+    for p in wanted:
+        if not any(_same_path(p, q) for q in have):
+            have.append(p)
+            added.append(sep.join(p))
+    return own + added, added
+
+
+def _same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    return len(a) == len(b) and all(same_keyword(x, y) for x, y in zip(a, b))
