@@ -221,6 +221,23 @@ def read_lite2(folder: Path, frame: pd.DataFrame) -> np.ndarray | None:
     return out
 
 
+def validation_setup(model: Path, data: Path):
+    """(tagger, frame with its split and ok columns, features, chroma, colour) for a study of the bundle at `model`
+    on `data`: the photos split as the bundle was trained, features from the shared feature cache."""
+    tagger = load(model, device="cpu")
+    if tagger.knn is None:
+        raise SystemExit("the model has no kNN baseline: cgan+knn, the reference, needs one")
+    frame = read_dataset(data)
+    s = tagger.summary
+    frame["split"] = split_ids(frame["id"], tuple(s.split_fractions), s.split_seed)
+    cfg = FeatureConfig(backbone=tagger.backbone_name, weights=tagger.backbone_weights, cache_dir=default_cache_dir() / "features")
+    feats = extract_features(list(frame["path"]), cfg, progress=False)
+    frame["ok"] = feats.ok
+    chroma = feats.chroma if feats.chroma is not None else np.full(len(frame), np.nan, np.float32)
+    colour = Evidence(np.zeros((len(frame), 1), np.float32), chroma).colour  # what the pixels rule out, as tagging sees it
+    return tagger, frame, feats, chroma, colour
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=REPO / "tagger" / "assets" / "model")
@@ -231,17 +248,8 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
 
-    tagger = load(args.model, device="cpu")
-    if tagger.knn is None:
-        raise SystemExit("the model has no kNN baseline: cgan+knn, the reference, needs one")
-    frame = read_dataset(args.data)
+    tagger, frame, feats, chroma, colour = validation_setup(args.model, args.data)
     s = tagger.summary
-    frame["split"] = split_ids(frame["id"], tuple(s.split_fractions), s.split_seed)
-    cfg = FeatureConfig(backbone=tagger.backbone_name, weights=tagger.backbone_weights, cache_dir=default_cache_dir() / "features")
-    feats = extract_features(list(frame["path"]), cfg, progress=False)
-    frame["ok"] = feats.ok
-    chroma = feats.chroma if feats.chroma is not None else np.full(len(frame), np.nan, np.float32)
-    colour = Evidence(np.zeros((len(frame), 1), np.float32), chroma).colour  # what the pixels rule out, as tagging sees it
     words = list(tagger.words)
     ids = word_ids(frame, tagger.vocabulary, words)
     val = frame.index[(frame["split"] == "val") & frame["ok"]].to_numpy()

@@ -35,12 +35,7 @@ from harness import REPO, SUBSET
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines.cache import default_cache_dir  # noqa: E402
-from pipelines.datasets import read_dataset, split_ids  # noqa: E402
-from pipelines.features import FeatureConfig, extract_features  # noqa: E402
-from study_head import Judge, print_table  # noqa: E402
-from tagger.bundle import load  # noqa: E402
-from tagger.scoring.evidence import Evidence  # noqa: E402
+from study_head import Judge, print_table, validation_setup  # noqa: E402
 from tagger.scoring.scorers import combine  # noqa: E402
 from tagger.training.fit import word_ids  # noqa: E402
 
@@ -100,15 +95,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    tagger = load(args.model, device="cpu")
-    frame = read_dataset(args.data)
-    s = tagger.summary
-    frame["split"] = split_ids(frame["id"], tuple(s.split_fractions), s.split_seed)
-    cfg = FeatureConfig(backbone=tagger.backbone_name, weights=tagger.backbone_weights, cache_dir=default_cache_dir() / "features")
-    feats = extract_features(list(frame["path"]), cfg, progress=False)
-    frame["ok"] = feats.ok
-    chroma = feats.chroma if feats.chroma is not None else np.full(len(frame), np.nan, np.float32)
-    colour = Evidence(np.zeros((len(frame), 1), np.float32), chroma).colour
+    tagger, frame, feats, _, colour = validation_setup(args.model, args.data)
     words = list(tagger.words)
     ids = word_ids(frame, tagger.vocabulary, words)
     val = frame.index[(frame["split"] == "val") & frame["ok"]].to_numpy()
