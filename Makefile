@@ -6,6 +6,8 @@ SHIPPED_GENERATOR ?= cgan
 SHIPPED_PRESET ?= votes
 # A tenth of the photos is held out to pick the epoch, kNN's K and the default method, and to calibrate the scores.
 SHIPPED_SPLIT ?= 0.9,0.1,0
+# The backbone's last blocks retrained with a word layer on the training photos' tags (tagger/training/tune.py).
+SHIPPED_TUNE_BLOCKS ?= 2
 # The subset's tag lists of photos without an image: more text for word2vec (used when present).
 CORPUS ?= $(wildcard $(DATA)/tags_corpus.tsv)
 
@@ -29,7 +31,7 @@ train: ## train a model bundle on DATA into MODEL
 
 model: ## rebuild the shipped model (tagger/assets/model) from the MIRFLICKR subset at DATA
 	@test -f $(DATA)/annotations.jsonl || { echo "MIRFLICKR subset not found at $(DATA): set DATA=folder (with annotations.jsonl)"; exit 1; }
-	tagger train $(DATA) --out tagger/assets/model --generator $(SHIPPED_GENERATOR) --preset $(SHIPPED_PRESET) --split $(SHIPPED_SPLIT) --half $(if $(CORPUS),--corpus $(CORPUS))
+	tagger train $(DATA) --out tagger/assets/model --generator $(SHIPPED_GENERATOR) --preset $(SHIPPED_PRESET) --split $(SHIPPED_SPLIT) --tune-blocks $(SHIPPED_TUNE_BLOCKS) --half $(if $(CORPUS),--corpus $(CORPUS))
 
 kinds: ## rewrite the shipped model's kinds.json (kinds, keywords, categories) from its vocabulary; needs WordNet
 	$(PYTHON) -m embeddings.kinds tagger/assets/model

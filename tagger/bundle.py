@@ -15,6 +15,9 @@
                            is shown as it is, as bundles made before the kinds tag)
     head.json              the ImageNet classes each word names (embeddings.imagenet; optional: with it the
                            bundle has the head methods, whose classifier weights are the backbone's own)
+    backbone.safetensors   the backbone's retrained last blocks, an overlay on its own weights
+                           (pipelines/backbones/tail.py; optional: config.json's backbone.weights names it)
+    classifier.safetensors the word layer trained with them (tagger.scoring.classifier; optional)
 
 The FAISS index is rebuilt from the word vectors on load: for vocabularies of a few thousand words
 that takes milliseconds and keeps the bundle free of a second copy of the same numbers. Bundles
@@ -41,10 +44,12 @@ from embeddings.kinds import WordKinds
 from embeddings.tags import Vocabulary
 from embeddings.word2vec import WordVectors
 from pipelines.backbones import get_spec
+from pipelines.backbones.tail import overlay_of
 from pipelines.device import choose_device, choose_runtime
 from pipelines.errors import TaggerError
 from tagger.scoring.knn import KNNTagger
 from tagger.scoring.calibration import Calibration
+from tagger.scoring.classifier import WordClassifier
 from tagger.scoring.condition import ConditionConfig
 from tagger.generators import create_generator, make_config
 from tagger.model import Tagger
@@ -54,9 +59,9 @@ from tagger.scoring.voting import SamplingConfig
 
 FORMAT_VERSION = 2
 READS = (1, 2)  # format versions this tagger loads
-CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS, ACCEPTANCE, HEAD = (
+CONFIG, WEIGHTS, VOCABULARY, VECTORS, KNN, CALIBRATION, KINDS, ACCEPTANCE, HEAD, TAIL, CLASSIFIER = (
     "config.json", "generator.safetensors", "vocabulary.json", "word_vectors.npz", "knn.npz", "calibration.json", "kinds.json",
-    "acceptance.json", "head.json")
+    "acceptance.json", "head.json", "backbone.safetensors", "classifier.safetensors")
 
 
 # A real config.json is a few KB and a calibration.json a few hundred; these are far above and still small.
@@ -79,9 +84,10 @@ class BundleError(TaggerError, ValueError):
 
 
 def config_dict(tagger: Tagger) -> dict:
+    weights = TAIL if _is_overlay(tagger.backbone_weights) else tagger.backbone_weights
     return {
         "format_version": FORMAT_VERSION,
-        "backbone": {"name": tagger.backbone_name, "weights": tagger.backbone_weights, "feature_dim": tagger.feature_dim},
+        "backbone": {"name": tagger.backbone_name, "weights": weights, "feature_dim": tagger.feature_dim},
         "generator": {"family": tagger.family, "config": tagger.generator.config.to_dict()},
         "condition": tagger.condition.to_dict(),
         "method": tagger.default_method,
@@ -114,6 +120,11 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
             tagger.kinds.save(tmp / KINDS)
         if tagger.head is not None:
             tagger.head.save(tmp / HEAD)
+        if _is_overlay(tagger.backbone_weights):  # a retrained tail travels with the bundle; other weights files are the user's
+            shutil.copyfile(tagger.backbone_weights, tmp / TAIL)
+        if tagger.classifier is not None:
+            tagger.classifier.save(tmp / CLASSIFIER)
+            os.chmod(tmp / CLASSIFIER, 0o644)
         if tagger.calibration:
             (tmp / CALIBRATION).write_text(json.dumps({m: c.to_dict() for m, c in tagger.calibration.items()}))
         if tagger.acceptance:
@@ -152,6 +163,8 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
         family, gen_values = ("cgan", cfg["gan"]) if version == 1 else (cfg["generator"]["family"], cfg["generator"]["config"])
         gen_config = make_config(family, gen_values)
         backbone, backbone_weights = cfg["backbone"]["name"], cfg["backbone"].get("weights")
+        if backbone_weights == TAIL:  # the bundle's own retrained tail, wherever the bundle is
+            backbone_weights = str(path / TAIL)
         condition = ConditionConfig(**cfg.get("condition", {}))
         words = WordSpaceConfig(**cfg["words"])
         sampling = SamplingConfig(**{**cfg["sampling"], "exclude": tuple(cfg["sampling"].get("exclude", ()))})
@@ -194,6 +207,9 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
     head = _load_part(path / HEAD, "the class -> word links", ClassWords.load) if (path / HEAD).is_file() else None
     if head is not None:
         _check_head(path / HEAD, head, backbone, wv.words)
+    if backbone_weights == str(path / TAIL):
+        _check_tail(path / TAIL, backbone)
+    classifier = _load_part(path / CLASSIFIER, "the classifier", WordClassifier.load) if (path / CLASSIFIER).is_file() else None
     calibration = {}
     if (path / CALIBRATION).is_file():
         calibration = _load_part(path / CALIBRATION, "the calibration", _read_calibration)
@@ -202,9 +218,10 @@ def load(path: str | Path, device: str | torch.device | None = None, runtime: st
         return Tagger(generator.to(device), vocabulary, wv, backbone=backbone, words=words, sampling=sampling,
                       info=cfg.get("info", {}), backbone_weights=backbone_weights, knn=knn, condition=condition,
                       calibration=calibration, method=cfg.get("method"), runtime=runtime, fingerprint=_fingerprint(path), kinds=kinds,
-                      acceptance=acceptance, head=head)
+                      acceptance=acceptance, head=head, classifier=classifier)
     except ValueError as e:
-        where = path / CALIBRATION if str(e).startswith("calibrates") else path / KINDS if "word kinds" in str(e) else cfg_file
+        where = (path / CALIBRATION if str(e).startswith("calibrates") else path / KINDS if "word kinds" in str(e)
+                 else path / CLASSIFIER if str(e).startswith("the classifier") else cfg_file)
         raise BundleError(f"{where}: {e}") from None
 
 
@@ -256,6 +273,22 @@ def _read_calibration(file: Path) -> dict[str, Calibration]:
         except ValueError as e:
             raise ValueError(f"{method}: {e}") from None
     return out
+
+
+def _is_overlay(weights: str | None) -> bool:
+    return weights is not None and Path(weights).is_file() and overlay_of(Path(weights)) is not None
+
+
+def _check_tail(file: Path, backbone: str) -> None:
+    """At load time: the bundle's retrained tail is there, and an overlay for its backbone."""
+    if not file.is_file():
+        raise BundleError(f"{file}: missing from the bundle (config.json names it as the backbone's weights)")
+    try:
+        made_for = overlay_of(file)
+    except TaggerError as e:
+        raise BundleError(str(e)) from None
+    if made_for != backbone:
+        raise BundleError(f"{file}: retrained blocks of backbone {made_for!r}, but the bundle's backbone is {backbone}")
 
 
 def _check_head(file: Path, head: ClassWords, backbone: str, words) -> None:

@@ -218,6 +218,9 @@ def train(
                                                                      "on concept-labelled validation photos")] = 0.8,
     split: Annotated[str, typer.Option(help="train,val,test shares of the photos, split by photo id")] = "0.8,0.1,0.1",
     half: Annotated[bool, typer.Option("--half", help="store the generator in float16 (half the size)")] = False,
+    tune_blocks: Annotated[int, typer.Option(min=0, help="retrain the backbone's last N blocks and a word layer on the training photos' tags "
+                                                        "first (EfficientNet-Lite; 0: keep the backbone as it is)")] = 0,
+    tune_epochs: Annotated[Optional[int], typer.Option(min=1, help="with --tune-blocks: at most this many epochs (default 6)")] = None,
     seed: Annotated[int, typer.Option(help="seed of word2vec, the generator and sampling")] = 0,
     batch_size: BatchOpt = 64,
     corpus: Annotated[Optional[Path], typer.Option(help="more tag lists for word2vec, of photos not in DATA (a .tsv/.csv with id and tags columns, e.g. the subset's tags_corpus.tsv)")] = None,
@@ -236,6 +239,7 @@ def train(
     """
 
     from tagger.training.fit import FitConfig, default_cache_dir, fit
+    from tagger.training.tune import TuneConfig
 
     progress_log("tagger.training.fit", "tagger.training.loop")
     try:
@@ -262,10 +266,14 @@ def train(
         runtime=_value(runtime),
         cache_dir=cache_dir or default_cache_dir(),
         ray=ray_options(engine, address, workers, device, batch_size, runtime),
+        tune=TuneConfig(blocks=tune_blocks, **({"epochs": tune_epochs} if tune_epochs else {})) if tune_blocks else None,
     )
     _, summary = fit(data, out, config)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary.stage_seconds.items())
     typer.echo(f"model bundle: {out}")
+    if summary.tune:
+        typer.echo(f"retrained the backbone's last {summary.tune['blocks']} blocks: epoch {summary.tune['best_epoch']} kept "
+                   f"(held-out training photos' P@5 {', '.join(f'{p:.4f}' for _, p in summary.tune['held_p5'])})")
     if not math.isnan(summary.val_p5):  # nan when there were no validation photos
         typer.echo(f"validation P@5: {summary.val_p5:.4f} (best epoch {summary.best_epoch} of {summary.epochs})")
     if summary.method:

@@ -10,7 +10,9 @@ vote shares for the paper's plain votes), ranked. `tag` then gives a blank frame
 saying why, and puts the places of a photo's GPS before its content tags.
 
 The bundle's methods (`Tagger.methods`): the generator, named after its family (cgan, cvae,
-caae); knn and the generator + knn combination when the bundle has the kNN baseline; head (the
+caae); knn and the generator + knn combination when the bundle has the kNN baseline; classifier
+and generator + knn + classifier when the bundle's backbone has a retrained tail with its word layer
+(tagger.scoring.classifier); head (the
 backbone's ImageNet classifier read as words, tagger.scoring.head) and the generator + knn + head
 combination when the bundle has the class -> word links; prior. A
 `Tagger` is built complete and never changed: `replace` makes a new one (training adds the
@@ -40,6 +42,7 @@ from tagger.generators import WordGenerator, family_for
 from tagger.scoring.calibration import Calibration
 from tagger.scoring.condition import ConditionConfig, build_condition
 from tagger.scoring.evidence import Evidence, rule_out
+from tagger.scoring.classifier import ClassifierScorer, WordClassifier
 from tagger.scoring.head import HEAD_WEIGHT, HeadScorer
 from tagger.scoring.knn import KNNTagger
 from tagger.scoring.options import ALL_KINDS, DEFAULT_KINDS, TagOptions
@@ -95,6 +98,7 @@ class Tagger:
         kinds: WordKinds | None = None,
         acceptance: dict[str, Calibration] | None = None,
         head: ClassWords | None = None,
+        classifier: WordClassifier | None = None,
     ):
         if word_vectors.vectors.shape[1] != generator.config.word_dim:
             raise ValueError(f"word vectors are {word_vectors.vectors.shape[1]}-d but the generator makes {generator.config.word_dim}-d")
@@ -117,6 +121,7 @@ class Tagger:
         self.fingerprint = fingerprint  # content hash of the bundle it was loaded from ("" when built in memory)
         self.kinds = kinds  # each word's kind and keyword (embeddings.kinds); None: every word is shown, as it is
         self.head = head  # ImageNet class -> word links (embeddings.imagenet); None: no head methods
+        self.classifier = classifier  # features -> words, trained with a retrained backbone tail; None: no classifier methods
         self.targets = prepare_word_vectors(word_vectors.vectors, words)
         self.index = TagIndex(list(word_vectors.words), self.targets)
         self.summary = TrainingSummary.from_dict(self.info)
@@ -126,6 +131,7 @@ class Tagger:
         found: list[Scorer] = [gen]
         if knn is not None:
             found += [KNNScorer(knn), SumScorer([gen, KNNScorer(knn)])]
+        found += self._classifier_scorers(gen)
         found += self._head_scorers(gen)
         found.append(PriorScorer(self.prior))
         self.scorers = {s.name: s for s in found}
@@ -150,6 +156,16 @@ class Tagger:
         self._backbone = None
         self._built = True
 
+    def _classifier_scorers(self, gen: Scorer) -> list[Scorer]:
+        """classifier, and generator + knn + classifier, where the bundle has a classifier (tagger.scoring.classifier)."""
+        if self.classifier is None:
+            return []
+        if (self.classifier.words, self.classifier.dim) != (len(self.words), self.feature_dim):
+            raise ValueError(f"the classifier maps {self.classifier.dim}-d features to {self.classifier.words} words, "
+                             f"the model has {self.feature_dim}-d features and {len(self.words)} words")
+        own = ClassifierScorer(self.classifier)
+        return [own] + ([SumScorer([gen, KNNScorer(self.knn), own])] if self.knn is not None else [])
+
     def _head_scorers(self, gen: Scorer) -> list[Scorer]:
         """head, and generator + knn + head, where the bundle has class -> word links (the classifier is read on first use)."""
         if self.head is None:
@@ -168,7 +184,7 @@ class Tagger:
                      words=self.words_config, sampling=self.sampling, info=self.info, backbone_weights=self.backbone_weights,
                      knn=self.knn, condition=self.condition, calibration=self.calibration, method=self.default_method,
                      runtime=self.runtime, fingerprint=self.fingerprint, kinds=self.kinds, acceptance=self.acceptance,
-                     head=self.head)
+                     head=self.head, classifier=self.classifier)
         unknown = set(changes) - set(given)
         if unknown:
             raise TypeError(f"Tagger has no part {', '.join(sorted(unknown))}")

@@ -78,11 +78,18 @@ class Backbone(nn.Module):
 
 
 def torch_backbone(spec: BackboneSpec, path: Path | None, device: torch.device) -> Backbone:
-    state = None if path is None else read_state_dict(path, spec.name)
+    from pipelines.backbones.tail import apply_overlay, overlay_of
+
+    # An overlay (pipelines/backbones/tail.py: a retrained tail) goes over the backbone's own weights.
+    overlay = path if path is not None and overlay_of(path) is not None else None
+    base = resolve_weights(spec, None) if overlay is not None else path
+    state = None if base is None else read_state_dict(base, spec.name)
     try:
         model = spec.build(state)
     except RuntimeError as e:  # load_state_dict(strict=True) names missing and unexpected keys
-        raise BackboneWeightsError(f"{path}: not weights for {spec.name}: {str(e)[:500]}") from None
+        raise BackboneWeightsError(f"{base}: not weights for {spec.name}: {str(e)[:500]}") from None
+    if overlay is not None:
+        apply_overlay(model, overlay, spec.name)
     return Backbone(spec, model, device, path)
 
 

@@ -42,6 +42,7 @@ from tagger.library.ray_engine import RayOptions
 from tagger.scoring.scorers import word_prior
 from tagger.training.summary import TrainingSummary
 from tagger.training.loop import CHECKPOINT_FORMAT, make_pairs, train, write_log
+from tagger.training.tune import TuneConfig, tune
 from tagger.scoring.words import prepare_word_vectors
 from tagger.scoring.voting import SamplingConfig
 
@@ -75,6 +76,7 @@ class FitConfig:
     # threshold at which this share of the validation photos' shown concept tags were right.
     precision: float = 0.8
     ray: RayOptions | None = None  # extract the features on Ray (tagger.library.ray_engine) with these options; None: in this process
+    tune: TuneConfig | None = None  # retrain the backbone's last blocks and a word layer first (tagger.training.tune); None: keep it as it is
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Stages:
     read: float = 0.0
     features: float = 0.0
     word2vec: float = 0.0
+    tune: float = 0.0
     index: float = 0.0
     knn: float = 0.0
     generator: float = 0.0
@@ -213,6 +216,15 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     val_rows = [i for i in np.flatnonzero(is_val) if ids[i]]
     val_truth = [set(ids[i]) for i in val_rows]
 
+    weights, tuned = config.weights, None
+    if config.tune is not None:
+        # Everything after this stage works on the retrained network's features, as tagging will.
+        t = time.perf_counter()
+        tuned = tune(list(frame["path"]), ids, train_rows, features, len(wv.words), config.backbone, config.weights, config.tune,
+                     config.cache_dir / "tune", device, config.seed, config.num_workers)
+        features, weights = tuned.features, str(tuned.overlay)
+        stages.tune = time.perf_counter() - t
+
     t = time.perf_counter()
     knn, knn_rows, knn_val = fit_knn(features, ids, train_rows, (features[val_rows], val_truth) if val_rows else None,
                                      len(wv.words), config.seed)
@@ -230,7 +242,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
     # The word vectors themselves, not their settings, key the run: another corpus gives another space.
     run_key = _key(CHECKPOINT_FORMAT, str(Path(data).resolve()), config.generator, preset_name, asdict(tcfg), asdict(gen_cfg),
                    content_hash(targets.tobytes()), content_hash(cond[:, features.shape[1]:].tobytes()),
-                   config.min_count, config.split, config.split_seed, config.backbone, len(frame), asdict(sampling))
+                   config.min_count, config.split, config.split_seed, config.backbone, weights, len(frame), asdict(sampling))
     work_dir = config.cache_dir / "runs" / run_key
     work_dir.mkdir(parents=True, exist_ok=True)
     # A run killed while writing its checkpoint left its temporary file behind, as big as a checkpoint.
@@ -268,6 +280,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         knn_k=knn.config.k,
         knn_val_p5=knn_val,
         train=tcfg.to_dict(),
+        tune=tuned.summary(config.tune) if tuned is not None else {},
         warnings=list(prep.warnings),
     )
     try:
@@ -276,10 +289,12 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         kinds = None
         summary.warnings.append(f"no word kinds ({e}): the model will show every kind of word, places and `me` too")
     head = None  # the ImageNet classes each word names, for the head methods (tagger.scoring.head), where the backbone has a head
-    if kinds is not None and get_spec(config.backbone).num_classes == NUM_CLASSES:
+    # A retrained tail gives features the ImageNet head was not trained on: such a bundle has no head methods.
+    if kinds is not None and get_spec(config.backbone).num_classes == NUM_CLASSES and tuned is None:
         head = ClassWords.build(list(wv.words))
     tagger = Tagger(G, vocab, wv, config.backbone, preset.words, sampling, info=summary.to_dict(),
-                    backbone_weights=config.weights, knn=knn, condition=preset.condition, kinds=kinds, head=head)
+                    backbone_weights=weights, knn=knn, condition=preset.condition, kinds=kinds, head=head,
+                    classifier=tuned.classifier if tuned is not None else None)
     if 0 < len(val_rows) < MIN_CALIBRATION_PHOTOS:
         summary.warnings.append(
             f"only {len(val_rows)} validation photos with tags: scores are left uncalibrated and the default method is a guess; "

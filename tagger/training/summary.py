@@ -29,6 +29,7 @@ class TrainingSummary:
     knn_k: int = 0
     knn_val_p5: float = math.nan
     train: dict = field(default_factory=dict)  # the TrainConfig, as a dict
+    tune: dict = field(default_factory=dict)  # the backbone's retrained tail: its TuneConfig, best epoch, held-out curve ({}: none)
     method: str | None = None  # the default method chosen on validation photos (None: none were calibrated)
     method_val_p5: dict[str, float] = field(default_factory=dict)  # P@5 against the owners' tags of the kinds shown
     accepted_photos: int = 0  # concept-labelled validation photos the acceptance maps were fitted on (0: none fitted)
