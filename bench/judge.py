@@ -73,6 +73,11 @@ def sheets(model: str, out: Path) -> None:
 
     t = tagger.load(model)
     items = photos(out / "photos")
+    # A verdict is about a photo and a word, whatever model showed it: earlier verdicts are kept, only new pairs are left empty.
+    judged = {}
+    if VERDICTS.is_file():
+        with open(VERDICTS, encoding="utf-8") as f:
+            judged = {(r["photo"], r["tag"]): r["verdict"] for r in csv.DictReader(f, delimiter="\t") if r["verdict"]}
     rows, cells = [], []
     for source, path in items:
         result = t.tag(t.read([path]), tagger.TagOptions())[0]
@@ -80,7 +85,8 @@ def sheets(model: str, out: Path) -> None:
         note = getattr(result, "note", "") or result.error
         for tag, score in tags or [("", float("nan"))]:
             rows.append({"photo": path.name if source == "other" else path.name, "source": source, "tag": tag,
-                         "score": f"{score:.2f}" if tag else "", "note": note if not tag else "", "verdict": ""})
+                         "score": f"{score:.2f}" if tag else "", "note": note if not tag else "",
+                         "verdict": judged.get((path.name, tag), "")})
         cells.append((path, tags, note))
     for page in range(0, len(cells), 6):
         sheet = Image.new("RGB", (3 * 340, 2 * 330), "white")
@@ -90,7 +96,7 @@ def sheets(model: str, out: Path) -> None:
             x, y = (j % 3) * 340 + 10, (j // 3) * 330 + 5
             sheet.paste(im, (x, y))
             text = f"{path.name}\n" + ("\n".join(f"{a} {b:.2f}" for a, b in tags[:5]) + (f" (+{len(tags) - 5})" if len(tags) > 5 else "")
-                                       if tags else f"no tags {note}")
+                                       if tags else note or "no tags")
             draw.multiline_text((x, y + 245), text, fill="black")
         sheet.save(out / f"sheet_{page // 6 + 1:02d}.png")
     VERDICTS.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +104,8 @@ def sheets(model: str, out: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{len(cells)} photos, {sum(1 for r in rows if r['tag'])} shown tags: {out}/sheet_*.png, {VERDICTS}")
+    print(f"{len(cells)} photos, {sum(1 for r in rows if r['tag'])} shown tags, {sum(1 for r in rows if not r['verdict'])} to judge: "
+          f"{out}/sheet_*.png, {VERDICTS}")
 
 
 def score(file: Path) -> None:

@@ -99,7 +99,8 @@ def config_dict(tagger: Tagger) -> dict:
 
 
 def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str, Path] | None = None) -> Path:
-    """Write the bundle atomically; `half` stores the generator weights in float16 (half their size).
+    """Write the bundle atomically; `half` stores the generator and classifier weights in float16 (half their size;
+    a retrained backbone tail is stored as it was made, float16 when training rounded it).
 
     `extras` are further files copied in under the given names (the training log and curves).
     """
@@ -123,7 +124,7 @@ def save(tagger: Tagger, path: str | Path, half: bool = False, extras: dict[str,
         if _is_overlay(tagger.backbone_weights):  # a retrained tail travels with the bundle; other weights files are the user's
             shutil.copyfile(tagger.backbone_weights, tmp / TAIL)
         if tagger.classifier is not None:
-            tagger.classifier.save(tmp / CLASSIFIER)
+            tagger.classifier.save(tmp / CLASSIFIER, half=half)
             os.chmod(tmp / CLASSIFIER, 0o644)
         if tagger.calibration:
             (tmp / CALIBRATION).write_text(json.dumps({m: c.to_dict() for m, c in tagger.calibration.items()}))

@@ -217,7 +217,7 @@ def train(
     precision: Annotated[float, typer.Option(min=0.05, max=1.0, help="the default threshold shows tags right this share of the time "
                                                                      "on concept-labelled validation photos")] = 0.8,
     split: Annotated[str, typer.Option(help="train,val,test shares of the photos, split by photo id")] = "0.8,0.1,0.1",
-    half: Annotated[bool, typer.Option("--half", help="store the generator in float16 (half the size)")] = False,
+    half: Annotated[bool, typer.Option("--half", help="store the generator, the word layer and a retrained backbone tail in float16 (half the size)")] = False,
     tune_blocks: Annotated[int, typer.Option(min=0, help="retrain the backbone's last N blocks and a word layer on the training photos' tags "
                                                         "first (EfficientNet-Lite; 0: keep the backbone as it is)")] = 0,
     tune_epochs: Annotated[Optional[int], typer.Option(min=1, help="with --tune-blocks: at most this many epochs (default 6)")] = None,

@@ -112,6 +112,11 @@ def test_a_bundle_carries_its_retrained_tail_and_word_layer_wherever_it_goes(lit
     tags = loaded.predict(photos, options)
     assert all(len(t) == 3 for t in tags)
     assert load(save(loaded, tmp_path / "again"), runtime="torch").predict(photos, options) == tags
+    # --half stores the word layer in float16: half the size, read back as the rounded float32 weights.
+    save(tagger, tmp_path / "half", half=True)
+    assert (tmp_path / "half" / "classifier.safetensors").stat().st_size < 0.6 * (tmp_path / "again" / "classifier.safetensors").stat().st_size
+    rounded = load(tmp_path / "half", runtime="torch").classifier.weight
+    assert rounded.dtype == np.float32 and np.array_equal(rounded, tagger.classifier.weight.astype(np.float16).astype(np.float32))
 
 
 def test_a_bundle_missing_its_tail_or_with_a_classifier_of_another_shape_is_refused(lite, tmp_path):

@@ -42,8 +42,10 @@ class WordClassifier:
         x = np.asarray(features, dtype=np.float32)
         return (1.0 / (1.0 + np.exp(-(x @ self.weight.T + self.bias)))).astype(np.float32)
 
-    def save(self, path: str | Path) -> None:
-        save_file({"weight": torch.from_numpy(self.weight), "bias": torch.from_numpy(self.bias)}, str(path))
+    def save(self, path: str | Path, half: bool = False) -> None:
+        """half: store float16 (half the size; read back as float32)."""
+        dtype = torch.float16 if half else torch.float32
+        save_file({"weight": torch.from_numpy(self.weight).to(dtype), "bias": torch.from_numpy(self.bias).to(dtype)}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "WordClassifier":

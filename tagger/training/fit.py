@@ -221,7 +221,7 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
         # Everything after this stage works on the retrained network's features, as tagging will.
         t = time.perf_counter()
         tuned = tune(list(frame["path"]), ids, train_rows, features, len(wv.words), config.backbone, config.weights, config.tune,
-                     config.cache_dir / "tune", device, config.seed, config.num_workers)
+                     config.cache_dir / "tune", device, config.seed, config.num_workers, half=config.half)
         features, weights = tuned.features, str(tuned.overlay)
         stages.tune = time.perf_counter() - t
 

@@ -86,9 +86,13 @@ class _WithWords(torch.nn.Module):
 
 def tune(paths: list, ids: list[list[int]], train_rows: np.ndarray, features: np.ndarray, n_words: int, backbone: str,
          weights: str | None, config: TuneConfig, cache: Path, device: torch.device, seed: int = 0,
-         num_workers: int | None = None) -> Tuned:
+         num_workers: int | None = None, half: bool = False) -> Tuned:
     """Retrain `backbone`'s last blocks and a word layer on the tagged `train_rows`; `features` are the photos'
-    features under the weights as they are (they key the activation cache: the same photos give the same)."""
+    features under the weights as they are (they key the activation cache: the same photos give the same).
+
+    half: round the retrained tensors to float16, as the bundle will store them, before the features are
+    computed: what the rest of training sees is exactly what tagging will run.
+    """
     t0 = time.perf_counter()
     net = create_backbone(backbone, weights=weights, device=device, runtime="torch")
     cache.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,12 @@ def tune(paths: list, ids: list[list[int]], train_rows: np.ndarray, features: np
     from safetensors.torch import load_file
 
     state = load_file(str(overlay))
+    words = WordClassifier.load(layer)
+    if half:
+        state = {k: v.half() for k, v in state.items()}
+        overlay = save_overlay(state, cache / f"tail-{run_key}-half.safetensors", backbone)
+        words = WordClassifier(words.weight.astype(np.float16).astype(np.float32), words.bias.astype(np.float16).astype(np.float32))
+        state = {k: v.float() for k, v in state.items()}
     tail.blocks.load_state_dict(_block_state(state, tail.first))
     tail.conv_head.load_state_dict({k.removeprefix("_conv_head."): v for k, v in state.items() if k.startswith("_conv_head.")})
     done = json.loads(meta.read_text())
@@ -124,7 +134,7 @@ def tune(paths: list, ids: list[list[int]], train_rows: np.ndarray, features: np
     out[ok] = tail_features(tail, acts[ok], device=device)
     log.info("tune: best epoch %d of %d (held-out P@5 %s), %.0f s in all", done["best_epoch"], config.epochs,
              ", ".join(f"{p:.4f}" for _, p in done["curve"]), time.perf_counter() - t0)
-    return Tuned(overlay, WordClassifier.load(layer), out, [tuple(c) for c in done["curve"]], done["best_epoch"])
+    return Tuned(overlay, words, out, [tuple(c) for c in done["curve"]], done["best_epoch"])
 
 
 def _block_state(state: dict, first: int) -> dict:
