@@ -289,6 +289,36 @@ def _run(paths, todo, backbone, config, progress, features, reasons, cache, run,
     return new_rows, new_hashes, shards
 
 
+def trunk_activations(backbone, paths: Sequence[Path], blocks: int, batch_size: int = 64,
+                      num_workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, C, h, w) float16 maps entering the last `blocks` blocks, the (N, D) features, and (N,) which photos decoded.
+
+    `backbone`: a torch `Backbone` (the maps are read with a hook, which ONNX Runtime has not). Photos
+    that do not decode get zero maps and NaN features, and False in the mask.
+    """
+    model = backbone.model
+    kept: list[torch.Tensor] = []
+    hook = model._blocks[len(model._blocks) - blocks].register_forward_pre_hook(
+        lambda m, a: kept.append(a[0].float().contiguous().half().cpu()))
+    acts = feats = None
+    ok = np.zeros(len(paths), dtype=bool)
+    try:
+        for batch in iter_batches(paths, backbone, batch_size, num_workers):
+            if not batch.rows:
+                continue
+            maps = torch.cat(kept).numpy()
+            kept.clear()
+            if acts is None:
+                acts = np.zeros((len(paths), *maps.shape[1:]), dtype=np.float16)
+                feats = np.full((len(paths), batch.features.shape[1]), np.nan, dtype=np.float32)
+            acts[batch.rows], feats[batch.rows], ok[batch.rows] = maps, batch.features, True
+    finally:
+        hook.remove()
+    if acts is None:
+        raise ValueError("no photo decoded: there are no activations to train on")
+    return acts, feats, ok
+
+
 def extract_images(images: Sequence[Image.Image], backbone: Backbone, device: torch.device | str | None = None, batch_size: int = 64) -> np.ndarray:
     """(N, D) float32 features for photos already in memory (e.g. uploaded ones), on the backbone's device."""
     if device is not None and torch.device(device).type != backbone.device.type:

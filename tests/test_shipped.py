@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(default_model_path() is None, reason=f"no shippe
 
 def test_shipped_model_is_small_half_precision_and_calibrated():
     size = sum(f.stat().st_size for f in SHIPPED.iterdir())
-    assert size <= 25_000_000, f"{size / 1e6:.1f} MB"
+    assert size <= 31_000_000, f"{size / 1e6:.1f} MB"  # 24 MB, and the retrained tail (float16) with its word layer
     from safetensors import safe_open
 
     with safe_open(str(SHIPPED / "generator.safetensors"), "pt") as f:

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from conftest import TINY_TAGS, make_photo_files
 from pipelines.backbones import BackboneWeightsError, create_backbone
-from pipelines.backbones.tail import Tail, save_overlay, tail_features, trunk_activations
+from pipelines.backbones.tail import Tail, save_overlay, tail_features
+from pipelines.features import trunk_activations
 from tagger.bundle import BundleError, load, save
 from tagger.scoring.classifier import WordClassifier
 from tagger.scoring.options import TagOptions

@@ -2,7 +2,7 @@
 it, and the weights overlay that ships a retrained tail.
 
 Retraining only the last blocks is what a CPU can do: the photos go through the frozen network once
-(`trunk_activations` keeps the 7x7 maps entering the tail), and every epoch after that runs the tail
+(`pipelines.features.trunk_activations` keeps the 7x7 maps entering the tail), and every epoch after that runs the tail
 alone. The retrained tensors are saved as an overlay, a safetensors file holding only them, with
 metadata naming the backbone it overlays; `create_backbone(name, weights=OVERLAY)` builds the network
 with its own weights and the overlay on top, so the ONNX export, the feature cache (keyed by the
@@ -14,7 +14,6 @@ The tensors are those of the inference network, BatchNorm folded into the convol
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,38 +53,6 @@ class Tail(nn.Module):
         out = {f"_blocks.{self.first + i}.{k}": v for i, b in enumerate(self.blocks) for k, v in b.state_dict().items()}
         out.update({f"_conv_head.{k}": v for k, v in self.conv_head.state_dict().items()})
         return {k: v.detach().cpu().float().contiguous() for k, v in out.items()}
-
-
-def trunk_activations(backbone, paths: Sequence[Path], blocks: int, batch_size: int = 64,
-                      num_workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, C, h, w) float16 maps entering the last `blocks` blocks, the (N, D) features, and (N,) which photos decoded.
-
-    `backbone`: a torch `Backbone` (the maps are read with a hook, which ONNX Runtime has not). Photos
-    that do not decode get zero maps and NaN features, and False in the mask.
-    """
-    from pipelines.features import iter_batches
-
-    model = backbone.model
-    kept: list[torch.Tensor] = []
-    hook = model._blocks[len(model._blocks) - blocks].register_forward_pre_hook(
-        lambda m, a: kept.append(a[0].float().contiguous().half().cpu()))
-    acts = feats = None
-    ok = np.zeros(len(paths), dtype=bool)
-    try:
-        for batch in iter_batches(paths, backbone, batch_size, num_workers):
-            if not batch.rows:
-                continue
-            maps = torch.cat(kept).numpy()
-            kept.clear()
-            if acts is None:
-                acts = np.zeros((len(paths), *maps.shape[1:]), dtype=np.float16)
-                feats = np.full((len(paths), batch.features.shape[1]), np.nan, dtype=np.float32)
-            acts[batch.rows], feats[batch.rows], ok[batch.rows] = maps, batch.features, True
-    finally:
-        hook.remove()
-    if acts is None:
-        raise ValueError("no photo decoded: there are no activations to train on")
-    return acts, feats, ok
 
 
 def tail_features(tail: Tail, acts: np.ndarray, batch: int = 256, device: torch.device | str = "cpu") -> np.ndarray:

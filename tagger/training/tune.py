@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from embeddings.checks import check_fields
 from embeddings.files import content_hash
 from pipelines.backbones import create_backbone
-from pipelines.backbones.tail import Tail, save_overlay, tail_features, trunk_activations
+from pipelines.backbones.tail import Tail, save_overlay, tail_features
+from pipelines.features import trunk_activations
 from tagger.evaluation.metrics import precision_at_k, top_ids
 from tagger.scoring.classifier import WordClassifier
 from tagger.scoring.knn import KNNTagger
