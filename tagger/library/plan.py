@@ -26,6 +26,9 @@ from pipelines.keywords import DEFAULT_ROOT, owner_keywords
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
 
 OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
+# Photos are tagged in chunks of this many batches, in the listing's order, on both engines (the ray engine's units
+# are the same chunks): the batches around each photo, and so its scores to the last bit, are the same.
+CHUNK_BATCHES = 2
 
 
 @dataclass

@@ -53,9 +53,9 @@ from pipelines.images import printable_path
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, PHOTO_EXTENSIONS
 from tagger.library.batch import Lock
 from tagger.library.results import COLUMNS, BatchError, failures_tsv, output_format, write_failures
-from tagger.library.plan import (LISTING, UNKNOWN, Plan, Selection, Summary, decide, listing_of, listing_table,
+# A unit is CHUNK_BATCHES x batch_size photos: the chunk of the local engine's tag_paths, so the batches match.
+from tagger.library.plan import (CHUNK_BATCHES, LISTING, UNKNOWN, Plan, Selection, Summary, decide, listing_of, listing_table,
                                  select_photos)
-from tagger.library.local import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of tag_paths, so the batches match
 from tagger.scoring.options import TagOptions
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,11 @@ def _placement(ray, options: RayOptions) -> tuple[int, str, dict]:
 
 
 def _check_runtime(device: str, runtime: str | None) -> None:
-    """The runtime for the device, checked on the driver (ONNX Runtime on a GPU is refused) before any actor starts."""
-    import torch
-
+    """The runtime for the device, checked on the driver (ONNX Runtime on a GPU is refused) before any actor starts;
+    by name: the driver never imports torch (its workers do)."""
     from pipelines.device import choose_runtime
 
-    choose_runtime(runtime, torch.device(device))
+    choose_runtime(runtime, device)
 
 
 # -- the probe: what every node must reach, checked before any work ---------------------------------
