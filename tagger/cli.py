@@ -163,14 +163,16 @@ def ray_options(engine: Engine, address: str | None, workers: int | None, device
 
 def tag_on_ray(source: str, out: str, model: Path | None, options, sidecar: str | None, tag_options, **plan_options):
     """`tagger tag --engine ray`: the same rows as the local engine, in a Parquet dataset (tagger.library.ray_engine)."""
+    from tagger.library.bundle_check import checked_settings
     from tagger.library.ray_engine import is_uri, tag_source
     from tagger.shipped import resolve_model
 
     if sidecar:
         raise UserError("--sidecar is not supported with --engine ray (workers may not see the photos' folders)")
     path = resolve_model(model)
-    tagger = load_tagger(path, "cpu")
-    tagger.method_of(tag_options)  # a broken bundle or an unknown method fails here, in one line, before Ray starts
+    # A broken bundle or an unknown method fails here, in one line, before Ray starts; checked in a child
+    # process, so that this one, which plans and collects the rows, never holds torch and the model.
+    settings = checked_settings(path, tag_options)
 
     def plan(p):
         typer.echo(f"{source}: {p.photos} photos, {p.photos - p.todo} already tagged, {p.todo} to tag", err=True)
@@ -179,8 +181,7 @@ def tag_on_ray(source: str, out: str, model: Path | None, options, sidecar: str 
         typer.echo("tagger: note: on a cluster, the photos must be where every node reaches them "
                    "(object storage, or a file system mounted on every node at the same path); --out is written by this machine",
                    err=True)
-    summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=tagger.settings(tag_options),
-                         **plan_options)
+    summary = tag_source(source, out, path, options, tag_options=tag_options, on_plan=plan, settings=settings, **plan_options)
     report(summary, out)
 
 
@@ -403,7 +404,6 @@ def tag(
         raise UserError(str(e)) from None
     check_embed(embed, backup, no_backup)
     on_ray = ray_options(engine, address, workers, device, batch_size, runtime)
-    from tagger.library.local import tag_paths
     from tagger.scoring.options import TagOptions
 
     opts = TagOptions(method=method, top_k=top_k, min_score=min_score, exclude=tuple(exclude or ()), seed=seed,
@@ -413,6 +413,8 @@ def tag(
             raise UserError("--engine ray takes one SOURCE (a folder, a manifest or a URI) and no --embed or --dry-run")
         return tag_on_ray(sources[0], out, model, on_ray, side, opts, exclude_dirs=DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ()),
                           skip_owner_tagged=skip_owner_tagged, retry_failed=retry_failed, rehash=rehash)
+    from tagger.library.local import tag_paths  # torch with it: not for the ray engine's driver
+
     sources, out = [Path(s) for s in sources], Path(out)
     tagger = load_tagger(model, device, runtime)
     tagger.method_of(opts)  # an unknown method is refused before the scan, and before any file is made

@@ -453,41 +453,66 @@ def test_a_device_error_is_one_line_before_any_actor_starts(cluster, tmp_path):
 
 
 PLAN_CHILD = """
-import sys, tracemalloc
-import pyarrow as pa
-from tagger.library.ray_engine import Output, list_photos, plan
+import re, sys
+from tagger.library.bundle_check import checked_settings
+from tagger.library.ray_engine import RayOptions, tag_source
 
-def refuse(rows):
-    raise AssertionError("no photo should be read to plan a first run")
+class Planned(Exception):
+    pass
 
-tracemalloc.start()
-photos, _ = list_photos(sys.argv[1])
-decision = plan(photos, Output(sys.argv[2]), "settings", refuse)
-print(decision.todo.num_rows, pa.default_memory_pool().max_memory() / 2**20, tracemalloc.get_traced_memory()[1] / 2**20)
+def stop(plan):
+    if plan.todo:
+        raise Planned(plan.todo)
+
+manifest, out, model = sys.argv[1:4]
+try:
+    tag_source(manifest, out, model, RayOptions(workers=1), settings=checked_settings(model), on_plan=stop)
+    todo = 0
+except Planned as e:
+    todo = e.args[0]
+# Its own peak: ru_maxrss would count the peak of the process that started it (kept across exec), pytest's.
+print(todo, int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024, "torch" in sys.modules)
 """
 
 
 @pytest.mark.slow
-def test_planning_a_2m_row_manifest_holds_under_200_bytes_a_photo(tmp_path):
-    """The plan is held column by column in Arrow, with no Python object per photo: 2 million photos take under 400 MB
-    at the peak, Arrow's buffers and Python's objects together (the lists of Python objects before took about 490 bytes
-    a photo). Counted by the allocators, not as RSS, which moved by a gigabyte from run to run here with the allocator's
-    caching (bench/bench_ray.py gives the driver's peak RSS)."""
+@pytest.mark.xfail(strict=True, reason="not met yet: the rerun peaked at 1,119 MB with a local Ray the driver starts itself "
+                   "(887 MB joined to a running Ray, bench/bench_ray.py)")
+def test_the_driver_plans_a_2m_row_manifest_and_reruns_it_in_under_1_gb(tmp_path):
+    """The driver of `tagger tag MANIFEST --engine ray`, in a fresh process with its own Ray: a first run of 2 million
+    photos planned, and a rerun over an output holding all of them (nothing to do) run to its end, each under 1 GB at
+    its peak (VmHWM). It was 1.1 and 1.9 GB with torch loaded to check the bundle, the rows' hashes read and the rows
+    deduplicated by a table of their paths; without torch it holds ~115 MB before the listing."""
     import subprocess
     import sys
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n = 2_000_000
+    from tagger.library.ray_engine import SCHEMA
+
+    n, model = 2_000_000, default_model_path()
     names = pa.array([f"2019/{i // 1000:05d}/IMG_{i:08d}.jpg" for i in range(n)])  # relative: taken from the manifest's folder
-    pq.write_table(pa.table({"path": names, "size": np.arange(n, dtype=np.int64), "mtime": np.full(n, 10**18, dtype=np.int64)}),
-                   tmp_path / "manifest.parquet")
+    size, mtime = pa.array(np.arange(n, dtype=np.int64)), pa.array(np.full(n, 10**18, dtype=np.int64))
+    pq.write_table(pa.table({"path": names, "size": size, "mtime": mtime}), tmp_path / "manifest.parquet")
     del names
+    done = tmp_path / "done.parquet"
+    done.mkdir()
+    paths, settings = pa.array([f"{tmp_path}/2019/{i // 1000:05d}/IMG_{i:08d}.jpg" for i in range(n)]), load(model).settings()
+    for start in range(0, n, 100_000):  # what a finished run leaves: files of 100,000 rows
+        k = min(100_000, n - start)
+        pq.write_table(pa.table({
+            "path": paths.slice(start, k), "tags": pa.array([["sky", "sea"]] * k, pa.list_(pa.string())),
+            "scores": pa.array([[0.9, 0.5]] * k, pa.list_(pa.float64())), "error": pa.array([""] * k),
+            "hash": pa.array([f"{i:064x}" for i in range(start, start + k)]), "settings": pa.array([settings] * k), "note": pa.array([""] * k),
+            "size": size.slice(start, k), "mtime": mtime.slice(start, k)}, schema=SCHEMA), done / f"part-20260101T000000000000-{start // 100_000:06d}.parquet")
+    del paths
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", PLAN_CHILD, str(tmp_path / "manifest.parquet"), str(tmp_path / "tags.parquet")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr
-    todo, arrow_mb, python_mb = map(float, done.stdout.split())
-    assert todo == n
-    assert arrow_mb + python_mb < 400, f"planning {n:,} photos held {arrow_mb:.0f} MB in Arrow and {python_mb:.0f} MB in Python objects"
+    for out, expected in ((tmp_path / "tags.parquet", n), (done, 0)):
+        run = subprocess.run([sys.executable, "-c", PLAN_CHILD, str(tmp_path / "manifest.parquet"), str(out), str(model)],
+                             capture_output=True, text=True, env=env, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        todo, peak, torch_loaded = run.stdout.split()
+        assert (int(todo), torch_loaded) == (expected, "False")
+        assert float(peak) < 1024, f"{out.name}: the driver peaked at {float(peak):.0f} MB for {n:,} photos"
+    assert not (tmp_path / "tags.parquet").exists()  # stopped once planned: no empty folder left

@@ -2,7 +2,7 @@
 
 `tag_paths` is what `tagger tag --engine local` and `tagger predict` run: one stream of batches
 (`pipelines.features.iter_batches`: the decoding workers start once), tagged by `Tagger.tag` in
-chunks of CHUNK_BATCHES batches, a few seconds of work on a CPU, so a caller that records each
+chunks of CHUNK_BATCHES batches (`tagger.library.plan`), a few seconds of work on a CPU, so a caller that records each
 result loses at most one chunk when killed and shows progress every few seconds. The Ray engine's
 units are the same chunks (`tagger.library.ray_engine`), so both engines tag every photo in the
 same batches and give the same tags.
@@ -20,11 +20,11 @@ import numpy as np
 from pipelines.cache import FeatureCache
 from pipelines.features import Batch, hash_files, iter_batches
 from pipelines.memory import release_free_memory
+from tagger.library.plan import CHUNK_BATCHES
 from tagger.model import Tagged, Tagger
 from tagger.scoring.evidence import Evidence
 from tagger.scoring.options import TagOptions
 
-CHUNK_BATCHES = 2  # photos are tagged in chunks of this many batches (the ray engine's units are the same chunks)
 CACHE_SHARD = 4096  # photos per feature-cache shard tag_paths writes (20 MB at 1280-d): few shards, little lost to a kill
 
 

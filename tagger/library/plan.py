@@ -26,6 +26,9 @@ from pipelines.keywords import DEFAULT_ROOT, owner_keywords
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
 
 OWNER_TAGGED = "has its owner's keywords (--skip-owner-tagged)"
+# Photos are tagged in chunks of this many batches, in the listing's order, on both engines (the ray engine's units
+# are the same chunks): the batches around each photo, and so its scores to the last bit, are the same.
+CHUNK_BATCHES = 2
 
 
 @dataclass
@@ -88,43 +91,75 @@ class Decision:
 
     todo: pa.Table  # the listing's rows of the photos to tag, in order, with `hash`: read while planning, else ""
     retag: int  # of todo: unchanged photos whose model or options changed
-    kept: pa.Array  # keys whose rows are kept
+    kept_mask: np.ndarray  # for each photo of the listing: its row is kept (a mask, not a copy of the keys)
+    listing_keys: pa.ChunkedArray | pa.Array  # the listing's keys, in its order
     old_failed: pd.DataFrame  # path and error of the kept photos that failed before and are not retried
     relisted: pa.Table  # key, size, mtime of kept photos whose listing changed (their content did not): rows to update
     hashed: int  # photos read and hashed to decide (a listing that matched its row spares the read)
 
     @property
+    def kept(self) -> int:
+        return int(self.kept_mask.sum())
+
+    @property
     def unchanged(self) -> set[str]:
-        return set(self.kept.to_pylist())
+        return set(self.listing_keys.filter(pa.array(self.kept_mask)).to_pylist())
+
+
+def latest_rows(paths: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """For each of `keys`, the position in `paths` of its last row (a later row is a later run's), -1 where it has none.
+
+    One hash table, over the keys (a photo listed twice: its first place), looked up by every row: no
+    table of the distinct paths, nor a copy of the rows, is made first.
+    """
+    n = len(keys)
+    where = np.full(n, -1, dtype=np.int64)
+    if not len(paths) or not n:
+        return where
+    place = pc.fill_null(pc.index_in(paths, value_set=keys), -1).to_numpy(zero_copy_only=False)
+    hit = place >= 0
+    np.maximum.at(where, place[hit], np.flatnonzero(hit))
+    return where
 
 
 def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Callable[[pa.Table], Sequence[str]], settings: str,
-           retry_failed: bool = True, rehash: bool = False) -> Decision:
-    """Which photos of `listing` (key, size, mtime, ...) to tag, given the latest row of each photo (`previous`).
+           retry_failed: bool = True, rehash: bool = False, old_hashes: Callable[[], pa.ChunkedArray] | None = None) -> Decision:
+    """Which photos of `listing` (key, size, mtime, ...) to tag, given the rows of earlier runs (`previous`: path, hash,
+    settings, error, size, mtime; a photo's last row is its latest).
 
-    rsync's quick check: a photo whose size and modification time equal its row's is taken as
-    unchanged without reading it; the others with a row are hashed, `hash_photos(rows of the
+    rsync's quick check: a photo whose size and modification time equal its row's (both known) is
+    taken as unchanged without reading it; the others with a row are hashed, `hash_photos(rows of the
     listing)` giving their content hashes ("" where unreadable: tagged, and the tagging step says
     why), and compared with the row's. rehash: hash every photo with a row, whatever its listing.
-    Column by column (Arrow and numpy), not photo by photo.
+    old_hashes: previous's hash column, read only if a row's hash is needed (previous then lacks it):
+    a rerun with nothing to do never holds one. Column by column (Arrow and numpy), not photo by photo.
     """
     if isinstance(previous, pd.DataFrame):
         previous = pa.Table.from_pandas(_previous_columns(previous), preserve_index=False)
     keys, n = listing["key"], listing.num_rows
-    # Each photo's row by position (index_in keeps the listing's order, the tagging order; -1: no row).
-    where = pc.fill_null(pc.index_in(keys, value_set=previous["path"].cast(pa.string())), -1).to_numpy(zero_copy_only=False)
+    # Each photo's row by position (-1: no row); the listing keeps its order, the tagging order.
+    where = latest_rows(previous["path"].cast(pa.string()), keys)
     has_row = where >= 0
     at = np.where(has_row, where, 0)
+    hash_column = []
 
     def per_photo(per_row: np.ndarray) -> np.ndarray:
         """A flag of each previous row, for each photo of the listing (False where it has no row)."""
         return has_row & per_row[at] if len(per_row) else np.zeros(n, bool)
 
     def old_text(column: str, rows: np.ndarray) -> pa.Array:
-        return pc.fill_null(previous[column].take(pa.array(at[rows])), "").cast(pa.string())
+        if column == "hash" and "hash" not in previous.column_names:
+            if not hash_column:
+                hash_column.append(old_hashes())
+            values = hash_column[0]
+        else:
+            values = previous[column]
+        return pc.fill_null(values.take(pa.array(at[rows])), "").cast(pa.string())
 
     size, mtime = (listing[c].to_numpy(zero_copy_only=False) for c in LISTING)
-    same = per_photo(np.zeros(0, bool) if not previous.num_rows else np.ones(previous.num_rows, bool)) & (size >= 0) & (not rehash)
+    # Only a listing that says both can match: an object store that gives no mtime (UNKNOWN) is hashed every run.
+    same = per_photo(np.zeros(0, bool) if not previous.num_rows else np.ones(previous.num_rows, bool)) & (size >= 0) & (mtime >= 0) \
+        & (not rehash)
     if same.any():
         same &= (size == _ints(previous["size"])[at]) & (mtime == _ints(previous["mtime"])[at])
     need = has_row & ~same
@@ -141,14 +176,16 @@ def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Ca
     todo |= retag
     kept = ~todo
     # The hash each photo to tag is known by: read now, its row's (unchanged, tagged again), or "" (new).
-    hashes = pc.if_else(pa.array(has_row[todo]), old_text("hash", todo), "") if previous.num_rows else pa.nulls(int(todo.sum()), pa.string())
+    if previous.num_rows and (has_row & todo).any():
+        hashes = pc.if_else(pa.array(has_row[todo]), old_text("hash", todo), "")
+    else:
+        hashes = pa.nulls(int(todo.sum()), pa.string())
     hashes = pc.fill_null(hashes, "")
     if need.any():
         hashes = pc.replace_with_mask(hashes, pa.array(need[todo]), fresh.filter(pa.array(todo[need])))
     gone = kept & failed_before
     chosen = listing if todo.all() else listing.filter(pa.array(todo))  # a first run: the listing itself, not a copy
-    return Decision(todo=chosen.append_column("hash", hashes), retag=int(retag.sum()),
-                    kept=keys.filter(pa.array(kept)).combine_chunks(),
+    return Decision(todo=chosen.append_column("hash", hashes), retag=int(retag.sum()), kept_mask=kept, listing_keys=keys,
                     old_failed=pd.DataFrame({"path": keys.filter(pa.array(gone)).to_pylist(), "error": old_text("error", gone).to_pylist()}),
                     relisted=listing.filter(pa.array(kept & ~same)).select(["key", *LISTING]), hashed=int(need.sum()))
 
@@ -205,7 +242,7 @@ class Summary:
     def planned(cls, decision: Decision, **fields) -> "Summary":
         """The summary before any photo is tagged: kept rows and earlier failures counted."""
         old = decision.old_failed
-        return cls(kept=len(decision.kept) - len(old), failed=len(old), hashed=decision.hashed,
+        return cls(kept=decision.kept - len(old), failed=len(old), hashed=decision.hashed,
                    failures=[f"{p}: {e}" for p, e in zip(old["path"], old["error"])], **fields)
 
     def record(self, key: str, error: str, note: str = "") -> None:

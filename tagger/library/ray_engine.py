@@ -53,9 +53,9 @@ from pipelines.images import printable_path
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, PHOTO_EXTENSIONS
 from tagger.library.batch import Lock
 from tagger.library.results import COLUMNS, BatchError, failures_tsv, output_format, write_failures
-from tagger.library.plan import (LISTING, UNKNOWN, Plan, Selection, Summary, decide, listing_of, listing_table,
-                                 select_photos)
-from tagger.library.local import CHUNK_BATCHES  # a unit is this x batch_size photos: the chunk of tag_paths, so the batches match
+# A unit is CHUNK_BATCHES x batch_size photos: the chunk of the local engine's tag_paths, so the batches match.
+from tagger.library.plan import (CHUNK_BATCHES, LISTING, UNKNOWN, Plan, Selection, Summary, decide, latest_rows, listing_of,
+                                 listing_table, select_photos)
 from tagger.scoring.options import TagOptions
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,26 @@ def ray_session(address: str | None = None):
         ray.shutdown()
 
 
+@contextmanager
+def driver_memory_pool():
+    """The driver's Arrow buffers from jemalloc while a run plans and collects, where pyarrow has it and the user chose
+    no pool (ARROW_DEFAULT_MEMORY_POOL): planning a rerun of 2M photos peaked ~250 MB higher with pyarrow's default
+    (mimalloc), which keeps memory freed between steps instead of handing it back."""
+    try:
+        pool = None if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") else pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pool = None
+    if pool is None:
+        yield
+        return
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)
+
+
 def _placement(ray, options: RayOptions) -> tuple[int, str, dict]:
     """(workers, device, resources per actor) for the cluster at hand."""
     resources = ray.cluster_resources()
@@ -151,12 +171,11 @@ def _placement(ray, options: RayOptions) -> tuple[int, str, dict]:
 
 
 def _check_runtime(device: str, runtime: str | None) -> None:
-    """The runtime for the device, checked on the driver (ONNX Runtime on a GPU is refused) before any actor starts."""
-    import torch
-
+    """The runtime for the device, checked on the driver (ONNX Runtime on a GPU is refused) before any actor starts;
+    by name: the driver never imports torch (its workers do)."""
     from pipelines.device import choose_runtime
 
-    choose_runtime(runtime, torch.device(device))
+    choose_runtime(runtime, device)
 
 
 # -- the probe: what every node must reach, checked before any work ---------------------------------
@@ -308,7 +327,11 @@ def _read_manifest(file, name: str, base: str) -> pa.Table:
         raise BatchError(f"{name}: cannot read the manifest ({str(e).splitlines()[0]})") from None
     if not parts:
         return listing_table([], [], location=pa.array([], pa.binary()))
-    return pa.concat_tables(parts)
+    listing = pa.concat_tables(parts)
+    # A photo listed twice is one photo: its first line is kept (a run tags it once, and finds its row by its key).
+    first = pc.index_in(listing["key"], value_set=listing["key"]).to_numpy(zero_copy_only=False)
+    repeated = first != np.arange(listing.num_rows)
+    return listing.filter(pa.array(~repeated)) if repeated.any() else listing
 
 
 def _manifest_part(batch: pa.RecordBatch, column: str, base: str) -> pa.Table:
@@ -586,11 +609,13 @@ class Output:
         if not self.fs.get_file_info(pafs.FileSelector(self.root)):
             self.fs.delete_dir(self.root)
 
-    def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None, coded: bool = False) -> pa.Table:
+    def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None, coded: bool = False,
+              where=None) -> pa.Table:
         """Every row of `files` (default: all), in file order, the columns asked for and `_file` (the file's index in
         `files`); a column a file lacks (written before it existed) reads as null. One scan of the dataset; a file torn
         by a killed run is removed (its photos are tagged again) and the scan repeated. coded: settings, error and
-        note dictionary-encoded, as Parquet stores them (a run's settings are one string, not one a photo)."""
+        note dictionary-encoded, as Parquet stores them (a run's settings are one string, not one a photo). where: a
+        `pyarrow.dataset` filter expression: only its rows (and no `_file`)."""
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
@@ -603,7 +628,7 @@ class Output:
             try:
                 dataset = ds.dataset(files, schema=schema, format=fmt, filesystem=self.fs)
                 counts = [fragment.metadata.num_rows for fragment in dataset.get_fragments()]
-                table = dataset.to_table(columns=list(columns))
+                table = dataset.to_table(columns=list(columns), filter=where)
                 break
             except (OSError, pa.ArrowInvalid) as e:
                 torn = []
@@ -619,6 +644,8 @@ class Output:
                     self.fs.delete_file(path)
                 files = [f for f in files if f not in torn]
         self.read_files, self.file_rows = files, counts
+        if where is not None:
+            return table
         index = np.repeat(np.arange(len(files), dtype=np.int32), counts) if files else np.zeros(0, np.int32)
         return table.append_column("_file", pa.array(index))
 
@@ -642,22 +669,23 @@ class Output:
         self.fs.move(tmp, path)
         return path
 
-    def prune(self, keep: pa.Array) -> None:
-        """Rewrite the files holding rows that a later run superseded, or of photos not in `keep` (they left the source)."""
-        latest = self.latest(["path"])
+    def prune(self, file_of: np.ndarray, wanted: np.ndarray) -> None:
+        """Rewrite the files of the last `table()` read holding rows other than `wanted` (positions in that read, sorted;
+        file_of: its `_file` column): rows a later run superseded, or of photos that left the source."""
         files, file_rows = self.read_files, self.file_rows
-        wanted = latest.filter(pc.is_in(latest["path"], value_set=keep))
-        per_file = np.bincount(wanted["_file"].to_numpy(), minlength=len(files))
+        starts = np.cumsum([0, *file_rows])
+        keep = np.zeros(len(file_of), bool)
+        keep[wanted] = True
+        per_file = np.bincount(file_of[wanted], minlength=len(files))
         for i, path in enumerate(files):
             if per_file[i] == file_rows[i]:
                 continue
             if per_file[i] == 0:
                 self.fs.delete_file(path)
                 continue
-            # The rows of this file that are their photo's latest (a photo may be twice in one file: the last wins).
-            table = _latest_only(self.table(tuple(SCHEMA.names), [path]).drop_columns(["_file"]))
-            paths = wanted.filter(pc.equal(wanted["_file"], i))["path"]
-            self.write(table.filter(pc.is_in(table["path"], value_set=paths)), path.rsplit("/", 1)[1])
+            # The file's rows by position, as it was read: a photo twice in one file keeps its last.
+            table = self.table(tuple(SCHEMA.names), [path]).drop_columns(["_file"])
+            self.write(table.filter(pa.array(keep[starts[i]:starts[i + 1]])), path.rsplit("/", 1)[1])
 
     def write_failures(self, rows: pd.DataFrame) -> str | None:
         """OUT.failed.tsv, as the local engine writes it."""
@@ -777,9 +805,12 @@ def _current_hashes(ray, photos: pa.Table, unit: int) -> list[str]:
 
 def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_failed: bool = True, rehash: bool = False):
     """What a run of `photos` (a listing, `list_photos`) into `output` will do: `tagger.library.plan.decide` on the
-    output's latest rows. hash_photos(rows) hashes the photos whose listing does not match their row."""
-    previous = output.latest(["path", "hash", "settings", "error", *LISTING], coded=True).drop_columns(["_file"])
-    return decide(photos, previous, hash_photos, settings, retry_failed, rehash)
+    output's rows (decide takes each photo's last). hash_photos(rows) hashes the photos whose listing does not match
+    their row. The rows' hashes (64 characters a photo) are read only if one is needed: not by a rerun with nothing to do."""
+    previous = _filled(output.table(["path", "settings", "error", *LISTING], coded=True))
+    files = output.read_files
+    return decide(photos, previous, hash_photos, settings, retry_failed, rehash,
+                  old_hashes=lambda: pc.fill_null(output.table(["hash"], files)["hash"], ""))
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
@@ -799,6 +830,13 @@ def tag_source(source: str | Path, out: str | Path, model_path: str | Path, opti
         raise BatchError(f"{out}: the ray engine writes a Parquet dataset (a folder): use --out NAME.parquet")
     if options.device:
         _check_runtime(options.device, options.runtime)
+    with driver_memory_pool():
+        return _tag_source(source, out, model_path, options, tag_options, on_plan, settings, exclude_dirs, skip_owner_tagged,
+                           retry_failed, rehash, progress_stream)
+
+
+def _tag_source(source, out, model_path, options: RayOptions, tag_options: TagOptions, on_plan, settings: str, exclude_dirs,
+                skip_owner_tagged: bool, retry_failed: bool, rehash: bool, progress_stream) -> Summary:
     photos, chosen = list_photos(source, exclude_dirs, skip_owner_tagged)
     output = Output(out)
     lock = Lock(Path(output.root)) if output.local else None
@@ -840,8 +878,9 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
     writer = Writer(output, run, options)
     if decision.relisted.num_rows:
         # Unchanged in content, not in listing (touched, copied back): their rows again, with the new listing (later runs win).
-        latest = output.latest()
-        old = latest.filter(pc.is_in(latest["path"], value_set=decision.relisted["key"]))
+        import pyarrow.dataset as ds
+
+        old = _latest_only(output.table(where=ds.field("path").isin(decision.relisted["key"].combine_chunks())))
         writer.add(_relisted(old, decision.relisted))
     if todo.num_rows:
         probe_once(todo)
@@ -868,12 +907,16 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
     found = output.table(["path"], writer.files)["path"] if writer.files else pa.array([], pa.string())
     missing = todo["key"].filter(pc.invert(pc.is_in(todo["key"], value_set=found)))
     summary.missing = missing.to_pylist()
-    keep = photos["key"]
-    rows = output.latest(["path", "error"])
-    rows = rows.filter(pc.is_in(rows["path"], value_set=keep))
-    if output.rows_in_files > rows.num_rows:  # rows superseded by a later run, or of photos that left the source
-        output.prune(keep)
-    failures = output.write_failures(rows.filter(pc.not_equal(rows["error"], "")).drop_columns(["_file"]).to_pandas())
+    # Each listed photo's latest row, found as the plan found them: by one look-up of every row's path among the keys.
+    every = output.table(["path", "error"], coded=True)
+    last = latest_rows(every["path"], photos["key"])
+    listed = np.sort(last[last >= 0])
+    if len(listed) < every.num_rows:  # rows superseded by a later run, or of photos that left the source
+        output.prune(every["_file"].to_numpy(), listed)
+    errors = pc.fill_null(every["error"], "").take(pa.array(listed))
+    failed = pa.array(listed[pc.fill_null(pc.not_equal(errors, ""), False).to_numpy(zero_copy_only=False)])
+    failures = output.write_failures(pd.DataFrame({"path": every["path"].take(failed).to_pylist(),
+                                                   "error": every["error"].take(failed).cast(pa.string()).to_pylist()}, dtype=object))
     summary.failures_file = Path(failures) if failures else None
     return summary
 

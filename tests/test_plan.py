@@ -1,0 +1,57 @@
+"""The plan both engines share (tagger.library.plan.decide): which photos a run reads, tags and keeps."""
+import pyarrow as pa
+import pytest
+
+from tagger.library.plan import UNKNOWN, decide, latest_rows, listing_table
+
+
+def rows(paths, sizes, mtimes, settings="s", hashes=None, errors=None) -> pa.Table:
+    n = len(paths)
+    return pa.table({"path": paths, "hash": hashes or [f"h{p}" for p in paths], "settings": [settings] * n,
+                     "error": errors or [""] * n, "size": sizes, "mtime": mtimes})
+
+
+def test_a_listing_without_mtime_is_hashed_though_its_size_matches():
+    """An object store's listing may give no modification time (UNKNOWN, as the row keeps it): size alone is no quick
+    check, so the photo is read and hashed; with both known and equal it is not read."""
+    listing = listing_table(["s3://b/a.jpg", "s3://b/b.jpg"], [(10, UNKNOWN), (20, 5)])
+    read = []
+
+    def hash_photos(todo):
+        read.extend(todo["key"].to_pylist())
+        return [f"h{k}" for k in todo["key"].to_pylist()]
+
+    decision = decide(listing, rows(["s3://b/a.jpg", "s3://b/b.jpg"], [10, 20], [UNKNOWN, 5]), hash_photos, "s")
+    assert read == ["s3://b/a.jpg"] and decision.hashed == 1
+    assert decision.todo.num_rows == 0 and decision.kept == 2  # the same hash: kept
+
+
+def test_a_photos_last_row_is_its_latest():
+    """Rows of several runs: the last row of a photo decides (its settings here), whichever came first."""
+    previous = rows(["a", "b", "a"], [1, 2, 1], [1, 2, 1]).set_column(2, "settings", pa.array(["old", "s", "s"]))
+    decision = decide(listing_table(["a", "b"], [(1, 1), (2, 2)]), previous, lambda t: pytest.fail("nothing to read"), "s")
+    assert decision.todo.num_rows == 0 and decision.retag == 0
+    assert list(latest_rows(pa.chunked_array([["a", "b"], ["a", "x"]]), pa.array(["a", "z", "b"]))) == [2, -1, 1]
+
+
+def test_the_rows_hashes_are_read_only_when_a_photo_needs_one():
+    """A rerun with nothing to do never reads the hash column (64 characters a photo); a photo to tag again does."""
+    previous = rows(["a", "b"], [1, 2], [1, 2]).drop_columns(["hash"])
+    asked = []
+
+    def old_hashes():
+        asked.append(True)
+        return pa.chunked_array([["ha", "hb"]])
+
+    listing = listing_table(["a", "b"], [(1, 1), (2, 2)])
+    assert decide(listing, previous, lambda t: [], "s", old_hashes=old_hashes).kept == 2 and not asked
+    retag = decide(listing, previous, lambda t: [], "new settings", old_hashes=old_hashes)
+    assert asked and retag.todo["hash"].to_pylist() == ["ha", "hb"] and retag.retag == 2
+
+
+def test_a_manifest_lists_a_photo_once(tmp_path):
+    from tagger.library.ray_engine import list_photos
+
+    (tmp_path / "list.csv").write_text("path\na.jpg\nb.jpg\na.jpg\n")
+    photos, _ = list_photos(tmp_path / "list.csv")
+    assert photos["key"].to_pylist() == [f"{tmp_path}/a.jpg", f"{tmp_path}/b.jpg"]
