@@ -17,8 +17,10 @@ is not one of those photos is refused before anything is read, so no request rea
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +44,16 @@ class ReviewConfig:
     exclude_dirs: tuple[str, ...] = DEFAULT_EXCLUDE_DIRS  # folder-name globs not entered, as `tagger tag` skips them
     max_page: int = 500  # photos in one listing
     max_paths: int = 2000  # photos in one decision request
+    # Seconds a listing trusts what the last one read: checking 2,000 photos' files takes 0.1 s, too long
+    # to pay for every page of a scroll; a decision made here updates its photo at once either way.
+    recheck: float = 2.0
 
     def __post_init__(self):
         if not isinstance(self.root, str) or not self.root.strip() or any(s in self.root for s in "|/"):
             raise OptionError(f"keyword root must be one non-empty word without '|' or '/', not {self.root!r}")
-        if self.max_page < 1 or self.max_paths < 1:
-            raise OptionError(f"max_page and max_paths must be at least 1, not {self.max_page} and {self.max_paths}")
+        if self.max_page < 1 or self.max_paths < 1 or self.recheck < 0:
+            raise OptionError(f"max_page and max_paths must be at least 1 and recheck at least 0, not {self.max_page}, {self.max_paths} "
+                              f"and {self.recheck}")
 
 
 @dataclass
@@ -87,6 +93,7 @@ class Library:
             if Path(os.path.realpath(p)).is_relative_to(self.real):  # a link out of the library is not its photo
                 self.photo_paths[p.relative_to(folder).as_posix()] = p
         self._cache: dict[str, tuple[tuple, Photo]] = {}
+        self._checked = -math.inf  # when every photo's files were last checked (time.monotonic)
         self._lock = threading.Lock()  # one decision written at a time: two on one sidecar must not lose one
 
     def __len__(self) -> int:
@@ -114,8 +121,7 @@ class Library:
     def photos(self, tag: str | None = None, unreviewed: bool = False) -> list[Photo]:
         """The photos in path order; tag: only those carrying it (with unreviewed: still pending); unreviewed: with a pending tag."""
         out = []
-        for name in self.photo_paths:
-            p = self.photo(name)
+        for p in self._all():
             if unreviewed and p.reviewed:
                 continue
             if tag and not (any(same_keyword(tag, t) for t in p.tags) if unreviewed else p.has(tag)):
@@ -126,8 +132,7 @@ class Library:
     def tag_counts(self) -> list[dict]:
         """Every tag of the library: photos carrying it, and on how many it is pending; most pending first."""
         counts: dict[str, dict] = {}
-        for name in self.photo_paths:
-            p = self.photo(name)
+        for p in self._all():
             for tag in unique_keywords(p.tags + p.keywords + p.rejected):
                 entry = counts.setdefault(tag.casefold(), {"tag": tag, "photos": 0, "pending": 0})
                 entry["photos"] += 1
@@ -161,6 +166,14 @@ class Library:
                             why = str(e)
                 out.append((self.photo(name), why))
         return out
+
+    def _all(self) -> list[Photo]:
+        """Every photo's state: as last read if the files were checked within `recheck` seconds, else checked now."""
+        if time.monotonic() - self._checked < self.config.recheck and len(self._cache) == len(self.photo_paths):
+            return [self._cache[name][1] for name in self.photo_paths]
+        photos = [self.photo(name) for name in self.photo_paths]
+        self._checked = time.monotonic()
+        return photos
 
     def _read(self, name: str, path: Path, side: Path) -> Photo:
         root = self.config.root

@@ -293,6 +293,9 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     async def lifespan(app: FastAPI):
         app.state.batcher = Batcher(tagger, limits.max_batch, limits.batch_wait)
         app.state.batcher.start()
+        if library is not None:
+            # Read every photo's tags now, in a thread: the review page's first listing should not wait for 2,000 sidecars.
+            asyncio.get_running_loop().run_in_executor(None, library.photos)
         yield
         await app.state.batcher.stop()
         decoder.shutdown(wait=False)
