@@ -239,7 +239,7 @@ def test_a_2000_photo_library_pages_smoothly_and_50_photos_are_rejected_at_once(
         assert steps >= 10  # it came a page at a time
         assert live <= 120, f"{live} thumbnails alive at once"
         assert len(thumbs) < 1000, f"{len(thumbs)} thumbnails fetched while scrolling past 2,000 photos"
-        assert max(listings) < 1000, f"a page of photos took {max(listings):.0f} ms"
+        assert max(listings) < 1000, f"a page of photos took {max(listings):.0f} ms (all: {listings})"
         assert took < 120, f"scrolling to the end took {took:.0f} s"
         page.mouse.wheel(0, -10**6)  # back to the top: its thumbnails come back
         page.wait_for_function("() => document.querySelector('#grid .photo img').naturalWidth > 0", timeout=20_000)

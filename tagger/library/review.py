@@ -94,6 +94,7 @@ class Library:
                 self.photo_paths[p.relative_to(folder).as_posix()] = p
         self._cache: dict[str, tuple[tuple, Photo]] = {}
         self._checked = -math.inf  # when every photo's files were last checked (time.monotonic)
+        self._checking = threading.Lock()
         self._lock = threading.Lock()  # one decision written at a time: two on one sidecar must not lose one
 
     def __len__(self) -> int:
@@ -169,11 +170,12 @@ class Library:
 
     def _all(self) -> list[Photo]:
         """Every photo's state: as last read if the files were checked within `recheck` seconds, else checked now."""
-        if time.monotonic() - self._checked < self.config.recheck and len(self._cache) == len(self.photo_paths):
-            return [self._cache[name][1] for name in self.photo_paths]
-        photos = [self.photo(name) for name in self.photo_paths]
-        self._checked = time.monotonic()
-        return photos
+        with self._checking:  # one check at a time: a listing that comes during one waits for it, and does not do it again
+            if time.monotonic() - self._checked < self.config.recheck and len(self._cache) == len(self.photo_paths):
+                return [self._cache[name][1] for name in self.photo_paths]
+            photos = [self.photo(name) for name in self.photo_paths]
+            self._checked = time.monotonic()
+            return photos
 
     def _read(self, name: str, path: Path, side: Path) -> Photo:
         root = self.config.root
