@@ -127,11 +127,12 @@ def test_review_with_the_mouse_and_the_keyboard_written_into_the_sidecars(page, 
         expect(card(page, "im1.jpg").locator(".chip.rejected")).to_have_text([gone])
         assert state(real_library, "im1.jpg").rejected == [gone] and gone not in state(real_library, "im1.jpg").subject
 
-        # Keyboard: to the third photo, its second tag, reject; then its (new) first tag, accept.
-        third = names[2]
+        # Keyboard: to the third photo (or the next with two tags), its second tag, reject; then its (new) first tag, accept.
+        k = next(i for i in range(2, 8) if len(pending(page, names[i])) >= 2)
+        third = names[k]
         page.keyboard.press("Home")
-        page.keyboard.press("ArrowRight")
-        page.keyboard.press("ArrowRight")
+        for _ in range(k):
+            page.keyboard.press("ArrowRight")
         expect(card(page, third)).to_have_class("photo focused")
         tags3 = pending(page, third)
         page.keyboard.press("2")
@@ -150,9 +151,11 @@ def test_review_with_the_mouse_and_the_keyboard_written_into_the_sidecars(page, 
         page.keyboard.press(" ")
         expect(page.locator("#bulk-count")).to_have_text("2 selected")
         bulk = page.locator("#bulk-tag").input_value()
-        having = [n for n in names[3:5] if bulk in pending(page, n)]
+        having = [n for n in names[k + 1:k + 3] if bulk in pending(page, n)]
         assert having
         shot = tmp_path / "review.png"
+        page.evaluate("() => window.scrollTo(0, 0)")  # the whole grid under the bar, every thumbnail shown
+        page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.naturalWidth > 0)", timeout=20_000)
         page.screenshot(path=str(shot), full_page=True)
         page.keyboard.press("r")
         expect(page.locator("#status")).to_contain_text(f"“{bulk}” rejected on")
@@ -162,10 +165,10 @@ def test_review_with_the_mouse_and_the_keyboard_written_into_the_sidecars(page, 
         expect(page.locator("#bulk")).to_be_hidden()
 
         # The bar's buttons do the same with the mouse: accept on the two photos after them.
-        card(page, names[5]).locator(".pick").click()
-        card(page, names[6]).locator(".pick").click()
+        card(page, names[k + 3]).locator(".pick").click()
+        card(page, names[k + 4]).locator(".pick").click()
         bulk = page.locator("#bulk-tag").input_value()
-        having = [n for n in names[5:7] if bulk in pending(page, n)]
+        having = [n for n in names[k + 3:k + 5] if bulk in pending(page, n)]
         page.locator("#bulk-accept").click()
         expect(page.locator("#status")).to_contain_text(f"“{bulk}” accepted on")
         for n in having:
