@@ -264,3 +264,13 @@ def test_a_library_tagged_into_the_photos_keeps_decisions_in_sidecars_that_the_n
     first, second = embedded_fields(photos[0]), embedded_fields(photos[1])
     assert "dog" in first.subject and "dog" not in first.machine
     assert "dog" not in second.subject and second.rejected == ["dog"]
+
+
+def test_serve_refuses_a_library_that_is_no_folder_before_loading_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+
+    done = CliRunner().invoke(app, ["serve", "--library", str(tmp_path / "nope"), "--model", str(tmp_path / "no-model")])
+    assert done.exit_code != 0
+    assert f"{tmp_path / 'nope'}: not a folder" in done.output
