@@ -649,14 +649,18 @@ def serve(
     token: Annotated[Optional[str], typer.Option(help="API token every /v1 request must send as 'Authorization: Bearer TOKEN' (default: $TAGGER_TOKEN)")] = None,
     max_photos: Annotated[int, typer.Option(min=1, help="most photos in one request")] = 32,
     max_photo_mb: Annotated[float, typer.Option(min=0.001, help="largest photo upload, in MB")] = 20.0,
+    library: Annotated[Optional[Path], typer.Option(help="a photo folder `tagger tag --sidecar xmp` tagged: review its tags at /review (accept or reject; written into the sidecars)")] = None,
+    keyword_root: Annotated[str, typer.Option(help="with --library: the root tag's --keyword-root wrote machine tags under")] = DEFAULT_ROOT,
+    exclude_dir: Annotated[Optional[list[str]], typer.Option("--exclude-dir", help="with --library: folder-name glob not to enter (repeatable), besides the defaults: " + ", ".join(DEFAULT_EXCLUDE_DIRS))] = None,
     device: DeviceOpt = None,
     runtime: RuntimeOpt = None,
 ):
-    """Serve tagging over HTTP: POST /v1/tag, a web page at /, the API docs at /docs.
+    """Serve tagging over HTTP: POST /v1/tag, a web page at /, the API docs at /docs; with --library, a review page at /review.
 
     The model loads once at start; requests that arrive together share one forward pass.
 
     Example:  tagger serve --model models/mirflickr --port 8000
+    Example:  tagger serve --library ~/Pictures    (then open http://127.0.0.1:8000/review)
     """
 
     from tagger.service.app import ServiceLimits, resolve_token
@@ -664,9 +668,18 @@ def serve(
 
     token = resolve_token(token)  # before the model loads: an empty token is refused at once
     limits = ServiceLimits(max_photos=max_photos, max_photo_bytes=int(max_photo_mb * 1024 * 1024))
+    review = None
+    if library is not None:
+        from tagger.library.review import Library, ReviewConfig
+
+        try:
+            review = Library(library, ReviewConfig(keyword_root, DEFAULT_EXCLUDE_DIRS + tuple(exclude_dir or ())))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        typer.echo(f"tagger: reviewing {len(review)} photos of {library} at http://{host}:{port}/review", err=True)
     tagger = load_tagger(model, device, runtime)
     typer.echo(f"tagger: serving {tagger.backbone_name} ({tagger.backbone.runtime}, {len(tagger.words)} tags) on http://{host}:{port}/  (API docs: /docs)", err=True)
-    serve_http(tagger, host=host, port=port, token=token, limits=limits)
+    serve_http(tagger, host=host, port=port, token=token, limits=limits, library=review)
 
 
 @app.command("export-onnx")

@@ -14,13 +14,18 @@ keyword the owner has already, in any case or plural (`Cats` for `cat`), or file
 (`Places|beach`): that one is theirs. A machine keyword of tagger's last record that the owner has
 removed (gone from `dc:subject`, or from a tree the packet still has) is rejected: kept in
 `tagger:Rejected` and never written for that photo again.
+
+The owner can decide in tagger too (the review page, `tagger.library.review`): `decided` turns an
+accepted machine keyword into the owner's (a flat keyword of `dc:subject`, out of tagger's record
+and branch) and a rejected one into a `tagger:Rejected` entry, as if the owner had kept or removed
+it in a photo manager; `merge` then writes every field from that.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from pipelines.keywords import Keywords, same_keyword, unique_keywords
+from pipelines.keywords import Keywords, same_keyword, under_root, unique_keywords
 from tagger.library.keyword_tree import KeywordTree
 
 
@@ -91,6 +96,26 @@ def merge(have: Keywords, others: Sequence[Keywords], tags: Sequence[str], tree:
                     tags_list=tags_list + [tree.path(t, "/") for t in machine], machine=machine, rejected=rejected,
                     copied_subject=copied_subject, copied_hierarchical=copied_hierarchical, copied_tags_list=copied_tags_list,
                     copied_iptc=copied_iptc, created=created, iptc=iptc, recorded=True)
+
+
+def decided(have: Keywords, accept: Sequence[str], reject: Sequence[str], root: str) -> Keywords:
+    """The packet as read, with the owner's decisions on machine keywords applied (feed it to `merge`).
+
+    An accepted keyword becomes the owner's: flat in dc:subject, out of tagger's record and out of the
+    branch under the root (which says "tagger's" even without the record); accepting a rejected one
+    takes the rejection back. A rejected keyword joins tagger:Rejected, and stays in the record so that
+    merge takes it out of every field. Nothing else of the packet is changed.
+    """
+    def kept(entries: list[str], sep: str) -> list[str]:
+        return [e for e in entries if not (under_root(e, root, sep) and any(same_keyword(e.rsplit(sep, 1)[-1], a) for a in accept))]
+
+    def out(words: list[str], gone: Sequence[str]) -> list[str]:
+        return [w for w in words if not any(same_keyword(w, g) for g in gone)]
+
+    subject = list(have.subject) + [a for a in accept if not any(same_keyword(a, s) for s in have.subject)]
+    rejected = out(have.rejected, accept) + [r for r in reject if not any(same_keyword(r, x) for x in have.rejected)]
+    return replace(have, subject=subject, machine=out(have.machine, accept), rejected=rejected,
+                   hierarchical=kept(have.hierarchical, "|"), tags_list=kept(have.tags_list, "/"))
 
 
 def strip(have: Keywords, tree: KeywordTree) -> Keywords:

@@ -26,6 +26,10 @@ another file of the stem may own (a RAW, or `IMG_1.png`) is never the photo's (`
 `.txt` sidecar has no room to record what tagger wrote, so one that exists is replaced only when it
 holds exactly tags tagger gave the photo before (the results say which); any other is the owner's,
 and is left alone. Keywords are written as one line each (`pipelines.keywords.clean_keyword`).
+
+`decide` writes the owner's decisions from the review page into the XMP sidecar: an accepted
+machine tag becomes the owner's keyword, a rejected one a `tagger:Rejected` entry, by the same
+rules and merge as `sync`, every other keyword and field kept.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ from pipelines.errors import OptionError, TaggerError
 from pipelines.keywords import (NS, RECORD, SIDECAR_NAMINGS, KeywordError, Keywords, clean_keyword, embedded_fields, embedded_xmp,
                                 iptc_is_utf8, parse_xmp, read_sidecar, sidecar_path, stem_shared_with)
 from tagger.library.keyword_tree import KeywordTree
-from tagger.library.merge import merge, strip
+from tagger.library.merge import decided, merge, strip
 
 KINDS = ("xmp", "txt")
 PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -125,6 +129,50 @@ def sync(photo: str | Path, tags: list[str], config: SidecarConfig = SidecarConf
         except OSError as e:
             raise SidecarError(f"{target}: cannot write ({e.strerror or e})") from None
     return True
+
+
+def decide(photo: str | Path, accept: Sequence[str] = (), reject: Sequence[str] = (), *,
+           library: Sequence[str | Path] | None = None, root: str = KeywordTree().root) -> bool:
+    """Write the owner's decisions on the photo's machine tags into its XMP sidecar; True if it was written.
+
+    The sidecar is the one `sync` would write (`sidecar_path`, auto naming), made where there is none
+    (marked as tagger's, so `tagger untag` can delete it). Its other machine tags stay as they are,
+    filed where they were (`tagger|nature|beach`, or flat); the owner's keywords are never changed,
+    only the accepted ones added. library: the folders a symlinked sidecar may point into, as for `sync`.
+    """
+    photo = Path(photo)
+    target = sidecar_path(photo, "auto")
+    accept, reject = _clean(accept), _clean(reject)
+    try:
+        real = _resolve(target, [photo.parent] if library is None else library)
+        old = _read(real)
+    except OSError as e:
+        raise SidecarError(f"{target}: cannot read ({e.strerror or e})") from None
+    have, packet = _parse(old, target)
+    embedded = embedded_fields(photo)
+    tags = [t for t in have.machine_words(root) if t not in accept]  # merge leaves the rejected ones out
+    want = merge(decided(have, accept, reject, root), [embedded], tags, _tree_of([have, embedded], root), created=old is None or have.created)
+    new = _render(old, packet, have, want)
+    if new == old:
+        return False
+    try:
+        atomic_write(real, new, parents=False)
+    except OSError as e:
+        raise SidecarError(f"{target}: cannot write ({e.strerror or e})") from None
+    return True
+
+
+def _tree_of(packets: Sequence[Keywords], root: str) -> KeywordTree:
+    """The tree the packets' machine tags are filed in now (`tagger|nature|beach`: beach under nature), so a rewrite keeps it."""
+    categories = {}
+    for kw in packets:
+        for entries, sep in ((kw.hierarchical, "|"), (kw.tags_list, "/")):
+            for e in entries:
+                levels = e.split(sep)
+                # A category that is no tree level of ours (empty, padded) is left out: that keyword is written flat.
+                if len(levels) == 3 and levels[0] == root and levels[1] and levels[1] == clean_keyword(levels[1]):
+                    categories.setdefault(levels[2], levels[1])
+    return KeywordTree(root, categories=categories)
 
 
 def _clean(tags: Iterable[str]) -> list[str]:

@@ -4,6 +4,7 @@
     GET  /v1/model    backbone, generator family, vocabulary size, sampling defaults, limits, training summary
     GET  /v1/health   liveness, with counters of photos tagged and forward passes run
     GET  /            a page to drop photos on and see their tags (tagger/static/)
+    GET  /review      with a library (`tagger serve --library DIR`): the review page, and /v1/library/... (tagger/service/library.py)
     GET  /docs        the OpenAPI docs (FastAPI's default)
 
 A photo that does not decode does not fail the request: its result carries an `error` (the reason)
@@ -55,6 +56,7 @@ from pipelines.errors import OptionError, TaggerError
 from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image
 from pipelines.memory import release_free_memory
 from tagger.bundle import config_dict, load
+from tagger.library.review import Library
 from tagger.model import Tagged, Tagger
 from embeddings.kinds import Kind
 from tagger.scoring.options import ALL_KINDS, MAX_EXCLUDE, MAX_TAG_CHARS, TagOptions
@@ -274,11 +276,11 @@ class Batcher:
 
 
 def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits = ServiceLimits(),
-               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+               allowed_hosts: tuple[str, ...] | None = None, library: Library | None = None) -> FastAPI:
     """The service app for a loaded tagger; `token`, when given, is required on every /v1 request.
 
     allowed_hosts: the Host header values accepted (None: any); `serve` sets the loopback names when it
-    listens on loopback.
+    listens on loopback. library: a folder to review, at /review and /v1/library/... (None: none).
     """
     if token is not None and not token.strip():
         raise OptionError("the API token is empty: give a token, or none to serve without one")
@@ -291,6 +293,9 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     async def lifespan(app: FastAPI):
         app.state.batcher = Batcher(tagger, limits.max_batch, limits.batch_wait)
         app.state.batcher.start()
+        if library is not None:
+            # Read every photo's tags now, in a thread: the review page's first listing should not wait for 2,000 sidecars.
+            asyncio.get_running_loop().run_in_executor(None, library.photos)
         yield
         await app.state.batcher.stop()
         decoder.shutdown(wait=False)
@@ -426,6 +431,15 @@ def create_app(tagger: Tagger, token: str | None = None, limits: ServiceLimits =
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    if library is not None:
+        from tagger.service.library import library_router
+
+        app.include_router(library_router(library, v1))
+
+        @app.get("/review", include_in_schema=False)
+        def review_page() -> FileResponse:
+            return FileResponse(STATIC / "review.html")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -441,7 +455,7 @@ def resolve_token(token: str | None) -> str | None:
 
 def serve(model: Tagger | str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           device: str | None = None, limits: ServiceLimits = ServiceLimits(), log_level: str = "info",
-          runtime: str | None = None) -> None:
+          runtime: str | None = None, library: Library | None = None) -> None:
     """Load the model once and serve it until interrupted; `model` and `token` as the CLI resolves them
     (`tagger.shipped.resolve_model`: $TAGGER_MODEL, else the shipped model; `resolve_token`: $TAGGER_TOKEN).
 
@@ -456,7 +470,7 @@ def serve(model: Tagger | str | Path | None = None, host: str = "127.0.0.1", por
     loopback = host in LOOPBACK
     if token is None and not loopback:
         log.warning("serving on %s without a token: anyone who can reach the port can use it", host)
-    app = create_app(tagger, token=token, limits=limits, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+    app = create_app(tagger, token=token, limits=limits, allowed_hosts=LOOPBACK_HOSTS if loopback else None, library=library)
     # timeout_keep_alive: an idle connection is closed after this long, so idle clients cannot hold sockets.
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
 

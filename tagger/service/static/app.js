@@ -32,6 +32,8 @@ async function loadModel() {
     const photos = n ? `, trained on ${n.toLocaleString()} photos` : "";
     $("model").textContent = `${model.backbone} · ${model.vocabulary_size.toLocaleString()} tags${photos}`;
     $("token-form").hidden = true;
+    // Served with --library: link to its review page.
+    fetch("v1/library", { headers: headers() }).then((r) => { $("review-link").hidden = !r.ok; }, () => {});
   } catch (e) {
     $("model").textContent = e.message;
   }
