@@ -332,7 +332,7 @@ def train_from(data: Path, out: Path, base_path: Path, **options) -> None:
     result = extend(data, out, base, config, base_name=name)
     s, c = result.summary, result.comparison
     shown = ", ".join(result.new_words[:10]) + (f" and {len(result.new_words) - 10} more" if len(result.new_words) > 10 else "")
-    typer.echo(f"model bundle: {out} (from {name}: {len(result.new_words)} words of the library added{': ' + shown if shown else ''}; "
+    typer.echo(f"model bundle: {out} (from {name}: added {len(result.new_words)} of the library's words{': ' + shown if shown else ''}; "
                f"{len(result.tagger.knn.tags) - len(base.knn.tags)} photos added to the kNN memory; "
                f"{result.rejected} rejected tags learnt as negatives)")
     if not math.isnan(s.val_p5):
