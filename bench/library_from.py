@@ -27,6 +27,7 @@ photos out.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,64 @@ def compare(args) -> None:
         print(f"{path}: {tagger.default_method} P@5 {p5:.4f} on {len(judged)} of {len(frame)} held-out photos")
 
 
+XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       '<rdf:Description rdf:about="" xmlns:tagger="urn:tagger:xmp:1.0/"><tagger:Rejected><rdf:Bag><rdf:li>{}</rdf:li></rdf:Bag>'
+       '</tagger:Rejected></rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def top5(tagger, paths) -> list[list[str]]:
+    from pipelines.cache import default_cache_dir
+    from pipelines.features import FeatureConfig, extract_features
+    from tagger.scoring.evidence import Evidence
+    from tagger.scoring.options import TagOptions
+
+    cfg = FeatureConfig(backbone=tagger.backbone_name, weights=tagger.backbone_weights, cache_dir=default_cache_dir() / "features")
+    feats = extract_features(list(paths), cfg, progress=False)
+    return [[w for w, _ in r.tags or []] for r in tagger.tag(Evidence.of(feats.features, feats.measures), TagOptions(top_k=5, min_score=0))]
+
+
+def reject(args) -> None:
+    """The owner rejects one word on `--photos` library photos (the word the model shows most often among the top 5 of
+    photos that lack it): writes `tagger:Rejected` sidecars into a copy of the library at `--out`."""
+    from pipelines.datasets import read_dataset
+    from tagger.bundle import load
+
+    tagger = load(args.model, device="cpu")
+    frame = read_dataset(args.library)
+    tops = top5(tagger, frame["path"])
+    owner = [set(tagger.vocabulary.canonicalize(t)) for t in frame["tags"]]
+    wrong = Counter(w for top, mine in zip(tops, owner) for w in top if w not in mine)
+    word = args.word or wrong.most_common(1)[0][0]
+    chosen = [i for i, (top, mine) in enumerate(zip(tops, owner)) if word in top and word not in mine][: args.photos]
+    if (args.out).exists():
+        raise SystemExit(f"{args.out}: exists")
+    shutil.copytree(args.library, args.out)
+    for i in chosen:
+        target = args.out / Path(frame["path"][i]).name
+        target.with_name(target.name + ".xmp").write_text(XMP.format(word))
+    print(f"{args.out}: {word!r} rejected on {len(chosen)} photos (shown in the top 5 of {wrong[word]} photos lacking it)")
+    print("rejected photos: " + " ".join(frame["id"][i] for i in chosen))
+
+
+def rejected_share(args) -> None:
+    """How often each bundle shows the rejected word in the top 5: on the photos it was rejected on, and on held-out photos."""
+    from pipelines.datasets import read_dataset
+    from pipelines.keywords import read_sidecar, sidecar_path
+    from tagger.bundle import load
+
+    frame = read_dataset(args.library)
+    rejected = {i: read_sidecar(sidecar_path(p)).rejected for i, p in enumerate(frame["path"])}
+    rows = [i for i, r in rejected.items() if r]
+    word = rejected[rows[0]][0]
+    held = read_dataset(args.heldout)
+    for model in args.models:
+        tagger = load(model, device="cpu")
+        on = top5(tagger, frame["path"][rows])
+        other = top5(tagger, held["path"])
+        print(f"{model}: {word!r} in the top 5 of {sum(word in t for t in on)} of the {len(rows)} photos it was rejected on, "
+              f"of {sum(word in t for t in other)} of the {len(held)} held-out photos")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -127,8 +186,18 @@ def main() -> None:
     c = sub.add_parser("compare", help="P@5 of bundles on the held-out photos against one truth")
     c.add_argument("heldout", type=Path)
     c.add_argument("models", type=Path, nargs="+")
+    r = sub.add_parser("reject", help="a copy of the library with one word rejected on some photos")
+    r.add_argument("library", type=Path)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--model", type=Path, default=REPO / "tagger" / "assets" / "model")
+    r.add_argument("--word", default=None)
+    r.add_argument("--photos", type=int, default=50)
+    s = sub.add_parser("rejected", help="how often bundles show the rejected word")
+    s.add_argument("library", type=Path)
+    s.add_argument("heldout", type=Path)
+    s.add_argument("models", type=Path, nargs="+")
     args = ap.parse_args()
-    build(args) if args.command == "build" else compare(args)
+    {"build": build, "compare": compare, "reject": reject, "rejected": rejected_share}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def test_a_new_word_sits_at_the_weighted_mean_of_the_known_words_it_shares_photo
     assert np.allclose(vectors[1], vectors[0])  # placed after zebra, its only companion
 
 
+@pytest.mark.slow
 def test_from_round_trip_and_the_library_word_becomes_taggable(tmp_path, base):
     photos, tags = write_library(tmp_path / "lib")
     out = tmp_path / "grown"
@@ -117,6 +118,7 @@ def test_from_says_what_it_cannot_take(tmp_path, base):
     assert r.exit_code == 1 and "is the --from model" in r.output
 
 
+@pytest.mark.slow
 def test_rejected_tags_are_not_proposed_again_after_training_from(tmp_path, base):
     """The loop: the owner rejects the tag the base model gives first on some photos, train --from, tag again."""
     tiny = load(base)
