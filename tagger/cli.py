@@ -231,6 +231,7 @@ def train(
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     workers: WorkersOpt = None,
+    from_model: Annotated[Optional[str], typer.Option("--from", metavar="MODEL", help="grow this bundle on the library instead of training one from nothing: its words, generator and kNN memory, with the library's words and photos added and the generator fine-tuned on the keywords (rejected tags as negatives); MODEL is a bundle folder, `shipped` (the model shipped with tagger), or `auto` (the shipped model when DATA has fewer than 2,000 tagged photos, else none)")] = None,
 ):
     """Train a model bundle: image features, word2vec, tag index, kNN, the generator and its calibration, in one command.
 
@@ -242,13 +243,22 @@ def train(
     from tagger.training.fit import FitConfig, default_cache_dir, fit
     from tagger.training.tune import TuneConfig
 
-    progress_log("tagger.training.fit", "tagger.training.loop")
+    progress_log("tagger.training.fit", "tagger.training.loop", "tagger.training.extend")
     try:
         fractions = tuple(float(x) for x in split.split(","))
     except ValueError:
         raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}") from None
     if len(fractions) != 3:
         raise UserError(f"--split must be three numbers like 0.8,0.1,0.1, not {split!r}")
+    base = choose_base(from_model, data)
+    if base is not None:
+        given = [name for name, value in (("--generator", generator != "cgan"), ("--preset", preset), ("--max-steps", max_steps),
+                                          ("--backbone", backbone != "efficientnet_lite0"), ("--weights", weights), ("--corpus", corpus),
+                                          ("--engine", engine != Engine.local)) if value]
+        if given:
+            raise UserError(f"{', '.join(given)}: not with --from, which keeps its model's generator, word space and backbone")
+        return train_from(data, out, base, min_count=min_count, split=fractions, seed=seed, epochs=epochs, half=half,
+                          batch_size=batch_size, device=device, runtime=_value(runtime), cache_dir=cache_dir or default_cache_dir())
     config = FitConfig(
         generator=generator,
         preset=preset,
@@ -286,6 +296,71 @@ def train(
     typer.echo(f"stages: {stages}")
     for warning in summary.warnings:
         typer.echo(f"tagger: WARNING: {warning}", err=True)
+
+
+def choose_base(from_model: str | None, data: Path) -> Path | None:
+    """The bundle `--from` names: a folder, `shipped`, or `auto` (the shipped model for a library of fewer than
+    AUTO_FROM_PHOTOS tagged photos, else None: trained from nothing), said in one line."""
+    if from_model is None:
+        return None
+    from tagger.shipped import SHIPPED, default_model_path
+
+    if from_model in ("shipped", "auto"):
+        if default_model_path() is None:
+            raise UserError(f"--from {from_model}: this tagger has no shipped model ({SHIPPED})")
+        if from_model == "shipped":
+            return SHIPPED
+        from pipelines.datasets import count_untagged, read_dataset
+        from tagger.training.extend import AUTO_FROM_PHOTOS
+
+        frame = read_dataset(data)
+        tagged = len(frame) - count_untagged(frame)
+        if tagged >= AUTO_FROM_PHOTOS:
+            typer.echo(f"--from auto: {data} has {tagged:,} tagged photos ({AUTO_FROM_PHOTOS:,} or more): trained on its own")
+            return None
+        typer.echo(f"--from auto: {data} has {tagged:,} tagged photos (fewer than {AUTO_FROM_PHOTOS:,}): grown from the shipped model")
+        return SHIPPED
+    path = Path(from_model)
+    if not path.exists():
+        raise UserError(f"--from {from_model}: no such model folder (a bundle folder, shipped or auto)")
+    return path
+
+
+def train_from(data: Path, out: Path, base_path: Path, **options) -> None:
+    """`train --from`: grow the bundle at `base_path` on `data` (tagger.training.extend), then both on the held-out photos."""
+    from tagger.bundle import load
+    from tagger.training.extend import ExtendConfig, extend
+
+    if Path(out).resolve() == Path(base_path).resolve():
+        raise UserError(f"--out {out}: is the --from model; write the new bundle elsewhere")
+    epochs = options.pop("epochs")
+    options["feature_batch_size"] = options.pop("batch_size")
+    config = ExtendConfig(**options, **({"epochs": epochs} if epochs is not None else {}))
+    base = load(base_path, device=config.device, runtime=config.runtime)
+    name = "the shipped model" if base_path.resolve() == (Path(__file__).parent / "assets" / "model").resolve() else str(base_path)
+    result = extend(data, out, base, config, base_name=name)
+    s, c = result.summary, result.comparison
+    shown = ", ".join(result.new_words[:10]) + (f" and {len(result.new_words) - 10} more" if len(result.new_words) > 10 else "")
+    typer.echo(f"model bundle: {out} (from {name}: added {len(result.new_words)} of the library's words{': ' + shown if shown else ''}; "
+               f"{len(result.tagger.knn.tags) - len(base.knn.tags)} photos added to the kNN memory; "
+               f"{result.rejected} rejected tags learnt as negatives)")
+    if not math.isnan(s.val_p5):
+        typer.echo(f"validation P@5: {s.val_p5:.4f} (best epoch {s.best_epoch} of {s.epochs}; 0 is {name}'s generator)")
+    if s.method_val_p5:
+        typer.echo(f"default method: {s.method} (validation P@5 " + ", ".join(f"{m} {p:.4f}" for m, p in s.method_val_p5.items()) + ")")
+    typer.echo("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.stage_seconds.items()))
+    for warning in s.warnings:
+        typer.echo(f"tagger: WARNING: {warning}", err=True)
+    if not c.photos:
+        typer.echo(f"held-out photos: none with a keyword of the model's words: not compared with {name}")
+    else:
+        typer.echo(f"held-out P@5 ({c.photos} {c.split} photos of {data}): new model {c.new_p5:.4f}, {name} {c.base_p5:.4f}")
+    if c.worse:
+        typer.echo(f"tagger: WARNING: the new model tags the library's held-out photos worse than {name} "
+                   f"({c.new_p5:.4f} < {c.base_p5:.4f}): keep using {name} (recommended); {out} is kept to compare "
+                   f"(tagger evaluate {data} --model {out} --model {base_path})", err=True)
+    elif c.photos:
+        typer.echo(f"recommended: {out} (held-out P@5 {c.new_p5:.4f} >= {c.base_p5:.4f})")
 
 
 @app.command()

@@ -73,3 +73,15 @@ def mode_seeking_loss(samples: torch.Tensor, noise: torch.Tensor) -> torch.Tenso
     gap = (noise[:, i] - noise[:, j]).norm(dim=-1)
     ratio = (out / gap.clamp(min=1e-6)).mean()
     return 1 / (ratio + 1e-5)
+
+
+def unlikelihood_loss(heads: torch.Tensor, words: torch.Tensor, targets: torch.Tensor, temperature: float,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """-log(1 - p(word)) of each row's word under the mixture `mixture_loss` scores: pushes down a word the photo
+    must not get (Welleck et al. 2020, "Neural text generation with unlikelihood training"), e.g. a tag its owner rejected."""
+    logits = F.normalize(heads, dim=-1) @ F.normalize(targets, dim=-1).T / temperature  # (N, K, V)
+    if bias is not None:
+        logits = logits + bias
+    mixed = torch.logsumexp(F.log_softmax(logits, dim=-1), dim=1) - math.log(heads.shape[1])  # (N, V)
+    p = mixed.gather(1, words[:, None]).squeeze(1).exp()
+    return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
