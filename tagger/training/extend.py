@@ -48,6 +48,7 @@ from pipelines.errors import OptionError
 from pipelines.features import FeatureConfig, extract_features
 from pipelines.keywords import KeywordError, embedded_fields, read_sidecar, sidecar_path
 from tagger.bundle import save
+from tagger.scoring.classifier import WordClassifier
 from tagger.evaluation.metrics import precision_at_k, top_ids
 from tagger.generators import WordGenerator
 from tagger.generators.losses import mixture_loss, unlikelihood_loss
@@ -330,6 +331,7 @@ def extend(data: str | Path, out: str | Path, base: Tagger, config: ExtendConfig
     words = list(wv.words)
     kinds = grow_kinds(base.kinds, words, new_words, warnings)
     head = grow_head(base.head, new_words)
+    classifier = grow_classifier(base.classifier, len(new_words))
     stages["words"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -350,7 +352,8 @@ def extend(data: str | Path, out: str | Path, base: Tagger, config: ExtendConfig
     train_photos = base.summary.train_photos + config.prior_weight * n_train
     info = base.summary.to_dict() | {"train_photos": int(round(train_photos))}
     grown = Tagger(G, vocab, wv, base.backbone_name, base.words_config, base.sampling, info=info, backbone_weights=base.backbone_weights,
-                   knn=knn, condition=base.condition, method=base.default_method, runtime=base.runtime, kinds=kinds, head=head)
+                   knn=knn, condition=base.condition, method=base.default_method, runtime=base.runtime, kinds=kinds, head=head,
+                   classifier=classifier)
     prior = word_prior(vocab, words, int(round(train_photos)))
 
     pairs = np.array([(i, w) for i in memory_rows for w in ids[i]], dtype=np.int64).reshape(-1, 2)
@@ -420,3 +423,12 @@ def compare(tagger: Tagger, base: Tagger, frame: pd.DataFrame, features: np.ndar
         return Comparison(0, split)
     evidence, truth = Evidence(features[rows], chroma[rows]), [set(ids[i]) for i in rows]
     return Comparison(len(rows), split, held_out_p5(tagger, evidence, truth, tagger.words), held_out_p5(base, evidence, truth, tagger.words))
+
+
+def grow_classifier(classifier: WordClassifier | None, new: int) -> WordClassifier | None:
+    """The base's word layer (a retrained backbone's, tagger.scoring.classifier) with a row per new word that
+    never fires: it was trained on the base's photos, which never had the word; the generator and kNN propose it."""
+    if classifier is None or not new:
+        return classifier
+    return WordClassifier(np.concatenate([classifier.weight, np.zeros((new, classifier.dim), np.float32)]),
+                          np.concatenate([classifier.bias, np.full(new, -20.0, np.float32)]))
