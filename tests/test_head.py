@@ -151,6 +151,8 @@ def test_the_bundle_keeps_the_links(shipped, chelsea_features, tmp_path):
         load(tmp_path / "m", device="cpu")
     # Without the file the bundle has no head methods, so maps fitted for them name a method it lacks.
     (tmp_path / "m" / "head.json").unlink()
+    maps = json.loads((tmp_path / "m" / "calibration.json").read_text())
+    (tmp_path / "m" / "calibration.json").write_text(json.dumps({**maps, "head": next(iter(maps.values()))}))
     with pytest.raises(BundleError, match="calibrates .*head"):
         load(tmp_path / "m", device="cpu")
     for name in ("calibration.json", "acceptance.json"):
