@@ -735,7 +735,9 @@ def serve(
     The model loads once at start; requests that arrive together share one forward pass.
 
     Example:  tagger serve --model models/mirflickr --port 8000
-    Example:  tagger serve --library ~/Pictures    (then open http://127.0.0.1:8000/review)
+    Example:  tagger serve --library ~/Pictures
+
+    With --library, open http://127.0.0.1:8000/review to accept or reject the machine's tags.
     """
 
     from tagger.service.app import ServiceLimits, resolve_token
