@@ -147,3 +147,37 @@ def test_rejected_tags_are_not_proposed_again_after_training_from(tmp_path, base
     for i, words in rejected.items():
         key = next(k for k in got if k.endswith(photos[i].name))
         assert words[0] not in got[key], (photos[i].name, got[key])
+
+
+def test_the_word_layer_learns_the_librarys_keywords_and_its_rejections_and_keeps_the_base_when_it_helps_nothing():
+    from tagger.scoring.classifier import WordClassifier
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (80, 6)).astype(np.float32)
+    base = WordClassifier(np.zeros((3, 6), np.float32), np.full(3, -2.0, np.float32))
+    # word 0 on photos whose first feature is positive; word 1 on every photo but those whose second feature is
+    # above 0.5, where the owner rejected it
+    no = features[:, 1] > 0.5
+    ids = [([0] if f[0] > 0 else []) + ([] if n else [1]) for f, n in zip(features, no)]
+    negatives = np.array([(row, 1) for row in np.flatnonzero(no)])
+    config = ExtendConfig(classifier_epochs=200, classifier_lr=0.05)
+    rows = np.arange(80)
+    tuned, log = extend_module.finetune_classifier(base, features, rows, ids, negatives, config, None)
+    p = tuned.probabilities(features)
+    assert log["best_epoch"] == 200  # no validation photos: the last pass
+    assert p[features[:, 0] > 0, 0].mean() > 0.7 > 0.3 > p[features[:, 0] <= 0, 0].mean()
+    assert p[no, 1].mean() < 0.3 < 0.7 < p[~no, 1].mean()
+    # a rejection weighs 20 times a photo merely without the word: lower still on the rejected photos
+    unrejected, _ = extend_module.finetune_classifier(base, features, rows, ids, np.zeros((0, 2), int), config, None)
+    assert p[no, 1].mean() < unrejected.probabilities(features)[no, 1].mean() - 0.05
+    assert base.probabilities(features)[0, 0] == pytest.approx(0.1192, abs=1e-4)  # the base itself is not changed
+
+    # validation photos whose one true word the base already ranks first (the best P@5 there is): however the
+    # passes move the layer (towards word 2 everywhere), pass 0, the base's own weights, is kept
+    wide = rng.normal(0, 1, (80, 12)).astype(np.float32)
+    good = WordClassifier(np.eye(12, dtype=np.float32) * 5, np.zeros(12, np.float32))
+    val = (wide[:10], [{int(np.argmax(f))} for f in wide[:10]])
+    kept, log = extend_module.finetune_classifier(good, wide, rows, [[2]] * 80, np.zeros((0, 2), int), config, val)
+    assert log["best_epoch"] == 0 and np.array_equal(kept.weight, good.weight)
+    moved, _ = extend_module.finetune_classifier(good, wide, rows, [[2]] * 80, np.zeros((0, 2), int), config, None)
+    assert not np.allclose(moved.weight, good.weight)

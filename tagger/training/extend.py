@@ -79,6 +79,11 @@ class ExtendConfig:
     lr: float = 1e-4  # Adam's: a tenth of the presets', so a few hundred photos move the generator, not replace it
     batch_size: int = 64
     reject_weight: float = 1.0  # weight of the unlikelihood term of rejected tags beside the keywords' softmax
+    # A retrained backbone's word layer (tagger.scoring.classifier) is fine-tuned too: full-batch passes over the
+    # library's photos, binary cross-entropy on the keywords, a rejected tag's term weighted classifier_reject_weight.
+    classifier_epochs: int = 60
+    classifier_lr: float = 1e-3
+    classifier_reject_weight: float = 20.0
     # Each library photo counts this many times in the word frequencies the tagging prior and the training
     # term use: the owner's own frequencies, not the base's, are what the library's photos have.
     prior_weight: float = 1.0
@@ -94,6 +99,8 @@ class ExtendConfig:
             raise OptionError("min_count and batch_size must be 1 or more, epochs 0 or more")
         if not (self.lr > 0 and self.reject_weight >= 0 and self.prior_weight > 0):
             raise OptionError("lr and prior_weight must be above 0, reject_weight 0 or more")
+        if self.classifier_epochs < 0 or not (self.classifier_lr > 0 and self.classifier_reject_weight >= 0):
+            raise OptionError("classifier_epochs and classifier_reject_weight must be 0 or more, classifier_lr above 0")
 
 
 @dataclass
@@ -370,6 +377,13 @@ def extend(data: str | Path, out: str | Path, base: Tagger, config: ExtendConfig
     G, train_log = finetune(G.to(device), cond, pairs, negatives, grown, prior, config, val, progress)
     G = G.cpu() if device.type != "cpu" else G
     best = train_log[-1]
+    if classifier is not None:
+        train_rows = np.flatnonzero(is_train)
+        classifier, classifier_log = finetune_classifier(classifier, features, train_rows, [ids[i] for i in train_rows], negatives,
+                                                         config, (features[val_rows], val_truth) if val_rows else None)
+        grown = grown.replace(classifier=classifier)
+        log.info(f"word layer: best pass {classifier_log['best_epoch']} of {config.classifier_epochs} (0 is the base's), "
+                 f"val P@5 {classifier_log['best_p5']:.4f}")
     stages["generator"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -423,6 +437,49 @@ def compare(tagger: Tagger, base: Tagger, frame: pd.DataFrame, features: np.ndar
         return Comparison(0, split)
     evidence, truth = Evidence(features[rows], chroma[rows]), [set(ids[i]) for i in rows]
     return Comparison(len(rows), split, held_out_p5(tagger, evidence, truth, tagger.words), held_out_p5(base, evidence, truth, tagger.words))
+
+
+def finetune_classifier(classifier: WordClassifier, features: np.ndarray, rows: np.ndarray, ids: list[list[int]],
+                        negatives: np.ndarray, config: ExtendConfig, val: tuple[np.ndarray, list[set[int]]] | None
+                        ) -> tuple[WordClassifier, dict]:
+    """The word layer fine-tuned on the library's training photos `rows` (their keyword ids `ids`), with the rejected
+    (row, word) `negatives` pushed down harder; the pass kept is the best by the layer's own P@5 on `val`, the base's
+    (pass 0) included, so a library that teaches it nothing leaves it as it was. Without `val`, the last pass."""
+    torch.manual_seed(config.seed)
+    weight = torch.nn.Parameter(torch.from_numpy(classifier.weight.copy()))
+    bias = torch.nn.Parameter(torch.from_numpy(classifier.bias.copy()))
+    x = torch.from_numpy(np.ascontiguousarray(features[rows], dtype=np.float32))
+    target = torch.zeros(len(rows), classifier.words)
+    for r, words in enumerate(ids):
+        target[r, words] = 1.0
+    loss_weight = torch.ones_like(target)
+    where = {int(row): r for r, row in enumerate(rows)}
+    for row, word in negatives:
+        if int(row) in where:
+            loss_weight[where[int(row)], int(word)] = config.classifier_reject_weight
+    has_words = torch.from_numpy(np.array([bool(w) for w in ids]) | (loss_weight > 1).any(dim=1).numpy())
+    x, target, loss_weight = x[has_words], target[has_words], loss_weight[has_words]
+
+    def val_p5() -> float:
+        if val is None:
+            return math.nan
+        with torch.no_grad():
+            logits = torch.from_numpy(val[0]) @ weight.T + bias
+        return precision_at_k(top_ids(logits.numpy(), 5), val[1], 5)
+
+    best = {"best_epoch": 0, "best_p5": val_p5(), "weight": classifier.weight, "bias": classifier.bias}
+    if not len(x):
+        return classifier, best
+    opt = torch.optim.Adam([weight, bias], lr=config.classifier_lr)
+    for epoch in range(1, config.classifier_epochs + 1):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight.T + bias, target, weight=loss_weight)
+        loss.backward()
+        opt.step()
+        p5 = val_p5()
+        if val is None or p5 > best["best_p5"]:
+            best = {"best_epoch": epoch, "best_p5": p5, "weight": weight.detach().numpy().copy(), "bias": bias.detach().numpy().copy()}
+    return WordClassifier(best.pop("weight"), best.pop("bias")), best
 
 
 def grow_classifier(classifier: WordClassifier | None, new: int) -> WordClassifier | None:
