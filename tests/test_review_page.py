@@ -4,7 +4,8 @@ A library of real subset photos tagged by `tagger tag --sidecar xmp` (the tiny r
 tags appear is not checked, only what the page does with them), reviewed with the mouse and the
 keyboard and read back from the sidecars, and by a new server after a restart; and a 2,000-photo
 library scrolled to its end, a page of photos at a time with only the thumbnails near the screen
-alive. Set TAGGER_SCREENSHOT=docs/review.png to keep a screenshot of the page for the README
+alive; and the loop, a word rejected in the page on every photo it shows it on, `train --from`, the grown
+model. Set TAGGER_SCREENSHOT=docs/review.png to keep a screenshot of the page for the README
 (TAGGER_SCREENSHOT_MODEL=shipped tags its photos with the shipped model instead of the tiny one).
 """
 import os
@@ -260,3 +261,65 @@ def test_a_2000_photo_library_pages_smoothly_and_50_photos_are_rejected_at_once(
         expect(page.locator("#count")).to_have_text("0 of 0 photos tagged “dog” not reviewed")
     rejected = [p for p in photos if read_sidecar(sidecar_path(p)).rejected == ["dog"]]
     assert rejected == photos[::40]
+
+
+@pytest.mark.slow
+def test_the_loop_a_word_rejected_in_the_page_is_not_proposed_again_by_the_model_trained_from_it(page, tmp_path):
+    """Review and learn, end to end: `tagger tag --sidecar xmp`, the owner rejects a word on every photo the page
+    shows it on, `tagger train --from`, and the grown model proposes it on at most a fifth of those photos."""
+    import json
+    from collections import Counter
+
+    from typer.testing import CliRunner
+
+    from test_from import write_library
+    from tagger.bundle import load, save
+    from tagger.cli import app
+    from tagger.scoring.evidence import Evidence
+    from tagger.scoring.options import TagOptions
+
+    runner = CliRunner()
+    base = save(build_tiny_tagger(unit=True, heads=2, scoring="softmax", knn_photos=40, neighbour_votes=5), tmp_path / "base")
+    library = tmp_path / "lib"
+    photos, owner = write_library(library, 60)
+    cache = str(tmp_path / "cache")
+    done = runner.invoke(app, ["tag", str(library), "--out", str(tmp_path / "before.jsonl"), "--model", str(base), "--sidecar", "xmp",
+                               "--method", "cgan", "--top-k", "3", "--min-score", "0", "--cache-dir", cache])
+    assert done.exit_code == 0, done.output
+    machine = {p: read_sidecar(sidecar_path(p)).machine for p in photos}
+    word, count = Counter(w for p in photos for w in machine[p]).most_common(1)[0]
+    shown = [p for p in photos if word in machine[p]]
+    assert count >= 10 and len(shown) == count
+    owners = [p for p in photos if word in read_sidecar(sidecar_path(p)).subject and word not in machine[p]]
+    total = count + len(owners)  # the filter shows the photos whose owner gave the word too
+
+    with Server(create_app(load(base), library=Library(library))) as server:
+        page.goto(server.url + "review")
+        page.fill("#tag", word)
+        page.keyboard.press("Enter")
+        expect(page.locator("#count")).to_have_text(f"{total} of {total} photos tagged “{word}”")
+        cards(page).first.click()
+        page.keyboard.press("Control+A")
+        expect(page.locator("#bulk-count")).to_have_text(f"{total} selected")
+        expect(page.locator("#bulk-tag")).to_have_value(word)
+        page.keyboard.press("r")
+        expect(page.locator("#status")).to_have_text(f"“{word}” rejected on {count} photos", timeout=30_000)
+    assert [p for p in photos if read_sidecar(sidecar_path(p)).rejected == [word]] == shown
+
+    # The generator's settings of the --from loop test (tests/test_from.py): a tiny library moves a tiny model.
+    from tagger.training.extend import ExtendConfig, extend
+    result = extend(library, tmp_path / "grown", load(base), ExtendConfig(min_count=3, split=(1.0, 0.0, 0.0), epochs=30, lr=3e-3,
+                                                                          cache_dir=tmp_path / "cache"), progress=False)
+    assert result.rejected == count
+    grown = load(tmp_path / "grown")
+    feats = grown.read(shown).features
+    again = grown.tag(Evidence(feats, None), TagOptions(method="cgan", top_k=3, min_score=0))
+    still = [p.name for p, row in zip(shown, again) if word in [w for w, _ in row.tags]]
+    assert len(still) <= count // 5, still
+    # Tagging again with the grown model writes the word on none of them, and the owner's decisions stay.
+    done = runner.invoke(app, ["tag", str(library), "--out", str(tmp_path / "after.jsonl"), "--model", str(tmp_path / "grown"),
+                               "--sidecar", "xmp", "--cache-dir", cache])
+    assert done.exit_code == 0, done.output
+    after = {Path(json.loads(line)["path"]).name: json.loads(line)["tags"] for line in (tmp_path / "after.jsonl").read_text().splitlines()}
+    assert all(word not in after[p.name] for p in shown)
+    assert all(read_sidecar(sidecar_path(p)).rejected == [word] for p in shown)
