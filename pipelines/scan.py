@@ -29,6 +29,7 @@ RAW = "RAW photo (tag its JPEG export, or its preview: exiftool -b -PreviewImage
 METADATA = "sidecar or metadata file"
 OTHER = "not a photo (by extension)"
 NOT_REGULAR = "not a regular file (device, FIFO or socket)"
+LINK_OUT = "folder link out of the folders scanned (not followed: its sidecars would be written outside them)"
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,21 @@ def scan(sources: Iterable[str | Path], exclude_dirs: Sequence[str] = DEFAULT_EX
     """The photos in `sources` (folders, searched recursively, and photo files), sorted, without repeats.
 
     exclude_dirs: folder-name globs not to enter (matched against each folder's name). Symlinked
-    folders are followed once each, so a link back up the tree cannot loop. A folder that cannot
-    be read is logged as a warning naming it; the rest of the tree is still scanned.
+    folders are followed once each, so a link back up the tree cannot loop, and only where they lead
+    inside one of the folders of `sources`: a library is a stranger's folder, and a link out of it
+    (to an external drive, to /) would have tagger read, and write sidecars, elsewhere. A photo file
+    that is a link is taken (its sidecar goes beside the link; `embed` writes through it only into
+    the library). A folder that cannot be read is logged as a warning naming it; the rest of the
+    tree is still scanned.
     """
     result = Scan()
     seen: set[tuple[int, int]] = set()
     found: dict[str, Path] = {}
+    roots = [os.path.realpath(s) for s in map(Path, sources) if s.is_dir()]
+
+    def inside(folder: Path) -> bool:
+        real = os.path.realpath(folder)
+        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
     def unreadable(e: OSError) -> None:
         from pipelines.images import printable_path
@@ -80,6 +90,9 @@ def scan(sources: Iterable[str | Path], exclude_dirs: Sequence[str] = DEFAULT_EX
             for d in [d for d in dirs if any(fnmatch.fnmatchcase(d, g) for g in exclude_dirs)]:
                 dirs.remove(d)
                 result.skip(EXCLUDED_DIR, Path(root) / d)
+            for d in [d for d in dirs if os.path.islink(os.path.join(root, d)) and not inside(Path(root) / d)]:
+                dirs.remove(d)
+                result.skip(LINK_OUT, Path(root) / d)
             dirs.sort()
             for name in files:
                 path = Path(root) / name

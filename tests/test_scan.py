@@ -1,7 +1,7 @@
 """Scanning a library: photos chosen, NAS clutter left out, and every file not taken counted by reason."""
 import os
 
-from pipelines.scan import EXCLUDED_DIR, HIDDEN, METADATA, NOT_REGULAR, OTHER, RAW, scan
+from pipelines.scan import EXCLUDED_DIR, HIDDEN, LINK_OUT, METADATA, NOT_REGULAR, OTHER, RAW, scan
 
 
 def touch(path):
@@ -32,3 +32,21 @@ def test_exclude_globs_and_named_files(tmp_path):
     assert found.photos == sorted([keep, one]) and found.skipped == {EXCLUDED_DIR: 1}
     # A named file that is missing is kept: tagging reports it under its name.
     assert scan([tmp_path / "gone.jpg"]).photos == [tmp_path / "gone.jpg"]
+
+
+def test_a_folder_link_is_followed_only_inside_the_folders_scanned(tmp_path):
+    lib, drive = tmp_path / "lib", tmp_path / "drive"
+    a = touch(lib / "2020" / "a.jpg")
+    touch(drive / "b.jpg")
+    os.symlink(lib / "2020", lib / "also2020")  # inside: the same folder, walked once
+    os.symlink(drive, lib / "drive")  # out of the library: its sidecars would be written on the drive
+    os.symlink("/", lib / "everything")
+    favourite = lib / "fav.jpg"
+    os.symlink(drive / "b.jpg", favourite)  # a photo that is a link is read; its sidecar goes beside the link
+    found = scan([lib])
+    assert found.photos == [a, favourite]
+    assert found.skipped == {LINK_OUT: 2} and found.examples[LINK_OUT].endswith("drive")
+    # Named as a folder to scan, the drive is the user's to ask for; so is a link given as the library itself.
+    assert scan([lib, drive]).photos == sorted([a, favourite, lib / "drive" / "b.jpg"])  # the drive walked once, through the link
+    os.symlink(lib, tmp_path / "Pictures")
+    assert scan([tmp_path / "Pictures"]).photos == [tmp_path / "Pictures" / "2020" / "a.jpg", tmp_path / "Pictures" / "fav.jpg"]

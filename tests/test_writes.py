@@ -92,6 +92,36 @@ def test_a_sidecar_link_is_followed_only_to_a_regular_file_inside_the_library(tm
     assert sync(inside, ["cat"], XMP, library=[lib]) and read_sidecar(kept).subject == ["Anna", "cat"]
 
 
+def test_a_folder_link_out_of_the_library_is_not_followed_and_nothing_is_written_there(tmp_path):
+    lib, drive = tmp_path / "lib", tmp_path / "drive"
+    photo(lib / "beach.jpg")
+    photo(drive / "stranger.jpg", seed=1)
+    (lib / "drive").symlink_to(drive, target_is_directory=True)
+    summary = tag_folder(lib, tmp_path / "o.csv", tagger_of(), sidecar=XMP)
+    assert sorted(p.name for p in drive.iterdir()) == ["stranger.jpg"]  # no sidecar beside the stranger's photo
+    assert summary.tagged == 1 and read_sidecar(lib / "beach.jpg.xmp").subject == ["beach", "sea"]
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+def test_embed_writes_through_a_photo_link_only_into_the_library_and_keeps_the_link(tmp_path):
+    lib = tmp_path / "lib"
+    kept = photo(lib / "originals" / "a.jpg")
+    stranger = photo(tmp_path / "elsewhere" / "b.jpg", seed=1)
+    before = stranger.read_bytes()
+    (lib / "album").mkdir()
+    (lib / "album" / "a.jpg").symlink_to(kept)
+    (lib / "album" / "b.jpg").symlink_to(stranger)
+    summary = tag_folder(lib / "album", tmp_path / "o.csv", tagger_of(), embed=True)
+    assert (lib / "album" / "a.jpg").is_symlink() and (lib / "album" / "b.jpg").is_symlink()  # exiftool would replace a link
+    assert stranger.read_bytes() == before
+    # The album alone is the library here, so a.jpg's file (in originals/) is out of it too; tagging the whole library writes it.
+    assert len(summary.sidecar_errors) == 2 and all("outside the library" in e for e in summary.sidecar_errors)
+    assert embedded_keywords(kept).subject == []
+    summary = tag_folder(lib, tmp_path / "o2.csv", tagger_of(), embed=True)
+    assert embedded_keywords(kept).subject == ["beach", "sea"] and (lib / "album" / "a.jpg").is_symlink()
+    assert stranger.read_bytes() == before and len(summary.sidecar_errors) == 1 and "b.jpg" in summary.sidecar_errors[0]
+
+
 def test_keywords_are_read_and_written_without_control_characters(tmp_path):
     p = photo(tmp_path / "p.jpg", xmp=packet("New&#10;York", "a&#9;b&#13;&#10;import os", "\u2028x").encode())
     assert embedded_keywords(p).subject == ["New York", "a b import os", "x"]

@@ -207,7 +207,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclud
         if sidecar:
             summary.sidecars_written = len(todo) + _sync_sidecars(rows, photos, sidecar, tree, summary, library, every, dry_run=True)
         if embed:
-            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, naming, backups, dry_run=True))
+            summary.embedded = len(todo) + len(_embed_all(rows, photos, tree, summary, naming, backups, library, dry_run=True))
         return summary
     journal = journal_path(out)
     for key, digest in hashes.items():
@@ -252,7 +252,7 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclud
     summary.failures_file = write_failures(rows, out)
     journal.unlink(missing_ok=True)
     if embed:
-        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary, naming, backups)
+        rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary, naming, backups, library)
         summary.embedded = len(rewritten)
         if rewritten:
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
@@ -293,12 +293,12 @@ def _sync_sidecars(rows: pd.DataFrame, photos: dict[str, Path], config: SidecarC
 
 
 def _embed_all(rows: pd.DataFrame, photos: dict[str, Path], tree: KeywordTree, summary: Summary, naming: str,
-               backups: Callable[[Path], Path | None], dry_run: bool = False) -> dict[str, str]:
+               backups: Callable[[Path], Path | None], library: Sequence[Path], dry_run: bool = False) -> dict[str, str]:
     """Write every tagged photo's tags into the photo itself; {path: its new content hash} of those rewritten."""
     rewritten = {}
     for key, tags in zip(rows["path"], rows["tags"]):
         try:
-            if embed(photos[key], list(tags), tree, dry_run=dry_run, naming=naming, backup=backups(photos[key])):
+            if embed(photos[key], list(tags), tree, dry_run=dry_run, naming=naming, backup=backups(photos[key]), library=library):
                 rewritten[key] = "" if dry_run else content_hash(photos[key])
         except (SidecarError, OSError) as e:
             summary.sidecar_errors.append(path_key(str(e)))

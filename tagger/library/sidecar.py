@@ -211,15 +211,18 @@ def _read(path: Path) -> bytes | None:
 
 
 def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,
-          naming: str = "auto", backup: Path | None = None) -> bool:
+          naming: str = "auto", backup: Path | None = None, library: Sequence[str | Path] | None = None) -> bool:
     """Write the machine tags into the photo's own XMP, and IPTC Keywords where it has IPTC (for Lightroom, which ignores sidecars of JPEGs).
 
     The same merge as a sidecar (`tagger.library.merge`), with the owner's keywords of the photo's
     sidecar (named by `naming`) too; exiftool writes it in place, every other field and the pixels
     untouched. backup: where to keep the photo's original before its first rewrite (never replaced
-    later); None keeps none. True if the photo was (or, dry, would be) rewritten.
+    later); None keeps none. library: the folders the photo was found in (default: its own folder); a
+    photo that is a symlink is written through only to a regular file inside them (exiftool would
+    otherwise replace the link with a file). True if the photo was (or, dry, would be) rewritten.
     """
     photo = Path(photo)
+    real = _photo_file(photo, library)
     old = embedded_xmp(photo)
     have, packet = _parse(old, photo)
     have.iptc = embedded_fields(photo).iptc
@@ -232,17 +235,18 @@ def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(),
     if old is None and replace(want, iptc=None) == Keywords():
         return False  # no keyword to write (a blank frame's), and no XMP to keep in step: no empty packet is added
     new = _render(old, packet, have, want)
-    return _exiftool_write(photo, None if new == old else new, have, want, dry_run, backup)
+    return _exiftool_write(real, None if new == old else new, have, want, dry_run, backup)
 
 
 def unembed(photo: str | Path, tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,
-            backup: Path | None = None) -> tuple[list[str], bool]:
+            backup: Path | None = None, library: Sequence[str | Path] | None = None) -> tuple[list[str], bool]:
     """Take every machine tag and everything else tagger wrote out of the photo's XMP and IPTC (`tagger untag --embed`).
 
     (the machine keywords taken out, whether the photo is (or, dry, would be) rewritten); a photo with
-    nothing of tagger's in it is not touched.
+    nothing of tagger's in it is not touched. library: as for `embed`.
     """
     photo = Path(photo)
+    real = _photo_file(photo, library)
     old = embedded_xmp(photo)
     have, packet = _parse(old, photo)
     have.iptc = embedded_fields(photo).iptc
@@ -250,8 +254,21 @@ def unembed(photo: str | Path, tree: KeywordTree = KeywordTree(), dry_run: bool 
         return [], False  # nothing of tagger's in it: not even rewritten
     want = strip(have, tree)
     new = _render(old, packet, have, want)
-    changed = _exiftool_write(photo, None if new == old else new, have, want, dry_run, backup)
+    changed = _exiftool_write(real, None if new == old else new, have, want, dry_run, backup)
     return _removed(have, want, tree.root), changed
+
+
+def _photo_file(photo: Path, library: Sequence[str | Path] | None) -> Path:
+    """The file exiftool rewrites for `photo`: itself, or the regular file inside the library its symlink names."""
+    if not os.path.islink(photo):
+        return photo
+    dest = Path(os.path.realpath(photo))
+    if not any(dest.is_relative_to(os.path.realpath(root)) for root in ([photo.parent] if library is None else library)):
+        raise SidecarError(f"{photo}: a symlink to {dest}, outside the library; its keywords are not written into it "
+                           "(tagger writes no file out of the library)")
+    if not dest.is_file():
+        raise SidecarError(f"{photo}: a symlink to something not a regular file ({dest}); left alone")
+    return dest
 
 
 def unsync(photo: str | Path, target: Path, tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,

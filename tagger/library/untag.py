@@ -65,7 +65,7 @@ def untag(sources: Sequence[str | Path], *, embed: bool = False, tree: KeywordTr
             summary.keywords += len(removed)
         if embed:
             try:
-                removed, changed = unembed(photo, tree, dry_run, backup=backups(photo))
+                removed, changed = unembed(photo, tree, dry_run, backup=backups(photo), library=library)
             except (SidecarError, OSError) as e:
                 summary.errors.append(printable_path(str(e)))
                 continue
