@@ -2,7 +2,7 @@
 import pyarrow as pa
 import pytest
 
-from tagger.library.plan import UNKNOWN, decide, latest_rows, listing_table
+from tagger.library.plan import UNKNOWN, common_prefix, decide, latest_rows, listing_table, tails
 
 
 def rows(paths, sizes, mtimes, settings="s", hashes=None, errors=None) -> pa.Table:
@@ -55,3 +55,23 @@ def test_a_manifest_lists_a_photo_once(tmp_path):
     (tmp_path / "list.csv").write_text("path\na.jpg\nb.jpg\na.jpg\n")
     photos, _ = list_photos(tmp_path / "list.csv")
     assert photos["key"].to_pylist() == [f"{tmp_path}/a.jpg", f"{tmp_path}/b.jpg"]
+
+
+def test_paths_are_matched_on_what_follows_the_listings_common_start():
+    """An archive's keys share a long start; rows are matched on the rest. A row outside that start is no photo's, a
+    key is found in any hash table of its part of the keys, and a dictionary-encoded column (the ray engine reads
+    settings and errors so) decides as its text would."""
+    keys = pa.chunked_array([["/mnt/a/2019/x.jpg", "/mnt/a/2019/y.jpg"], ["/mnt/a/2020/z.jpg"]])
+    assert common_prefix(keys) == "/mnt/a/20" and common_prefix(pa.array([], pa.string())) == ""
+    paths = pa.array(["/mnt/a/2020/z.jpg", "/mnt/a/2019/x.jpg", "/mnt/b/2019/x.jpg", "/mnt/a/2020/z.jpg", "/mnt/a/2019/x.jpgg"])
+    where = latest_rows(tails(paths, "/mnt/a/20"), tails(keys, "/mnt/a/20"))
+    assert list(where) == [1, -1, 3]  # "/mnt/b/2019/x.jpg" (the same 9 characters on) is not x.jpg's row
+    assert [list(latest_rows(paths, keys, step=s)) for s in (1, 2, 3)] == [[1, -1, 3]] * 3
+    previous = rows(["/mnt/a/2019/x.jpg", "/mnt/a/2019/y.jpg", "/mnt/a/2020/z.jpg"], [1, 2, 3], [1, 2, 3])
+    coded = previous.set_column(2, "settings", pa.array(["s", None, "old"]).dictionary_encode()) \
+        .set_column(3, "error", pa.array(["", "bad", None]).dictionary_encode())
+    listing = listing_table(keys.to_pylist(), [(1, 1), (2, 2), (3, 3)])
+    for table, prefix in ((coded, ""), (coded.set_column(0, "path", tails(coded["path"], "/mnt/a/20")), "/mnt/a/20")):
+        decision = decide(listing, table, lambda t: [], "s", old_hashes=lambda: previous["hash"], prefix=prefix)
+        # y failed before (retried), z was made with other settings (tagged again); x is kept
+        assert decision.todo["key"].to_pylist() == ["/mnt/a/2019/y.jpg", "/mnt/a/2020/z.jpg"] and decision.retag == 1

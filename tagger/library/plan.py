@@ -106,26 +106,53 @@ class Decision:
         return set(self.listing_keys.filter(pa.array(self.kept_mask)).to_pylist())
 
 
-def latest_rows(paths: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """For each of `keys`, the position in `paths` of its last row (a later row is a later run's), -1 where it has none.
+def common_prefix(keys: pa.ChunkedArray | pa.Array) -> str:
+    """The longest start all `keys` share: the least and the greatest of them share it with every other."""
+    if not len(keys) or not pc.count(keys).as_py():
+        return ""
+    least, greatest = pc.min_max(keys).values()
+    return os.path.commonprefix([least.as_py(), greatest.as_py()])
 
-    One hash table, over the keys (a photo listed twice: its first place), looked up by every row: no
-    table of the distinct paths, nor a copy of the rows, is made first.
+
+def tails(values, prefix: str):
+    """What follows `prefix` in each of `values` (text, or a `pyarrow.dataset` field), null where it does not start so.
+
+    An archive's paths share a long start (a mount point, a bucket, a year's folder): matched on what
+    follows it, a rerun of 2M photos holds and hashes 60 MB of text where the whole paths took 180.
+    """
+    if not prefix:
+        return values
+    return pc.if_else(pc.starts_with(values, pattern=prefix), pc.utf8_slice_codeunits(values, len(prefix)), pa.scalar(None, pa.string()))
+
+
+KEYS_PER_LOOKUP = 1 << 19  # keys per hash table in latest_rows: ~50 MB of table, however many photos
+
+
+def latest_rows(paths: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array, step: int = KEYS_PER_LOOKUP) -> np.ndarray:
+    """For each of `keys` (distinct), the position in `paths` of its last row (a later row is a later run's), -1 where
+    it has none.
+
+    A hash table over `step` keys at a time, looked up by every row: no table of the distinct paths,
+    nor a copy of the rows, is made, and the table stays the same size for 2M photos as for 500,000
+    (one over 2M keys took ~300 MB of the driver's peak).
     """
     n = len(keys)
     where = np.full(n, -1, dtype=np.int64)
     if not len(paths) or not n:
         return where
-    place = pc.fill_null(pc.index_in(paths, value_set=keys), -1).to_numpy(zero_copy_only=False)
-    hit = place >= 0
-    np.maximum.at(where, place[hit], np.flatnonzero(hit))
+    for start in range(0, n, step):
+        place = pc.fill_null(pc.index_in(paths, value_set=keys.slice(start, step)), -1).to_numpy(zero_copy_only=False)
+        hit = place >= 0
+        np.maximum.at(where, start + place[hit], np.flatnonzero(hit))
     return where
 
 
 def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Callable[[pa.Table], Sequence[str]], settings: str,
-           retry_failed: bool = True, rehash: bool = False, old_hashes: Callable[[], pa.ChunkedArray] | None = None) -> Decision:
+           retry_failed: bool = True, rehash: bool = False, old_hashes: Callable[[], pa.ChunkedArray] | None = None,
+           prefix: str = "") -> Decision:
     """Which photos of `listing` (key, size, mtime, ...) to tag, given the rows of earlier runs (`previous`: path, hash,
-    settings, error, size, mtime; a photo's last row is its latest).
+    settings, error, size, mtime; a photo's last row is its latest). prefix: previous's paths are given without it
+    (`tails`), as the ray engine reads them; the keys are matched on what follows it too.
 
     rsync's quick check: a photo whose size and modification time equal its row's (both known) is
     taken as unchanged without reading it; the others with a row are hashed, `hash_photos(rows of the
@@ -138,7 +165,7 @@ def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Ca
         previous = pa.Table.from_pandas(_previous_columns(previous), preserve_index=False)
     keys, n = listing["key"], listing.num_rows
     # Each photo's row by position (-1: no row); the listing keeps its order, the tagging order.
-    where = latest_rows(previous["path"].cast(pa.string()), keys)
+    where = latest_rows(previous["path"].cast(pa.string()), tails(keys, prefix))
     has_row = where >= 0
     at = np.where(has_row, where, 0)
     hash_column = []
@@ -168,11 +195,11 @@ def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Ca
     if need.any():
         fresh = pa.array(list(hash_photos(listing.filter(pa.array(need)))), pa.string())
         changed[need] = _flags(pc.or_(pc.equal(fresh, ""), pc.not_equal(fresh, old_text("hash", need))))
-    failed_before = per_photo(~_flags(pc.equal(pc.fill_null(previous["error"], ""), "")))
+    failed_before = per_photo(~_is(previous["error"], ""))
     # A failure is retried even when the hash is the same: the photo may have been read while being
     # copied or rewritten (its hash taken before), or from a share that was briefly away.
     todo = changed | (failed_before if retry_failed else False)
-    retag = ~todo & per_photo(~_flags(pc.equal(pc.fill_null(previous["settings"], ""), settings)))
+    retag = ~todo & per_photo(~_is(previous["settings"], settings))
     todo |= retag
     kept = ~todo
     # The hash each photo to tag is known by: read now, its row's (unchanged, tagged again), or "" (new).
@@ -188,6 +215,19 @@ def decide(listing: pa.Table, previous: pd.DataFrame | pa.Table, hash_photos: Ca
     return Decision(todo=chosen.append_column("hash", hashes), retag=int(retag.sum()), kept_mask=kept, listing_keys=keys,
                     old_failed=pd.DataFrame({"path": keys.filter(pa.array(gone)).to_pylist(), "error": old_text("error", gone).to_pylist()}),
                     relisted=listing.filter(pa.array(kept & ~same)).select(["key", *LISTING]), hashed=int(need.sum()))
+
+
+def _is(column: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
+    """Flags of the rows equal to `value` (a null as ""). A dictionary-encoded column is compared on its dictionary:
+    decoded, 2M rows of one run's settings were ~260 MB of text on the driver."""
+    parts = []
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        if pa.types.is_dictionary(chunk.type):
+            same = np.append(_flags(pc.equal(chunk.dictionary, value)), value == "")  # index -1 (a null row) takes the last
+            parts.append(same[pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False)])
+        else:
+            parts.append(_flags(pc.equal(pc.fill_null(chunk, ""), value)))
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
 def _flags(expr) -> np.ndarray:

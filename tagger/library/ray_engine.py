@@ -54,8 +54,8 @@ from pipelines.scan import DEFAULT_EXCLUDE_DIRS, PHOTO_EXTENSIONS
 from tagger.library.batch import Lock
 from tagger.library.results import COLUMNS, BatchError, failures_tsv, output_format, write_failures
 # A unit is CHUNK_BATCHES x batch_size photos: the chunk of the local engine's tag_paths, so the batches match.
-from tagger.library.plan import (CHUNK_BATCHES, LISTING, UNKNOWN, Plan, Selection, Summary, decide, latest_rows, listing_of,
-                                 listing_table, select_photos)
+from tagger.library.plan import (CHUNK_BATCHES, LISTING, UNKNOWN, Plan, Selection, Summary, common_prefix, decide, latest_rows,
+                                 listing_of, listing_table, select_photos, tails)
 from tagger.scoring.options import TagOptions
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,13 @@ def ray_session(address: str | None = None):
 def driver_memory_pool():
     """The driver's Arrow buffers from jemalloc while a run plans and collects, where pyarrow has it and the user chose
     no pool (ARROW_DEFAULT_MEMORY_POOL): planning a rerun of 2M photos peaked ~250 MB higher with pyarrow's default
-    (mimalloc), which keeps memory freed between steps instead of handing it back."""
+    (mimalloc), which keeps memory freed between steps instead of handing it back. Freed pages go back at once, not
+    after jemalloc's decay of a second: the plan's steps follow each other faster than that, and the pages each had
+    freed were still held when the next allocated (2M photos: the rerun peaked at 870-950 MB with the decay, 750 without)."""
     try:
         pool = None if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") else pa.jemalloc_memory_pool()
+        if pool is not None:
+            pa.jemalloc_set_decay_ms(0)  # for the arenas made from now on: the driver's allocations are few and large
     except NotImplementedError:
         pool = None
     if pool is None:
@@ -329,7 +333,9 @@ def _read_manifest(file, name: str, base: str) -> pa.Table:
         return listing_table([], [], location=pa.array([], pa.binary()))
     listing = pa.concat_tables(parts)
     # A photo listed twice is one photo: its first line is kept (a run tags it once, and finds its row by its key).
-    first = pc.index_in(listing["key"], value_set=listing["key"]).to_numpy(zero_copy_only=False)
+    keys = tails(listing["key"], common_prefix(listing["key"]))
+    first = pc.index_in(keys, value_set=keys).to_numpy(zero_copy_only=False)
+    del keys
     repeated = first != np.arange(listing.num_rows)
     return listing.filter(pa.array(~repeated)) if repeated.any() else listing
 
@@ -610,12 +616,13 @@ class Output:
             self.fs.delete_dir(self.root)
 
     def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None, coded: bool = False,
-              where=None) -> pa.Table:
+              where=None, strip: str = "") -> pa.Table:
         """Every row of `files` (default: all), in file order, the columns asked for and `_file` (the file's index in
         `files`); a column a file lacks (written before it existed) reads as null. One scan of the dataset; a file torn
         by a killed run is removed (its photos are tagged again) and the scan repeated. coded: settings, error and
         note dictionary-encoded, as Parquet stores them (a run's settings are one string, not one a photo). where: a
-        `pyarrow.dataset` filter expression: only its rows (and no `_file`)."""
+        `pyarrow.dataset` filter expression: only its rows (and no `_file`). strip: each path as what follows this start
+        (`tails`: null where a path lacks it), cut while the files are read, so the whole paths are never held."""
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
@@ -628,7 +635,9 @@ class Output:
             try:
                 dataset = ds.dataset(files, schema=schema, format=fmt, filesystem=self.fs)
                 counts = [fragment.metadata.num_rows for fragment in dataset.get_fragments()]
-                table = dataset.to_table(columns=list(columns), filter=where)
+                projection = {c: tails(ds.field(c), strip) if c == "path" else ds.field(c) for c in columns} if strip \
+                    else list(columns)
+                table = dataset.to_table(columns=projection, filter=where)
                 break
             except (OSError, pa.ArrowInvalid) as e:
                 torn = []
@@ -807,10 +816,11 @@ def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_fai
     """What a run of `photos` (a listing, `list_photos`) into `output` will do: `tagger.library.plan.decide` on the
     output's rows (decide takes each photo's last). hash_photos(rows) hashes the photos whose listing does not match
     their row. The rows' hashes (64 characters a photo) are read only if one is needed: not by a rerun with nothing to do."""
-    previous = _filled(output.table(["path", "settings", "error", *LISTING], coded=True))
+    prefix = common_prefix(photos["key"])
+    previous = _filled(output.table(["path", "settings", "error", *LISTING], coded=True, strip=prefix))
     files = output.read_files
     return decide(photos, previous, hash_photos, settings, retry_failed, rehash,
-                  old_hashes=lambda: pc.fill_null(output.table(["hash"], files)["hash"], ""))
+                  old_hashes=lambda: pc.fill_null(output.table(["hash"], files)["hash"], ""), prefix=prefix)
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
@@ -908,15 +918,18 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
     missing = todo["key"].filter(pc.invert(pc.is_in(todo["key"], value_set=found)))
     summary.missing = missing.to_pylist()
     # Each listed photo's latest row, found as the plan found them: by one look-up of every row's path among the keys.
-    every = output.table(["path", "error"], coded=True)
-    last = latest_rows(every["path"], photos["key"])
-    listed = np.sort(last[last >= 0])
+    prefix = common_prefix(photos["key"])
+    every = output.table(["path", "error"], coded=True, strip=prefix)
+    last = latest_rows(every["path"], tails(photos["key"], prefix))
+    order = np.flatnonzero(last >= 0)
+    order = order[np.argsort(last[order], kind="stable")]  # the listed photos, in the order of their rows
+    listed = last[order]
     if len(listed) < every.num_rows:  # rows superseded by a later run, or of photos that left the source
         output.prune(every["_file"].to_numpy(), listed)
     errors = pc.fill_null(every["error"], "").take(pa.array(listed))
-    failed = pa.array(listed[pc.fill_null(pc.not_equal(errors, ""), False).to_numpy(zero_copy_only=False)])
-    failures = output.write_failures(pd.DataFrame({"path": every["path"].take(failed).to_pylist(),
-                                                   "error": every["error"].take(failed).cast(pa.string()).to_pylist()}, dtype=object))
+    bad = pc.fill_null(pc.not_equal(errors, ""), False).to_numpy(zero_copy_only=False)
+    failures = output.write_failures(pd.DataFrame({"path": photos["key"].take(pa.array(order[bad])).to_pylist(),
+                                                   "error": errors.filter(pa.array(bad)).cast(pa.string()).to_pylist()}, dtype=object))
     summary.failures_file = Path(failures) if failures else None
     return summary
 
