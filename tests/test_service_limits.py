@@ -346,3 +346,19 @@ def test_a_chunked_body_holds_the_budget_only_for_what_it_is_once_it_ends(tagger
     assert first["r"].status_code == 200 and first["r"].json()["results"][0]["tags"]
     assert second.status_code == 200, second.text
     assert uploads.used == 0 and uploads.waited == 0 and uploads.refused == 0
+
+
+def test_service_limits_refuse_counts_below_one_and_waits_that_never_end():
+    """A limit of the wrong type, a count under 1 or a NaN or negative wait is one OptionError naming the limit, before
+    any service starts (max_batch=0 would have left every request waiting for a batch that never closes)."""
+    import math
+
+    from pipelines.errors import OptionError
+    from tagger.service.app import ServiceLimits
+
+    assert ServiceLimits(batch_wait=0.0, max_photos=1).max_photos == 1
+    for bad, name in ((dict(max_batch=0), "max_batch"), (dict(max_photos=-3), "max_photos"), (dict(batch_wait=math.nan), "batch_wait"),
+                      (dict(read_timeout=-1.0), "read_timeout"), (dict(budget_wait=math.inf), "budget_wait"),
+                      (dict(max_photos="32"), "max_photos"), (dict(decode_workers=True), "decode_workers")):
+        with pytest.raises(OptionError, match=name):
+            ServiceLimits(**bad)

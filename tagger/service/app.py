@@ -40,7 +40,7 @@ import os
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +52,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, StringConstraints
 
+from embeddings.checks import check_fields
 from pipelines.errors import OptionError, TaggerError
 from pipelines.images import MAX_PIXELS, ImageError, declared_pixels, decode_image
 from pipelines.memory import release_free_memory
@@ -85,6 +86,15 @@ class ServiceLimits:
     max_bytes_in_flight: int = 1024 * 1024 * 1024
     max_pixels_in_flight: int = 300_000_000
     budget_wait: float = 10.0  # seconds a request waits for room in those budgets before a 503 with Retry-After
+
+    def __post_init__(self):
+        check_fields(self, OptionError)  # by their declared types: a count of "32" or True is refused
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # A count of 0 would refuse every request (or hang the batcher); a NaN or negative wait never ends.
+            if (value < 1) if f.type in ("int", int) else not (math.isfinite(value) and value >= 0):
+                raise OptionError(f"service limit {f.name} must be {'1 or more' if f.type in ('int', int) else 'a finite 0 or more'}, "
+                                  f"got {value!r}")
 
     @property
     def max_request_bytes(self) -> int:
