@@ -812,11 +812,12 @@ def _current_hashes(ray, photos: pa.Table, unit: int) -> list[str]:
     return [hashes.get(k, "") for k in photos["key"].to_pylist()]
 
 
-def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_failed: bool = True, rehash: bool = False):
+def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_failed: bool = True, rehash: bool = False,
+         prefix: str = ""):
     """What a run of `photos` (a listing, `list_photos`) into `output` will do: `tagger.library.plan.decide` on the
     output's rows (decide takes each photo's last). hash_photos(rows) hashes the photos whose listing does not match
-    their row. The rows' hashes (64 characters a photo) are read only if one is needed: not by a rerun with nothing to do."""
-    prefix = common_prefix(photos["key"])
+    their row. The rows' hashes (64 characters a photo) are read only if one is needed: not by a rerun with nothing to do.
+    prefix: a start every key has (`common_prefix`): the rows' paths are read and matched without it."""
     previous = _filled(output.table(["path", "settings", "error", *LISTING], coded=True, strip=prefix))
     files = output.read_files
     return decide(photos, previous, hash_photos, settings, retry_failed, rehash,
@@ -879,7 +880,8 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
         probe_once(rows)
         return _current_hashes(ray, rows, unit)
 
-    decision = plan(photos, output, settings, hash_photos, retry_failed, rehash)
+    prefix = common_prefix(photos["key"])  # the rows are matched on what follows it, here and after the run
+    decision = plan(photos, output, settings, hash_photos, retry_failed, rehash, prefix)
     todo = decision.todo
     summary = Summary.planned(decision, skipped=chosen.skipped, examples=chosen.examples)
     if on_plan:
@@ -918,7 +920,6 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
     missing = todo["key"].filter(pc.invert(pc.is_in(todo["key"], value_set=found)))
     summary.missing = missing.to_pylist()
     # Each listed photo's latest row, found as the plan found them: by one look-up of every row's path among the keys.
-    prefix = common_prefix(photos["key"])
     every = output.table(["path", "error"], coded=True, strip=prefix)
     last = latest_rows(every["path"], tails(photos["key"], prefix))
     order = np.flatnonzero(last >= 0)

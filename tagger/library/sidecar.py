@@ -222,7 +222,7 @@ def embed(photo: str | Path, tags: list[str], tree: KeywordTree = KeywordTree(),
     otherwise replace the link with a file). True if the photo was (or, dry, would be) rewritten.
     """
     photo = Path(photo)
-    real = _photo_file(photo, library)
+    real = _resolve(photo, [photo.parent] if library is None else library)  # exiftool would replace a link with a file
     old = embedded_xmp(photo)
     have, packet = _parse(old, photo)
     have.iptc = embedded_fields(photo).iptc
@@ -246,7 +246,7 @@ def unembed(photo: str | Path, tree: KeywordTree = KeywordTree(), dry_run: bool 
     nothing of tagger's in it is not touched. library: as for `embed`.
     """
     photo = Path(photo)
-    real = _photo_file(photo, library)
+    real = _resolve(photo, [photo.parent] if library is None else library)  # exiftool would replace a link with a file
     old = embedded_xmp(photo)
     have, packet = _parse(old, photo)
     have.iptc = embedded_fields(photo).iptc
@@ -256,19 +256,6 @@ def unembed(photo: str | Path, tree: KeywordTree = KeywordTree(), dry_run: bool 
     new = _render(old, packet, have, want)
     changed = _exiftool_write(real, None if new == old else new, have, want, dry_run, backup)
     return _removed(have, want, tree.root), changed
-
-
-def _photo_file(photo: Path, library: Sequence[str | Path] | None) -> Path:
-    """The file exiftool rewrites for `photo`: itself, or the regular file inside the library its symlink names."""
-    if not os.path.islink(photo):
-        return photo
-    dest = Path(os.path.realpath(photo))
-    if not any(dest.is_relative_to(os.path.realpath(root)) for root in ([photo.parent] if library is None else library)):
-        raise SidecarError(f"{photo}: a symlink to {dest}, outside the library; its keywords are not written into it "
-                           "(tagger writes no file out of the library)")
-    if not dest.is_file():
-        raise SidecarError(f"{photo}: a symlink to something not a regular file ({dest}); left alone")
-    return dest
 
 
 def unsync(photo: str | Path, target: Path, tree: KeywordTree = KeywordTree(), dry_run: bool = False, *,
