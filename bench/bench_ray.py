@@ -15,7 +15,8 @@ On the same Ray, in the same run: the start-up cost (a run of one photo), a reru
 already tagged (nothing to do: no photo read, as their size and mtime match their rows) against the
 same rerun with --rehash (every photo read and hashed, what every rerun did before), and the number
 of output files. Then, in a fresh process, the driver's peak memory planning a synthetic manifest of
---plan-rows photos, a first run and a rerun over an output that holds them all. The README's
+--plan-rows photos, a first run and a rerun over an output that holds them all, and a 3-photo folder
+run into that output (rows of another folder's photos, kept) against one into an empty output. The README's
 arithmetic for 100 million photos is worked out from these figures (`archive` in the JSON).
 """
 from __future__ import annotations
@@ -103,6 +104,43 @@ def plan_memory(rows: int, tmp: Path, model: Path, address: str, settings: str) 
     return result
 
 
+# A small folder run, as `tagger tag FOLDER --out OUT --engine ray` runs it, into an output that may hold the rows of
+# other folders' photos (an archive tagged as several runs into one output): they are kept, and should cost nothing.
+OTHER_CHILD = """
+import re, sys
+from tagger.library.bundle_check import checked_settings
+from tagger.library.ray_engine import RayOptions, tag_source
+
+folder, out, model, address = sys.argv[1:5]
+summary = tag_source(folder, out, model, RayOptions(address=address, workers=1), settings=checked_settings(model))
+status = open("/proc/self/status").read()
+print(summary.tagged + summary.kept, int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024)
+"""
+
+
+def other_rows_memory(photos: Path, others: Path, tmp: Path, model: Path, address: str) -> dict:
+    """Peak RSS (MB) of a fresh driver tagging `photos` into an empty output and into `others` (an output of another
+    folder's rows), a first run and a rerun of each."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from harness import child_env
+
+    empty = tmp / "alone.parquet"
+    result = {"other_rows": sum(pq.read_metadata(f).num_rows for f in others.glob("part-*.parquet"))}
+    for case, out in (("alone", empty), ("beside_other_rows", others)):
+        for run_no in ("first", "rerun"):
+            run = subprocess.run([sys.executable, "-c", OTHER_CHILD, str(photos), str(out), str(model), address],
+                                 capture_output=True, text=True, env=child_env(), check=True)
+            done, peak = run.stdout.split()
+            result[f"{case}_{run_no}_mb"] = round(float(peak))
+    shutil.rmtree(empty)
+    return result
+
+
 def same_rows(a, b) -> bool:
     a, b = a.sort_values("path").reset_index(drop=True), b.sort_values("path").reset_index(drop=True)
     return (list(a["path"]) == list(b["path"]) and [list(t) for t in a["tags"]] == [list(t) for t in b["tags"]]
@@ -163,8 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
             rerun_s, rehash_s = min(rerun_s.values()), min(rehash_s.values())
             # Past start-up: the n-photo run less the one-photo run, which pays the same start (the output holds one file).
             steady = {w: (n - 1) / (ray_s[w] - startup_s) if ray_s[w] > startup_s else None for w in counts}
-            memory = plan_memory(args.plan_rows, tmp / "plan", model, ray.get_runtime_context().gcs_address,
-                                 tagger.settings()) if args.plan_rows else None
+            address = ray.get_runtime_context().gcs_address
+            memory = plan_memory(args.plan_rows, tmp / "plan", model, address, tagger.settings()) if args.plan_rows else None
+            beside = other_rows_memory(link_folder(paths[:3], tmp / "other"), tmp / "plan" / "done.parquet", tmp, model,
+                                       address) if args.plan_rows else None
         finally:
             ray.shutdown()
 
@@ -198,6 +238,13 @@ def main(argv: list[str] | None = None) -> dict:
                             f"its own peak (VmHWM), not ru_maxrss (which counts the starting process's); torch "
                             f"{'loaded' if m['torch_in_driver'] else 'not loaded'} in it (the bundle is checked in a child); "
                             f"{m['todo']:,} photos to tag"))
+    if beside:
+        for run_no in ("first", "rerun"):
+            rows.append(row(f"ray engine: a 3-photo folder run into an output of {beside['other_rows']:,} other photos' rows, {run_no} run",
+                            f"{beside[f'beside_other_rows_{run_no}_mb']} MB peak RSS", f"{beside[f'alone_{run_no}_mb']} MB into an empty output",
+                            beside[f"beside_other_rows_{run_no}_mb"] / beside[f"alone_{run_no}_mb"], "ratio <= 1.2",
+                            "the other rows are kept and never held (read batch by batch, dropped on their path's start): "
+                            "an archive tagged as several runs into one output; the driver in a fresh process, joined to the running Ray"))
     # The README's arithmetic for 100 million photos, from this run's figures.
     archive = {"photos": 100_000_000, "photos_per_s_per_worker": round(n_per_s, 2), "startup_s": round(startup_s, 1),
                "rerun_s_per_1000": round(rerun_s / n * 1000, 3)}
@@ -210,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "steady_photos_per_s": None if steady[w] is None else round(steady[w], 2)}
                       for w in counts},
               "startup_s": round(startup_s, 2), "rerun_s": round(rerun_s, 3), "rehash_s": round(rehash_s, 3), "files": files,
-              "plan_memory": memory, "archive": archive, "machine": machine(), "rows": rows}
+              "plan_memory": memory, "other_rows_memory": beside, "archive": archive, "machine": machine(), "rows": rows}
     print(f"tagging {n} photos, batch {args.batch_size}; local engine {threads} torch threads")
     print(f"  --engine local            : {local_rate:8.1f} photos/s  ({local_s:.1f} s)")
     for w in counts:
@@ -219,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  (Ray's own start: {init_s:.1f} s)")
     print(f"  start-up {startup_s:.1f} s; rerun {rerun_s:.2f} s, with --rehash {rehash_s:.2f} s; {files} output file(s)")
     print(f"  plan memory: {memory}")
+    print(f"  beside other rows: {beside}")
     print(f"  100M photos: {archive}")
     print_rows(rows)
     if not all(same.values()):

@@ -256,3 +256,26 @@ def test_an_output_that_is_not_ours_is_refused_and_left_alone(tmp_path):
     blocked.write_text("x")
     with pytest.raises(BatchError, match="a-file.*cannot write"):
         tag_folder(tmp_path / "photos", blocked / "tags.csv", fake_tagger([]))
+
+
+def test_folders_tagged_into_one_output_keep_each_others_rows(tmp_path):
+    """Tagging 2020/ into the output of 2019/ removed every row of 2019's (the output held one source only); now a
+    run answers for the photos under its own folders: their removed photos still leave the output, others' stay."""
+    make_photos(tmp_path / "2019", 4)
+    make_photos(tmp_path / "2020", 2)
+    make_photos(tmp_path / "2019b", 1)  # a folder whose name starts as 2019's does: not under it
+    out = tmp_path / "tags.parquet"
+    for folder in ("2019", "2020", "2019b"):
+        tag_folder(tmp_path / folder, out, fake_tagger([]))
+    assert len(read_results(out)) == 7
+    (tmp_path / "2019" / "a" / "p001.jpg").unlink()
+    calls = []
+    summary = tag_folder(tmp_path / "2019", out, fake_tagger(calls))
+    assert calls == [] and (summary.kept, summary.tagged) == (3, 0)
+    rows = read_results(out)
+    assert len(rows) == 6 and str(tmp_path / "2019" / "a" / "p001.jpg") not in set(rows["path"])
+    assert sum(p.startswith(str(tmp_path / "2020") + os.sep) for p in rows["path"]) == 2
+    (tmp_path / "2020" / "bad.jpg").write_text("no")
+    tag_folder(tmp_path / "2020", out, fake_tagger([]))
+    tag_folder(tmp_path / "2019", out, fake_tagger([]))  # the other folder's failure stays listed as failed
+    assert pd.read_csv(failures_path(out), sep="\t")["path"].tolist() == [str(tmp_path / "2020" / "bad.jpg")]

@@ -75,3 +75,28 @@ def test_paths_are_matched_on_what_follows_the_listings_common_start():
         decision = decide(listing, table, lambda t: [], "s", old_hashes=lambda: previous["hash"], prefix=prefix)
         # y failed before (retried), z was made with other settings (tagged again); x is kept
         assert decision.todo["key"].to_pylist() == ["/mnt/a/2019/y.jpg", "/mnt/a/2020/z.jpg"] and decision.retag == 1
+
+
+def test_a_scope_covers_the_keys_under_its_folders_as_they_print(tmp_path):
+    """What a run answers for: the rows under its folders (as the keys print them, relative ones under "."), no other."""
+    from tagger.library.plan import Scope
+
+    (tmp_path / "2019").mkdir()
+    (tmp_path / "2019" / "a.jpg").write_bytes(b"x")
+    scope = Scope.of([tmp_path / "2019", tmp_path / "2019" / "a.jpg"])  # a photo given as a file adds no folder
+    assert scope.folders == (f"{tmp_path}/2019/",)
+    paths = pa.array([f"{tmp_path}/2019/a.jpg", f"{tmp_path}/2019/sub/b.jpg", f"{tmp_path}/2019b/c.jpg", f"{tmp_path}/2020/d.jpg",
+                      None, "2019/a.jpg"])
+    assert scope.covers(paths).tolist() == [True, True, False, False, False, False]
+    here = Scope.of(["."])
+    assert here.covers(pa.array(["a.jpg", "sub/b.jpg", "/abs/c.jpg", "s3://b/d.jpg"])).tolist() == [True, True, False, False]
+    assert not Scope().covers(paths).any()  # a manifest's: none beyond its photos
+
+
+def test_latest_rows_flags_every_row_of_a_listed_photo():
+    import numpy as np
+
+    paths = pa.array(["a", "b", "a", "c", None])
+    found = np.zeros(len(paths), bool)
+    assert latest_rows(paths, pa.array(["a", "c"]), step=1, rows_found=found).tolist() == [2, 3]
+    assert found.tolist() == [True, False, True, True, False]

@@ -304,6 +304,35 @@ def test_a_rerun_tags_new_and_changed_photos_and_drops_the_rows_of_removed_ones(
     assert rows_per_path(out).max() == 1 and len(rows_per_path(out)) == 5  # the superseded and removed rows are gone
 
 
+def test_folders_and_manifests_tagged_into_one_output_keep_each_others_rows(cluster, tmp_path):
+    """A run answers for its folder's photos (a manifest: for its listed ones): an archive tagged as several runs into
+    one output keeps every run's rows, and a photo removed from a folder still leaves it."""
+    from conftest import make_photo_files
+
+    if cluster != "local":
+        pytest.skip("the plan is the driver's work, the same on any cluster: checked once, on the local Ray")
+    make_photo_files(tmp_path / "2019", 3)
+    make_photo_files(tmp_path / "2020", 2, seed=3)
+    gone = make_photo_files(tmp_path / "2019b", 2, seed=5)[0]  # a folder whose name starts as 2019's does
+    bundle = save(build_tiny_tagger(), tmp_path / "bundle")
+    out, options = tmp_path / "tags.parquet", RayOptions(workers=1, batch_size=2)
+    (tmp_path / "2020" / "bad.jpg").write_bytes(b"not a photo")
+    for folder in ("2019", "2020", "2019b"):
+        tag_source(tmp_path / folder, out, bundle, options)
+    assert len(read_output(out)) == 8
+    gone.unlink()
+    summary = tag_source(tmp_path / "2019b", out, bundle, options)
+    assert (summary.tagged, summary.kept) == (0, 1)
+    rows = read_output(out)
+    assert len(rows) == 7 and str(gone) not in set(rows["path"]) and rows_per_path(out).max() == 1
+    failed = summary.failures_file.read_text().splitlines()[1:]  # the other folder's failure is still listed
+    assert len(failed) == 1 and failed[0].startswith(f"{tmp_path / '2020' / 'bad.jpg'}\t"), failed
+    manifest = tmp_path / "some.csv"
+    manifest.write_text("path\n" + "\n".join(str(p) for p in sorted((tmp_path / "2019").iterdir())[:1]) + "\n")
+    summary = tag_source(manifest, out, bundle, options)
+    assert (summary.tagged, summary.kept) == (0, 1) and len(read_output(out)) == 7  # the photos it does not list stay
+
+
 @pytest.mark.slow
 def test_the_cli_tags_and_extracts_on_ray(cluster, tmp_path):
     from typer.testing import CliRunner
@@ -495,6 +524,31 @@ def test_a_rerun_reads_only_photos_whose_listing_changed_on_both_engines(cluster
 
 
 @pytest.mark.slow
+def test_a_node_that_does_not_answer_the_probe_is_named_in_one_line(cluster):
+    """The probe's answers were awaited with no limit: a node that never answers held the run there, silent, forever."""
+    import time
+
+    from tagger.library.ray_engine import probe_nodes
+    from tagger.library.results import BatchError
+
+    def answers(samples, device):
+        return ""
+
+    def silent(samples, device):
+        time.sleep(600)
+        return ""
+
+    probe_nodes(ray, [], "cpu", timeout=60, check=answers)  # every node answers: nothing said
+    started = time.monotonic()
+    with pytest.raises(BatchError) as refused:
+        probe_nodes(ray, [], "cpu", timeout=3, check=silent)
+    assert time.monotonic() - started < 60
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    said = str(refused.value)
+    assert "no answer to the probe in 3 s" in said and "\n" not in said
+    assert all(n["NodeID"][:8] in said for n in nodes), said
+
+
 def test_a_device_error_is_one_line_before_any_actor_starts(cluster, tmp_path):
     """--device mps where there is none failed inside an actor after 14 s with a 181-line traceback, and left an empty
     output folder."""

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow as pa
 
 from embeddings.files import content_hash, remove_stale, stale_pattern
 from pipelines.images import printable_path as path_key
 from pipelines.keywords import KeywordError, embedded_fields, read_sidecar, same_keyword, sidecar_path
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS
-from tagger.library.plan import LISTING, Plan, Summary, decide, listing_of, listing_table, select_photos
+from tagger.library.plan import LISTING, Plan, Scope, Summary, decide, listing_of, listing_table, select_photos
 from tagger.library.results import (BatchError, failures_path, journal_path, latest, lock_path, output_format, read_rows, text,
                                     write_failures, write_results)
 from tagger.library.keyword_tree import KeywordTree
@@ -238,9 +239,18 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclud
                     progress(1)
             os.fsync(jf.fileno())
     every = read_rows(out)
-    # Photos that left the folder leave the results too.
+    # Photos that left the folders leave the results too; rows of other photos (another folder's) stay as they are.
     rows = latest(every)
-    rows = rows[rows["path"].isin(set(photos))].copy()
+    listed = rows["path"].isin(set(photos)).to_numpy()
+    others = rows[~listed & ~Scope.of(sources).covers(pa.array(rows["path"], pa.string()))]
+    rows = rows[listed].copy()
+
+    def whole(rows: pd.DataFrame) -> pd.DataFrame:
+        return pd.concat([rows, others], ignore_index=True) if len(others) else rows
+
+    def save(rows: pd.DataFrame) -> None:
+        write_results(whole(rows), out)
+
     if decision.relisted.num_rows:  # unchanged in content, not in listing (touched, copied): the row takes the new listing
         relisted = rows["path"].isin(set(decision.relisted["key"].to_pylist()))
         rows.loc[relisted, list(LISTING)] = [listing[key] for key in rows.loc[relisted, "path"]]
@@ -248,20 +258,20 @@ def _run(sources, out, tag_batch, settings, sidecar, embed, backup, tree, exclud
     # Synced before the journal goes, so a run killed among them still knows every tag list it gave a .txt sidecar.
     if sidecar:
         summary.sidecars_written = _sync_sidecars(rows[rows["error"] == ""], photos, sidecar, tree, summary, library, every)
-    write_results(rows, out)
-    summary.failures_file = write_failures(rows, out)
+    save(rows)
+    summary.failures_file = write_failures(whole(rows), out)
     journal.unlink(missing_ok=True)
     if embed:
         rewritten = _embed_all(rows[rows["error"] == ""], photos, tree, summary, naming, backups, library)
         summary.embedded = len(rewritten)
         if rewritten:
             rows = rows.assign(hash=[rewritten.get(p, h) for p, h in zip(rows["path"], rows["hash"])])
-            write_results(rows, out)
+            save(rows)
     xmp = sidecar is not None and sidecar.kind == "xmp"
     if xmp or embed:
         kept = _without_rejected(rows, photos, naming if xmp else None, embed)
         if kept is not None:
-            write_results(kept, out)
+            save(kept)
     return summary
 
 

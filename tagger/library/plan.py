@@ -48,6 +48,7 @@ class Selection:
     photos: dict[str, Path]
     skipped: Counter = field(default_factory=Counter)  # reason -> files not taken (pipelines.scan reasons, OWNER_TAGGED)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> the first file skipped for it
+    scope: "Scope" = field(default_factory=lambda: Scope())  # the output's rows the run answers for (a manifest: its photos')
 
 
 def select_photos(sources: Sequence[Path], exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS, skip_owner_tagged: bool = False,
@@ -55,7 +56,7 @@ def select_photos(sources: Sequence[Path], exclude_dirs: Sequence[str] = DEFAULT
     """The photos a run takes from local folders and files: `pipelines.scan`'s, less those already carrying their
     owner's keywords when skip_owner_tagged (naming and root: how the run's XMP sidecars are named and rooted)."""
     found = scan(sources, exclude_dirs)
-    chosen = Selection({path_key(p): p for p in found.photos}, found.skipped, found.examples)
+    chosen = Selection({path_key(p): p for p in found.photos}, found.skipped, found.examples, Scope.of(sources))
     if skip_owner_tagged:
         for key, p in list(chosen.photos.items()):
             if owner_keywords(p, naming, root):
@@ -125,12 +126,42 @@ def tails(values, prefix: str):
     return pc.if_else(pc.starts_with(values, pattern=prefix), pc.utf8_slice_codeunits(values, len(prefix)), pa.scalar(None, pa.string()))
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The rows of an output a run answers for: its listed photos' and, under each of its folders, every photo's.
+
+    A row of a photo gone from one of those folders leaves the output with it; any other row (another
+    folder's or manifest's photos tagged into the same output) is kept as it is. Tagging 2019/ and
+    then 2020/ into one output lost every row of 2019's when an output held one source only. A
+    manifest is a list, not a folder: it answers for the photos it lists.
+    """
+
+    folders: tuple[str, ...] = ()  # what the keys under each folder start with, "/" last; "./" for ".": the relative keys
+
+    @classmethod
+    def of(cls, sources: Sequence[str | Path]) -> "Scope":
+        """The scope of local folders and photo files (as the keys print them: `printable_path`)."""
+        return cls(tuple(path_key(Path(s)).rstrip("/") + "/" for s in sources if Path(s).is_dir()))
+
+    def covers(self, paths: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """Flags of the `paths` under one of the folders (nulls: not)."""
+        flags = np.zeros(len(paths), bool)
+        for folder in self.folders:
+            if folder == "./":  # keys under "." print without it: every relative path
+                under = pc.invert(pc.or_(pc.starts_with(paths, pattern="/"), pc.match_substring(paths, pattern="://")))
+            else:
+                under = pc.starts_with(paths, pattern=folder)
+            flags |= _flags(under)
+        return flags
+
+
 KEYS_PER_LOOKUP = 1 << 19  # keys per hash table in latest_rows: ~50 MB of table, however many photos
 
 
-def latest_rows(paths: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array, step: int = KEYS_PER_LOOKUP) -> np.ndarray:
+def latest_rows(paths: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Array, step: int = KEYS_PER_LOOKUP,
+                rows_found: np.ndarray | None = None) -> np.ndarray:
     """For each of `keys` (distinct), the position in `paths` of its last row (a later row is a later run's), -1 where
-    it has none.
+    it has none. rows_found (a flag per row of `paths`, if given): set where the row's path is one of `keys`.
 
     A hash table over `step` keys at a time, looked up by every row: no table of the distinct paths,
     nor a copy of the rows, is made, and the table stays the same size for 2M photos as for 500,000
@@ -144,6 +175,8 @@ def latest_rows(paths: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Ar
         place = pc.fill_null(pc.index_in(paths, value_set=keys.slice(start, step)), -1).to_numpy(zero_copy_only=False)
         hit = place >= 0
         np.maximum.at(where, start + place[hit], np.flatnonzero(hit))
+        if rows_found is not None:
+            rows_found |= hit
     return where
 
 

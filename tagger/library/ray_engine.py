@@ -54,7 +54,7 @@ from pipelines.scan import DEFAULT_EXCLUDE_DIRS, PHOTO_EXTENSIONS
 from tagger.library.batch import Lock
 from tagger.library.results import COLUMNS, BatchError, failures_tsv, output_format, write_failures
 # A unit is CHUNK_BATCHES x batch_size photos: the chunk of the local engine's tag_paths, so the batches match.
-from tagger.library.plan import (CHUNK_BATCHES, LISTING, UNKNOWN, Plan, Selection, Summary, common_prefix, decide, latest_rows,
+from tagger.library.plan import (CHUNK_BATCHES, LISTING, UNKNOWN, Plan, Scope, Selection, Summary, common_prefix, decide, latest_rows,
                                  listing_of, listing_table, select_photos, tails)
 from tagger.scoring.options import TagOptions
 
@@ -206,20 +206,35 @@ def probe_node(samples: list[tuple[str, bytes]], device: str) -> str:
     return ""
 
 
-def probe_nodes(ray, samples: list[tuple[str, bytes]], device: str) -> None:
-    """Run `probe_node` on every node that can run a worker, and refuse the run in one line if one of them fails.
+PROBE_SECONDS = 120.0  # a probe is a few reads and imports; a node that has not answered by then will not run the work either
+
+
+def probe_nodes(ray, samples: list[tuple[str, bytes]], device: str, timeout: float = PROBE_SECONDS, check=probe_node) -> None:
+    """Run `check` (`probe_node`) on every node that can run a worker, and refuse the run in one line if one of them
+    fails, or has not answered in `timeout` seconds.
 
     The samples are photos the driver has just read: a node that cannot read them does not see SOURCE
     as the driver does (a folder on the driver only, another mount), and every photo it was given
-    would fail with "no such file".
+    would fail with "no such file". A node that never answers (its raylet gone, no worker process it
+    can start) would otherwise hold the run at this step forever, saying nothing.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     resource = "GPU" if device == "cuda" else "CPU"
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(resource, 0) > 0]
-    task = ray.remote(num_cpus=0, max_retries=0)(probe_node)
+    task = ray.remote(num_cpus=0, max_retries=0)(check)
     refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(samples, device)
             for n in nodes]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    answered = set(done)
+    silent = [n for n, ref in zip(nodes, refs) if ref not in answered]
+    if silent:
+        for ref in refs:
+            if ref not in answered:
+                ray.cancel(ref, force=True)
+        names = ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in silent)
+        raise BatchError(f"node{'s' * (len(silent) > 1)} {names}: no answer to the probe in {timeout:.0f} s; "
+                         "`ray status` on the head says whether every node is up")
     for node, problem in zip(nodes, ray.get(refs)):
         if problem:
             raise BatchError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): {problem}")
@@ -255,7 +270,8 @@ def list_photos(source: str | Path, exclude_dirs: Sequence[str] = DEFAULT_EXCLUD
     if is_uri(source):
         if skip_owner_tagged:
             raise BatchError(f"{source}: --skip-owner-tagged reads each photo's keywords on this machine; it takes a local folder")
-        return _list_uri(str(source), exclude_dirs), Selection({})
+        listing, folder = _list_uri(str(source), exclude_dirs)
+        return listing, Selection({}, scope=Scope((folder,) if folder else ()))
     source = Path(source)
     if source.is_dir():
         chosen = select_photos([source], exclude_dirs, skip_owner_tagged)
@@ -269,7 +285,8 @@ def list_photos(source: str | Path, exclude_dirs: Sequence[str] = DEFAULT_EXCLUD
     raise BatchError(f"{source}: no such folder or manifest (a .csv or .parquet file with a path column)")
 
 
-def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> pa.Table:
+def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> tuple[pa.Table, str]:
+    """The listing of a URI's folder or manifest, and what the keys under that folder start with ("": a manifest)."""
     from pyarrow import fs as pafs
 
     try:
@@ -282,7 +299,7 @@ def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> pa.Table:
         if Path(root).suffix.lower() not in MANIFEST_SUFFIXES:
             raise BatchError(f"{uri}: not a folder or a manifest (.csv or .parquet)")
         with filesystem.open_input_file(root) as f:
-            return _read_manifest(f, uri, base=uri.rsplit("/", 1)[0])
+            return _read_manifest(f, uri, base=uri.rsplit("/", 1)[0]), ""
     if info.type != pafs.FileType.Directory:
         raise BatchError(f"{uri}: no such folder or manifest")
     found = []
@@ -295,7 +312,8 @@ def _list_uri(uri: str, exclude_dirs: Sequence[str] = ()) -> pa.Table:
             # The object store's listing gives size and modification time with the name: nothing more to ask.
             found.append((f"{scheme}://{entry.path}", entry.size, entry.mtime_ns if entry.mtime_ns is not None else UNKNOWN))
     found.sort()
-    return listing_table([u for u, _, _ in found], [(s, m) for _, s, m in found], location=[u.encode() for u, _, _ in found])
+    listing = listing_table([u for u, _, _ in found], [(s, m) for _, s, m in found], location=[u.encode() for u, _, _ in found])
+    return listing, f"{scheme}://{root.rstrip('/')}/"
 
 
 def _manifest_batches(file, name: str):
@@ -616,13 +634,15 @@ class Output:
             self.fs.delete_dir(self.root)
 
     def table(self, columns: Sequence[str] = tuple(SCHEMA.names), files: Sequence[str] | None = None, coded: bool = False,
-              where=None, strip: str = "") -> pa.Table:
+              where=None, strip: str = "", under: bool = False) -> pa.Table:
         """Every row of `files` (default: all), in file order, the columns asked for and `_file` (the file's index in
         `files`); a column a file lacks (written before it existed) reads as null. One scan of the dataset; a file torn
         by a killed run is removed (its photos are tagged again) and the scan repeated. coded: settings, error and
         note dictionary-encoded, as Parquet stores them (a run's settings are one string, not one a photo). where: a
         `pyarrow.dataset` filter expression: only its rows (and no `_file`). strip: each path as what follows this start
-        (`tails`: null where a path lacks it), cut while the files are read, so the whole paths are never held."""
+        (`tails`: null where a path lacks it), cut while the files are read, so the whole paths are never held.
+        under (with strip): only the rows whose path has that start, with `_row` (the row's position over all the rows
+        of `files`) for `_file`: the other rows (other folders' photos in the same output) are never held at all."""
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
@@ -637,7 +657,7 @@ class Output:
                 counts = [fragment.metadata.num_rows for fragment in dataset.get_fragments()]
                 projection = {c: tails(ds.field(c), strip) if c == "path" else ds.field(c) for c in columns} if strip \
                     else list(columns)
-                table = dataset.to_table(columns=projection, filter=where)
+                table = self._under(dataset, projection, strip) if under else dataset.to_table(columns=projection, filter=where)
                 break
             except (OSError, pa.ArrowInvalid) as e:
                 torn = []
@@ -653,10 +673,31 @@ class Output:
                     self.fs.delete_file(path)
                 files = [f for f in files if f not in torn]
         self.read_files, self.file_rows = files, counts
-        if where is not None:
+        if where is not None or under:
             return table
         index = np.repeat(np.arange(len(files), dtype=np.int32), counts) if files else np.zeros(0, np.int32)
         return table.append_column("_file", pa.array(index))
+
+    @staticmethod
+    def _under(dataset, projection: dict, strip: str) -> pa.Table:
+        """The rows of `dataset` whose path starts with `strip` (their tails), with `_row`, batch by batch in order."""
+        import pyarrow.dataset as ds
+
+        if not strip:
+            raise ValueError("under needs a start to keep the rows under")
+        columns = list(projection)
+        projection = {**projection, "path": tails(ds.field("path"), strip)}
+        scanner = dataset.scanner(columns=projection)
+        parts, rows, offset = [], [], 0
+        for batch in scanner.to_batches():
+            keep = pc.is_valid(batch.column("path"))
+            at = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+            if len(at):
+                parts.append(batch if len(at) == batch.num_rows else batch.filter(keep))
+                rows.append(at + offset)
+            offset += batch.num_rows
+        table = pa.Table.from_batches(parts, schema=scanner.projected_schema).select(columns)
+        return table.append_column("_row", pa.array(np.concatenate(rows) if rows else np.zeros(0, np.int64)))
 
     def latest(self, columns: Sequence[str] = tuple(SCHEMA.names), coded: bool = False) -> pa.Table:
         """The latest row of each path (later runs win), with `_file`; `self.rows_in_files` counts every row."""
@@ -678,23 +719,23 @@ class Output:
         self.fs.move(tmp, path)
         return path
 
-    def prune(self, file_of: np.ndarray, wanted: np.ndarray) -> None:
-        """Rewrite the files of the last `table()` read holding rows other than `wanted` (positions in that read, sorted;
-        file_of: its `_file` column): rows a later run superseded, or of photos that left the source."""
+    def prune(self, drop: np.ndarray) -> None:
+        """Rewrite the files of the last `table()` read that hold rows at the positions `drop` (over all the rows read,
+        as `_row` gives them): rows a later run superseded, or of photos that left the source."""
         files, file_rows = self.read_files, self.file_rows
         starts = np.cumsum([0, *file_rows])
-        keep = np.zeros(len(file_of), bool)
-        keep[wanted] = True
-        per_file = np.bincount(file_of[wanted], minlength=len(files))
-        for i, path in enumerate(files):
-            if per_file[i] == file_rows[i]:
-                continue
-            if per_file[i] == 0:
+        drop = np.unique(drop)
+        file_of = np.searchsorted(starts, drop, side="right") - 1
+        for i in np.unique(file_of):
+            path, gone = files[i], drop[file_of == i] - starts[i]
+            if len(gone) == file_rows[i]:
                 self.fs.delete_file(path)
                 continue
             # The file's rows by position, as it was read: a photo twice in one file keeps its last.
+            keep = np.ones(file_rows[i], bool)
+            keep[gone] = False
             table = self.table(tuple(SCHEMA.names), [path]).drop_columns(["_file"])
-            self.write(table.filter(pa.array(keep[starts[i]:starts[i + 1]])), path.rsplit("/", 1)[1])
+            self.write(table.filter(pa.array(keep)), path.rsplit("/", 1)[1])
 
     def write_failures(self, rows: pd.DataFrame) -> str | None:
         """OUT.failed.tsv, as the local engine writes it."""
@@ -817,11 +858,13 @@ def plan(photos: pa.Table, output: Output, settings: str, hash_photos, retry_fai
     """What a run of `photos` (a listing, `list_photos`) into `output` will do: `tagger.library.plan.decide` on the
     output's rows (decide takes each photo's last). hash_photos(rows) hashes the photos whose listing does not match
     their row. The rows' hashes (64 characters a photo) are read only if one is needed: not by a rerun with nothing to do.
-    prefix: a start every key has (`common_prefix`): the rows' paths are read and matched without it."""
-    previous = _filled(output.table(["path", "settings", "error", *LISTING], coded=True, strip=prefix))
+    prefix: a start every key has (`common_prefix`, or the source folder's): the rows' paths are read and matched
+    without it, and rows without it (other sources' photos) are not read at all."""
+    under = bool(prefix)  # rows of photos outside the start are no photo's of the listing: never read
+    previous = _filled(output.table(["path", "settings", "error", *LISTING], coded=True, strip=prefix, under=under))
     files = output.read_files
     return decide(photos, previous, hash_photos, settings, retry_failed, rehash,
-                  old_hashes=lambda: pc.fill_null(output.table(["hash"], files)["hash"], ""), prefix=prefix)
+                  old_hashes=lambda: pc.fill_null(output.table(["hash"], files, strip=prefix, under=under)["hash"], ""), prefix=prefix)
 
 
 def tag_source(source: str | Path, out: str | Path, model_path: str | Path, options: RayOptions = RayOptions(),
@@ -880,7 +923,14 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
         probe_once(rows)
         return _current_hashes(ray, rows, unit)
 
-    prefix = common_prefix(photos["key"])  # the rows are matched on what follows it, here and after the run
+    # The rows are matched on what follows a start every key has, here and after the run: the source folder's (a row
+    # of a photo under it is the run's), or the listing's common start (a manifest's: it answers for its photos only).
+    scope = chosen.scope
+    folder = scope.folders[0] if len(scope.folders) == 1 and scope.folders[0] != "./" else None
+    if folder is not None:
+        prefix = folder
+    else:  # "." (its keys have no common start to cut) or a manifest
+        prefix = "" if scope.folders else common_prefix(photos["key"])
     decision = plan(photos, output, settings, hash_photos, retry_failed, rehash, prefix)
     todo = decision.todo
     summary = Summary.planned(decision, skipped=chosen.skipped, examples=chosen.examples)
@@ -919,20 +969,34 @@ def _tag_on(ray, output: Output, photos: pa.Table, chosen: Selection, model_path
     found = output.table(["path"], writer.files)["path"] if writer.files else pa.array([], pa.string())
     missing = todo["key"].filter(pc.invert(pc.is_in(todo["key"], value_set=found)))
     summary.missing = missing.to_pylist()
-    # Each listed photo's latest row, found as the plan found them: by one look-up of every row's path among the keys.
-    every = output.table(["path", "error"], coded=True, strip=prefix)
-    last = latest_rows(every["path"], tails(photos["key"], prefix))
-    order = np.flatnonzero(last >= 0)
-    order = order[np.argsort(last[order], kind="stable")]  # the listed photos, in the order of their rows
-    listed = last[order]
-    if len(listed) < every.num_rows:  # rows superseded by a later run, or of photos that left the source
-        output.prune(every["_file"].to_numpy(), listed)
-    errors = pc.fill_null(every["error"], "").take(pa.array(listed))
-    bad = pc.fill_null(pc.not_equal(errors, ""), False).to_numpy(zero_copy_only=False)
-    failures = output.write_failures(pd.DataFrame({"path": photos["key"].take(pa.array(order[bad])).to_pylist(),
-                                                   "error": errors.filter(pa.array(bad)).cast(pa.string()).to_pylist()}, dtype=object))
-    summary.failures_file = Path(failures) if failures else None
+    # Each listed photo's latest row, found as the plan found them: by one look-up of every row's path among the keys,
+    # over the rows that follow the start. A row is the run's when its photo is listed or it is under the source folder
+    # (all of these, then); the others are other sources' rows, kept and never read into memory.
+    every = output.table(["path"], strip=prefix, under=bool(prefix))
+    ours = np.zeros(every.num_rows, bool)
+    last = latest_rows(every["path"], tails(photos["key"], prefix), rows_found=ours)
+    if folder is not None:
+        ours[:] = True
+    elif scope.folders:
+        ours |= scope.covers(every["path"])
+    ours[last[last >= 0]] = False  # a listed photo's latest row stays
+    rows = every["_row"].to_numpy() if prefix else np.arange(every.num_rows)
+    if ours.any():  # rows superseded by a later run, or of photos that left the source
+        output.prune(rows[ours])
+    del every, ours, last, rows
+    summary.failures_file = _write_failures(output)
     return summary
+
+
+def _write_failures(output: Output) -> Path | None:
+    """OUT.failed.tsv from the output's rows: each photo whose latest row has an error, whichever run wrote it."""
+    import pyarrow.dataset as ds
+
+    failing = output.table(["path"], where=ds.field("error") != "")["path"] if output.files() else pa.array([], pa.string())
+    rows = _filled(_latest_only(output.table(["path", "error"], where=ds.field("path").isin(pc.unique(failing))))) if len(failing) \
+        else pa.table({"path": pa.array([], pa.string()), "error": pa.array([], pa.string())})
+    written = output.write_failures(rows.to_pandas().astype(object))
+    return Path(written) if written else None
 
 
 def _relisted(old: pa.Table, listing: pa.Table) -> pa.Table:
