@@ -524,6 +524,31 @@ def test_a_rerun_reads_only_photos_whose_listing_changed_on_both_engines(cluster
 
 
 @pytest.mark.slow
+def test_the_rows_under_a_start_keep_their_place_and_pruning_drops_only_those_asked(tmp_path):
+    """Output.table(strip=, under=True): only the rows whose path has the start (other folders' rows are never held),
+    each with its position over every file read; prune(drop) rewrites or deletes just the files holding those rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tagger.library.ray_engine import SCHEMA
+
+    out = tmp_path / "tags.parquet"
+    out.mkdir()
+    names = [["/a/1.jpg", "/b/1.jpg", "/a/2.jpg"], ["/b/2.jpg", "/b/3.jpg"], ["/a/3.jpg", "/a/1.jpg"]]
+    for i, paths in enumerate(names):
+        n = len(paths)
+        pq.write_table(pa.table({"path": paths, "tags": [["x"]] * n, "scores": [[0.5]] * n, "error": [""] * n, "hash": ["h"] * n,
+                                 "settings": ["s"] * n, "note": [""] * n, "size": [1] * n, "mtime": [i] * n}, schema=SCHEMA),
+                       out / f"part-2026010{i}T000000000000-000000.parquet")
+    output = Output(out)
+    under = output.table(["path", "mtime"], strip="/a/", under=True)
+    assert under["path"].to_pylist() == ["1.jpg", "2.jpg", "3.jpg", "1.jpg"] and under["_row"].to_pylist() == [0, 2, 5, 6]
+    assert under["mtime"].to_pylist() == [0, 0, 2, 2]
+    output.prune(np.array([0, 6, 5]))  # /a/1.jpg's older row, and both rows of the third file
+    rows = pd.concat([pd.read_parquet(f) for f in Output(out).files()])
+    assert rows["path"].tolist() == ["/b/1.jpg", "/a/2.jpg", "/b/2.jpg", "/b/3.jpg"] and len(Output(out).files()) == 2
+
+
 def test_a_node_that_does_not_answer_the_probe_is_named_in_one_line(cluster):
     """The probe's answers were awaited with no limit: a node that never answers held the run there, silent, forever."""
     import time

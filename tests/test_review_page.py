@@ -111,7 +111,7 @@ def test_review_with_the_mouse_and_the_keyboard_written_into_the_sidecars(page, 
         expect(first.locator(".chip.kept")).to_have_text(["✓ Family", "✓ Holiday 2019"])  # the owner's keywords, shown as theirs
         img = first.locator("img")
         img.scroll_into_view_if_needed()
-        page.wait_for_function("() => document.querySelector('#grid .photo img[alt=\"2019/im4.jpg\"]').naturalWidth > 0", timeout=20_000)
+        page.wait_for_function("() => document.querySelector('#grid .photo img[alt=\"2019/im4.jpg\"]')?.naturalWidth > 0", timeout=20_000)
         width, height = img.evaluate("img => [img.naturalWidth, img.naturalHeight]")
         assert max(width, height) <= 256  # the server's thumbnail, not the 500-pixel original
         assert originals == []  # no photo file was asked for by its name
@@ -210,7 +210,7 @@ def test_the_page_asks_for_the_token(page, tagger, tmp_path):
         page.fill("#token", "s3cret")
         page.click("#token-form button")
         expect(page.locator("#summary")).to_have_text("lib · 1 photos · 1 not reviewed")
-        page.wait_for_function("() => document.querySelector('#grid .photo img').naturalWidth > 0", timeout=20_000)
+        page.wait_for_function("() => document.querySelector('#grid .photo img')?.naturalWidth > 0", timeout=20_000)
         page.locator(".chip.pending", has_text="sky").locator(".no").click()
         expect(page.locator(".chip.rejected")).to_have_text(["sky"])
     assert read_sidecar(sidecar_path(photo)).rejected == ["sky"]
@@ -246,7 +246,7 @@ def test_a_2000_photo_library_pages_smoothly_and_50_photos_are_rejected_at_once(
         assert max(listings) < 1000, f"a page of photos took {max(listings):.0f} ms (all: {listings})"
         assert took < 120, f"scrolling to the end took {took:.0f} s"
         page.mouse.wheel(0, -10**6)  # back to the top: its thumbnails come back
-        page.wait_for_function("() => document.querySelector('#grid .photo img').naturalWidth > 0", timeout=20_000)
+        page.wait_for_function("() => document.querySelector('#grid .photo img')?.naturalWidth > 0", timeout=20_000)
 
         page.fill("#tag", "dog")
         page.keyboard.press("Enter")
