@@ -238,6 +238,27 @@ def test_without_a_library_there_is_no_review(tagger):
         assert c.get("/review").status_code == 404 and c.get("/v1/library/photos").status_code == 404
 
 
+def test_photos_added_or_removed_while_serving_show_within_the_rescan_time(tagger, lib):
+    """The library was the photos there when the server started: one copied in later never showed until a restart."""
+    import time
+
+    library = Library(lib, ReviewConfig(rescan=0.5))
+    with TestClient(create_app(tagger, library=library)) as client:
+        assert listed(client)["total"] == 6
+        (new,) = make_photo_files(lib / "2021", 1, seed=9)
+        sync(new, ["dog"], tree=TREE, library=[lib])
+        (lib / "2020" / "photo001.jpg").unlink()
+        assert listed(client)["total"] == 6  # within the rescan time: the last scan still holds
+        time.sleep(0.6)
+        page = listed(client)
+        names = [p["path"] for p in page["photos"]]
+        assert page["total"] == 6 and "2021/photo000.jpg" in names and "2020/photo001.jpg" not in names
+        assert client.get("/v1/library/photo", params={"path": "2020/photo001.jpg"}).status_code == 404
+        assert decide(client, "accept", "dog", "2021/photo000.jpg")["results"][0]["keywords"] == ["dog"]
+    with pytest.raises(OptionError, match="rescan"):
+        ReviewConfig(rescan=-1)
+
+
 def test_a_library_is_a_folder_and_its_root_one_word(tmp_path):
     with pytest.raises(OptionError, match=f"{tmp_path / 'nope'}: not a folder"):
         Library(tmp_path / "nope")
