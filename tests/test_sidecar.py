@@ -410,3 +410,27 @@ def test_embed_and_unembed_leave_a_photo_with_nothing_to_say_as_it_is(tmp_path):
     before = p.read_bytes()
     assert not embed(p, [])  # a blank frame's empty tag list: no empty packet is added
     assert unembed(p) == ([], False) and p.read_bytes() == before
+
+
+def test_keyword_indexes_answer_as_comparing_each_with_each():
+    """unique_keywords, KeywordIndex and PathIndex (linear: a stranger's sidecar may hold 100,000 keywords, and comparing
+    each with each never finished on one) say what same_keyword and same_path say of every pair."""
+    import random
+
+    from pipelines.keywords import KeywordIndex, PathIndex, same_keyword, same_path, unique_keywords
+
+    rng = random.Random(0)
+    words = ["cat", "Cats", "box", "boxes", "boxe", "city", "cities", "City", "glass", "glasses", "bus", "buses", "news", "a", "",
+             "Dog", "dogs", "series", "serie", "ies", "y"]
+    for _ in range(3000):
+        ks, probe = [rng.choice(words) for _ in range(rng.randint(0, 10))], rng.choice(words[:-7] + words[-6:])
+        kept = []
+        for k in ks:
+            if k and not any(same_keyword(k, o) for o in kept):
+                kept.append(k)
+        assert unique_keywords(ks) == kept, ks
+        present = [k for k in ks if k]
+        assert (probe in KeywordIndex(present)) == any(same_keyword(probe, k) for k in present), (probe, ks)
+        paths = [tuple(rng.choice(words[:-7]) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(0, 6))]
+        query = tuple(rng.choice(words[:-7]) for _ in range(rng.randint(1, 3)))
+        assert (query in PathIndex(paths)) == any(same_path(query, p) for p in paths), (query, paths)

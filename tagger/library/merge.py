@@ -23,9 +23,9 @@ it in a photo manager; `merge` then writes every field from that.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from pipelines.keywords import Keywords, same_keyword, under_root, unique_keywords
+from pipelines.keywords import KeywordIndex, Keywords, PathIndex, same_keyword, under_root, unique_keywords
 from tagger.library.keyword_tree import KeywordTree
 
 
@@ -35,17 +35,31 @@ class Owner:
 
     flat: list[str]  # dc:subject and IPTC entries, one spelling each
     paths: list[tuple[str, ...]]  # hierarchy entries (lr's and digiKam's), as levels
+    # Indexes of the above (any number of keywords, each question in constant time).
+    levels: KeywordIndex = field(init=False, repr=False, compare=False)  # every level of every path
+    leaves: KeywordIndex = field(init=False, repr=False, compare=False)  # the last level of each path
+    _all: KeywordIndex = field(init=False, repr=False, compare=False)  # flat keywords and every level
+
+    def __post_init__(self):
+        object.__setattr__(self, "levels", KeywordIndex(c for p in self.paths for c in p))
+        object.__setattr__(self, "leaves", KeywordIndex(p[-1] for p in self.paths))
+        everything = KeywordIndex(self.flat)
+        everything.forms |= self.levels.forms
+        object.__setattr__(self, "_all", everything)
 
     def has(self, keyword: str) -> bool:
         """Whether the owner has the keyword already: flat, or as any level of their tree, in any case or plural."""
-        return any(same_keyword(keyword, k) for k in self.flat) or any(same_keyword(keyword, c) for p in self.paths for c in p)
+        return keyword in self._all
 
 
 def owner_of(packets: Sequence[Keywords], root: str) -> Owner:
-    flat, paths = [], []
+    flat, paths, seen = [], [], PathIndex()
     for kw in packets:
         flat += kw.owner_flat(root)
-        paths += [p for p in kw.owner_paths(root) if not any(_same_path(p, q) for q in paths)]
+        for p in kw.owner_paths(root):
+            if p not in seen:
+                paths.append(p)
+                seen.add(p)
     return Owner(unique_keywords(flat), paths)
 
 
@@ -58,13 +72,12 @@ def rejected_now(have: Keywords, owner: Owner, root: str) -> list[str]:
     if not have.recorded:
         return []  # no record of what tagger wrote: nothing to compare with
 
+    subject = KeywordIndex(have.subject)
+    trees = [KeywordIndex(e.rsplit(sep, 1)[-1] for e in entries) for entries, sep in ((have.hierarchical, "|"), (have.tags_list, "/"))
+             if entries]
+
     def missing(word: str) -> bool:
-        if not any(same_keyword(word, s) for s in have.subject):
-            return True
-        for entries, sep in ((have.hierarchical, "|"), (have.tags_list, "/")):
-            if entries and not any(same_keyword(word, e.rsplit(sep, 1)[-1]) for e in entries):
-                return True
-        return False
+        return word not in subject or any(word not in leaves for leaves in trees)
 
     return [w for w in have.machine if not owner.has(w) and missing(w)]
 
@@ -79,9 +92,10 @@ def merge(have: Keywords, others: Sequence[Keywords], tags: Sequence[str], tree:
     owner = owner_of([have, *others], root)
     # What the owner removed from any packet of the photo counts for all of them, in this run already.
     rejected = unique_keywords([r for kw in (have, *others) for r in (*kw.rejected, *rejected_now(kw, owner, root))])
-    machine = unique_keywords(t for t in tags if not owner.has(t) and not any(same_keyword(t, r) for r in rejected))
+    said_no = KeywordIndex(rejected)
+    machine = unique_keywords(t for t in tags if not owner.has(t) and t not in said_no)
     leaves = [p[-1] for p in owner.paths]
-    top = [(k,) for k in owner.flat if not any(same_keyword(k, c) for p in owner.paths for c in p)]
+    top = [(k,) for k in owner.flat if k not in owner.levels]
 
     subject, copied_subject = _with(_own(have.subject, have, have.copied_subject, owner, root), owner.flat + leaves)
     hier_own = [h for h in have.hierarchical if not tree.is_machine(h) and h not in have.copied_hierarchical]
@@ -130,29 +144,27 @@ def strip(have: Keywords, tree: KeywordTree) -> Keywords:
 
 def _own(entries: list[str], have: Keywords, copied: list[str], owner: Owner, root: str) -> list[str]:
     """A flat field's own entries: without copies and tagger's keywords, except a machine keyword the owner filed in their tree."""
-    machine = [m for m in have.machine_words(root) if not any(same_keyword(m, p[-1]) for p in owner.paths)]
+    machine = {m for m in have.machine_words(root) if m not in owner.leaves}
+    copied = set(copied)
     return [e for e in entries if e not in copied and e not in machine]
 
 
 def _with(own: list[str], wanted: list[str]) -> tuple[list[str], list[str]]:
     """own plus each wanted keyword it lacks (in any case or plural); and those added."""
-    added = []
+    added, have = [], KeywordIndex(own)
     for w in wanted:
-        if not any(same_keyword(w, e) for e in own + added):
+        if w not in have:
             added.append(w)
+            have.add(w)
     return own + added, added
 
 
 def _paths(own: list[str], wanted: list[tuple[str, ...]], sep: str) -> tuple[list[str], list[str]]:
     """A tree field's own entries plus each wanted path it lacks, written with `sep`; and those added."""
-    have = [tuple(e.split(sep)) for e in own]
+    have = PathIndex(tuple(e.split(sep)) for e in own)
     added = []
     for p in wanted:
-        if not any(_same_path(p, q) for q in have):
-            have.append(p)
+        if p not in have:
+            have.add(p)
             added.append(sep.join(p))
     return own + added, added
-
-
-def _same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    return len(a) == len(b) and all(same_keyword(x, y) for x, y in zip(a, b))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import OptionError, TaggerError
-from pipelines.keywords import DEFAULT_ROOT, KeywordError, embedded_fields, read_sidecar, same_keyword, sidecar_path, unique_keywords
+from pipelines.keywords import DEFAULT_ROOT, KeywordError, KeywordIndex, embedded_fields, read_sidecar, same_keyword, sidecar_path, unique_keywords
 from pipelines.scan import DEFAULT_EXCLUDE_DIRS, scan
 from tagger.library.merge import owner_of, rejected_now
 from tagger.library.sidecar import SidecarError, decide
@@ -207,7 +207,8 @@ class Library:
         rejected = [r for kw in (sidecar, embedded) for r in (*kw.rejected, *rejected_now(kw, owner, root))]
         rejected = [r for r in unique_keywords(rejected) if not owner.has(r)]  # one the owner gave back is theirs
         machine = unique_keywords(sidecar.machine_words(root) + embedded.machine_words(root))
-        tags = [m for m in machine if not owner.has(m) and not any(same_keyword(m, r) for r in rejected)]
+        said_no = KeywordIndex(rejected)
+        tags = [m for m in machine if not owner.has(m) and m not in said_no]
         return Photo(name, tags, unique_keywords(owner.flat + [p[-1] for p in owner.paths]), rejected)
 
 
