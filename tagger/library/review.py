@@ -13,8 +13,9 @@ by removing it in a photo manager). A photo is reviewed when none of its machine
 The library is the photos under DIR (the scan of `tagger tag`, hidden and NAS folders left out),
 scanned again when a listing comes `rescan` seconds after the last scan, so photos added or removed
 while the server runs show within that time; and only those whose real file is inside DIR: a photo
-reached through a symlink out of DIR is not the library's. The API names a photo by its path relative to DIR, and a path that
-is not one of those photos is refused before anything is read, so no request reaches another file.
+reached through a symlink out of DIR is not the library's. The API names a photo by its path
+relative to DIR, and a path that is not one of those photos is refused before anything is read, so
+no request reaches another file.
 """
 from __future__ import annotations
 
