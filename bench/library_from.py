@@ -2,6 +2,7 @@
 
     python bench/library_from.py build --out ~/libtest          # ~/libtest/library (400), ~/libtest/heldout (100)
     python bench/library_from.py build --out ~/libtest --kind any
+    python bench/library_from.py build --out ~/liblabels --keywords labels   # one owner's own words: the concept labels
 
 The photos come from the shipped model's validation tenth (the Makefile's SHIPPED_SPLIT, 0.9,0.1,0 with
 seed 0: `split_ids(frame["id"], (0.9, 0.1, 0.0), 0) == "val"`), so the shipped model trained on none
@@ -10,7 +11,9 @@ scene (plant_life, flower, tree, animals, bird, dog, sky, clouds, water, sea, la
 562 of the 1,090), standing in for one owner's library, which is of a kind; `--kind any` keeps them
 all. A seeded draw of 500 is cut into 400 library photos and 100 held out "of the same kind". Each
 photo is copied and its Flickr owner's tags written into it as XMP dc:subject by exiftool, one
-exiftool process for all of them, as a photo manager would have left them.
+exiftool process for all of them, as a photo manager would have left them. `--keywords labels` writes each
+photo's MIRFLICKR concept labels instead (`plant life`, `sky`, `people`: one owner's consistent vocabulary,
+every photo of a dog tagged `dog`), and keeps the photos that have any.
 
 The figures of README "Train on your own library" came from (`OMP_NUM_THREADS=1` on a 2-core CPU):
 
@@ -43,8 +46,9 @@ SHIPPED_SPLIT = (0.9, 0.1, 0.0)  # the Makefile's, with seed 0
 NATURE = {"plant_life", "flower", "tree", "animals", "bird", "dog", "sky", "clouds", "water", "sea", "lake", "river", "sunset"}
 
 
-def pick(data: Path, kind: str, n_library: int, n_heldout: int, seed: int = 0):
-    """(library rows, held-out rows) of the subset's frame: photos of the shipped model's validation tenth of `kind`."""
+def pick(data: Path, kind: str, n_library: int, n_heldout: int, seed: int = 0, keywords: str = "owners"):
+    """(library rows, held-out rows) of the subset's frame: photos of the shipped model's validation tenth of `kind`,
+    with their `keywords` in the "tags" column: the Flickr owners' tags, or the concept labels ("labels")."""
     from pipelines.datasets import read_dataset, split_ids
 
     frame = read_dataset(data)
@@ -52,6 +56,8 @@ def pick(data: Path, kind: str, n_library: int, n_heldout: int, seed: int = 0):
     val = frame[frame["split"] == "val"]
     if kind == "nature":
         val = val[val["labels"].map(lambda labels: bool(labels and NATURE & set(labels)))]
+    if keywords == "labels":  # one owner's consistent vocabulary: every photo of a dog is "dog"
+        val = val.assign(tags=val["labels"].map(lambda labels: [l.replace("_", " ") for l in labels or []]))
     val = val[val["tags"].map(len) > 0].reset_index(drop=True)
     if len(val) < n_library + n_heldout:
         raise SystemExit(f"only {len(val)} photos of kind {kind!r} in the shipped model's validation tenth")
@@ -78,7 +84,7 @@ def write_library(rows, folder: Path) -> None:
 def build(args) -> None:
     if shutil.which("exiftool") is None:
         raise SystemExit("exiftool not found (Debian: libimage-exiftool-perl)")
-    library, heldout = pick(args.data, args.kind, args.photos, args.heldout, args.seed)
+    library, heldout = pick(args.data, args.kind, args.photos, args.heldout, args.seed, args.keywords)
     for name, rows in (("library", library), ("heldout", heldout)):
         folder = args.out / name
         if folder.exists() and any(folder.iterdir()):
@@ -180,6 +186,8 @@ def main() -> None:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--data", type=Path, default=DATA)
     b.add_argument("--kind", choices=("nature", "any"), default="nature")
+    b.add_argument("--keywords", choices=("owners", "labels"), default="owners",
+                   help="what is written as each photo's keywords: its Flickr owner's tags, or its concept labels")
     b.add_argument("--photos", type=int, default=400)
     b.add_argument("--heldout", type=int, default=100)
     b.add_argument("--seed", type=int, default=0)
