@@ -49,8 +49,11 @@ def test_the_readme_cluster_refuses_a_source_one_node_lacks_and_tags_a_shared_on
     exports = dict(c.removeprefix("export ").split("=", 1) for c in commands if c.startswith("export "))
     head = next(c for c in commands if c.startswith("ray start --head"))
     join = next(c for c in commands if c.startswith("ray start --address"))
-    assert exports == {"RAY_AUTH_MODE": "token"} and "ray status" in commands
-    env = {**os.environ, **exports, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    token = "ray get-auth-token --generate"
+    assert exports == {"RAY_AUTH_MODE": "token"} and "ray status" in commands and commands.index(token) < commands.index(head)
+    # A home of its own: the token is made as on a new machine (ray start --head refuses without one), never in the user's.
+    env = {**os.environ, **exports, "HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     port = str(free_port())  # the README's 6379 may be taken on a machine that runs tests
     ip = subprocess.run([sys.executable, "-c", "import ray._private.services as s; print(s.get_node_ip_address())"],
                         capture_output=True, text=True, check=True, env=env).stdout.strip()
@@ -59,6 +62,8 @@ def test_the_readme_cluster_refuses_a_source_one_node_lacks_and_tags_a_shared_on
     make_photo_files(tmp_path / "shared" / "photos", 6, seed=2)
     bundle = save(build_tiny_tagger(), tmp_path / "bundle")
     try:
+        subprocess.run(token.split(), env=env, check=True, capture_output=True, timeout=120)
+        assert (tmp_path / "home" / ".ray" / "auth_token").is_file()
         subprocess.run(head.replace("6379", port).split() + ["--num-cpus=1"], env=env, check=True, capture_output=True, timeout=120)
         # The other node: the same machine, but over driver_only/ an empty file system of its own.
         subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {driver_only} && "
