@@ -5,6 +5,8 @@
     (fill the verdict column: y sensible, n not; a photo shown no tags has one row, tag empty: y for a
     blank frame, n for a scene it missed; docs/judged/README.md)
     python bench/judge.py score docs/judged/verdicts.tsv                         # the figures
+    python bench/judge.py sheets --model OTHER --out /tmp/s --verdicts other.tsv # another bundle: its own table, the
+                                                                                # shipped model's verdicts filled in
 
 The photos (`photos()`): 30 MIRFLICKR photos of the shipped model's validation tenth (it never trained
 on them; a seeded draw) and 30 from elsewhere: scikit-image's and matplotlib's sample photos, crops
@@ -67,17 +69,19 @@ def photos(folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def sheets(model: str, out: Path) -> None:
+def sheets(model: str, out: Path, verdicts: Path = VERDICTS, known: tuple[Path, ...] = ()) -> None:
     import tagger
     from pipelines.images import load_image
 
     t = tagger.load(model)
     items = photos(out / "photos")
-    # A verdict is about a photo and a word, whatever model showed it: earlier verdicts are kept, only new pairs are left empty.
+    # A verdict is about a photo and a word, whatever model showed it: earlier verdicts (of `verdicts` itself and of
+    # the `known` files) are kept, only new pairs are left empty.
     judged = {}
-    if VERDICTS.is_file():
-        with open(VERDICTS, encoding="utf-8") as f:
-            judged = {(r["photo"], r["tag"]): r["verdict"] for r in csv.DictReader(f, delimiter="\t") if r["verdict"]}
+    for file in (*known, verdicts):
+        if file.is_file():
+            with open(file, encoding="utf-8") as f:
+                judged.update({(r["photo"], r["tag"]): r["verdict"] for r in csv.DictReader(f, delimiter="\t") if r["verdict"]})
     rows, cells = [], []
     for source, path in items:
         result = t.tag(t.read([path]), tagger.TagOptions())[0]
@@ -99,13 +103,13 @@ def sheets(model: str, out: Path) -> None:
                                        if tags else note or "no tags")
             draw.multiline_text((x, y + 245), text, fill="black")
         sheet.save(out / f"sheet_{page // 6 + 1:02d}.png")
-    VERDICTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(VERDICTS, "w", newline="", encoding="utf-8") as f:
+    verdicts.parent.mkdir(parents=True, exist_ok=True)
+    with open(verdicts, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
     print(f"{len(cells)} photos, {sum(1 for r in rows if r['tag'])} shown tags, {sum(1 for r in rows if not r['verdict'])} to judge: "
-          f"{out}/sheet_*.png, {VERDICTS}")
+          f"{out}/sheet_*.png, {verdicts}")
 
 
 def score(file: Path) -> None:
@@ -132,7 +136,9 @@ if __name__ == "__main__":
     a = sub.add_parser("sheets")
     a.add_argument("--model", default=str(REPO / "tagger" / "assets" / "model"))
     a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--verdicts", type=Path, default=VERDICTS, help="the table to write (default: the shipped model's, docs/judged/verdicts.tsv)")
+    a.add_argument("--known", type=Path, nargs="*", default=[VERDICTS], help="more verdict files to fill verdicts from")
     b = sub.add_parser("score")
     b.add_argument("file", type=Path, nargs="?", default=VERDICTS)
     args = parser.parse_args()
-    sheets(args.model, args.out) if args.command == "sheets" else score(args.file)
+    sheets(args.model, args.out, args.verdicts, tuple(args.known)) if args.command == "sheets" else score(args.file)
