@@ -97,9 +97,22 @@ def main(
         handler.setLevel(level)  # records of loggers a command turns up (see progress_log) still stop here
 
 
+class _Stdout(logging.StreamHandler):
+    """A handler writing to whatever sys.stdout is when a line is logged: one bound to the stdout of its first
+    command would write a later command's progress (a test's CliRunner, an embedding program) to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def progress_log(*names: str) -> None:
     """Show these loggers' INFO lines (a run's progress: epochs, stages) on stdout, as plain lines."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Stdout()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(lambda record: record.levelno == logging.INFO)  # warnings go where every warning goes
     for name in names:

@@ -309,15 +309,19 @@ class Tagger:
             order[:, ~np.isin(self._kind, kinds)] = -np.inf
         return order
 
-    def tag(self, evidence: Evidence, options: TagOptions = TagOptions()) -> list[Tagged]:
+    def tag(self, evidence: Evidence, options: TagOptions = TagOptions(), scores: Scores | None = None) -> list[Tagged]:
         """Tags with scores, best first, for each photo of `evidence`.
 
         A photo without usable features gets the error; a blank frame no tags and a note saying why (its GPS
         place too: a blank frame shows nothing of it); any other photo with places from its GPS gets them
         first, scored PLACE_SCORE, then its top_k content tags (a content tag of the same name is left out).
+        `scores`: `score(evidence, options)` when the caller has it already (an evaluation needs both).
         """
         config = self.sampling_for(options)
-        scores = self.score(evidence, options)
+        if scores is None:
+            scores = self.score(evidence, options)
+        elif scores.shown.shape != (len(evidence), len(self.words)):
+            raise ValueError(f"scores of shape {scores.shown.shape} for {len(evidence)} photos and {len(self.words)} words")
         ranked = rank(scores.shown, self.shown_words, config, self.excluded_ids(config.exclude), order=scores.order)
         shown = self.shows_places(options)
         excluded = {normalize_tag(t) for t in config.exclude} | {self.vocabulary.lookup(t) for t in config.exclude}

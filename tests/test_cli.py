@@ -115,3 +115,27 @@ def test_features_command(tmp_path):
     # --cache-dir is the cache root on every command (train keeps features in its features/ too), so
     # `train --cache-dir C` then `evaluate --cache-dir C` do not extract everything twice.
     assert list((tmp_path / "cache" / "features").iterdir()) and not list((tmp_path / "cache").glob("*.npy"))
+
+
+def test_progress_lines_follow_stdout_from_one_command_to_the_next(monkeypatch):
+    """Progress is written to the stdout of the command running now, not of the first one that turned it on."""
+    import io
+    import logging
+
+    from tagger.cli import progress_log
+
+    name = "tagger.test.progress"
+    logger = logging.getLogger(name)
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        monkeypatch.setattr("sys.stdout", first)
+        progress_log(name)
+        logger.info("epoch 1")
+        first.close()  # as CliRunner closes a finished command's stdout
+        monkeypatch.setattr("sys.stdout", second)
+        progress_log(name)
+        logger.info("epoch 2")
+        logger.warning("not a progress line")
+        assert second.getvalue() == "epoch 2\n"
+    finally:
+        logger.handlers.clear()

@@ -128,3 +128,38 @@ def test_evaluation_sees_blank_frames_as_tagging_does(tmp_path):
     for row, shown in ev.shown.items():
         assert shown["blank frames"] == 1 and shown["tags on blank frames"] == 0, row
     assert ev.shown["knn"]["none"] >= 1 / 25
+
+
+def test_each_method_is_scored_once(tmp_path):
+    """The table a method is judged on and the tags its default rule shows come from one scoring, and those tags
+    are the ones `tag` gives on its own."""
+    data, tags = manifest(tmp_path)
+    tagger = tiny_tagger_with_knn(tmp_path, tags, k=3)
+    calls = []
+    real = type(tagger).score
+
+    def counting(self, evidence, options=TagOptions(), calibrated=True):
+        calls.append(self.method_of(options) + ("/all" if "all" in (options.kinds or ()) else ""))
+        return real(self, evidence, options, calibrated)
+
+    from tagger.model import Tagger
+    try:
+        Tagger.score = counting
+        ev = evaluate(tagger, data, split="all", progress=False)
+    finally:
+        Tagger.score = real
+    methods = [m for m in calls if not m.endswith("/all")]  # the one kinds=all table is the visualness study's
+    assert sorted(methods) == sorted(ev.tags) and len(calls) == len(methods) + 1
+    # Tagged from scratch, the same photos get as many tags as the evaluation says its rule showed.
+    fresh = tagger.tag(tagger.read([tmp_path / "photos" / n for n in pd.read_csv(data)["path"]]), TagOptions(method="cgan"))
+    assert np.mean([len(r.tags) for r in fresh]) == pytest.approx(ev.shown["cgan"]["tags/photo"])
+
+
+def test_tag_refuses_scores_of_other_photos(tmp_path):
+    data, tags = manifest(tmp_path)
+    tagger = tiny_tagger_with_knn(tmp_path, tags, k=3)
+    x = tagger.read(sorted((tmp_path / "photos").glob("*.jpg")))
+    scores = tagger.score(x.take(np.arange(3)))
+    with pytest.raises(ValueError, match="for 24 photos"):
+        tagger.tag(x, scores=scores)
+    assert [r.tags for r in tagger.tag(x.take(np.arange(3)), scores=scores)] == [r.tags for r in tagger.tag(x.take(np.arange(3)))]

@@ -21,7 +21,7 @@ from pipelines.images import Blank
 from tagger.evaluation.audit import audit
 from tagger.scoring.calibration import candidates, expected_calibration_error, reliability
 from tagger.evaluation.metrics import paired_difference, precision_at_k, report, top_ids, visualness
-from tagger.model import Tagger
+from tagger.model import Scores, Tagger
 from tagger.scoring.evidence import Evidence
 from tagger.scoring.concepts import LABEL_WORDS, concept_truth
 from tagger.scoring.options import TagOptions
@@ -50,10 +50,9 @@ class Evaluation:
         return self.__dict__.copy()
 
 
-def _table(tagger: Tagger, evidence: Evidence, method: str) -> np.ndarray:
-    """(N, V) a method's scores as `Tagger.score` gives them: probabilities where it is calibrated, else its raw
+def _table(tagger: Tagger, scores: Scores, method: str) -> np.ndarray:
+    """(N, V) a method's scores (`Tagger.score`'s) as evaluated: probabilities where it is calibrated, else its raw
     scores (not scaled to each photo's best, which would change how photos rank for one tag, MiAP's order)."""
-    scores = tagger.score(evidence, TagOptions(method=method))
     return scores.shown if method in tagger.calibration else scores.order
 
 
@@ -169,7 +168,9 @@ def evaluate(
         if len(taggers) == 1:
             for m in chosen:
                 tagger.method_of(TagOptions(method=m))  # an unknown method is an error that lists the model's
-        knn_table = _table(tagger, x, "knn") if "knn" in tagger.methods else None
+        # Each method scored once: its table and what its default rule shows come from the same scores.
+        knn_scores = tagger.score(x, TagOptions(method="knn")) if "knn" in tagger.methods else None
+        knn_table = _table(tagger, knn_scores, "knn") if knn_scores is not None else None
         if not ev.visualness:
             # Every word, whatever its kind: how much the pixels say about it.
             every = tagger.score(x, TagOptions(kinds=("all",))).order
@@ -181,7 +182,8 @@ def evaluate(
         known, ctruth = concept_truth(tagger.words, list(frame["labels"]))
         for method in (m for m in chosen if m in tagger.methods):
             start = time.perf_counter()
-            table = knn_table if method == "knn" else _table(tagger, x, method)
+            scores = knn_scores if method == "knn" else tagger.score(x, TagOptions(method=method))
+            table = _table(tagger, scores, method)
             seconds = time.perf_counter() - start
             if tagger.scorers[method].baseline:
                 if any(np.array_equal(table, t) for t in seen):
@@ -192,7 +194,7 @@ def evaluate(
             ev.seconds[row] = seconds
             ev.tags[row] = report(table, truth)
             ev.tags[row]["shown P@5"] = precision_at_k(top_ids(table, 5), visible, 5)
-            ev.shown[row] = shown_report(tagger, tagger.tag(x, TagOptions(method=method)), visible, (known, ctruth, labelled), x.blank)
+            ev.shown[row] = shown_report(tagger, tagger.tag(x, TagOptions(method=method), scores), visible, (known, ctruth, labelled), x.blank)
             if method in tagger.acceptance and labelled.any():
                 # The probabilities shown are a person's agreement: checked against the concept labels.
                 probs, hits, _ = candidates(table, ctruth, CALIBRATION_TOP, known=known, photos=labelled)
