@@ -320,10 +320,14 @@ class WordKinds:
                 raise ValueError(f"category {short(category)} of {short(word)} is not a plain lowercase word")
 
     @classmethod
-    def build(cls, words: Sequence[str], wn=None) -> WordKinds:
-        """The kinds, keywords and categories of `words`, most frequent first (Vocabulary.words); needs WordNet."""
+    def build(cls, words: Sequence[str], wn=None, known: WordKinds | None = None) -> WordKinds:
+        """The kinds, keywords and categories of `words`, most frequent first (Vocabulary.words); needs WordNet.
+
+        known: kinds already made (a grown model's base): its words keep their kind and category, only the
+        others are decided; every word's keyword is found again, since a new word can join an old group."""
         c = classifier() if wn is None else Classifier(wn)
-        decided = {w: c.decide(w) for w in words}
+        old = known.kinds if known is not None else {}
+        decided = {w: (old[w], "", known.categories[w]) if w in old else c.decide(w) for w in words}
         kinds = {w: d[0] for w, d in decided.items()}
         return cls(kinds, c.keywords(words, kinds), {w: d[2] for w, d in decided.items()})
 

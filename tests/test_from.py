@@ -181,3 +181,19 @@ def test_the_word_layer_learns_the_librarys_keywords_and_its_rejections_and_keep
     assert log["best_epoch"] == 0 and np.array_equal(kept.weight, good.weight)
     moved, _ = extend_module.finetune_classifier(good, wide, rows, [[2]] * 80, np.zeros((0, 2), int), config, None)
     assert not np.allclose(moved.weight, good.weight)
+
+
+def test_a_library_with_no_new_word_keeps_the_base_kinds_without_reading_wordnet(monkeypatch):
+    from embeddings import kinds as kinds_module
+    from embeddings.kinds import Kind, WordKinds
+
+    base = WordKinds({"cat": Kind.CONTENT, "cats": Kind.CONTENT, "paris": Kind.PLACE}, {"cat": "cat", "cats": "cat", "paris": "paris"},
+                     {"cat": "animal", "cats": "animal", "paris": "place"})
+
+    def no_wordnet(*a, **k):
+        raise AssertionError("WordNet read for words the base has kinds for")
+
+    monkeypatch.setattr(kinds_module, "classifier", no_wordnet)
+    monkeypatch.setattr(kinds_module, "Classifier", no_wordnet)
+    warnings = []
+    assert extend_module.grow_kinds(base, ["cat", "cats", "paris"], [], warnings) == base and not warnings

@@ -264,3 +264,19 @@ def test_subset_vocabulary(c, subset_dir):
                            ("interestingness", Kind.COMMUNITY), ("abigfave", Kind.COMMUNITY), ("bw", Kind.STYLE)]:
         assert kinds[word] == expected, word
     assert sum(k is Kind.COMMUNITY for k in kinds.values()) > 50
+
+
+def test_known_kinds_are_kept_and_only_the_new_words_decided(c, monkeypatch):
+    """A grown vocabulary: the base's words keep what the base said (even where WordNet would say otherwise), the new
+    words are decided, and a new word still joins a base word's keyword."""
+    from embeddings.kinds import Classifier
+
+    made = WordKinds.build(["cat", "paris", "macro"])
+    base = WordKinds({**made.kinds, "macro": Kind.CONTENT}, made.keywords, {**made.categories, "macro": "object"})
+    decided = []
+    real = Classifier.decide
+    monkeypatch.setattr(Classifier, "decide", lambda self, w: decided.append(w) or real(self, w))
+    grown = WordKinds.build(["cat", "paris", "macro", "cats", "nikon"], known=base)
+    assert {"cats", "nikon"} <= set(decided) and not {"cat", "paris", "macro"} & set(decided)
+    assert grown.kinds["macro"] is Kind.CONTENT and grown.categories["macro"] == "object"
+    assert grown.kinds["nikon"] is Kind.GEAR and grown.keywords["cats"] == "cat" and grown.kinds["paris"] is Kind.PLACE

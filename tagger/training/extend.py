@@ -182,12 +182,16 @@ def grow_vocabulary(base: Vocabulary, new: list[str], base_photos: int, counts: 
 
 
 def grow_kinds(base: WordKinds | None, words: list[str], new: list[str], warnings: list[str]) -> WordKinds | None:
-    """The word kinds of the grown vocabulary: WordNet's for every word (the base's words come out as they
-    were); without WordNet, the base's, and the new words as content words, each its own keyword."""
+    """The word kinds of the grown vocabulary: the base's words keep theirs, the new words get WordNet's and
+    every word's keyword is found again (a new word can join a base group); no new word, the base's as they
+    are (no WordNet read). Without WordNet, the new words are content words, each its own keyword."""
     if base is None:
         return None
+    if all(w in base.kinds for w in words):
+        return WordKinds({w: base.kinds[w] for w in words}, {w: base.keywords[w] for w in words},
+                         {w: base.categories[w] for w in words})
     try:
-        return WordKinds.build(words)
+        return WordKinds.build(words, known=base)
     except WordNetMissing as e:
         warnings.append(f"no WordNet ({e}): the {len(new)} new words are shown as content words, ungrouped")
         kinds = {**base.kinds, **{w: Kind.CONTENT for w in new}}
