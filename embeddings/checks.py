@@ -140,3 +140,16 @@ def expect(headers: dict, name: str, kinds: str, ndim: int) -> tuple[tuple[int, 
     if dtype.kind not in kinds or len(shape) != ndim:
         raise ValueError(f"array {name} is {len(shape)}-d {dtype}, expected {ndim}-d {KINDS[kinds]}")
     return shape, dtype
+
+
+def check_format(data, format: str, version: int) -> dict:
+    """`data` when it is a dict naming this file format and version; a ValueError saying what it holds otherwise."""
+    if not isinstance(data, dict) or data.get("format") != format or data.get("version") != version:
+        found = f"{data.get('format')!r} v{data.get('version')!r}" if isinstance(data, dict) else short(data)
+        raise ValueError(f"not a {format} v{version} file (found {found})")
+    return data
+
+
+def read_format(path: str | Path, format: str, version: int, max_bytes: int) -> dict:
+    """A JSON file of this format and version (read_json, then check_format)."""
+    return check_format(read_json(path, max_bytes), format, version)

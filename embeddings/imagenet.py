@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_format
+
 WNIDS_FILE = Path(__file__).parent / "data" / "imagenet_synsets.txt"
 NUM_CLASSES = 1000
 MIN_SHARE = 0.0  # share of SemCor's counts a noun sense needs to link (0: every sense; chosen in bench/study_head.py)
@@ -120,8 +122,7 @@ class ClassWords:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassWords":
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} version {VERSION} file")
+        check_format(data, FORMAT, VERSION)
         links = data.get("links")
         if not isinstance(links, dict) or not all(isinstance(v, list) for v in links.values()):
             raise ValueError("links must map each word to a list of [class, distance] pairs")

@@ -110,7 +110,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Sequence
 
-from .checks import check_values, read_json, short
+from .checks import check_values, read_format, short
 from .files import atomic_write
 from .tags import MAX_WORD_LENGTH, MAX_WORDS, SYNONYMS_FILE, Stoplist, normalize_tag, read_synonyms
 
@@ -359,10 +359,7 @@ class WordKinds:
         """Read a saved file; one that is not one, or breaks its bounds, is a ValueError naming it."""
         path = Path(path)
         try:
-            data = read_json(path, MAX_FILE_BYTES)
-            if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-                found = f"{data.get('format')!r} v{data.get('version')!r}" if isinstance(data, dict) else short(data)
-                raise ValueError(f"not a {FORMAT} v{VERSION} file (found {found})")
+            data = read_format(path, FORMAT, VERSION, MAX_FILE_BYTES)
             check_values(data, {"kinds": dict[str, str], "keywords": dict[str, str], "categories": dict[str, str]})
             if len(data.get("kinds", ())) > MAX_WORDS:
                 raise ValueError(f"{len(data['kinds'])} words, over the limit of {MAX_WORDS}")

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .checks import check_fields, check_values, read_json, short
+from .checks import check_fields, check_values, read_format, short
 from .files import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -297,10 +297,7 @@ class Vocabulary:
         """Read a saved vocabulary; a file that is not one, or breaks its bounds, is a ValueError naming it."""
         path = Path(path)
         try:
-            data = read_json(path, MAX_FILE_BYTES)
-            if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-                found = f"{data.get('format')!r} v{data.get('version')!r}" if isinstance(data, dict) else short(data)
-                raise ValueError(f"not a {FORMAT} v{VERSION} file (found {found})")
+            data = read_format(path, FORMAT, VERSION, MAX_FILE_BYTES)
             missing = [k for k in _FILE_TYPES if k not in data]
             if missing:
                 raise ValueError(f"{', '.join(missing)} missing")

@@ -58,7 +58,7 @@ from tagger.scoring.evidence import Evidence
 from tagger.scoring.knn import KNNTagger
 from tagger.scoring.options import TagOptions
 from tagger.scoring.scorers import word_prior
-from tagger.training.fit import MIN_CALIBRATION_PHOTOS, calibrate
+from tagger.training.fit import MIN_CALIBRATION_PHOTOS, calibrate_and_choose
 from tagger.training.loop import validate
 from tagger.training.summary import TrainingSummary
 
@@ -401,13 +401,8 @@ def extend(data: str | Path, out: str | Path, base: Tagger, config: ExtendConfig
     tagger = grown.replace(generator=G)
     if len(val_rows) >= MIN_CALIBRATION_PHOTOS:
         evidence = Evidence(features[val_rows], feats.chroma[val_rows])
-        tagger = tagger.replace(calibration=calibrate(tagger, evidence, val_truth))
-        choices = [m for m, s in tagger.scorers.items() if not s.baseline]
-        shown_truth = tagger.shown_truth(val_truth)
-        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.score(evidence, TagOptions(method=m)).shown, 5), shown_truth, 5)
-                                 for m in choices}
-        summary.method = max(choices, key=summary.method_val_p5.get)
-        tagger = tagger.replace(method=summary.method)
+        tagger, summary.method_val_p5 = calibrate_and_choose(tagger, evidence, val_truth)
+        summary.method = tagger.default_method
     else:
         # Calibrated on the base's photos: the grown generator's scores are those of the base's at epoch 0.
         tagger = tagger.replace(calibration={m: c for m, c in base.calibration.items() if m in tagger.scorers})

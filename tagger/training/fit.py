@@ -301,15 +301,8 @@ def fit(data: str | Path, out: str | Path, config: FitConfig = FitConfig(), prog
             f"a larger --split validation share (or more photos) fixes it")
     if len(val_rows) >= MIN_CALIBRATION_PHOTOS:
         val = Evidence(features[val_rows], prep.chroma[val_rows])
-        tagger = tagger.replace(calibration=calibrate(tagger, val, val_truth))
-        # The default method: the generator alone or with kNN, whichever tags the validation photos better
-        # (against the owners' tags of the kinds a photo shows by default).
-        choices = [m for m, scorer in tagger.scorers.items() if not scorer.baseline]
-        shown_truth = tagger.shown_truth(val_truth)
-        summary.method_val_p5 = {m: precision_at_k(top_ids(tagger.score(val, TagOptions(method=m)).shown, 5), shown_truth, 5)
-                                 for m in choices}
-        summary.method = max(choices, key=summary.method_val_p5.get)
-        tagger = tagger.replace(method=summary.method)
+        tagger, summary.method_val_p5 = calibrate_and_choose(tagger, val, val_truth)
+        summary.method = tagger.default_method
         labelled = [i for i in np.flatnonzero(is_val) if frame["labels"].iloc[i] is not None]
         if len(labelled) >= MIN_ACCEPTANCE_PHOTOS:
             lval = Evidence(features[labelled], prep.chroma[labelled])
@@ -380,6 +373,16 @@ def collapse_warnings(tagger: Tagger, features: np.ndarray, val_p5: float | None
             warnings.append(f"the model gives all {len(sample)} training photos checked the same tags ({', '.join(next(iter(tops)))}): "
                             f"it has collapsed; try another --preset (this run: {preset}) or more --epochs")
     return warnings
+
+
+def calibrate_and_choose(tagger: Tagger, evidence: Evidence, truth: list[set[int]]) -> tuple[Tagger, dict[str, float]]:
+    """The tagger calibrated on validation photos, its default method the one that tags them best (against the
+    owners' tags of the kinds a photo shows by default), and each method's validation P@5 it was chosen by."""
+    tagger = tagger.replace(calibration=calibrate(tagger, evidence, truth))
+    choices = [m for m, scorer in tagger.scorers.items() if not scorer.baseline]
+    shown_truth = tagger.shown_truth(truth)
+    p5 = {m: precision_at_k(top_ids(tagger.score(evidence, TagOptions(method=m)).shown, 5), shown_truth, 5) for m in choices}
+    return tagger.replace(method=max(choices, key=p5.get)), p5
 
 
 def calibrate(tagger: Tagger, evidence: Evidence, truth: list[set[int]]) -> dict[str, Calibration]:
