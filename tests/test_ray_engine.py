@@ -602,6 +602,22 @@ def test_a_device_error_is_one_line_before_any_actor_starts(cluster, tmp_path):
         assert not _tag_worker_actors() and not out.exists()  # no actor started, no empty folder left
 
 
+def test_without_an_address_a_local_ray_starts_even_where_another_is_named(tmp_path):
+    """No --address: tagger's own local Ray, even where RAY_ADDRESS (or a `ray start` left on the machine) names
+    another cluster, which ray.init would join and then refuse (num_cpus given for an existing cluster)."""
+    import subprocess
+    import sys
+
+    child = ("from tagger.library.ray_engine import ray_session\n"
+             "with ray_session() as ray:\n"
+             "    print(int(ray.cluster_resources()['CPU']))\n")
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split()[-1]) == (os.cpu_count() or 1)
+
+
 PLAN_CHILD = """
 import re, sys
 from tagger.library.bundle_check import checked_settings

@@ -130,7 +130,9 @@ def ray_session(address: str | None = None):
             raise BatchError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0]}); on a node of the cluster, "
                              "`ray status` says whether it runs (README: Starting a cluster)") from None
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        # "local": a Ray of our own even where `ray start` left a cluster (or RAY_ADDRESS names one), which
+        # ray.init would otherwise join, and refuse to, since num_cpus is given.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
     try:
         yield ray
     finally:
